@@ -1,0 +1,66 @@
+"""The exception tree of the appliance.
+
+    ApplianceError
+    ├── ConfigError (also ValueError)   bad config: exit 2 with every problem listed
+    ├── CameraError                     wraps picamera2 / image-reading failures
+    ├── LeatError
+    │   ├── LeatUnavailable             network, timeout, 5xx, 503 maintenance, 429 -> retry later
+    │   ├── LeatRejected                Leat said no (code + message)
+    │   └── LeatAuthError               401: our credentials are wrong
+    ├── BusError                        MQTT connect/publish problems
+    └── OutboxError                     durable queue refused or failed
+
+Library errors are translated at the boundary module and chained (`raise ... from exc`).
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base of every error the appliance raises on purpose."""
+
+
+class ConfigError(ApplianceError, ValueError):
+    """The configuration is invalid; `problems` lists every problem with its key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
+
+
+class CameraError(ApplianceError):
+    """The frame source failed (camera missing, busy, or an unreadable image)."""
+
+
+class LeatError(ApplianceError):
+    """A Leat API call failed."""
+
+
+class LeatUnavailable(LeatError):
+    """Leat could not be reached or asked us to retry later (timeouts, 5xx, 503, 429)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class LeatRejected(LeatError):
+    """Leat refused the request; `code` is Leat's own error code."""
+
+    def __init__(self, code: int, message: str, status_code: int = 400) -> None:
+        super().__init__(f"Leat error {code}: {message}")
+        self.code = code
+        self.leat_message = message
+        self.status_code = status_code
+
+
+class LeatAuthError(LeatError):
+    """Leat refused our credentials (HTTP 401)."""
+
+
+class BusError(ApplianceError):
+    """The MQTT bus could not connect or publish."""
+
+
+class OutboxError(ApplianceError):
+    """The durable outbox refused or failed an operation."""
