@@ -1,12 +1,37 @@
-"""Frame sources: the `FrameSource` seam, picamera2 on the Pi, image replay everywhere else."""
+"""Frame sources: the `FrameSource` seam, picamera2 on the Pi, image replay everywhere else.
+
+`PicameraSource` follows picamera2's documented API (the Picamera2 manual and
+`picamera2/picamera2.py`, `picamera2/request.py`): a video configuration with YUV420
+streams, controls passed in the configuration, `capture_request()` / `MappedArray` /
+`release()`. The Y plane of YUV420 is the grayscale picture, so no colour conversion is
+done. `ReplaySource` plays PNG/JPEG files decoded once at construction.
+"""
 
 from __future__ import annotations
 
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from types import ModuleType, TracebackType
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
+
+from appliance.config import CameraConfig
+from appliance.errors import CameraError
+
+log = logging.getLogger(__name__)
+
+MAX_WIDTH, MAX_HEIGHT = 4608, 2592  # the largest sensor we support (Camera Module 3)
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+BUFFER_COUNT = 3  # one filling, one queued by picamera2, one with us: frames stay recent
+CAPTURE_TIMEOUT_S = 2.0  # no frame for this long (plus two intervals): the camera is gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,3 +57,332 @@ class FrameSource(Protocol):
     def close(self) -> None:
         """Release the device or files."""
         ...
+
+
+class _Request(Protocol):
+    """The part of picamera2's `CompletedRequest` we use."""
+
+    def release(self) -> None: ...
+
+
+class _Mapped(Protocol):
+    """picamera2's `MappedArray`: the stream's buffer as an array, valid inside `with`."""
+
+    array: npt.NDArray[np.uint8] | None
+
+    def __enter__(self) -> _Mapped: ...
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class _Camera(Protocol):
+    """The part of `picamera2.Picamera2` we use."""
+
+    @property
+    def camera_controls(self) -> dict[str, tuple[Any, Any, Any]]: ...
+
+    def create_video_configuration(
+        self,
+        main: dict[str, Any],
+        lores: dict[str, Any] | None,
+        controls: dict[str, Any],
+        buffer_count: int,
+    ) -> dict[str, Any]: ...
+
+    def configure(self, camera_config: dict[str, Any]) -> None: ...
+
+    def stream_configuration(self, name: str) -> dict[str, Any]: ...
+
+    def start(self) -> None: ...
+
+    def capture_request(self, wait: float) -> _Request: ...
+
+    def cancel_all_and_flush(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PicameraSource:
+    """Frames from the Raspberry Pi camera: the Y plane of the lores (or main) YUV420 stream."""
+
+    def __init__(
+        self,
+        cfg: CameraConfig,
+        picamera2_module: ModuleType | None = None,
+        libcamera_module: ModuleType | None = None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sequence = 0
+        self._timeout_s = CAPTURE_TIMEOUT_S + 2.0 / cfg.fps
+        picamera2, libcamera = _import_picamera2(picamera2_module, libcamera_module)
+        self._mapped_array: Callable[..., _Mapped] = picamera2.MappedArray
+        try:
+            if not picamera2.Picamera2.global_camera_info():
+                raise CameraError(
+                    "no camera found: is the ribbon cable seated and the camera detected "
+                    "(rpicam-hello --list-cameras)?"
+                )
+            camera: _Camera = picamera2.Picamera2(camera_num=0)
+        except (RuntimeError, IndexError, OSError) as exc:
+            raise CameraError(
+                f"cannot open the camera: is the ribbon cable seated, or is another program "
+                f"using it? (picamera2: {exc})"
+            ) from exc
+        self._camera = camera
+        try:
+            self._stream, (self._width, self._height) = self._configure(cfg, libcamera)
+            camera.start()
+        except (RuntimeError, ValueError, KeyError, OSError) as exc:
+            self._close_camera()
+            raise CameraError(f"cannot configure the camera (picamera2: {exc})") from exc
+        except CameraError:
+            self._close_camera()
+            raise
+        log.info("camera started: %s stream %dx%d at %.1f fps",
+                 self._stream, self._width, self._height, cfg.fps)
+
+    def _configure(self, cfg: CameraConfig, libcamera: Any) -> tuple[str, tuple[int, int]]:
+        """Create and apply the video configuration; the decoded stream's name and size."""
+        camera = self._camera
+        available = camera.camera_controls
+        lores: dict[str, Any] | None = None
+        if cfg.lores_width and cfg.lores_height:
+            if cfg.lores_width > cfg.width or cfg.lores_height > cfg.height:
+                raise CameraError(
+                    f"camera lores {cfg.lores_width}x{cfg.lores_height} must not exceed the "
+                    f"main stream {cfg.width}x{cfg.height}"
+                )
+            if abs(cfg.lores_width * cfg.height - cfg.lores_height * cfg.width) > cfg.width:
+                log.warning("lores %dx%d and main %dx%d differ in aspect ratio: "
+                            "the decoded picture is stretched", cfg.lores_width,
+                            cfg.lores_height, cfg.width, cfg.height)
+            lores = {"format": "YUV420", "size": (cfg.lores_width, cfg.lores_height)}
+        controls = _exposure_controls(cfg, available) | _focus_controls(cfg, available, libcamera)
+        config = camera.create_video_configuration(
+            main={"format": "YUV420", "size": (cfg.width, cfg.height)},
+            lores=lores,
+            controls=controls,
+            buffer_count=BUFFER_COUNT,
+        )
+        camera.configure(config)
+        stream = "main" if lores is None else "lores"
+        # picamera2 may round sizes (even widths and heights): read back what it chose.
+        width, height = camera.stream_configuration(stream)["size"]
+        log.debug("camera controls: %s", controls)
+        return stream, (int(width), int(height))
+
+    def read(self) -> Frame | None:
+        """The newest frame's Y plane; None once closed; CameraError when the camera fails."""
+        with self._lock:
+            if self._closed:
+                return None
+            try:
+                request = self._camera.capture_request(wait=self._timeout_s)
+            except TimeoutError as exc:
+                # picamera2 documents cancel_all_and_flush() for exactly this (a dislodged
+                # cable): the unfinished capture job must not hold a request forever.
+                self._camera.cancel_all_and_flush()
+                raise CameraError(
+                    f"no frame from the camera for {self._timeout_s:.1f} s: "
+                    f"is the ribbon cable seated?"
+                ) from exc
+            except RuntimeError as exc:
+                raise CameraError(f"camera capture failed (picamera2: {exc})") from exc
+            timestamp = time.monotonic()
+            try:
+                pixels = self._y_plane(request)
+            finally:
+                request.release()
+            self._sequence += 1
+            return Frame(pixels, timestamp, self._sequence)
+
+    def _y_plane(self, request: _Request) -> npt.NDArray[np.uint8]:
+        """A copy of the Y plane (height x width, stride padding dropped) of `request`."""
+        with self._mapped_array(request, self._stream, write=False) as mapped:
+            yuv = mapped.array
+            if (
+                yuv is None
+                or yuv.ndim != 2
+                or yuv.shape[0] < self._height * 3 // 2
+                or yuv.shape[1] < self._width
+            ):
+                shape = None if yuv is None else yuv.shape
+                raise CameraError(
+                    f"unexpected YUV420 buffer {shape} for a {self._width}x{self._height} stream"
+                )
+            # Copy the Y plane only (not U/V): release() hands the buffer back to the camera
+            # (and close() unmaps it) while a Frame may still be held, so a view would be
+            # read after the camera reused it.
+            return yuv[: self._height, : self._width].copy()
+
+    def close(self) -> None:
+        """Stop and close the camera (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._close_camera()
+
+    def _close_camera(self) -> None:
+        try:
+            self._camera.stop()
+            self._camera.close()
+        except RuntimeError as exc:
+            log.warning("camera did not close cleanly: %s", exc)
+        else:
+            log.info("camera closed")
+
+
+def _import_picamera2(
+    picamera2: ModuleType | None, libcamera: ModuleType | None
+) -> tuple[Any, Any]:
+    """The picamera2 and libcamera modules: the injected ones, else imported now."""
+    try:
+        if picamera2 is None:
+            picamera2 = importlib.import_module("picamera2")
+        if libcamera is None:
+            libcamera = importlib.import_module("libcamera")
+    except ImportError as exc:
+        raise CameraError(
+            f"picamera2 is not installed (apt install python3-picamera2, and create the "
+            f"venv with --system-site-packages): {exc}"
+        ) from exc
+    return picamera2, libcamera
+
+
+def _exposure_controls(cfg: CameraConfig, available: dict[str, Any]) -> dict[str, Any]:
+    """Frame rate, exposure cap and EV, limited to the controls the camera advertises.
+
+    libcamera has no "maximum exposure" control for its AGC (only the tuning file's
+    exposure modes), so a cap shorter than the frame fixes ExposureTime; gain stays
+    automatic and still follows ExposureValue. Short exposures keep phone screens sharp.
+    """
+    frame_us = round(1_000_000 / cfg.fps)
+    wanted: dict[str, Any] = {"FrameDurationLimits": (frame_us, frame_us), "ExposureValue": cfg.ev}
+    if cfg.max_exposure_us < frame_us:
+        wanted["ExposureTime"] = cfg.max_exposure_us
+    missing = sorted(set(wanted) - set(available))
+    if missing:
+        log.info("camera lacks controls %s; using its defaults for them", ", ".join(missing))
+    return {name: value for name, value in wanted.items() if name in available}
+
+
+def _focus_controls(cfg: CameraConfig, available: dict[str, Any], libcamera: Any) -> dict[str, Any]:
+    """Autofocus controls for cameras with a focus motor (Camera Module 3), else none."""
+    if cfg.autofocus == "off":
+        return {}
+    if "AfMode" not in available:
+        log.info("camera has no autofocus: camera.autofocus = %r ignored", cfg.autofocus)
+        return {}
+    modes = libcamera.controls.AfModeEnum
+    if cfg.autofocus == "continuous":
+        return {"AfMode": modes.Continuous}
+    return {"AfMode": modes.Manual, "LensPosition": cfg.lens_position}
+
+
+class ReplaySource:
+    """Frames from PNG/JPEG files (a folder means its images in name order), paced at `fps`."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        fps: float,
+        loop: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[float], object] = time.sleep,
+    ) -> None:
+        if fps < 0:
+            raise CameraError(f"replay fps must be 0 (as fast as possible) or more, not {fps}")
+        self._images = [_load_gray(path) for path in _image_files(paths)]
+        self._interval = 1.0 / fps if fps else 0.0
+        self._loop = loop
+        self._clock = clock
+        self._wait = wait
+        self._index = 0
+        self._sequence = 0
+        self._due: float | None = None
+        self._closed = False
+        log.info("replaying %d image(s) at %s fps%s", len(self._images), fps or "max",
+                 ", looping" if loop else "")
+
+    def read(self) -> Frame | None:
+        """The next image, waiting until it is due; None after the last unless looping."""
+        if self._closed:
+            return None
+        if self._index == len(self._images):
+            if not self._loop:
+                return None
+            self._index = 0
+        if self._interval:
+            now = self._clock()
+            if self._due is None or now - self._due > self._interval:
+                self._due = now  # first frame, or fell behind: restart the schedule, no burst
+            elif self._due > now:
+                self._wait(self._due - now)
+            self._due += self._interval
+        pixels = self._images[self._index]
+        self._index += 1
+        self._sequence += 1
+        return Frame(pixels, self._clock(), self._sequence)
+
+    def close(self) -> None:
+        """End the stream (the images are already in memory)."""
+        self._closed = True
+
+
+def _image_files(paths: Sequence[Path]) -> list[Path]:
+    """The files named, with each folder replaced by its PNG/JPEG files in name order."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise CameraError(f"{path}: folder has no .png, .jpg or .jpeg files")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise CameraError(f"{path}: no such file or folder")
+    if not files:
+        raise CameraError("replay: no image files given")
+    return files
+
+
+def _load_gray(path: Path) -> npt.NDArray[np.uint8]:
+    """`path` decoded (PNG or JPEG only) to a read-only contiguous grayscale array."""
+    try:
+        with Image.open(path, formats=["PNG", "JPEG"]) as image:
+            width, height = image.size
+            if width > MAX_WIDTH or height > MAX_HEIGHT:
+                raise CameraError(
+                    f"{path}: image is {width}x{height}, larger than {MAX_WIDTH}x{MAX_HEIGHT}"
+                )
+            image.load()
+            if "A" in image.getbands() or "transparency" in image.info:
+                # Transparent pixels would turn black: put the image on white paper.
+                paper = Image.new("RGBA", image.size, "white")
+                gray = Image.alpha_composite(paper, image.convert("RGBA")).convert("L")
+            else:
+                gray = image.convert("L")
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise CameraError(f"{path}: not a readable PNG or JPEG image ({exc})") from exc
+    pixels = np.array(gray, dtype=np.uint8)
+    pixels.flags.writeable = False  # shared by every loop of the replay
+    return pixels
+
+
+def open_source(cfg: CameraConfig) -> FrameSource:
+    """The frame source `cfg.source` names."""
+    if cfg.source == "replay":
+        if cfg.replay_path is None:
+            raise CameraError(
+                'camera.source = "replay" needs camera.replay_path (a PNG/JPEG file or a folder)'
+            )
+        return ReplaySource([cfg.replay_path], fps=cfg.fps, loop=cfg.replay_loop)
+    return PicameraSource(cfg)

@@ -28,6 +28,12 @@ Pin = Annotated[int, Field(ge=0, le=27)]
 """A BCM GPIO number on the Raspberry Pi 40-pin header."""
 
 
+def _safe_hostname() -> str:
+    """The hostname reduced to characters allowed in a device id."""
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
+    return name.strip("-_")[:64] or "leat-scanner"
+
+
 class Section(BaseModel):
     """Base of every config section: frozen, strict about unknown keys."""
 
@@ -37,9 +43,7 @@ class Section(BaseModel):
 class DeviceConfig(Section):
     """Who this device is."""
 
-    id: Annotated[str, Field(pattern=DEVICE_ID_PATTERN)] = Field(
-        default_factory=lambda: _safe_hostname()
-    )
+    id: Annotated[str, Field(pattern=DEVICE_ID_PATTERN)] = Field(default_factory=_safe_hostname)
     state_dir: Path = Path("/var/lib/leat-scanner")
 
 
@@ -53,7 +57,7 @@ class CameraConfig(Section):
     width: Annotated[int, Field(ge=64, le=4608)] = 1280
     height: Annotated[int, Field(ge=64, le=2592)] = 720
     lores_width: Annotated[int, Field(ge=0, le=4608)] = 640  # 0: decode the main stream
-    lores_height: Annotated[int, Field(ge=0, le=2592)] = 480
+    lores_height: Annotated[int, Field(ge=0, le=2592)] = 360  # same 16:9 as main
     autofocus: Literal["continuous", "manual", "off"] = "continuous"
     lens_position: Annotated[float, Field(ge=0, le=32)] = 4.0  # dioptres, for "manual" (25 cm)
     max_exposure_us: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000  # short: phone screens
@@ -167,12 +171,6 @@ class Config(Section):
     def base_topic(self) -> str:
         """The MQTT base topic with `{device_id}` filled in."""
         return self.mqtt.base_topic.replace("{device_id}", self.device.id)
-
-
-def _safe_hostname() -> str:
-    """The hostname reduced to characters allowed in a device id."""
-    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
-    return name.strip("-_")[:64] or "leat-scanner"
 
 
 def load(

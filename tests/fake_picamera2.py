@@ -1,0 +1,281 @@
+"""A fake `picamera2` (and the bit of `libcamera`) with the real library's signatures.
+
+It implements exactly what `appliance.camera.PicameraSource` calls, shaped like picamera2
+0.3.x (`picamera2/picamera2.py`, `picamera2/request.py`): `Picamera2.global_camera_info()`,
+`Picamera2(camera_num=0)`, `camera_controls` (name -> (min, max, default)),
+`create_video_configuration(main=, lores=, controls=, buffer_count=)`, `configure`,
+`stream_configuration`, `start`, `capture_request(wait=)`, `cancel_all_and_flush`, `stop`,
+`close`, `CompletedRequest.release()` and `MappedArray(request, stream, reshape=, write=)`.
+
+Buffers are YUV420 arrays of shape (height * 3 // 2, stride) like picamera2's, with the
+scene image in the top-left of the Y plane on white, U and V at 128, and stride padding
+filled with `PAD`. `release()` scribbles over the buffer, as the camera reusing it would,
+so a frame that kept a view into it shows garbage. Every call is recorded in `calls`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+PAD = 7  # stride padding bytes: must never show up in a frame
+RECYCLED = 0xAA  # what a buffer holds once the camera has reused it
+
+CM3_CONTROLS: dict[str, tuple[Any, Any, Any]] = {
+    "AeEnable": (False, True, None),
+    "AfMode": (0, 2, 0),
+    "AnalogueGain": (1.0, 16.0, None),
+    "ExposureTime": (26, 112015443, None),
+    "ExposureValue": (-8.0, 8.0, 0.0),
+    "FrameDurationLimits": (33333, 120000, None),
+    "LensPosition": (0.0, 15.0, 1.0),
+    "NoiseReductionMode": (0, 4, 0),
+}
+"""What a Camera Module 3 (imx708) advertises, abridged."""
+
+V2_CONTROLS = {name: value for name, value in CM3_CONTROLS.items()
+               if name not in ("AfMode", "LensPosition")}
+"""A fixed-focus camera (Camera Module 2, imx219)."""
+
+
+class AfModeEnum(enum.IntEnum):
+    """libcamera.controls.AfModeEnum (values from libcamera's control_ids_core.yaml)."""
+
+    Manual = 0
+    Auto = 1
+    Continuous = 2
+
+
+class NoiseReductionModeEnum(enum.IntEnum):
+    """libcamera.controls.draft.NoiseReductionModeEnum (the part we need)."""
+
+    Off = 0
+    Fast = 1
+
+
+libcamera = ModuleType("libcamera")
+libcamera.controls = SimpleNamespace(  # type: ignore[attr-defined]
+    AfModeEnum=AfModeEnum, draft=SimpleNamespace(NoiseReductionModeEnum=NoiseReductionModeEnum)
+)
+
+
+@dataclass
+class World:
+    """What the fake camera sees and what was done to it."""
+
+    scenes: list[npt.NDArray[np.uint8]]
+    controls: dict[str, tuple[Any, Any, Any]] = field(default_factory=lambda: dict(CM3_CONTROLS))
+    cameras: int = 1
+    busy: bool = False
+    stalled: bool = False
+    extra_stride: int = 64  # padding beyond picamera2's 64-byte alignment
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    cameras_opened: list[FakePicamera2] = field(default_factory=list)
+    requests: list[FakeRequest] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        """The names of the calls made, in order."""
+        return [name for name, _ in self.calls]
+
+    def last(self, name: str) -> Any:
+        """The argument of the last call named `name`."""
+        return next(arg for called, arg in reversed(self.calls) if called == name)
+
+    def expected_y(self, index: int, width: int, height: int) -> npt.NDArray[np.uint8]:
+        """The Y plane that request `index` carries for a (width, height) stream."""
+        scene = self.scenes[index % len(self.scenes)]
+        canvas = np.full((height, width), 255, dtype=np.uint8)
+        h, w = min(height, scene.shape[0]), min(width, scene.shape[1])
+        canvas[:h, :w] = scene[:h, :w]
+        return canvas
+
+
+class FakeRequest:
+    """picamera2.CompletedRequest: buffers per stream until `release()`."""
+
+    def __init__(self, world: World, buffers: dict[str, npt.NDArray[np.uint8]]) -> None:
+        self._world = world
+        self.buffers = buffers
+        self.released = False
+
+    def release(self) -> None:
+        """Give the buffers back to the camera (it will overwrite them)."""
+        self._world.calls.append(("release", self))
+        if self.released:
+            raise RuntimeError("CompletedRequest: lock now has negative ref_count")
+        self.released = True
+        for buffer in self.buffers.values():
+            buffer.fill(RECYCLED)
+
+
+class MappedArray:
+    """picamera2.MappedArray: the stream's buffer as a (h * 3 // 2, stride) array in `with`."""
+
+    def __init__(
+        self, request: FakeRequest, stream: str, reshape: bool = True, write: bool = True
+    ) -> None:
+        if request.released:
+            raise AssertionError("MappedArray on a released request")
+        if stream not in request.buffers:
+            raise RuntimeError(f"Stream {stream!r} is not defined")
+        self._buffer = request.buffers[stream]
+        self.write = write
+        self.array: npt.NDArray[np.uint8] | None = None
+
+    def __enter__(self) -> MappedArray:
+        self.array = self._buffer
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.array = None
+
+
+class FakePicamera2:
+    """picamera2.Picamera2 over a `World`."""
+
+    world: World  # set on the subclass `make_module` creates
+
+    @classmethod
+    def global_camera_info(cls) -> list[dict[str, Any]]:
+        """One dict per attached camera, as picamera2 returns."""
+        return [{"Model": "imx708", "Location": 2, "Rotation": 180, "Num": n,
+                 "Id": f"/base/axi/pcie@120000/rp1/i2c@88000/imx708@{n}a"}
+                for n in range(cls.world.cameras)]
+
+    def __init__(self, camera_num: int = 0, verbose_console: Any = None, tuning: Any = None,
+                 allocator: Any = None) -> None:
+        self.world.calls.append(("Picamera2", camera_num))
+        if camera_num >= len(self.global_camera_info()):
+            raise IndexError("list index out of range")  # what picamera2 raises, no camera
+        if self.world.busy:
+            raise RuntimeError("Failed to acquire camera: Device or resource busy")
+        self.is_open = True
+        self.started = False
+        self.camera_config: dict[str, Any] = {}
+        self.frames = 0
+        self.world.cameras_opened.append(self)
+
+    @property
+    def camera_controls(self) -> dict[str, tuple[Any, Any, Any]]:
+        """name -> (min, max, default) of every control the camera advertises."""
+        return dict(self.world.controls) if self.is_open else {}
+
+    def create_video_configuration(
+        self, main: dict[str, Any] | None = None, lores: dict[str, Any] | None = None,
+        raw: dict[str, Any] | None = None, transform: Any = None, colour_space: Any = None,
+        buffer_count: int = 6, controls: dict[str, Any] | None = None, display: str = "main",
+        encode: str = "main", queue: bool = True, sensor: dict[str, Any] | None = None,
+        use_case: str = "video",
+    ) -> dict[str, Any]:
+        """A video configuration: defaults, then the caller's streams and controls on top."""
+        self.world.calls.append(("create_video_configuration", {
+            "main": main, "lores": lores, "controls": controls, "buffer_count": buffer_count}))
+        main_cfg = _stream({"format": "XBGR8888", "size": (1280, 720)}, main or {})
+        lores_cfg = None if lores is None else _stream(
+            {"format": "YUV420", "size": main_cfg["size"]}, lores)
+        defaults: dict[str, Any] = {}
+        if "NoiseReductionMode" in self.camera_controls:
+            defaults = {"NoiseReductionMode": NoiseReductionModeEnum.Fast,
+                        "FrameDurationLimits": (33333, 33333)}
+        return {"use_case": use_case, "buffer_count": buffer_count, "queue": queue,
+                "main": main_cfg, "lores": lores_cfg, "raw": raw, "transform": transform,
+                "colour_space": colour_space, "controls": defaults | (controls or {}),
+                "display": display, "encode": encode, "sensor": sensor}
+
+    def configure(self, camera_config: dict[str, Any]) -> None:
+        """Check and apply a configuration (RuntimeError where picamera2 raises one)."""
+        self.world.calls.append(("configure", camera_config))
+        for name in ("main", "lores"):
+            stream = camera_config[name]
+            if stream is None:
+                continue
+            width, height = stream["size"]
+            if width % 2 or height % 2:
+                raise RuntimeError("width and height should be even")
+            if stream["format"] not in ("YUV420", "XBGR8888", "RGB888"):
+                raise RuntimeError(f"Bad format {stream['format']} in stream {name}")
+            stream["stride"] = -(-width // 64) * 64 + self.world.extra_stride
+        lores = camera_config["lores"]
+        if lores is not None and (lores["size"][0] > camera_config["main"]["size"][0]
+                                  or lores["size"][1] > camera_config["main"]["size"][1]):
+            raise RuntimeError("lores stream dimensions may not exceed main stream")
+        for control in camera_config["controls"]:
+            if control not in self.camera_controls:
+                raise RuntimeError(f"Control {control} is not advertised by libcamera")
+        self.camera_config = camera_config
+
+    def stream_configuration(self, name: str = "main") -> dict[str, Any]:
+        """The named stream's configuration (with picamera2's rounding and stride)."""
+        return dict(self.camera_config[name])
+
+    def start(self, config: Any = None, show_preview: bool = False) -> None:
+        """Start streaming."""
+        self.world.calls.append(("start", config))
+        if not self.camera_config:
+            raise RuntimeError("Camera has not been configured")
+        self.started = True
+
+    def capture_request(self, wait: Any = None, signal_function: Any = None,
+                        flush: Any = None) -> FakeRequest:
+        """The next completed request; TimeoutError after `wait` seconds when stalled."""
+        self.world.calls.append(("capture_request", wait))
+        if not self.started or self.world.stalled:
+            if isinstance(wait, (int, float)) and not isinstance(wait, bool):
+                raise TimeoutError
+            raise AssertionError("capture_request would block forever")
+        buffers = {name: self._render(self.camera_config[name])
+                   for name in ("main", "lores") if self.camera_config[name] is not None}
+        self.frames += 1
+        request = FakeRequest(self.world, buffers)
+        self.world.requests.append(request)
+        return request
+
+    def _render(self, stream: dict[str, Any]) -> npt.NDArray[np.uint8]:
+        """A YUV420 buffer, shaped as picamera2 shapes it: (h * 3 // 2, stride)."""
+        width, height = stream["size"]
+        stride = stream["stride"]
+        flat = np.full(stride * height * 3 // 2, PAD, dtype=np.uint8)
+        y = flat[: stride * height].reshape(height, stride)
+        y[:, :width] = self.world.expected_y(self.frames, width, height)
+        chroma = flat[stride * height :].reshape(height, stride // 2)  # U rows, then V rows
+        chroma[:, : width // 2] = 128
+        return flat.reshape(height * 3 // 2, stride)
+
+    def cancel_all_and_flush(self) -> None:
+        """Cancel pending jobs (after a timeout)."""
+        self.world.calls.append(("cancel_all_and_flush", None))
+
+    def stop(self) -> None:
+        """Stop streaming (harmless when stopped)."""
+        self.world.calls.append(("stop", None))
+        self.started = False
+
+    def close(self) -> None:
+        """Stop and release the camera (harmless when closed)."""
+        self.world.calls.append(("close", None))
+        self.started = False
+        self.is_open = False
+
+
+def _stream(defaults: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    """picamera2's stream merge: only known keys, sizes rounded down to even."""
+    for key in updates:
+        if key not in ("format", "size", "stride", "preserve_ar"):
+            raise ValueError(f"Bad key {key!r}: valid stream configuration keys are ...")
+    stream = defaults | updates
+    width, height = stream["size"]
+    stream["size"] = (width - width % 2, height - height % 2)
+    return stream
+
+
+def make_module(world: World) -> ModuleType:
+    """A `picamera2` module whose camera shows `world`."""
+    module = ModuleType("picamera2")
+    module.Picamera2 = type("Picamera2", (FakePicamera2,), {"world": world})  # type: ignore[attr-defined]
+    module.MappedArray = MappedArray  # type: ignore[attr-defined]
+    return module
