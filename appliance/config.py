@@ -80,12 +80,20 @@ class DebounceConfig(Section):
 
 
 class CodesConfig(Section):
-    """Rules that decide what a scanned text is (first match wins, in this order)."""
+    """Rules that decide what a scanned text is (docs/codes.md; first match wins, in order).
+
+    Patterns are Python regular expressions matched against the whole value (`fullmatch`).
+    """
 
     token_url_hosts: tuple[str, ...] = ()  # contacts-portal hosts; empty: any host with /l?...
-    voucher_pattern: str = r"^(?:V-)?[A-Z0-9]{4,8}-[A-Z0-9]{3,8}$"
-    giftcard_pattern: str = r"^(?:GC-)?[A-Z0-9]{8,16}$"
-    loyalty_pattern: str = r"^[A-Za-z0-9_-]{6,64}$"
+    # Dash-separated groups, the first of 3+ characters: "ABC-123", "SPRING-2X7Q".
+    voucher_pattern: str = r"[A-Z0-9]{3,12}(?:-[A-Z0-9]{2,12}){1,3}"
+    # "GC-" + 6-32, or 8-16 upper-case letters AND digits mixed: "GFTCRD123", "HT123ABC".
+    giftcard_pattern: str = (
+        r"GC-[A-Z0-9]{6,32}|(?=[A-Z0-9]*[A-Z])(?=[A-Z0-9]*[0-9])[A-Z0-9]{8,16}"
+    )
+    # "LC-" + 6-32, card numbers of 8-19 digits (EAN-13), opaque 20-64 character ids/hashes.
+    loyalty_pattern: str = r"LC-[A-Z0-9]{6,32}|[0-9]{8,19}|[A-Za-z0-9][A-Za-z0-9_-]{19,63}"
     url_parameters: tuple[str, ...] = ("contact_identifier_value", "identifier", "hash", "code")
 
 

@@ -41,7 +41,7 @@ def test_config_reports_every_problem_with_key_path(tmp_path: Path) -> None:
 
 
 def test_config_missing_file_and_bad_toml_are_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no such file"):
+    with pytest.raises(ConfigError, match=r"no such file"):
         config.load(tmp_path / "absent.toml", environ={})
     bad = tmp_path / "bad.toml"
     bad.write_text("[camera\nfps = 1\n", encoding="utf-8")
@@ -77,7 +77,7 @@ def test_config_environment_override_errors_are_reported() -> None:
 
 
 def test_config_rejects_wildcards_in_base_topic() -> None:
-    with pytest.raises(ConfigError, match="mqtt.base_topic"):
+    with pytest.raises(ConfigError, match=r"mqtt\.base_topic"):
         config.load(environ={"LEAT_SCANNER_MQTT__BASE_TOPIC": "shops/#"})
 
 

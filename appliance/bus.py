@@ -1,0 +1,378 @@
+"""MQTT over paho-mqtt 2.x (MQTT v5): availability + Last Will, retained info/state, events.
+
+Threads: paho runs its own network thread (`loop_start`); every callback, including the
+handlers given to `MqttBus.subscribe`, runs on it, so handlers must be quick and must not
+block on the bus. Public methods are safe to call from any thread.
+
+Connection: `start()` never blocks on the broker. paho connects in the background and
+reconnects by itself (1 s, doubling up to 30 s). On every successful (re)connect the bus
+re-subscribes its handlers and republishes retained `availability` ("online"), `info` and
+the latest `state`, since a broker restarted without persistence forgets retained messages.
+A refused connection (bad credentials, not authorised) is never reported as connected.
+
+Queueing: QoS 1 events published while disconnected wait in paho's in-memory queue, bounded
+by `max_queued`; a full queue raises `BusError` (nothing is dropped silently). Events with a
+message expiry are held by the bus instead and sent on reconnect with the remaining expiry
+only (or dropped, with a log line, once expired), so a late POS never sees an old scan.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from appliance.config import MqttConfig
+from appliance.errors import BusError
+
+log = logging.getLogger(__name__)
+
+ONLINE = "online"
+OFFLINE = "offline"
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
+
+
+@dataclass(frozen=True)
+class Message:
+    """An MQTT message received on a subscribed topic (MQTT v5 request fields included)."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
+
+    def json(self) -> Any:
+        """The payload decoded as UTF-8 JSON (raises ValueError when it is not)."""
+        return json.loads(self.payload.decode("utf-8"))
+
+
+Handler = Callable[[Message], None]
+
+
+@dataclass(frozen=True)
+class _Expiring:
+    """An expiring event held while disconnected."""
+
+    topic: str
+    data: bytes
+    deadline: float
+
+
+def encode(payload: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, as every JSON payload on the bus is sent."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+class MqttBus:
+    """The device's MQTT connection: `start()`, publish events and state, `stop()`."""
+
+    def __init__(
+        self,
+        mqtt_cfg: MqttConfig,
+        base_topic: str,
+        client_id: str,
+        password: str | None,
+        info: Mapping[str, Any],
+        *,
+        max_queued: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cfg = mqtt_cfg
+        self._base = base_topic.rstrip("/")
+        self._info = encode(info)
+        self._max_queued = max_queued
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._connected = threading.Event()
+        self._state: bytes | None = None
+        self._handlers: dict[str, Handler] = {}
+        self._expiring: deque[_Expiring] = deque()
+        self._last_problem: str | None = None
+        self._started = False
+        self._stopping = False
+        self._client = self._make_client(client_id, password)
+
+    def _make_client(self, client_id: str, password: str | None) -> mqtt.Client:
+        cfg = self._cfg
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+        )
+        client.enable_logger(log.getChild("paho"))
+        client.max_queued_messages_set(self._max_queued)
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        client.will_set(self.topic("availability"), OFFLINE, qos=1, retain=True)
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, password)
+        elif password is not None:
+            log.warning("an MQTT password is set but no username: the password is not used")
+        if cfg.tls.enabled:
+            try:
+                client.tls_set(
+                    ca_certs=_path(cfg.tls.ca_file),
+                    certfile=_path(cfg.tls.cert_file),
+                    keyfile=_path(cfg.tls.key_file),
+                )
+                client.tls_insecure_set(cfg.tls.insecure)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise BusError(f"cannot set up TLS to the MQTT broker: {exc}") from exc
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    @property
+    def base_topic(self) -> str:
+        """The device's base topic, e.g. `leat-scanner/<device_id>`."""
+        return self._base
+
+    def topic(self, subtopic: str) -> str:
+        """The full topic of `subtopic` under the base topic."""
+        return f"{self._base}/{subtopic.strip('/')}"
+
+    @property
+    def connected(self) -> bool:
+        """True while connected and accepted by the broker."""
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a connection; True when connected."""
+        return self._connected.wait(timeout)
+
+    def start(self) -> None:
+        """Connect in the background; returns at once, whether or not the broker is up."""
+        with self._lock:
+            if self._stopping:
+                raise BusError("the MQTT bus was stopped and cannot be started again")
+            if self._started:
+                return
+            try:
+                self._client.connect_async(
+                    self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_s
+                )
+            except (OSError, ValueError) as exc:
+                raise BusError(f"cannot connect to MQTT broker: {exc}") from exc
+            self._client.loop_start()
+            self._started = True
+        log.info("MQTT: connecting to %s:%d as %s", self._cfg.host, self._cfg.port, self._base)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish retained "offline" (waiting up to `timeout` s for it), then disconnect."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            was_started, was_connected = self._started, self.connected
+        if not was_started:
+            return
+        reason = None
+        if was_connected and not self._publish_offline(timeout):
+            # let the broker publish our Last Will ("offline", retained) instead
+            reason = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
+        self._client.disconnect(reasoncode=reason)
+        self._client.loop_stop()
+        self._connected.clear()
+        log.info("MQTT: disconnected")
+
+    def _publish_offline(self, timeout: float) -> bool:
+        """Publish retained "offline" and wait for the broker's ack; False if not acked."""
+        try:
+            info = self._client.publish(self.topic("availability"), OFFLINE, 1, retain=True)
+            info.wait_for_publish(timeout)
+            if info.is_published():
+                return True
+            log.warning("MQTT: 'offline' not acknowledged within %.1f s", timeout)
+        except (RuntimeError, ValueError) as exc:  # paho: not queued / not connected
+            log.warning("MQTT: could not publish 'offline': %s", exc)
+        return False
+
+    def publish_event(
+        self, name: str, payload: Mapping[str, Any], expiry_s: float | None = None
+    ) -> None:
+        """Publish JSON to `<base>/events/<name>` (QoS 1, not retained); BusError if not queued.
+
+        `expiry_s` sets the MQTT v5 message expiry; while disconnected such an event is held
+        and sent with its remaining expiry on reconnect, or dropped once expired.
+        """
+        if not name or any(c in name for c in "#+\0"):
+            raise ValueError(f"invalid event name {name!r}")
+        topic = self.topic(f"events/{name}")
+        data = encode(payload)
+        if expiry_s is None:
+            self._publish(topic, data)
+            return
+        if expiry_s <= 0:
+            raise ValueError("expiry_s must be positive")
+        with self._lock:
+            if self.connected:
+                self._publish(topic, data, properties=_expiry(expiry_s))
+                return
+            self._drop_expired()
+            if len(self._expiring) >= self._max_queued:
+                raise BusError(f"MQTT queue full ({self._max_queued} expiring events): {topic}")
+            self._expiring.append(_Expiring(topic, data, self._clock() + expiry_s))
+
+    def set_state(self, payload: Mapping[str, Any]) -> None:
+        """Publish retained `<base>/state` now if connected; it is republished on reconnect."""
+        data = encode(payload)
+        with self._lock:
+            self._state = data
+            if self.connected:
+                self._publish_status("state", data)
+
+    def subscribe(self, subtopic: str, handler: Handler) -> None:
+        """Call `handler` (on paho's thread) for messages on `<base>/<subtopic>` (may hold + #)."""
+        topic = self.topic(subtopic)
+        with self._lock:
+            self._handlers[topic] = handler
+            if self.connected:
+                self._client.subscribe(topic, options=SubscribeOptions(qos=1))
+
+    def publish_response(
+        self, topic: str, payload: Mapping[str, Any], correlation_data: bytes | None = None
+    ) -> None:
+        """Publish a JSON reply to `topic` (an absolute topic; QoS 1, not retained)."""
+        properties = None
+        if correlation_data is not None:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.CorrelationData = correlation_data
+        self._publish(topic, encode(payload), properties=properties)
+
+    def _publish(
+        self,
+        topic: str,
+        data: bytes | str,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> mqtt.MQTTMessageInfo:
+        """Hand one QoS 1 message to paho; queued while disconnected, BusError if refused."""
+        try:
+            info = self._client.publish(topic, data, qos=1, retain=retain, properties=properties)
+        except (OSError, ValueError) as exc:
+            raise BusError(f"cannot publish to {topic}: {exc}") from exc
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            raise BusError(f"MQTT queue full ({self._max_queued} messages): {topic} not queued")
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise BusError(f"cannot publish to {topic}: {mqtt.error_string(info.rc)}")
+        return info
+
+    def _publish_status(self, subtopic: str, data: bytes | str) -> None:
+        """Publish a retained status message; at QoS 0 when events fill the QoS 1 queue."""
+        topic = self.topic(subtopic)
+        try:
+            self._publish(topic, data, retain=True)
+        except BusError as exc:
+            log.warning("MQTT: %s; sending %s at QoS 0 instead", exc, subtopic)
+            self._client.publish(topic, data, qos=0, retain=True)
+
+    def _drop_expired(self) -> None:
+        now = self._clock()
+        kept = [item for item in self._expiring if item.deadline > now]
+        if len(kept) < len(self._expiring):
+            log.warning("MQTT: dropped %d expired event(s)", len(self._expiring) - len(kept))
+            self._expiring = deque(kept)
+
+    def _problem(self, problem: str) -> None:
+        """Log a connection problem once until it changes or a connection succeeds."""
+        if problem != self._last_problem:
+            self._last_problem = problem
+            log.warning("MQTT: %s", problem)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            self._problem(
+                f"broker {self._cfg.host}:{self._cfg.port} refused the connection: "
+                f"{reason_code.getName()} (user {self._cfg.username or '(none)'})"
+            )
+            return
+        try:
+            with self._lock:
+                if self._stopping:
+                    return
+                self._last_problem = None
+                # Subscribe first: the broker handles our packets in order, so once "online"
+                # is seen, the subscriptions are in place.
+                if self._handlers:
+                    client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._handlers])
+                self._publish_status("availability", ONLINE)
+                self._publish_status("info", self._info)
+                if self._state is not None:
+                    self._publish_status("state", self._state)
+                self._drop_expired()
+                while self._expiring:
+                    item = self._expiring.popleft()
+                    remaining = item.deadline - self._clock()
+                    self._publish(item.topic, item.data, properties=_expiry(remaining))
+                self._connected.set()
+            log.info("MQTT: connected to %s:%d", self._cfg.host, self._cfg.port)
+        except Exception:
+            log.exception("MQTT: failed to set up the connection")
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._problem(f"cannot reach broker {self._cfg.host}:{self._cfg.port}; retrying")
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if was_connected and not self._stopping:
+            self._problem(f"connection lost ({reason_code.getName()}); reconnecting")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        props = msg.properties
+        message = Message(
+            topic=msg.topic,
+            payload=bytes(msg.payload),
+            response_topic=getattr(props, "ResponseTopic", None),
+            correlation_data=getattr(props, "CorrelationData", None),
+            user_properties=tuple(getattr(props, "UserProperty", ())),
+        )
+        with self._lock:
+            items = list(self._handlers.items())
+        handlers = [h for t, h in items if mqtt.topic_matches_sub(t, msg.topic)]
+        if not handlers:
+            log.debug("MQTT: no handler for %s", msg.topic)
+        for handler in handlers:
+            try:
+                handler(message)
+            except Exception:
+                log.exception("MQTT: handler for %s failed", msg.topic)
+
+
+def _expiry(seconds: float) -> Properties:
+    """PUBLISH properties with a message expiry of `seconds` (rounded up, at least 1 s)."""
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.MessageExpiryInterval = max(1, math.ceil(seconds))
+    return properties
+
+
+def _path(path: object) -> str | None:
+    return None if path is None else str(path)

@@ -1,0 +1,174 @@
+"""The `leat-scanner` command: run | demo | decode | check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from appliance import __version__, config, logs
+from appliance.errors import ApplianceError, CameraError, ConfigError
+
+log = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    logs.setup(args.log_level or "INFO")
+    try:
+        cfg = _load(args)
+        if args.log_level is None:
+            logging.getLogger().setLevel(cfg.logging.level)
+        code: int = args.handler(args, cfg)
+        return code
+    except ConfigError as exc:
+        print(f"leat-scanner: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ApplianceError as exc:
+        print(f"leat-scanner: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leat-scanner", description="Leat loyalty QR scanner appliance."
+    )
+    parser.add_argument("--version", action="version", version=f"leat-scanner {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", type=Path, help=f"config file (run, check: default {config.DEFAULT_PATH})"
+    )
+    common.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override logging.level"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="the long-running scanner process", parents=[common]
+    )
+    run.set_defaults(handler=_run, config_default=config.DEFAULT_PATH)
+
+    demo = commands.add_parser(
+        "demo", help="replay sample codes through the whole scan path", parents=[common]
+    )
+    demo.add_argument("--fps", type=float, default=4.0, help="replay speed (frames per second)")
+    demo.set_defaults(handler=_demo, config_default=None)
+
+    decode = commands.add_parser(
+        "decode", help="show what each image contains", parents=[common]
+    )
+    decode.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    decode.add_argument("--json", action="store_true", help="one JSON object per line")
+    decode.set_defaults(handler=_decode, config_default=None)
+
+    check = commands.add_parser(
+        "check", help="validate the config and show the effective values", parents=[common]
+    )
+    check.set_defaults(handler=_check, config_default=config.DEFAULT_PATH)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> config.Config:
+    path: Path | None = args.config or args.config_default
+    return config.load(path)
+
+
+def _run(args: argparse.Namespace, cfg: config.Config) -> int:
+    from appliance.daemon import build
+
+    service = build(cfg)
+    stop = _stop_on_signals()
+    log.info("leat-scanner %s running as %s on %s", __version__, cfg.device.id, cfg.base_topic)
+    return service.run(stop)
+
+
+def _demo(args: argparse.Namespace, cfg: config.Config) -> int:
+    from appliance.demo import run_demo
+
+    if args.log_level is None:  # the demo's console is for the MQTT messages
+        logging.getLogger().setLevel(logging.WARNING)
+    return run_demo(cfg, configured=args.config is not None, fps=args.fps, stop=_stop_on_signals())
+
+
+def _decode(args: argparse.Namespace, cfg: config.Config, out: TextIO | None = None) -> int:
+    from appliance.camera import ReplaySource
+    from appliance.codes import Classifier
+    from appliance.decode import Decoder
+
+    out = out or sys.stdout
+    decoder, classifier = Decoder(cfg.decode), Classifier(cfg.codes)
+    status = 0
+    for path in args.images:
+        record: dict[str, object] = {"file": str(path)}
+        try:
+            frame = ReplaySource([path], fps=0).read()
+        except CameraError as exc:
+            status = 1
+            record |= {"scans": [], "error": str(exc)}
+        else:
+            assert frame is not None  # a source of one image yields it
+            result = decoder.decode(frame)
+            record["scans"] = [
+                {"text": s.text, "format": s.format, "kind": classifier.classify(s.text).kind.value}
+                for s in result.scans
+            ]
+            if result.rejected:
+                record["rejected"] = [
+                    {"format": r.format, "reason": r.reason} for r in result.rejected
+                ]
+        out.write(_decode_line(record, args.json) + "\n")
+    return status
+
+
+def _decode_line(record: dict[str, object], as_json: bool) -> str:
+    if as_json:
+        return json.dumps(record, ensure_ascii=False)
+    if "error" in record:
+        return f"{record['file']}: error: {record['error']}"
+    parts = [f"{s['kind']} {s['format']} {s['text']!r}" for s in record["scans"]]  # type: ignore[attr-defined]
+    parts += [f"refused {r['format']}: {r['reason']}" for r in record.get("rejected", [])]  # type: ignore[attr-defined]
+    return f"{record['file']}: " + ("; ".join(parts) if parts else "no code")
+
+
+def _check(args: argparse.Namespace, cfg: config.Config) -> int:
+    from appliance.codes import Classifier
+    from appliance.decode import Decoder
+
+    Decoder(cfg.decode)
+    Classifier(cfg.codes)  # compiles the rules: bad patterns are config errors
+    secrets = {
+        "mqtt-password": cfg.mqtt.password_file,
+        "leat-token": cfg.leat.token_file,
+        "leat-client-secret": cfg.leat.client_secret_file,
+    }
+    for name, path in secrets.items():
+        found = config.read_secret(name, path) is not None
+        print(f"secret {name}: {'present' if found else 'not configured'}")
+    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    print(f"base topic: {cfg.base_topic}")
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    """An Event set by SIGTERM or SIGINT (the daemon's one stop switch)."""
+    stop = threading.Event()
+
+    def _handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handle)
+    signal.signal(signal.SIGINT, _handle)
+    return stop

@@ -1,0 +1,86 @@
+"""JSON Schemas (draft 2020-12) of every MQTT payload, and validation against them.
+
+Each `<name>.schema.json` in this package describes the payload of one topic (see
+`docs/asyncapi.yaml`). `validate()` checks `format` keywords too (uuid, date-time).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+from datetime import datetime
+from importlib import resources
+from typing import Any, cast
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import best_match
+
+log = logging.getLogger(__name__)
+
+_SUFFIX = ".schema.json"
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d{1,6})?\d*([Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+def is_date_time(instance: object) -> bool:
+    """True unless `instance` is a string that is not an RFC 3339 date-time (with offset)."""
+    if not isinstance(instance, str):
+        return True
+    match = _RFC3339.fullmatch(instance)
+    if match is None:
+        return False
+    date, clock, fraction, offset = match.groups()
+    offset = "+00:00" if offset in "Zz" else offset
+    try:
+        datetime.fromisoformat(f"{date}T{clock}{fraction or ''}{offset}")
+    except ValueError:
+        return False
+    return True
+
+
+def _format_checker() -> FormatChecker:
+    """jsonschema's checkers (uuid, ...) with our own date-time check.
+
+    jsonschema checks date-time only when the optional rfc3339-validator is installed and
+    otherwise passes every string silently; ours does not depend on it.
+    """
+    checker = FormatChecker()
+    checker.checks("date-time")(is_date_time)
+    return checker
+
+
+def names() -> list[str]:
+    """The names of all schemas in the contract, sorted (e.g. `scan`, `state`)."""
+    return sorted(
+        entry.name.removesuffix(_SUFFIX)
+        for entry in resources.files(__package__).iterdir()
+        if entry.name.endswith(_SUFFIX)
+    )
+
+
+@functools.cache
+def _load(name: str) -> dict[str, Any]:
+    if name not in names():
+        raise KeyError(f"no contract schema named {name!r}; known: {', '.join(names())}")
+    text = resources.files(__package__).joinpath(name + _SUFFIX).read_text(encoding="utf-8")
+    return cast(dict[str, Any], json.loads(text))
+
+
+def schema(name: str) -> dict[str, Any]:
+    """The schema `name` as a fresh dict (raises KeyError for an unknown name)."""
+    return json.loads(json.dumps(_load(name)))  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(_load(name), format_checker=_format_checker())
+
+
+def validate(name: str, payload: object) -> None:
+    """Check `payload` against schema `name`; raise `jsonschema.ValidationError` if it fails."""
+    error = best_match(_validator(name).iter_errors(payload))
+    if error is not None:
+        raise error

@@ -1,0 +1,296 @@
+"""Find codes in a grayscale frame with zxing-cpp (the only module that reads with it).
+
+A frame goes through a fixed ladder of cheap passes and stops at the first that finds a
+symbol, so a frame with a code usually costs one sub-millisecond pass and a frame without
+one costs the whole (bounded) ladder, still about a fifth of one default zxing-cpp call:
+
+1. matrix codes on a 2x-subsampled view (zero-copy strides), global-histogram binarizer;
+2. linear codes on every 8th row, then every 8th column (cards held sideways), each
+   plain and inverted (zxing-cpp's own inversion covers matrix codes only);
+3. matrix codes at full resolution, local-average then global-histogram binarizer;
+4. only for symbols a pass located but could not decode (at most two): the region,
+   upscaled and sharpened, read again.
+
+"QRCode" in the config means the classic QR symbol (models 1 and 2); Micro QR and rMQR,
+which zxing-cpp files under the same family, must be named to be read.
+
+What was read is then judged: binary payloads, over-long texts and control characters are
+refused (`Rejected`), and logged without the payload (it may be personal data).
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+import zxingcpp
+from PIL import Image, ImageFilter
+
+from appliance.camera import Frame
+from appliance.config import DecodeConfig
+from appliance.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Corners = tuple[tuple[int, int], ...]
+
+_F = zxingcpp.BarcodeFormat
+_KNOWN: dict[str, zxingcpp.BarcodeFormat] = {
+    name: fmt for name, fmt in _F.__members__.items() if name not in ("NONE", "All")
+}
+# "QRCode" means the classic symbol here: zxing-cpp's QRCode family also holds Micro QR and
+# rMQR, whose tiny symbols with weak error correction misread clutter (a measured false
+# positive in the bench corpus); name "MicroQRCode" / "RMQRCode" to read them as well.
+_ALIASES: dict[str, tuple[zxingcpp.BarcodeFormat, ...]] = {
+    "QRCode": (_F.QRCodeModel1, _F.QRCodeModel2),
+}
+_LINEAR = frozenset(zxingcpp.barcode_formats_list(zxingcpp.BarcodeFormats(_F.AllLinear)))
+_ROW_STEP = 8  # linear codes are tall: every 8th row still crosses the bars many times
+_ROI_LIMIT = 2  # at most this many located-but-undecoded symbols get a closer look
+_SHARPEN = ImageFilter.UnsharpMask(radius=3, percent=250, threshold=0)
+# (upscale, sharpen, binarizer) tried in turn on a located symbol; chosen on the bench corpus
+_ROI_ATTEMPTS = (
+    (2, True, zxingcpp.Binarizer.LocalAverage),
+    (2, True, zxingcpp.Binarizer.GlobalHistogram),
+    (3, False, zxingcpp.Binarizer.GlobalHistogram),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """A code read from a frame and accepted."""
+
+    text: str
+    format: str  # zxing-cpp format name, e.g. "QRCode"
+    position: Corners  # top-left, top-right, bottom-right, bottom-left, in frame pixels
+    timestamp: float  # the frame's time.monotonic() timestamp
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A code that was read but refused (binary, too long, control characters)."""
+
+    reason: str
+    format: str
+    timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeResult:
+    """Everything one frame yielded."""
+
+    scans: tuple[Scan, ...]
+    rejected: tuple[Rejected, ...]
+
+
+class _Affine(NamedTuple):
+    """Maps view coordinates to frame coordinates: frame = (a*x + b*y + ox, c*x + d*y + oy)."""
+
+    a: float = 1.0
+    b: float = 0.0
+    c: float = 0.0
+    d: float = 1.0
+    ox: float = 0.0
+    oy: float = 0.0
+
+    def corners(self, barcode: Any) -> Corners:
+        """The barcode's corners in frame pixels, clockwise from top-left."""
+        pos = barcode.position
+        points = [pos.top_left, pos.top_right, pos.bottom_right, pos.bottom_left]
+        mapped = tuple(
+            (round(self.a * p.x + self.b * p.y + self.ox),
+             round(self.c * p.x + self.d * p.y + self.oy))
+            for p in points
+        )
+        if self.a * self.d - self.b * self.c < 0:  # a mirror (transposed view) reverses winding
+            mapped = (mapped[0], mapped[3], mapped[2], mapped[1])
+        return mapped
+
+
+_IDENTITY = _Affine()
+
+
+class _Hit(NamedTuple):
+    barcode: Any
+    corners: Corners
+
+
+def parse_formats(names: Sequence[str]) -> tuple[zxingcpp.BarcodeFormat, ...]:
+    """zxing-cpp formats for config names; `ConfigError` for unknown or no names."""
+    known = ", ".join(sorted(_KNOWN))
+    problems = [f"decode.formats: unknown format {name!r}; known: {known}"
+                for name in names if name not in _KNOWN]
+    if not names:
+        problems.append(f"decode.formats: empty; known: {known}")
+    if problems:
+        raise ConfigError(problems)
+    return tuple(dict.fromkeys(f for name in names for f in _ALIASES.get(name, (_KNOWN[name],))))
+
+
+class Decoder:
+    """Reads codes from frames; `decode` is safe to call from one thread at a time."""
+
+    def __init__(self, cfg: DecodeConfig) -> None:
+        formats = parse_formats(cfg.formats)
+        linear = [f for f in formats if f in _LINEAR]
+        matrix = [f for f in formats if f not in _LINEAR]
+        self._linear = zxingcpp.BarcodeFormats(linear) if linear else None
+        self._matrix = zxingcpp.BarcodeFormats(matrix) if matrix else None
+        self._max_length = cfg.max_text_length
+        self._invert = cfg.try_invert
+
+    def decode(self, frame: Frame) -> DecodeResult:
+        """Every code in `frame`, accepted or rejected; no code is an empty result."""
+        pixels = _checked(frame.pixels)
+        scans: list[Scan] = []
+        rejected: list[Rejected] = []
+        for hit in self._find(pixels):
+            fmt = hit.barcode.format.name
+            text, reason = _judge(hit.barcode, self._max_length)
+            if reason is None:
+                scans.append(Scan(text, fmt, hit.corners, frame.timestamp))
+            else:
+                log.info("rejected a %s code of %d characters: %s", fmt, len(text), reason)
+                rejected.append(Rejected(reason, fmt, frame.timestamp))
+        return DecodeResult(tuple(scans), tuple(rejected))
+
+    def _find(self, pixels: npt.NDArray[np.uint8]) -> list[_Hit]:
+        """Run the pass ladder; stop at the first pass that finds anything."""
+        matrix, linear = self._matrix, self._linear
+        located: list[Corners] = []
+        if matrix is not None:
+            half = _Affine(a=2.0, d=2.0)
+            hits = self._read(pixels[::2, ::2], matrix, half, located,
+                              binarizer=zxingcpp.Binarizer.GlobalHistogram)
+            if hits:
+                return hits
+        if linear is not None:
+            hits = self._read_linear(pixels, linear)
+            if hits:
+                return hits
+        if matrix is not None:
+            return self._read_matrix_fallback(pixels, matrix, located)
+        return []
+
+    def _read_matrix_fallback(self, pixels: npt.NDArray[np.uint8],
+                              formats: zxingcpp.BarcodeFormats,
+                              located: list[Corners]) -> list[_Hit]:
+        """Full resolution with both binarizers, then a closer look at located symbols."""
+        for binarizer in (zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram):
+            hits = self._read(pixels, formats, _IDENTITY, located, binarizer=binarizer)
+            if hits:
+                return hits
+        for corners in _distinct(located)[:_ROI_LIMIT]:
+            hits = self._read_region(pixels, formats, corners)
+            if hits:
+                return hits
+        return []
+
+    def _read_linear(self, pixels: npt.NDArray[np.uint8],
+                     formats: zxingcpp.BarcodeFormats) -> list[_Hit]:
+        """Linear codes along sparse rows, then sparse columns; each also inverted."""
+        step = _ROW_STEP
+        views = [(pixels[::step, :], _Affine(d=step)),
+                 (pixels[:, ::step].T, _Affine(a=0.0, b=1.0, c=step, d=0.0))]
+        for view, affine in views:
+            hits = self._read(view, formats, affine)
+            if not hits and self._invert:
+                hits = self._read(255 - view, formats, affine)
+            if hits:
+                return hits
+        return []
+
+    def _read_region(self, pixels: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
+                     corners: Corners) -> list[_Hit]:
+        """A closer look at a symbol zxing-cpp located but could not decode."""
+        xs = [x for x, _ in corners]
+        ys = [y for _, y in corners]
+        margin = max(8, (max(xs) - min(xs) + max(ys) - min(ys)) // 6)
+        h, w = pixels.shape
+        x0, y0 = max(0, min(xs) - margin), max(0, min(ys) - margin)
+        x1, y1 = min(w, max(xs) + margin), min(h, max(ys) + margin)
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return []
+        crop = Image.fromarray(np.ascontiguousarray(pixels[y0:y1, x0:x1]))
+        for scale, sharpen, binarizer in _ROI_ATTEMPTS:
+            size = ((x1 - x0) * scale, (y1 - y0) * scale)
+            image = crop.resize(size, Image.Resampling.BICUBIC)
+            if sharpen:
+                image = image.filter(_SHARPEN)
+            affine = _Affine(a=1.0 / scale, d=1.0 / scale, ox=x0, oy=y0)
+            hits = self._read(np.asarray(image), formats, affine, binarizer=binarizer)
+            if hits:
+                return hits
+        return []
+
+    def _read(self, view: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats, affine: _Affine,
+              located: list[Corners] | None = None, **options: Any) -> list[_Hit]:
+        """One zxing-cpp call on `view`; symbols located but not decoded go to `located`."""
+        barcodes = zxingcpp.read_barcodes(
+            view, formats=formats, try_rotate=False, try_downscale=False,
+            try_invert=self._invert, text_mode=zxingcpp.TextMode.Plain,
+            return_errors=located is not None, **options,
+        )
+        hits = []
+        for barcode in barcodes:
+            if barcode.valid:
+                hits.append(_Hit(barcode, affine.corners(barcode)))
+            elif located is not None:
+                located.append(affine.corners(barcode))
+        return hits
+
+
+def _checked(pixels: Any) -> npt.NDArray[np.uint8]:
+    """The frame's pixels if they are a 2-D uint8 array zxing-cpp can read in place."""
+    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2:
+        kind = f"{pixels.dtype} array of {pixels.ndim} dimensions" if isinstance(
+            pixels, np.ndarray) else type(pixels).__name__
+        raise ValueError(f"frame pixels must be a 2-D uint8 array (grayscale), got {kind}")
+    if min(pixels.strides) <= 0:  # flipped or broadcast views: zxing-cpp needs positive strides
+        return np.ascontiguousarray(pixels)
+    return pixels
+
+
+def _distinct(located: list[Corners]) -> list[Corners]:
+    """Located symbols without repeats (the same symbol seen by two passes)."""
+    kept: list[Corners] = []
+    for corners in located:
+        cx = sum(x for x, _ in corners) / 4
+        cy = sum(y for _, y in corners) / 4
+        if not any(min(x for x, _ in k) <= cx <= max(x for x, _ in k)
+                   and min(y for _, y in k) <= cy <= max(y for _, y in k) for k in kept):
+            kept.append(corners)
+    return kept
+
+
+def _stretch(crop: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """Stretch the 2nd..98th percentile of grey levels to the full range."""
+    low, high = np.percentile(crop, (2, 98))
+    if high - low < 4:
+        return crop
+    lut = np.clip((np.arange(256) - low) * (255.0 / (high - low)), 0, 255).astype(np.uint8)
+    stretched: npt.NDArray[np.uint8] = lut[crop]
+    return stretched
+
+
+def _judge(barcode: Any, max_length: int) -> tuple[str, str | None]:
+    """The payload as text and why it is refused (None: accepted)."""
+    text: str = barcode.text
+    if barcode.content_type in (zxingcpp.ContentType.Binary, zxingcpp.ContentType.Mixed):
+        try:  # UTF-8 without an ECI marker is common; real binary is not valid UTF-8
+            text = bytes(barcode.bytes).decode("utf-8")
+        except UnicodeDecodeError:
+            return text, "binary payload"
+    if "\ufffd" in text:
+        return text, "undecodable bytes"
+    if len(text) > max_length:
+        return text, f"too long ({len(text)} > {max_length} characters)"
+    for char in text:
+        if unicodedata.category(char).startswith("C"):
+            return text, f"control character U+{ord(char):04X}"
+    return text, None

@@ -1,0 +1,170 @@
+"""`leat-scanner demo`: sample codes replayed through the whole scan path, events printed.
+
+With no config file the demo starts its own Mosquitto on a free loopback port; with
+`--config` it uses the configured broker. Frames (loyalty card, giftcard, voucher, a phone
+in dark mode, a Loyalty Token URL, empty frames) are generated into a temporary folder and
+replayed as the camera would deliver them; LED/buzzer run on gpiozero's mock pins and each
+signal is printed. A subscriber prints every message as a POS would see it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, TextIO
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from appliance.config import Config, read_secret
+from appliance.daemon import build
+from appliance.errors import BusError
+from appliance.feedback import Feedback, FeedbackLike, Signal
+from appliance.localbroker import LocalMosquitto
+from appliance.samples import write_demo_frames
+
+DEMO_DEVICE_ID = "demo-counter"
+
+
+class EchoFeedback:
+    """Shows each signal on the mock pins and prints it, so the demo shows the LED/buzzer."""
+
+    def __init__(self, inner: FeedbackLike, out: TextIO) -> None:
+        self._inner, self._out = inner, out
+
+    def show(self, signal: Signal) -> None:
+        """Print and forward one signal."""
+        self._out.write(f"   [led/buzzer] {signal.name.lower()}\n")
+        self._inner.show(signal)
+
+    def close(self) -> None:
+        """Close the wrapped feedback."""
+        self._inner.close()
+
+
+class Viewer:
+    """An MQTT subscriber printing everything under the device's base topic."""
+
+    def __init__(self, cfg: Config, out: TextIO) -> None:
+        self._base = cfg.base_topic
+        self._out = out
+        self.subscribed = threading.Event()
+        self.offline_seen = threading.Event()
+        self.scan_events = 0
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"leat-scanner-demo-viewer-{cfg.device.id}",
+            protocol=mqtt.MQTTv5,
+        )
+        if cfg.mqtt.username:
+            self._client.username_pw_set(
+                cfg.mqtt.username, read_secret("mqtt-password", cfg.mqtt.password_file)
+            )
+        if cfg.mqtt.tls.enabled:
+            self._client.tls_set(
+                ca_certs=str(cfg.mqtt.tls.ca_file) if cfg.mqtt.tls.ca_file else None
+            )
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        try:
+            self._client.connect(cfg.mqtt.host, cfg.mqtt.port)
+        except OSError as exc:
+            where = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
+            raise BusError(f"demo viewer cannot reach {where}: {exc}") from exc
+        self._client.loop_start()
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        if not rc.is_failure:
+            client.subscribe(f"{self._base}/#", qos=1)
+
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: Any, _mid: int, _rc: list[ReasonCode], _p: Properties | None
+    ) -> None:
+        self.subscribed.set()
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        topic = message.topic.removeprefix(self._base + "/")
+        text = message.payload.decode("utf-8", "replace")
+        if topic == "events/scan":
+            self.scan_events += 1
+        if topic == "availability" and text == "offline":
+            self.offline_seen.set()
+        retained = " (retained)" if message.retain else ""
+        try:
+            shown = json.dumps(json.loads(text), ensure_ascii=False)
+        except ValueError:
+            shown = text
+        self._out.write(f"<- {topic}{retained}  {shown}\n")
+
+    def close(self) -> None:
+        """Disconnect."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def run_demo(
+    cfg: Config,
+    *,
+    configured: bool,
+    fps: float = 4.0,
+    stop: threading.Event | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Run the demo; returns 0 when every published scan reached the subscriber."""
+    from gpiozero.pins.mock import MockFactory
+
+    out = out or sys.stdout
+    stop = stop or threading.Event()
+    with tempfile.TemporaryDirectory(prefix="leat-scanner-demo-") as tmp:
+        work = Path(tmp)
+        frames = work / "frames"
+        write_demo_frames(frames)
+        broker = None if configured else LocalMosquitto(work / "broker")
+        try:
+            if broker is not None:
+                broker.start()
+                out.write(f"== started a private mosquitto on 127.0.0.1:{broker.port}\n")
+            cfg = _demo_config(cfg, frames, fps, broker)
+            out.write(f"== replaying {len(list(frames.iterdir()))} frames from {frames} "
+                      f"at {fps:g} fps; subscribed to {cfg.base_topic}/#\n")
+            viewer = Viewer(cfg, out)
+            try:
+                if not viewer.subscribed.wait(10):
+                    raise BusError("demo viewer could not subscribe within 10 s")
+                feedback = EchoFeedback(Feedback.from_config(cfg.feedback, MockFactory()), out)
+                service = build(cfg, feedback=feedback)
+                status = service.run(stop)
+                viewer.offline_seen.wait(5)
+                published = service.stats.scans_total
+                out.write(f"== {published} scans published, {viewer.scan_events} received; "
+                          f"{service.stats.rejected_total} refused\n")
+                return status if viewer.scan_events == published else 1
+            finally:
+                viewer.close()
+        finally:
+            if broker is not None:
+                broker.stop()
+
+
+def _demo_config(cfg: Config, frames: Path, fps: float, broker: LocalMosquitto | None) -> Config:
+    """The demo's config: replayed frames, mock pins, and the private broker if any."""
+    update: dict[str, Any] = {
+        "camera": cfg.camera.model_copy(
+            update={"source": "replay", "replay_path": frames, "fps": fps, "replay_loop": False}
+        ),
+    }
+    if broker is not None:
+        update["device"] = cfg.device.model_copy(update={"id": DEMO_DEVICE_ID})
+        update["mqtt"] = cfg.mqtt.model_copy(
+            update={"host": broker.host, "port": broker.port, "username": None,
+                    "password_file": None}
+        )
+    return cfg.model_copy(update=update)

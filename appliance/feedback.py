@@ -1,0 +1,277 @@
+"""LED and buzzer feedback at the counter: five patterns a customer can tell apart.
+
+Every pattern differs in colour AND in buzzer rhythm, so it reads without colour vision
+(beeps) and without hearing (LEDs):
+
+=========  =====================================  ===========================================
+signal     LEDs                                   buzzer
+=========  =====================================  ===========================================
+READY      green steady on, red off               silent
+ACCEPTED   green on, then READY                   1 short beep (0.10 s), then READY
+DENIED     green off, red 3 quick blinks          3 quick beeps with the blinks
+           (0.12 s on / 0.12 s off), then READY   (0.12 s on / 0.12 s off), then READY (0.72 s)
+OFFLINE    red slow blink (1.0 s on / 1.0 s off)  1 long beep (0.8 s) once at entry, then
+           until another signal                   silent
+BUSY       green and red alternate (0.15 s each)  silent
+           until another signal
+=========  =====================================  ===========================================
+
+The constants below hold these timings; `PATTERNS` is the table in code form.
+
+Threads: one pattern thread drives all three devices, so the beeps stay in lock-step with
+the blinks and a pattern can end in READY. (gpiozero's own `blink()` runs one thread per
+device and cannot chain "three blinks, then steady green".) `show()` is non-blocking: it
+stops the running pattern (its waits are on an Event, so this is immediate) and starts the
+new one. `show()` and `close()` are safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final, Protocol
+
+from appliance.config import FeedbackConfig
+
+log = logging.getLogger(__name__)
+
+ACCEPTED_BEEP_S: Final = 0.10
+DENIED_ON_S: Final = 0.12
+DENIED_OFF_S: Final = 0.12
+DENIED_COUNT: Final = 3
+OFFLINE_BEEP_S: Final = 0.8
+OFFLINE_BLINK_S: Final = 1.0  # on, then off for as long
+BUSY_FLASH_S: Final = 0.15  # each colour
+STOP_TIMEOUT_S: Final = 2.0  # a pattern thread only ever waits on its stop Event
+
+
+class Signal(StrEnum):
+    """What the device tells the customer."""
+
+    READY = "ready"
+    ACCEPTED = "accepted"
+    DENIED = "denied"
+    OFFLINE = "offline"
+    BUSY = "busy"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One state of the three outputs, held for `seconds` (0: just set it)."""
+
+    green: bool
+    red: bool
+    buzzer: bool
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """`steps` play once; then `loop` repeats until another signal (empty: the end state stays)."""
+
+    steps: tuple[Step, ...]
+    loop: tuple[Step, ...] = ()
+
+
+READY_STEP: Final = Step(green=True, red=False, buzzer=False)
+
+PATTERNS: Final[Mapping[Signal, Pattern]] = {
+    Signal.READY: Pattern((READY_STEP,)),
+    Signal.ACCEPTED: Pattern((Step(True, False, True, ACCEPTED_BEEP_S), READY_STEP)),
+    Signal.DENIED: Pattern(
+        (Step(False, True, True, DENIED_ON_S), Step(False, False, False, DENIED_OFF_S))
+        * DENIED_COUNT
+        + (READY_STEP,)
+    ),
+    Signal.OFFLINE: Pattern(
+        (
+            Step(False, True, True, OFFLINE_BEEP_S),
+            Step(False, True, False, OFFLINE_BLINK_S - OFFLINE_BEEP_S),
+            Step(False, False, False, OFFLINE_BLINK_S),
+        ),
+        loop=(
+            Step(False, True, False, OFFLINE_BLINK_S),
+            Step(False, False, False, OFFLINE_BLINK_S),
+        ),
+    ),
+    Signal.BUSY: Pattern(
+        (), loop=(Step(True, False, False, BUSY_FLASH_S), Step(False, True, False, BUSY_FLASH_S))
+    ),
+}
+"""Each signal's pattern; the module docstring shows the same table for people."""
+
+
+class OutputLike(Protocol):
+    """The part of a gpiozero `LED` / `Buzzer` that feedback uses."""
+
+    def on(self) -> None:
+        """Switch on."""
+
+    def off(self) -> None:
+        """Switch off."""
+
+    def close(self) -> None:
+        """Release the pin."""
+
+
+class FeedbackLike(Protocol):
+    """What the scan path needs from feedback (real, null, or a demo wrapper)."""
+
+    def show(self, signal: Signal) -> None:
+        """Start showing `signal`, replacing whatever runs; never blocks."""
+
+    def close(self) -> None:
+        """Switch everything off and release the hardware; idempotent."""
+
+
+class _Run:
+    """One playing pattern: its thread, its stop flag and its 'played once' flag."""
+
+    def __init__(
+        self, thread: threading.Thread, stop: threading.Event, shown: threading.Event
+    ) -> None:
+        self.thread, self.stop, self.shown = thread, stop, shown
+
+
+class Feedback:
+    """Shows `Signal`s on a green LED, a red LED and an active buzzer (gpiozero devices)."""
+
+    def __init__(
+        self,
+        green: OutputLike,
+        red: OutputLike,
+        buzzer: OutputLike,
+        *,
+        time_scale: float = 1.0,
+    ) -> None:
+        if time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        self._green, self._red, self._buzzer = green, red, buzzer
+        self._time_scale = time_scale  # < 1 speeds every pattern up (tests)
+        self._lock = threading.Lock()
+        self._run: _Run | None = None
+        self._closed = False
+
+    @classmethod
+    def from_config(
+        cls, cfg: FeedbackConfig, pin_factory: Any = None, *, time_scale: float = 1.0
+    ) -> Feedback:
+        """Build the LEDs and buzzer on the configured pins with `pin_factory` (None: default)."""
+        from gpiozero import LED, Buzzer  # only the boundary imports gpiozero
+
+        built: list[OutputLike] = []
+        try:
+            built.append(LED(cfg.green_led_pin, pin_factory=pin_factory))
+            built.append(LED(cfg.red_led_pin, pin_factory=pin_factory))
+            built.append(
+                Buzzer(cfg.buzzer_pin, active_high=cfg.buzzer_active_high, pin_factory=pin_factory)
+            )
+        except Exception:
+            for device in built:
+                device.close()
+            raise
+        log.debug(
+            "feedback on BCM green=%d red=%d buzzer=%d (active %s)",
+            cfg.green_led_pin,
+            cfg.red_led_pin,
+            cfg.buzzer_pin,
+            "high" if cfg.buzzer_active_high else "low",
+        )
+        return cls(*built, time_scale=time_scale)
+
+    def show(self, signal: Signal) -> None:
+        """Start `signal`'s pattern in the background, replacing the running one."""
+        with self._lock:
+            if self._closed:
+                log.debug("feedback closed; not showing %s", signal.value)
+                return
+            self._stop_run()
+            stop, shown = threading.Event(), threading.Event()
+            thread = threading.Thread(
+                target=self._play,
+                args=(signal, PATTERNS[signal], stop, shown),
+                name=f"feedback-{signal.value}",
+                daemon=True,
+            )
+            self._run = _Run(thread, stop, shown)
+            thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the current pattern played once (a looping one: entry + one cycle).
+
+        Returns False on timeout. With nothing showing, returns True at once.
+        """
+        with self._lock:
+            run = self._run
+        return True if run is None else run.shown.wait(timeout)
+
+    def close(self) -> None:
+        """Stop the pattern, switch all outputs off and close the devices; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop_run()
+            devices = (self._green, self._red, self._buzzer)
+            with ExitStack() as closing:  # every device is closed even if one fails
+                for device in devices:
+                    closing.callback(device.close)
+                for device in devices:
+                    device.off()
+
+    def _stop_run(self) -> None:
+        """Stop the running pattern (caller holds the lock)."""
+        run, self._run = self._run, None
+        if run is not None:
+            run.stop.set()
+            run.thread.join(STOP_TIMEOUT_S)
+            if run.thread.is_alive():
+                log.warning("feedback pattern thread did not stop within %.1fs", STOP_TIMEOUT_S)
+
+    def _play(
+        self, signal: Signal, pattern: Pattern, stop: threading.Event, shown: threading.Event
+    ) -> None:
+        """The pattern thread: play `steps`, then repeat `loop` until stopped."""
+        try:
+            for step in pattern.steps:
+                if self._apply(step, stop):
+                    return
+            if not pattern.loop:
+                shown.set()
+                return
+            while True:
+                for step in pattern.loop:
+                    if self._apply(step, stop):
+                        return
+                shown.set()
+        except Exception:  # top of a thread: log, never die silently
+            log.exception("feedback pattern %s failed", signal.value)
+
+    def _apply(self, step: Step, stop: threading.Event) -> bool:
+        """Set the three outputs, then hold; True when asked to stop."""
+        if stop.is_set():
+            return True
+        for device, on in ((self._green, step.green), (self._red, step.red),
+                           (self._buzzer, step.buzzer)):
+            if on:
+                device.on()
+            else:
+                device.off()
+        if step.seconds <= 0:
+            return stop.is_set()
+        return stop.wait(step.seconds * self._time_scale)
+
+
+class NullFeedback:
+    """Feedback for devices without LEDs or buzzer (`feedback.enabled = false`)."""
+
+    def show(self, signal: Signal) -> None:
+        """Log the signal and do nothing else."""
+        log.debug("feedback disabled; signal %s", signal.value)
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,113 @@
+"""The business rules of the scan path: a fresh scan -> an MQTT event and a feedback outcome.
+
+No I/O library is imported here: publishing is injected, clocks are injected, so the rules
+are tested without a broker, a camera or GPIO.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from appliance.codes import Classifier, Code, Kind
+from appliance.decode import Rejected, Scan
+from appliance.errors import BusError
+from appliance.privacy import mask
+
+log = logging.getLogger(__name__)
+
+SCAN_SCHEMA = "leat-scanner/events/scan/1"
+MAX_VALUE_LENGTH = 512
+
+
+class Outcome(StrEnum):
+    """What the customer is shown; the values match `feedback.Signal`."""
+
+    ACCEPTED = "accepted"
+    DENIED = "denied"
+    OFFLINE = "offline"
+    BUSY = "busy"
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """The result of handling one scan."""
+
+    outcome: Outcome
+    code: Code
+    event: Mapping[str, Any] | None
+
+
+Publish = Callable[[str, Mapping[str, Any]], None]
+
+
+class ScanHandler:
+    """Classifies a fresh scan, publishes `events/scan` and picks the feedback."""
+
+    def __init__(
+        self,
+        device_id: str,
+        classifier: Classifier,
+        publish: Publish,
+        *,
+        scan_values: Literal["raw", "masked"] = "raw",
+        wall_clock: Callable[[], float] = time.time,
+        monotonic_clock: Callable[[], float] = time.monotonic,
+        new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+    ) -> None:
+        self._device_id = device_id
+        self._classifier = classifier
+        self._publish = publish
+        self._scan_values = scan_values
+        self._wall = wall_clock
+        self._monotonic = monotonic_clock
+        self._new_id = new_id
+
+    def handle(self, scan: Scan) -> Handled:
+        """Publish one scan; unknown codes are still published (masked) but denied."""
+        code = self._classifier.classify(scan.text)
+        event = self.scan_event(scan, code)
+        log.info("scan %s %s (%s)", code.kind.value, mask(code.value), scan.format)
+        try:
+            self._publish("scan", event)
+        except BusError as exc:
+            log.warning("scan event not accepted by the MQTT client: %s", exc)
+            return Handled(Outcome.OFFLINE, code, None)
+        outcome = Outcome.DENIED if code.kind is Kind.UNKNOWN else Outcome.ACCEPTED
+        return Handled(outcome, code, event)
+
+    def reject(self, rejected: Rejected) -> Outcome:
+        """A code was read but refused by the decoder (binary, too long, control characters)."""
+        log.info("refused a %s code: %s", rejected.format, rejected.reason)
+        return Outcome.DENIED
+
+    def scan_event(self, scan: Scan, code: Code) -> dict[str, Any]:
+        """The `events/scan` payload (contract: appliance/contract/scan.schema.json)."""
+        masked = self._scan_values == "masked" or code.kind is Kind.UNKNOWN
+        value = mask(code.value) if masked else code.value
+        return {
+            "schema": SCAN_SCHEMA,
+            "event_id": str(self._new_id()),
+            "device_id": self._device_id,
+            "timestamp": self.iso(self._wall()),
+            "captured_at": self.iso(self.to_wall(scan.timestamp)),
+            "kind": code.kind.value,
+            "value": value[:MAX_VALUE_LENGTH],
+            "masked": masked,
+            "format": scan.format,
+        }
+
+    def to_wall(self, monotonic_timestamp: float) -> float:
+        """Convert a `time.monotonic()` reading into wall-clock seconds."""
+        return self._wall() - (self._monotonic() - monotonic_timestamp)
+
+    @staticmethod
+    def iso(seconds: float) -> str:
+        """ISO-8601 UTC with milliseconds, as every payload carries it."""
+        return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,232 @@
+"""Benchmark `appliance.decode.Decoder` against raw zxing-cpp, pyzbar and OpenCV.
+
+Usage: .venv/bin/python bench/decode.py [--count N] [--seed S] [--repeat R]
+
+A generated corpus (appliance.samples.make_corpus) of frames at 640x480 and 1280x720 with
+and without codes is decoded by every available decoder. Each frame is timed `repeat`
+times (the per-frame median is kept); the table reports detection rate, false positives,
+median / p95 ms per frame (all frames, and frames without a code) and the ratios to raw
+zxing-cpp with default options from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import zxingcpp
+
+from appliance.camera import Frame
+from appliance.config import DecodeConfig
+from appliance.decode import Decoder
+from appliance.samples import DISTORTIONS, Sample, make_corpus
+
+ReadFn = Callable[[np.ndarray], set[str]]
+
+
+@dataclass
+class Outcome:
+    """One decoder's results over the corpus."""
+
+    name: str
+    found: list[set[str]] = field(default_factory=list)
+    ms: list[float] = field(default_factory=list)
+
+
+def peers() -> tuple[dict[str, ReadFn], list[str]]:
+    """Every decoder available here, and notes for the ones skipped."""
+    notes: list[str] = []
+    decoder = Decoder(DecodeConfig())
+
+    def ours(pixels: np.ndarray) -> set[str]:
+        result = decoder.decode(Frame(pixels, 0.0, 0))
+        return {scan.text for scan in result.scans}
+
+    def raw(pixels: np.ndarray) -> set[str]:
+        return {b.text for b in zxingcpp.read_barcodes(pixels)}
+
+    found: dict[str, ReadFn] = {"leat Decoder": ours, "zxing-cpp raw": raw}
+    try:
+        from pyzbar import pyzbar
+
+        def zbar(pixels: np.ndarray) -> set[str]:
+            return {d.data.decode("utf-8", "replace") for d in pyzbar.decode(pixels)}
+
+        found["pyzbar"] = zbar
+    except (ImportError, OSError) as exc:
+        notes.append(f"pyzbar skipped: {exc}")
+    try:
+        import cv2
+    except ImportError as exc:
+        notes.append(f"OpenCV peers skipped: {exc}")
+        return found, notes
+    found["cv2 QRCodeDetector"] = _cv_qr(cv2.QRCodeDetector())
+    if hasattr(cv2, "QRCodeDetectorAruco"):
+        found["cv2 QRCodeDetectorAruco"] = _cv_qr(cv2.QRCodeDetectorAruco())
+    else:
+        notes.append("cv2.QRCodeDetectorAruco skipped: not in this OpenCV build")
+    if hasattr(cv2, "wechat_qrcode_WeChatQRCode"):
+        wechat = cv2.wechat_qrcode_WeChatQRCode()
+        found["cv2 WeChatQRCode"] = lambda p: {t for t in wechat.detectAndDecode(p)[0] if t}
+    else:
+        notes.append("cv2 WeChatQRCode skipped: needs opencv-contrib (not installed)")
+    if hasattr(cv2, "barcode"):
+        bars = cv2.barcode.BarcodeDetector()
+
+        def linear(pixels: np.ndarray) -> set[str]:
+            ok, texts, *_ = bars.detectAndDecodeMulti(pixels)
+            return {t for t in texts if t} if ok else set()
+
+        found["cv2 BarcodeDetector"] = linear
+    return found, notes
+
+
+def _cv_qr(detector: object) -> ReadFn:
+    def read(pixels: np.ndarray) -> set[str]:
+        text = detector.detectAndDecode(pixels)[0]  # type: ignore[attr-defined]
+        return {text} if text else set()
+
+    return read
+
+
+def run(name: str, read: ReadFn, corpus: list[Sample], repeat: int) -> Outcome:
+    """Decode every frame `repeat` times; keep what was found and the median time."""
+    outcome = Outcome(name)
+    read(corpus[0].pixels)  # warm up (lazy initialisation, caches)
+    for sample in corpus:
+        times = []
+        got: set[str] = set()
+        for _ in range(repeat):
+            start = time.perf_counter()
+            got = read(sample.pixels)
+            times.append((time.perf_counter() - start) * 1000)
+        outcome.found.append(got)
+        outcome.ms.append(statistics.median(times))
+    return outcome
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile."""
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def machine() -> str:
+    """CPU model, cores, Python and library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    libs = []
+    for dist in ("zxing-cpp", "numpy", "pillow", "pyzbar", "opencv-python-headless"):
+        try:
+            libs.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            libs.append(f"{dist} -")
+    return (f"machine: {cpu}, {os.cpu_count()} cores, {platform.machine()}, "
+            f"Python {platform.python_version()}; " + ", ".join(libs))
+
+
+def report(corpus: list[Sample], outcomes: list[Outcome]) -> None:
+    """Print the summary, the per-distortion table and the frames nobody reads."""
+    coded = [i for i, s in enumerate(corpus) if s.expected is not None]
+    empty = [i for i, s in enumerate(corpus) if s.expected is None]
+    qr = [i for i in coded if "-QRCode-" in corpus[i].name]
+    raw = next(o for o in outcomes if o.name == "zxing-cpp raw")
+
+    def hits(o: Outcome, idx: list[int]) -> int:
+        return sum(corpus[i].expected in o.found[i] for i in idx)
+
+    def false_pos(o: Outcome) -> int:
+        return sum(len(o.found[i] - {corpus[i].expected}) for i in range(len(corpus)))
+
+    raw_hits, raw_med = hits(raw, coded), statistics.median(raw.ms)
+    print(f"\n{len(corpus)} frames: {len(coded)} with a code ({len(qr)} QR), "
+          f"{len(empty)} without")
+    head = (f"{'decoder':24} {'detected':>14} {'QR only':>9} {'FP':>3} {'med ms':>7} "
+            f"{'p95 ms':>7} {'empty med':>9} {'det/raw':>7} {'med/raw':>7}")
+    print(head)
+    print("-" * len(head))
+    for o in outcomes:
+        h = hits(o, coded)
+        print(f"{o.name:24} {h:4d} ({100 * h / len(coded):5.1f}%) "
+              f"{100 * hits(o, qr) / len(qr):8.1f}% {false_pos(o):3d} "
+              f"{statistics.median(o.ms):7.2f} {pct(o.ms, 95):7.2f} "
+              f"{statistics.median([o.ms[i] for i in empty]):9.2f} "
+              f"{h / raw_hits:7.3f} {statistics.median(o.ms) / raw_med:7.3f}")
+
+    print("\ndetection per distortion (frames with a code carrying it)")
+    names = [o.name.replace("cv2 ", "")[:13] for o in outcomes]
+    print(f"{'distortion':14} {'n':>4} " + " ".join(f"{n:>13}" for n in names))
+    for dist in ("clean", *DISTORTIONS):
+        idx = [i for i in coded if dist in (corpus[i].distortions or ("clean",))]
+        if idx:
+            cells = " ".join(f"{100 * hits(o, idx) / len(idx):12.0f}%" for o in outcomes)
+            print(f"{dist:14} {len(idx):4d} {cells}")
+    for fmt in ("QRCode", "EAN13", "Code128"):
+        idx = [i for i in coded if f"-{fmt}-" in corpus[i].name]
+        if idx:
+            cells = " ".join(f"{100 * hits(o, idx) / len(idx):12.0f}%" for o in outcomes)
+            print(f"{'fmt ' + fmt:14} {len(idx):4d} {cells}")
+
+    nobody = [i for i in coded if not any(corpus[i].expected in o.found[i] for o in outcomes)]
+    print(f"\nframes no decoder reads ({len(nobody)}):")
+    for i in nobody:
+        print(f"  {corpus[i].name}  distortions={','.join(corpus[i].distortions) or 'clean'}")
+    ours = outcomes[0]
+    missed = [i for i in coded if corpus[i].expected not in ours.found[i]
+              and any(corpus[i].expected in o.found[i] for o in outcomes[1:])]
+    print(f"\nframes a peer reads but {ours.name} does not ({len(missed)}):")
+    for i in missed:
+        who = [o.name for o in outcomes[1:] if corpus[i].expected in o.found[i]]
+        print(f"  {corpus[i].name}  read by: {', '.join(who)}")
+    for o in outcomes:
+        bad = [i for i in range(len(corpus)) if o.found[i] - {corpus[i].expected}]
+        for i in bad:
+            print(f"  false positive by {o.name}: {corpus[i].name}")
+
+
+def main() -> None:
+    """Parse arguments, build the corpus, run every decoder, print the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3, help="timings per frame")
+    parser.add_argument("--only", nargs="*", help="run only these decoders (names)")
+    args = parser.parse_args()
+
+    print(machine())
+    start = time.perf_counter()
+    corpus = make_corpus(args.seed, count=args.count)
+    print(f"corpus: {len(corpus)} frames, seed {args.seed}, "
+          f"built in {time.perf_counter() - start:.1f} s; timings: median of {args.repeat}")
+    readers, notes = peers()
+    for note in notes:
+        print(f"note: {note}")
+    outcomes = []
+    for name, read in readers.items():
+        if args.only and name not in args.only and name not in ("zxing-cpp raw",):
+            continue
+        start = time.perf_counter()
+        outcomes.append(run(name, read, corpus, args.repeat))
+        print(f"  {name}: {time.perf_counter() - start:.1f} s", flush=True)
+    report(corpus, outcomes)
+
+
+if __name__ == "__main__":
+    main()

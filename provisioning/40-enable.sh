@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Step 40: the systemd unit, the local broker's config and MQTT user, then start everything.
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+SYSTEMD_SRC="$REPO_DIR/systemd"
+
+install_units() {
+  step "systemd unit $UNIT_DIR/$UNIT_NAME"
+  if install_file "$SYSTEMD_SRC/$UNIT_NAME" "$UNIT_DIR/$UNIT_NAME" 0644 root root; then
+    UNIT_CHANGED=1
+  else
+    note "up to date"
+  fi
+}
+
+install_broker_config() {
+  local changes=$CHANGES
+  step "Mosquitto config $MOSQUITTO_CONF"
+  install_file "$SYSTEMD_SRC/mosquitto-leat.conf" "$MOSQUITTO_CONF" 0644 root root || true
+  install_file "$SYSTEMD_SRC/mosquitto-leat.acl" "$MOSQUITTO_ACL" 0644 root root || true
+  if [[ "$CHANGES" == "$changes" ]]; then
+    note "up to date"
+  else
+    BROKER_CHANGED=1
+  fi
+}
+
+# new_password: 24 random URL-safe characters.
+new_password() {
+  head -c 18 /dev/urandom | base64 | tr '+/' '-_'
+}
+
+# ensure_mqtt_user: the daemon's broker password lives in the credential store (made once);
+# the broker's password file gets the matching user.
+ensure_mqtt_user() {
+  local secret passwd password="" create=()
+  secret=$(path "$CREDSTORE/${CRED_PREFIX}mqtt-password")
+  passwd=$(path "$MOSQUITTO_PASSWD")
+  step "MQTT user $MQTT_USER"
+  if [[ "$DRY_RUN" != 1 && ! -d "$(path "$CREDSTORE")" ]]; then
+    die "$CREDSTORE is missing: run provisioning/30-install.sh (or provisioning/provision) first"
+  fi
+  if [[ ! -s "$secret" ]]; then
+    changed "generate the MQTT password into $CREDSTORE/${CRED_PREFIX}mqtt-password"
+    if [[ "$DRY_RUN" != 1 ]]; then
+      password=$(new_password)
+      (umask 077 && printf '%s\n' "$password" >"$secret")
+    fi
+  elif [[ -f "$passwd" ]] && grep -q "^$MQTT_USER:" "$passwd"; then
+    note "exists in $MOSQUITTO_PASSWD"
+    return 0
+  else
+    password=$(head -n 1 "$secret")
+  fi
+  [[ -f "$passwd" ]] || create=(-c)
+  changed "set the password of $MQTT_USER in $MOSQUITTO_PASSWD"
+  BROKER_CHANGED=1
+  if [[ "$DRY_RUN" == 1 ]]; then
+    note "dry run: mosquitto_passwd ${create[*]} -b $passwd $MQTT_USER <password>"
+    return 0
+  fi
+  command -v mosquitto_passwd >/dev/null \
+    || die "mosquitto_passwd not found: install the mosquitto package (step 10), then rerun"
+  # -b puts the password on the command line for a moment: acceptable on a single-user
+  # appliance during provisioning, and it keeps this step non-interactive.
+  mosquitto_passwd "${create[@]}" -b "$passwd" "$MQTT_USER" "$password" \
+    || die "mosquitto_passwd failed on $passwd"
+  chmod 0600 "$passwd"
+  # Mosquitto 2 reads it as its own user and warns when it is readable by anyone else.
+  if on_host && id -u mosquitto >/dev/null 2>&1; then
+    chown mosquitto:mosquitto "$passwd"
+  fi
+}
+
+# service_state WHAT UNIT: systemctl's answer ("enabled", "active", ...), never failing.
+service_state() {
+  systemctl "is-$1" "$2" 2>/dev/null || true
+}
+
+start_services() {
+  local any_change=$1
+  step "services"
+  if ! on_host; then
+    note "skipped: ROOT is set (systemctl acts on the host only)"
+    return 0
+  fi
+  if [[ "${UNIT_CHANGED:-0}" == 1 ]]; then
+    changed "systemctl daemon-reload"
+    run systemctl daemon-reload
+  fi
+  if [[ "${BROKER_CHANGED:-0}" == 1 ]]; then
+    changed "restart mosquitto (new listeners or users)"
+    run systemctl restart mosquitto \
+      || die "mosquitto did not start: journalctl -u mosquitto -n 50 says why"
+  fi
+  if [[ "$(service_state enabled leat-scanner)" != enabled \
+    || "$(service_state active leat-scanner)" != active ]]; then
+    changed "systemctl enable --now leat-scanner"
+    run systemctl enable --now leat-scanner \
+      || die "leat-scanner did not start: journalctl -u leat-scanner -n 50 says why"
+  elif [[ "$any_change" == 1 ]]; then
+    changed "restart leat-scanner (its files changed)"
+    run systemctl restart leat-scanner
+  else
+    note "leat-scanner enabled and running"
+  fi
+}
+
+enable_all() {
+  local before=$CHANGES
+  install_units
+  install_broker_config
+  ensure_mqtt_user
+  start_services "$([[ "$CHANGES" != "$before" ]] && echo 1 || echo 0)"
+}
+
+main() {
+  trap cleanup EXIT
+  enable_all
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi

@@ -1,0 +1,87 @@
+"""The `leat-scanner` command: decode, check, demo, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.cli import main
+from appliance.samples import DEMO_CODES, write_demo_frames
+
+
+def test_cli_decode_json_names_each_file_and_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = write_demo_frames(tmp_path)
+    assert main(["decode", "--json", *map(str, paths)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["file"] for line in lines] == [str(p) for p in paths]
+    by_file = {Path(line["file"]).name: line["scans"] for line in lines}
+    assert by_file["000-empty.png"] == []
+    [card] = by_file["001-loyalty-card.png"]
+    assert card == {"text": DEMO_CODES["loyalty_card"], "format": "QRCode", "kind": "loyalty_card"}
+    kinds = {scan["kind"] for scans in by_file.values() for scan in scans}
+    assert kinds == {"loyalty_card", "giftcard", "voucher", "loyalty_token"}
+
+
+def test_cli_decode_text_output_and_unreadable_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = write_demo_frames(tmp_path / "frames")
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image", encoding="utf-8")
+    assert main(["decode", str(paths[1]), str(broken)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{paths[1]}: loyalty_card QRCode {DEMO_CODES['loyalty_card']!r}"
+    assert out[1].startswith(f"{broken}: error:")
+
+
+def test_cli_check_lists_every_config_problem_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[camera]\nfps = -3\n[mqtt]\nport = "x"\nextra = 1\n', encoding="utf-8")
+    assert main(["check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "camera.fps" in err
+    assert "mqtt.port" in err
+    assert "mqtt.extra: unknown key" in err
+
+
+def test_cli_check_shows_effective_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[device]\nid = "till-7"\n', encoding="utf-8")
+    assert main(["check", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "base topic: leat-scanner/till-7" in out
+    assert "secret mqtt-password: not configured" in out
+
+
+def test_cli_run_missing_default_config_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--config", str(tmp_path / "absent.toml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_cli_demo_prints_events_as_a_subscriber_sees_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--fps", "40"]) == 0
+    out = capsys.readouterr().out
+    scans = [
+        json.loads(line.split("  ", 1)[1])
+        for line in out.splitlines()
+        if line.startswith("<- events/scan")
+    ]
+    assert {scan["kind"] for scan in scans} == {
+        "loyalty_card", "giftcard", "voucher", "loyalty_token"
+    }
+    assert "<- availability (retained)  online" in out or "<- availability  online" in out
+    summary = out.rstrip().splitlines()[-1]
+    assert summary.startswith(f"== {len(scans)} scans published, {len(scans)} received")
+    assert "[led/buzzer] accepted" in out

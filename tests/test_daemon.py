@@ -1,0 +1,289 @@
+"""The scan path end to end: replayed frames -> decode -> debounce -> MQTT (real Mosquitto)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker import Mosquitto, Subscriber
+from gpiozero.pins.mock import MockFactory
+
+from appliance import contract
+from appliance.camera import Frame, ReplaySource
+from appliance.codes import Classifier
+from appliance.config import CodesConfig, Config, DebounceConfig, DecodeConfig
+from appliance.daemon import ScanService, build
+from appliance.debounce import Debouncer
+from appliance.decode import Decoder
+from appliance.feedback import Feedback, Signal
+from appliance.pipeline import ScanHandler
+from appliance.samples import DEMO_CODES, DEMO_PHONE_CARD, render_code, write_demo_frames
+
+BASE = "leat-scanner/test-counter"
+
+
+def make_config(broker: Mosquitto, frames: Path, **camera: Any) -> Config:
+    return Config.model_validate(
+        {
+            "device": {"id": "test-counter"},
+            "camera": {"source": "replay", "replay_path": str(frames), "fps": 50, **camera},
+            "mqtt": {"host": broker.host, "port": broker.port},
+        }
+    )
+
+
+def payloads(messages: list[Any], subtopic: str) -> list[Any]:
+    return [
+        m.payload.decode() if subtopic == "availability" else json.loads(m.payload)
+        for m in messages
+        if m.topic == f"{BASE}/{subtopic}"
+    ]
+
+
+def validate(name: str, payload: Mapping[str, Any] | str) -> None:
+    contract.validate(name, payload)  # formats (uuid, date-time) included
+
+
+def test_daemon_replay_publishes_each_demo_code_once(broker: Mosquitto, tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    cfg = make_config(broker, frames)
+    pins = MockFactory()
+    feedback = Feedback.from_config(cfg.feedback, pins)
+    with Subscriber(broker, f"{BASE}/#") as sub:
+        sub.wait_subscribed()
+        service = build(cfg, feedback=feedback)
+        assert service.run(threading.Event()) == 0
+        messages = sub.wait_for(lambda ms: "offline" in payloads(list(ms), "availability"))
+
+    scans = payloads(messages, "events/scan")
+    seen = {(event["kind"], event["value"]) for event in scans}
+    assert seen >= {(kind, value) for kind, value in DEMO_CODES.items() if kind != "loyalty_token"}
+    assert ("loyalty_card", DEMO_PHONE_CARD) in seen
+    assert "loyalty_token" in {kind for kind, _ in seen}
+    # one event per code shown, however many frames it was in view
+    values = [event["value"] for event in scans]
+    assert len(values) == len(set(values)) == service.stats.scans_total
+    for event in scans:
+        validate("scan", event)
+    for info in payloads(messages, "info"):
+        validate("info", info)
+    for state in payloads(messages, "state"):
+        validate("state", state)
+    assert payloads(messages, "availability")[0] == "online"
+    assert payloads(messages, "availability")[-1] == "offline"
+    # feedback closed: every output off
+    assert all(pins.pin(n).state == 0 for n in (17, 27))
+
+
+def distinct_codes(frames: Path) -> set[str]:
+    decoder, source = Decoder(DecodeConfig()), ReplaySource([frames], fps=0)
+    texts: set[str] = set()
+    while (frame := source.read()) is not None:
+        texts |= {scan.text for scan in decoder.decode(frame).scans}
+    return texts
+
+
+def test_daemon_events_sent_while_broker_down_arrive_after_it_returns(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    expected = distinct_codes(frames)
+    broker.stop()
+    # Looping keeps the service up; codes never leave view long enough to be re-reported.
+    cfg = make_config(broker, frames, replay_loop=True)
+    feedback = RecordingFeedback()
+    service = build(cfg, feedback=feedback)
+    stop = threading.Event()
+    runner = threading.Thread(target=service.run, args=(stop,))
+    runner.start()
+    try:
+        assert feedback.wait_for(lambda signals: len(signals) > len(expected), timeout=15)
+        assert service.stats.scans_total == len(expected)
+        broker.start()
+        with Subscriber(broker, f"{BASE}/events/scan") as sub:
+            sub.wait_subscribed()
+            messages = sub.wait_for(lambda ms: len(ms) >= len(expected), timeout=40)
+    finally:
+        stop.set()
+        runner.join(10)
+    assert {json.loads(m.payload)["value"] for m in messages} >= {
+        v for v in expected if v in DEMO_CODES.values()
+    }
+    assert len(messages) == len(expected)
+
+
+class BlockingBus:
+    """A bus whose publish blocks until released, to fill the scan queue."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.events: list[Mapping[str, Any]] = []
+
+    def start(self) -> None: ...
+
+    def publish_event(
+        self, name: str, payload: Mapping[str, Any], expiry_s: float | None = None
+    ) -> None:
+        self.release.wait(10)
+        self.events.append(payload)
+
+    def set_state(self, payload: Mapping[str, Any]) -> None: ...
+
+    def wait_connected(self, timeout: float) -> bool:
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+
+class RecordingFeedback:
+    """Records signals; tests wait on a condition over them."""
+
+    def __init__(self) -> None:
+        self.signals: list[Signal] = []
+        self.busy = threading.Event()
+        self._changed = threading.Condition()
+
+    def show(self, signal: Signal) -> None:
+        with self._changed:
+            self.signals.append(signal)
+            self._changed.notify_all()
+        if signal is Signal.BUSY:
+            self.busy.set()
+
+    def wait_for(self, predicate: Callable[[list[Signal]], bool], timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self.signals), timeout)
+
+    def close(self) -> None: ...
+
+
+def test_daemon_full_queue_is_refused_visibly_not_dropped(tmp_path: Path) -> None:
+    from PIL import Image
+
+    paths = []
+    for i in range(6):
+        path = tmp_path / f"{i:03}.png"
+        Image.fromarray(render_code(f"LC-QUEUE{i:04}")).save(path)
+        paths.append(path)
+    bus, feedback = BlockingBus(), RecordingFeedback()
+    service = ScanService(
+        device_id="t",
+        source=ReplaySource(paths, fps=0),
+        decoder=Decoder(DecodeConfig()),
+        debouncer=Debouncer(DebounceConfig()),
+        handler=ScanHandler("t", Classifier(CodesConfig()), bus.publish_event),
+        bus=bus,
+        feedback=feedback,
+        queue_size=2,
+    )
+    stop = threading.Event()
+    runner = threading.Thread(target=service.run, args=(stop,))
+    runner.start()
+    assert feedback.busy.wait(10)
+    bus.release.set()
+    runner.join(10)
+    assert not runner.is_alive()
+    # 1 in the worker's hands + 2 queued were published; the rest were refused with BUSY
+    assert len(bus.events) == service.stats.scans_total
+    assert service.stats.busy_total == 6 - service.stats.scans_total
+    assert feedback.signals.count(Signal.BUSY) == service.stats.busy_total
+
+
+class FailingSource:
+    def read(self) -> Frame | None:
+        from appliance.errors import CameraError
+
+        raise CameraError("no camera found")
+
+    def close(self) -> None: ...
+
+
+def test_daemon_camera_failure_exits_1_and_reports_state(tmp_path: Path) -> None:
+    bus, feedback = BlockingBus(), RecordingFeedback()
+    bus.release.set()
+    states: list[Mapping[str, Any]] = []
+    bus.set_state = states.append  # type: ignore[method-assign]
+    service = ScanService(
+        device_id="t",
+        source=FailingSource(),
+        decoder=Decoder(DecodeConfig()),
+        debouncer=Debouncer(DebounceConfig()),
+        handler=ScanHandler("t", Classifier(CodesConfig()), bus.publish_event),
+        bus=bus,
+        feedback=feedback,
+    )
+    assert service.run(threading.Event()) == 1
+    assert Signal.OFFLINE in feedback.signals
+    assert states[-1]["camera"] == {"ok": False, "fps": 0.0, "error": "no camera found"}
+    validate("state", states[-1])
+
+
+def test_daemon_sigterm_publishes_offline_and_exits_0(broker: Mosquitto, tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    cfg_path = tmp_path / "config.toml"
+    cfg_path.write_text(
+        f"""
+[device]
+id = "test-counter"
+[camera]
+source = "replay"
+replay_path = "{frames}"
+replay_loop = true
+fps = 20
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+[feedback]
+enabled = false
+""",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEAT_SCANNER_")}
+    with Subscriber(broker, f"{BASE}/#") as sub:
+        sub.wait_subscribed()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "run", "--config", str(cfg_path)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            sub.wait_for(lambda ms: len(payloads(list(ms), "events/scan")) >= 2, timeout=20)
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, stderr
+        messages = sub.wait_for(lambda ms: payloads(list(ms), "availability")[-1:] == ["offline"])
+    assert payloads(messages, "availability")[-1] == "offline"
+    assert "SIGTERM received" in stderr
+    # privacy: scanned values are not logged in full
+    assert DEMO_CODES["giftcard"] not in stderr
+
+
+@pytest.mark.parametrize("config_text", ['[camera]\nsource = "replay"\n'])
+def test_daemon_replay_without_path_is_a_clear_error(tmp_path: Path, config_text: str) -> None:
+    cfg_path = tmp_path / "config.toml"
+    cfg_path.write_text(config_text + '[feedback]\nenabled = false\n', encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "appliance", "run", "--config", str(cfg_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "replay_path" in proc.stderr

@@ -1,0 +1,80 @@
+"""hw/README.md's wiring table equals the config defaults; hw/bom.csv is well formed."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from gpiozero.pins.mock import MockFactory
+
+from appliance.config import FeedbackConfig
+
+HW = Path(__file__).resolve().parent.parent / "hw"
+WIRING_HEADER = "| BCM pin | physical pin | part | config key |"
+BOM_HEADER = ["ref", "qty", "part", "specification", "notes"]
+
+
+def _wiring_rows() -> list[list[str]]:
+    lines = (HW / "README.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index(WIRING_HEADER)  # ValueError: the table is missing
+    rows = []
+    for line in lines[start + 2 :]:  # skip the header and the |---| line
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def _bom() -> list[dict[str, str]]:
+    with (HW / "bom.csv").open(encoding="utf-8", newline="") as file:
+        rows = list(csv.reader(file, strict=True))
+    assert rows[0] == BOM_HEADER
+    assert all(len(row) == len(BOM_HEADER) for row in rows), "every row needs every column"
+    return [dict(zip(BOM_HEADER, row, strict=True)) for row in rows[1:]]
+
+
+def test_hw_wiring_table_equals_feedback_defaults() -> None:
+    defaults = FeedbackConfig()
+    expected = {
+        f"feedback.{name}": getattr(defaults, name)
+        for name in FeedbackConfig.model_fields
+        if name.endswith("_pin")
+    }
+    documented = {row[3].strip("`"): int(row[0]) for row in _wiring_rows()}
+    assert documented == expected
+    assert len(expected) == 3
+
+
+def test_hw_wiring_physical_pins_match_header() -> None:
+    factory = MockFactory()
+    try:
+        header = factory.board_info.headers["J8"]
+        for bcm, physical, part, _key in _wiring_rows():
+            assert header.pins[int(physical)].name == f"GPIO{bcm}", part
+    finally:
+        factory.reset()
+
+
+def test_hw_readme_states_buzzer_polarity_default() -> None:
+    text = (HW / "README.md").read_text(encoding="utf-8")
+    active_high = str(FeedbackConfig().buzzer_active_high).lower()
+    assert f"feedback.buzzer_active_high = {active_high}" in text
+
+
+def test_hw_bom_is_well_formed() -> None:
+    rows = _bom()
+    refs = [row["ref"] for row in rows]
+    assert len(refs) == len(set(refs)), "duplicate reference designators"
+    for row in rows:
+        assert row["ref"] and row["part"] and row["specification"], row
+        assert row["qty"].isdigit() and int(row["qty"]) >= 1, row
+
+
+def test_hw_bom_lists_the_wired_parts() -> None:
+    parts = " ".join(row["part"] for row in _bom())
+    readme = (HW / "README.md").read_text(encoding="utf-8")
+    for needed in ("Camera Module 3", "LED green", "LED red", "active buzzer", "BC337", "1N4148"):
+        assert needed in parts
+    for resistor in ("180 Ω", "220 Ω", "1 kΩ", "10 kΩ"):  # the same values in both documents
+        assert f"resistor {resistor}" in parts
+        assert resistor in readme
