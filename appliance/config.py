@@ -59,7 +59,7 @@ class CameraConfig(Section):
     lores_width: Annotated[int, Field(ge=0, le=4608)] = 640  # 0: decode the main stream
     lores_height: Annotated[int, Field(ge=0, le=2592)] = 360  # same 16:9 as main
     autofocus: Literal["continuous", "manual", "off"] = "continuous"
-    lens_position: Annotated[float, Field(ge=0, le=32)] = 4.0  # dioptres, for "manual" (25 cm)
+    lens_position: Annotated[float, Field(ge=0, le=32)] = 5.0  # dioptres, for "manual" (20 cm)
     max_exposure_us: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000  # short: phone screens
     ev: Annotated[float, Field(ge=-8, le=8)] = -0.5  # slightly dark keeps glossy screens legible
 

@@ -10,6 +10,7 @@ signal is printed. A subscriber prints every message as a POS would see it.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import tempfile
 import threading
@@ -61,6 +62,8 @@ class Viewer:
             client_id=f"leat-scanner-demo-viewer-{cfg.device.id}",
             protocol=mqtt.MQTTv5,
         )
+        # paho reports a benign race at disconnect on stderr unless it has a logger
+        self._client.enable_logger(logging.getLogger(__name__ + ".viewer"))
         if cfg.mqtt.username:
             self._client.username_pw_set(
                 cfg.mqtt.username, read_secret("mqtt-password", cfg.mqtt.password_file)

@@ -7,7 +7,8 @@ Every pattern differs in colour AND in buzzer rhythm, so it reads without colour
 signal     LEDs                                   buzzer
 =========  =====================================  ===========================================
 READY      green steady on, red off               silent
-ACCEPTED   green on, then READY                   1 short beep (0.10 s), then READY
+ACCEPTED   green winks off twice (0.08 s each)    1 short beep (0.10 s) between the winks,
+           around the beep, then READY            then READY
 DENIED     green off, red 3 quick blinks          3 quick beeps with the blinks
            (0.12 s on / 0.12 s off), then READY   (0.12 s on / 0.12 s off), then READY (0.72 s)
 OFFLINE    red slow blink (1.0 s on / 1.0 s off)  1 long beep (0.8 s) once at entry, then
@@ -40,6 +41,7 @@ from appliance.config import FeedbackConfig
 log = logging.getLogger(__name__)
 
 ACCEPTED_BEEP_S: Final = 0.10
+ACCEPTED_WINK_S: Final = 0.08  # green off, twice, around the beep
 DENIED_ON_S: Final = 0.12
 DENIED_OFF_S: Final = 0.12
 DENIED_COUNT: Final = 3
@@ -81,7 +83,15 @@ READY_STEP: Final = Step(green=True, red=False, buzzer=False)
 
 PATTERNS: Final[Mapping[Signal, Pattern]] = {
     Signal.READY: Pattern((READY_STEP,)),
-    Signal.ACCEPTED: Pattern((Step(True, False, True, ACCEPTED_BEEP_S), READY_STEP)),
+    # Green is already on in READY, so acceptance shows as two quick green winks.
+    Signal.ACCEPTED: Pattern(
+        (
+            Step(False, False, False, ACCEPTED_WINK_S),
+            Step(True, False, True, ACCEPTED_BEEP_S),
+            Step(False, False, False, ACCEPTED_WINK_S),
+            READY_STEP,
+        )
+    ),
     Signal.DENIED: Pattern(
         (Step(False, True, True, DENIED_ON_S), Step(False, False, False, DENIED_OFF_S))
         * DENIED_COUNT

@@ -99,6 +99,7 @@ def main() -> None:
         done = threading.Event()
         with LocalMosquitto(work / "broker") as broker:
             sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+            sub.enable_logger()  # paho's benign disconnect race goes to logging, not stderr
             subscribed = threading.Event()
 
             def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:

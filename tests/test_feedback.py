@@ -11,6 +11,7 @@ from gpiozero.pins.mock import MockFactory, MockPin
 from appliance.config import FeedbackConfig
 from appliance.feedback import (
     ACCEPTED_BEEP_S,
+    ACCEPTED_WINK_S,
     BUSY_FLASH_S,
     DENIED_COUNT,
     DENIED_OFF_S,
@@ -73,10 +74,16 @@ def test_feedback_accepted_beeps_once_then_ready(factory: MockFactory) -> None:
     for pin in (green, red, buzzer):
         pin.clear_states()
     _show(feedback, Signal.ACCEPTED)
-    assert _states(green) == [True]  # stays on throughout
+    assert _states(green) == [True, False, True, False, True]  # two winks, back to READY
+    green.assert_states_and_times(
+        [(0.0, True), (0.0, False), (ACCEPTED_WINK_S, True), (ACCEPTED_BEEP_S, False),
+         (ACCEPTED_WINK_S, True)]
+    )
     assert _states(red) == [False]
     assert len(buzzer.states) == 3
-    buzzer.assert_states_and_times([(0.0, False), (0.0, True), (ACCEPTED_BEEP_S, False)])
+    buzzer.assert_states_and_times(
+        [(0.0, False), (ACCEPTED_WINK_S, True), (ACCEPTED_BEEP_S, False)]
+    )
     feedback.close()
 
 
@@ -129,11 +136,14 @@ def test_feedback_new_signal_replaces_running_pattern(factory: MockFactory) -> N
     green, red, buzzer = _pins(factory)
     feedback.show(Signal.OFFLINE)  # starts a 0.8 s beep and an endless red blink
     _show(feedback, Signal.ACCEPTED)
-    # The long beep is cut to the short one and the red blink stops for good.
-    assert len(buzzer.states) == 3
-    buzzer.assert_states_and_times([(0.0, False), (0.0, True), (ACCEPTED_BEEP_S, False)])
+    # The long beep is cut at once, the short one follows, the red blink stops for good.
+    assert _states(buzzer) == [False, True, False, True, False]
+    buzzer.assert_states_and_times(
+        [(0.0, False), (0.0, True), (0.0, False), (ACCEPTED_WINK_S, True),
+         (ACCEPTED_BEEP_S, False)]
+    )
     assert _states(red) == [False, True, False]
-    assert _states(green) == [False, True]
+    assert _states(green) == [False, True, False, True]
     feedback.close()
 
 
