@@ -118,7 +118,7 @@ def test_picamera_uses_the_size_picamera2_rounded_to() -> None:
     ("autofocus", "controls", "expected"),
     [
         ("continuous", CM3_CONTROLS, {"AfMode": AfModeEnum.Continuous}),
-        ("manual", CM3_CONTROLS, {"AfMode": AfModeEnum.Manual, "LensPosition": 4.0}),
+        ("manual", CM3_CONTROLS, {"AfMode": AfModeEnum.Manual, "LensPosition": 5.0}),
         ("off", CM3_CONTROLS, {}),
         ("continuous", V2_CONTROLS, {}),
     ],

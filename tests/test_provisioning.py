@@ -140,7 +140,7 @@ def test_scripts_follow_shell_style(script: Path) -> None:
 
 def test_scripts_shellcheck_clean() -> None:
     assert shutil.which("shellcheck"), "shellcheck not installed; run scripts/bootstrap test"
-    developer_scripts = sorted((REPO / "scripts").iterdir()) + [REPO / ".ci" / "run"]
+    developer_scripts = [*sorted((REPO / "scripts").iterdir()), REPO / ".ci" / "run"]
     result = subprocess.run(
         ["shellcheck", "-x", *map(str, SHELL_FILES), *map(str, developer_scripts)],
         capture_output=True,
