@@ -37,11 +37,19 @@ class LeatError(ApplianceError):
 
 
 class LeatUnavailable(LeatError):
-    """Leat could not be reached or asked us to retry later (timeouts, 5xx, 503, 429)."""
+    """Leat could not be reached or asked us to retry later (timeouts, 5xx, 503, 429).
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    `retry_after` is Leat's Retry-After in seconds, if it sent one. `ambiguous` is True when
+    the request may have been received and processed (read timeout, connection reset after
+    sending, 5xx): a non-idempotent call must then be looked up before it is repeated.
+    """
+
+    def __init__(
+        self, message: str, retry_after: float | None = None, *, ambiguous: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.ambiguous = ambiguous
 
 
 class LeatRejected(LeatError):
