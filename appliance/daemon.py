@@ -26,7 +26,7 @@ from appliance.debounce import Debouncer
 from appliance.decode import Decoder, Scan
 from appliance.errors import CameraError
 from appliance.feedback import Feedback, FeedbackLike, NullFeedback, Signal
-from appliance.pipeline import Outcome, ScanHandler
+from appliance.pipeline import ScanHandler
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class ScanService:
             if key in refused:
                 with self.stats.lock:
                     self.stats.rejected_total += 1
-                self._show(self._handler.reject(refused[key]))
+                self._feedback.show(self._handler.reject(refused[key]))
                 continue
             try:
                 self._scans.put_nowait(wanted[key])
@@ -167,7 +167,7 @@ class ScanService:
                 with self.stats.lock:
                     self.stats.busy_total += 1
                 log.warning("scan refused: %d scans already waiting", self._scans.maxsize)
-                self._show(Outcome.BUSY)
+                self._feedback.show(Signal.BUSY)
 
     def _worker_loop(self, stop: threading.Event) -> None:
         """Handle queued scans; after stop, drain what is queued, then exit."""
@@ -184,13 +184,10 @@ class ScanService:
                 with self.stats.lock:
                     self.stats.scans_total += 1
                     self.stats.last_scan_at = time.time()
-                self._show(handled.outcome)
+                self._feedback.show(handled.outcome)
             except Exception:  # top of a thread loop
                 log.exception("handling a scan failed")
-                self._show(Outcome.DENIED)
-
-    def _show(self, outcome: Outcome) -> None:
-        self._feedback.show(Signal[outcome.name])
+                self._feedback.show(Signal.DENIED)
 
     def state(self) -> dict[str, Any]:
         """The retained `state` payload (contract: state.schema.json); fps since the last one."""

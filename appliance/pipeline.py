@@ -12,12 +12,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, Literal
 
 from appliance.codes import Classifier, Code, Kind
 from appliance.decode import Rejected, Scan
 from appliance.errors import BusError
+from appliance.feedback import Signal  # the enum only: feedback imports gpiozero lazily
 from appliance.privacy import mask
 
 log = logging.getLogger(__name__)
@@ -26,20 +26,11 @@ SCAN_SCHEMA = "leat-scanner/events/scan/1"
 MAX_VALUE_LENGTH = 512
 
 
-class Outcome(StrEnum):
-    """What the customer is shown; the values match `feedback.Signal`."""
-
-    ACCEPTED = "accepted"
-    DENIED = "denied"
-    OFFLINE = "offline"
-    BUSY = "busy"
-
-
 @dataclass(frozen=True, slots=True)
 class Handled:
     """The result of handling one scan."""
 
-    outcome: Outcome
+    outcome: Signal
     code: Code
     event: Mapping[str, Any] | None
 
@@ -78,14 +69,14 @@ class ScanHandler:
             self._publish("scan", event)
         except BusError as exc:
             log.warning("scan event not accepted by the MQTT client: %s", exc)
-            return Handled(Outcome.OFFLINE, code, None)
-        outcome = Outcome.DENIED if code.kind is Kind.UNKNOWN else Outcome.ACCEPTED
+            return Handled(Signal.OFFLINE, code, None)
+        outcome = Signal.DENIED if code.kind is Kind.UNKNOWN else Signal.ACCEPTED
         return Handled(outcome, code, event)
 
-    def reject(self, rejected: Rejected) -> Outcome:
+    def reject(self, rejected: Rejected) -> Signal:
         """A code was read but refused by the decoder (binary, too long, control characters)."""
         log.info("refused a %s code: %s", rejected.format, rejected.reason)
-        return Outcome.DENIED
+        return Signal.DENIED
 
     def scan_event(self, scan: Scan, code: Code) -> dict[str, Any]:
         """The `events/scan` payload (contract: appliance/contract/scan.schema.json)."""

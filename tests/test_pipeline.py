@@ -13,7 +13,8 @@ from appliance.codes import Classifier
 from appliance.config import CodesConfig
 from appliance.decode import Rejected, Scan
 from appliance.errors import BusError
-from appliance.pipeline import Outcome, ScanHandler
+from appliance.feedback import Signal
+from appliance.pipeline import ScanHandler
 from appliance.samples import DEMO_CODES
 
 CORNERS = ((10, 10), (110, 10), (110, 110), (10, 110))
@@ -60,7 +61,7 @@ def assert_valid(payload: Mapping[str, Any]) -> None:
 def test_pipeline_known_codes_are_published_raw_and_accepted(kind: str, text: str) -> None:
     publisher = RecordingPublisher()
     handled = handler(publisher).handle(scan(text))
-    assert handled.outcome is Outcome.ACCEPTED
+    assert handled.outcome is Signal.ACCEPTED
     [(name, event)] = publisher.events
     assert name == "scan"
     assert event["kind"] == kind
@@ -85,7 +86,7 @@ def test_pipeline_event_carries_times_and_ids() -> None:
 def test_pipeline_unknown_code_is_masked_and_denied() -> None:
     publisher = RecordingPublisher()
     handled = handler(publisher).handle(scan("hello world, this is not ours"))
-    assert handled.outcome is Outcome.DENIED
+    assert handled.outcome is Signal.DENIED
     [(_, event)] = publisher.events
     assert event["kind"] == "unknown"
     assert event["masked"] is True
@@ -104,12 +105,12 @@ def test_pipeline_masked_privacy_policy_masks_every_value() -> None:
 
 def test_pipeline_bus_failure_shows_offline() -> None:
     handled = handler(RecordingPublisher(fail=True)).handle(scan(DEMO_CODES["voucher"]))
-    assert handled.outcome is Outcome.OFFLINE
+    assert handled.outcome is Signal.OFFLINE
     assert handled.event is None
 
 
 def test_pipeline_refused_code_is_denied_without_publishing() -> None:
     publisher = RecordingPublisher()
     outcome = handler(publisher).reject(Rejected("binary payload", "QRCode", 1.0))
-    assert outcome is Outcome.DENIED
+    assert outcome is Signal.DENIED
     assert publisher.events == []
