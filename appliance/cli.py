@@ -73,6 +73,20 @@ def _parser() -> argparse.ArgumentParser:
     decode.add_argument("--json", action="store_true", help="one JSON object per line")
     decode.set_defaults(handler=_decode, config_default=None)
 
+    token = commands.add_parser(
+        "token",
+        help="print a Leat Loyalty Token URL (points to claim, for a receipt QR)",
+        parents=[common],
+    )
+    token.add_argument("--shop-uuid", required=True)
+    token.add_argument("--unique-id", required=True, help="unique forever, e.g. the order id")
+    token.add_argument("--unit-value", required=True, help="amount in major units, e.g. 10.40")
+    token.add_argument("--unit-name", default="purchase_amount")
+    token.add_argument("--timestamp", type=int, help="Unix seconds (default: now)")
+    token.add_argument("--secret-file", type=Path, required=True, help="account secret (0600)")
+    token.add_argument("--portal", required=True, help="contacts portal URL, https://...")
+    token.set_defaults(handler=_token, config_default=None)
+
     check = commands.add_parser(
         "check", help="validate the config and show the effective values", parents=[common]
     )
@@ -140,6 +154,27 @@ def _decode_line(record: dict[str, object], as_json: bool) -> str:
     parts = [f"{s['kind']} {s['format']} {s['text']!r}" for s in record["scans"]]  # type: ignore[attr-defined]
     parts += [f"refused {r['format']}: {r['reason']}" for r in record.get("rejected", [])]  # type: ignore[attr-defined]
     return f"{record['file']}: " + ("; ".join(parts) if parts else "no code")
+
+
+def _token(args: argparse.Namespace, cfg: config.Config) -> int:
+    from appliance.leat.token import loyalty_token_url
+
+    secret = config.read_secret("leat-account-secret", args.secret_file)
+    assert secret is not None  # a named file either yields a secret or raises
+    try:
+        url = loyalty_token_url(
+            portal_url=args.portal,
+            shop_uuid=args.shop_uuid,
+            unique_id=args.unique_id,
+            unit_value=args.unit_value,
+            unit_name=args.unit_name,
+            timestamp=args.timestamp,
+            secret=secret,
+        )
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
+    print(url)
+    return 0
 
 
 def _check(args: argparse.Namespace, cfg: config.Config) -> int:

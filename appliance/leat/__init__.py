@@ -1,0 +1,1 @@
+"""The Leat API: the httpx client, the sandbox server and Loyalty Token URLs."""
