@@ -153,6 +153,8 @@ class LeatConfig(Section):
     portal_url: str | None = None  # contacts portal, for Loyalty Token URLs
     account_secret_file: Path | None = None  # or credential "leat-account-secret"
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    resolve_deadline_s: Annotated[float, Field(gt=0, le=30)] = 1.5  # then: verified = false
+    identification_ttl_s: Annotated[int, Field(ge=1, le=3600)] = 60  # MQTT message expiry
 
 
 class LoggingConfig(Section):

@@ -27,7 +27,9 @@ class RecordingPublisher:
         self.events: list[tuple[str, Mapping[str, Any]]] = []
         self.fail = fail
 
-    def __call__(self, name: str, payload: Mapping[str, Any]) -> None:
+    def __call__(
+        self, name: str, payload: Mapping[str, Any], expiry_s: float | None = None
+    ) -> None:
         if self.fail:
             raise BusError("MQTT queue full")
         self.events.append((name, payload))

@@ -1,0 +1,366 @@
+"""Resolve a classified code through Leat into the body of an `events/identification`.
+
+Round trips (leat-api.md §4-§6): a loyalty card costs two: find the identifier, then the
+contact (balances and tier are on the contact), its rewards, its collectable rewards and its
+vouchers concurrently (and the program's name for points, once). A giftcard costs one; a
+voucher one, or two when it is linked to a contact and can be validated. A Loyalty Token URL
+costs none: its signature is checked locally when the account secret is configured.
+
+The whole resolution has a deadline: past it, or when Leat is unreachable, the result is
+`offline` and unverified (DESIGN.md "Offline policy"); calls still running finish in the
+background, bounded by the client's own timeouts and the pool size.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+from appliance.codes import Code, Kind
+from appliance.errors import LeatAuthError, LeatError, LeatRejected, LeatUnavailable
+from appliance.leat.token import verify
+from appliance.privacy import mask_email
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RESOLVABLE = frozenset({Kind.LOYALTY_CARD, Kind.GIFTCARD, Kind.VOUCHER, Kind.LOYALTY_TOKEN})
+DEFAULT_POINTS_NAME = "points"
+
+# Leat error codes -> identification status (leat-api.md §3.2)
+STATUS_BY_CODE: Mapping[int, str] = {
+    60003: "unknown", 60004: "inactive", 60011: "inactive", 55031: "unknown",
+    80004: "unknown", 80005: "redeemed", 80006: "expired", 80012: "inactive",
+    80014: "inactive", 80017: "locked", 80019: "redeemed", 80020: "inactive",
+    5001: "unknown", 5002: "expired", 7010: "inactive",
+}
+VOUCHER_STATUS = {"REDEEMED": "redeemed", "EXPIRED": "expired", "LOCKED": "locked",
+                  "DEACTIVATED": "inactive", "INACTIVE": "inactive"}
+
+
+class LeatLike(Protocol):
+    """The `LeatClient` calls the resolver uses."""
+
+    def find_contact_identifier(self, value: str) -> Any: ...
+    def get_contact(self, uuid: str) -> Any: ...
+    def list_rewards(self, *, contact_uuid: str | None = None,
+                     shop_uuid: str | None = None) -> list[Any]: ...
+    def list_collectable_rewards(self, contact_uuid: str) -> list[Any]: ...
+    def list_vouchers(self, *, contact_uuid: str) -> list[Any]: ...
+    def get_loyalty_program(self) -> Any: ...
+    def find_giftcard(self, hash: str) -> Any: ...
+    def find_voucher(self, code: str) -> Any: ...
+    def validate_voucher(self, uuid: str, *, shop_uuid: str | None = None,
+                         contact_uuid: str | None = None) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What Leat said; the parts map 1:1 onto identification.schema.json."""
+
+    status: str
+    verified: bool
+    reason: dict[str, Any] | None = None
+    contact: dict[str, Any] | None = None
+    giftcard: dict[str, Any] | None = None
+    voucher: dict[str, Any] | None = None
+    token: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the code is usable."""
+        return self.status == "ok"
+
+
+OFFLINE = Resolution(status="offline", verified=False)
+
+
+class _Deadline(Exception):
+    """The resolution ran out of time."""
+
+
+@dataclass
+class _Clock:
+    """Remaining time until the deadline."""
+
+    deadline: float
+    now: Callable[[], float] = field(default=time.monotonic)
+
+    def left(self) -> float:
+        return self.deadline - self.now()
+
+
+class Resolver:
+    """Resolves codes through Leat with bounded concurrency and a deadline."""
+
+    def __init__(
+        self,
+        client: LeatLike,
+        *,
+        shop_uuid: str | None,
+        deadline_s: float = 1.5,
+        account_secret: str | None = None,
+        max_parallel: int = 4,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._shop_uuid = shop_uuid
+        self._deadline_s = deadline_s
+        self._account_secret = account_secret
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="leat")
+        self._points_name: str | None = None
+        self._lock = threading.Lock()
+        self.reachable: bool | None = None  # last known, for the retained state
+
+    def close(self) -> None:
+        """Stop the worker pool (calls in flight finish on their own timeouts)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def resolve(self, code: Code) -> Resolution:
+        """Resolve one code; never raises for Leat trouble (that is `offline`)."""
+        if code.kind is Kind.LOYALTY_TOKEN:
+            return self._token(code)
+        clock = _Clock(self._clock() + self._deadline_s, self._clock)
+        try:
+            if code.kind is Kind.LOYALTY_CARD:
+                result = self._loyalty_card(code.value, clock)
+            elif code.kind is Kind.GIFTCARD:
+                result = self._giftcard(code.value, clock)
+            elif code.kind is Kind.VOUCHER:
+                result = self._voucher(code.value, clock)
+            else:
+                raise ValueError(f"cannot resolve a code of kind {code.kind}")
+        except _Deadline:
+            log.warning("Leat slower than %.1f s: %s published unverified",
+                        self._deadline_s, code.kind.value)
+            self.reachable = False
+            return OFFLINE
+        except LeatAuthError:
+            log.error("Leat refused our credentials (401): check the token or OAuth client")
+            self.reachable = False
+            return OFFLINE
+        except LeatUnavailable as exc:
+            log.warning("Leat unavailable (%s): %s published unverified", exc, code.kind.value)
+            self.reachable = False
+            return OFFLINE
+        self.reachable = True
+        return result
+
+    # -- the three flows -------------------------------------------------------------------
+
+    def _loyalty_card(self, value: str, clock: _Clock) -> Resolution:
+        try:
+            identifier = self._wait(self._pool.submit(self._client.find_contact_identifier, value),
+                                    clock)
+        except LeatRejected as exc:
+            return _refused(exc)
+        if not identifier.active:
+            return Resolution("inactive", True, {"code": 60004, "message": "identifier inactive"})
+        if identifier.contact is None:
+            return Resolution(
+                "inactive", True,
+                {"code": 60011, "message": "identifier not linked to a contact"},
+            )
+        uuid = identifier.contact.uuid
+        calls: dict[str, Future[Any]] = {
+            "contact": self._pool.submit(self._client.get_contact, uuid),
+            "rewards": self._pool.submit(
+                self._client.list_rewards, contact_uuid=uuid, shop_uuid=self._shop_uuid
+            ),
+            "collectables": self._pool.submit(self._client.list_collectable_rewards, uuid),
+            "vouchers": self._pool.submit(self._client.list_vouchers, contact_uuid=uuid),
+        }
+        if self._points_name is None:
+            calls["program"] = self._pool.submit(self._client.get_loyalty_program)
+        try:
+            contact = self._wait(calls["contact"], clock)
+        except LeatRejected as exc:
+            return _refused(exc)
+        rewards = self._optional(calls["rewards"], clock, "rewards") or []
+        collectables = self._optional(calls["collectables"], clock, "collectable rewards") or []
+        vouchers = self._optional(calls["vouchers"], clock, "vouchers") or []
+        if "program" in calls:
+            program = self._optional(calls["program"], clock, "loyalty program")
+            if program is not None:
+                with self._lock:
+                    self._points_name = program.custom_credit_name or DEFAULT_POINTS_NAME
+        points = int(contact.credit_balance or 0)
+        return Resolution(
+            "ok",
+            True,
+            contact={
+                "uuid": contact.uuid,
+                "first_name": contact.first_name or None,
+                "email_masked": mask_email(contact.email) if contact.email else None,
+                "tier": contact.tier.name if contact.tier is not None else None,
+                "points": points,
+                "points_name": self._points_name or DEFAULT_POINTS_NAME,
+                "prepaid_balance_cents": int(contact.prepaid_balance_cents or 0),
+                "rewards": [_reward(r, points) for r in rewards if r.is_active],
+                "offers": [
+                    *(_voucher_offer(v) for v in vouchers if v.status == "ACTIVE"),
+                    *(_collectable_offer(c) for c in collectables),
+                ],
+            },
+        )
+
+    def _giftcard(self, value: str, clock: _Clock) -> Resolution:
+        try:
+            card = self._wait(self._pool.submit(self._client.find_giftcard, value), clock)
+        except LeatRejected as exc:
+            return _refused(exc)
+        expires = card.expiration_date
+        body = {
+            "uuid": card.uuid,
+            "balance_cents": int(card.amount_in_cents),
+            "active": bool(card.active),
+            "expires_at": _iso(expires),
+            "type": card.type,
+        }
+        if not card.active:
+            status = "inactive"
+        elif expires is not None and expires <= datetime.now(UTC):
+            status = "expired"
+        elif card.amount_in_cents <= 0:
+            status = "empty"
+        else:
+            status = "ok"
+        return Resolution(status, True, giftcard=body)
+
+    def _voucher(self, code: str, clock: _Clock) -> Resolution:
+        try:
+            voucher = self._wait(self._pool.submit(self._client.find_voucher, code), clock)
+        except LeatRejected as exc:
+            return _refused(exc)
+        status = VOUCHER_STATUS.get(str(voucher.status).upper(), "ok")
+        expires = voucher.expiration_date
+        if status == "ok" and expires is not None and expires <= datetime.now(UTC):
+            status = "expired"
+        reason = None
+        if status == "ok" and voucher.contact is not None:
+            try:
+                self._wait(self._pool.submit(
+                    self._client.validate_voucher, voucher.uuid,
+                    shop_uuid=self._shop_uuid, contact_uuid=voucher.contact.uuid,
+                ), clock)
+            except LeatRejected as exc:
+                status, reason = STATUS_BY_CODE.get(exc.code, "inactive"), _reason(exc)
+        promotion = voucher.promotion
+        return Resolution(
+            status,
+            True,
+            reason,
+            voucher={
+                "uuid": voucher.uuid,
+                "code": voucher.code,
+                "status": str(voucher.status),
+                "name": voucher.name,
+                "expires_at": _iso(expires),
+                "valid": status == "ok",
+                "redemptions_remaining": voucher.redemptions_remaining,
+                "promotion": promotion.name if promotion is not None else None,
+                "attributes": _scalars(promotion.attributes if promotion is not None else {}),
+            },
+        )
+
+    def _token(self, code: Code) -> Resolution:
+        params = dict(parse_qsl(urlsplit(code.text).query))
+        body = {
+            "unique_id": params.get("unique_id", ""),
+            "unit_name": params.get("unit_name", ""),
+            "unit_value": params.get("unit_value", ""),
+            "signature_checked": self._account_secret is not None,
+        }
+        if self._account_secret is None:
+            return Resolution("ok", False, token=body)
+        if verify(params, self._account_secret):
+            return Resolution("ok", True, token=body)
+        return Resolution("invalid", True, {"code": 0, "message": "signature does not match"},
+                          token=body)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _wait(self, future: Future[T], clock: _Clock) -> T:
+        left = clock.left()
+        if left <= 0:
+            raise _Deadline
+        try:
+            return future.result(timeout=left)
+        except FutureTimeout:
+            raise _Deadline from None
+
+    def _optional(self, future: Future[T], clock: _Clock, what: str) -> T | None:
+        """A part the identification can do without: refused or failed -> None (logged)."""
+        try:
+            return self._wait(future, clock)
+        except LeatRejected as exc:
+            log.warning("Leat refused %s: %s", what, exc)
+        except (LeatUnavailable, _Deadline) as exc:
+            log.warning("no %s from Leat in time (%s)", what, exc or "deadline")
+        except LeatError as exc:
+            log.warning("Leat %s failed: %s", what, exc)
+        return None
+
+
+def _refused(exc: LeatRejected) -> Resolution:
+    return Resolution(STATUS_BY_CODE.get(exc.code, "unknown"), True, _reason(exc))
+
+
+def _reason(exc: LeatRejected) -> dict[str, Any]:
+    return {"code": exc.code, "message": exc.leat_message[:200]}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _scalars(attributes: Mapping[str, object]) -> dict[str, Any]:
+    """Custom attributes with scalar values only (the contract allows nothing else)."""
+    return {
+        str(k)[:64]: v for k, v in attributes.items()
+        if isinstance(v, str | int | float | bool) or v is None
+    }
+
+
+def _reward(reward: Any, points: int) -> dict[str, Any]:
+    return {
+        "uuid": reward.uuid,
+        "title": reward.title,
+        "required_credits": int(reward.required_credits),
+        "affordable": points >= int(reward.required_credits),
+        "pre_redeemable": bool(reward.pre_redeemable),
+        "attributes": _scalars(reward.attributes),
+    }
+
+
+def _voucher_offer(voucher: Any) -> dict[str, Any]:
+    promotion = voucher.promotion
+    return {
+        "type": "voucher",
+        "uuid": voucher.uuid,
+        "title": voucher.name or (promotion.name if promotion is not None else voucher.code),
+        "code": voucher.code,
+        "expires_at": _iso(voucher.expiration_date),
+        "attributes": _scalars(promotion.attributes if promotion is not None else {}),
+    }
+
+
+def _collectable_offer(collectable: Any) -> dict[str, Any]:
+    reward = getattr(collectable, "reward", None)
+    return {
+        "type": "collectable_reward",
+        "uuid": collectable.uuid,
+        "title": collectable.title,
+        "code": None,
+        "expires_at": _iso(collectable.expires_at),
+        "attributes": _scalars(reward.attributes if reward is not None else {}),
+    }
