@@ -1,4 +1,4 @@
-"""The `leat-scanner` command: run | demo | decode | check."""
+"""The `leat-scanner` command: run | demo | sandbox | decode | token | check."""
 
 from __future__ import annotations
 
@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     decode.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     decode.add_argument("--json", action="store_true", help="one JSON object per line")
     decode.set_defaults(handler=_decode, config_default=None)
+
+    sandbox = commands.add_parser(
+        "sandbox", help="a Leat-compatible API server for development", parents=[common]
+    )
+    sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sandbox.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
+    sandbox.add_argument("--seed", type=Path, help="seed file (default: the bundled demo data)")
+    sandbox.set_defaults(handler=_sandbox, config_default=None)
 
     token = commands.add_parser(
         "token",
@@ -154,6 +162,13 @@ def _decode_line(record: dict[str, object], as_json: bool) -> str:
     parts = [f"{s['kind']} {s['format']} {s['text']!r}" for s in record["scans"]]  # type: ignore[attr-defined]
     parts += [f"refused {r['format']}: {r['reason']}" for r in record.get("rejected", [])]  # type: ignore[attr-defined]
     return f"{record['file']}: " + ("; ".join(parts) if parts else "no code")
+
+
+def _sandbox(args: argparse.Namespace, cfg: config.Config) -> int:
+    from appliance.leat.sandbox import serve
+
+    serve(args.host, args.port, args.seed)
+    return 0
 
 
 def _token(args: argparse.Namespace, cfg: config.Config) -> int:

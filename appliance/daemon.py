@@ -27,6 +27,7 @@ from appliance.decode import Decoder, Scan
 from appliance.errors import CameraError
 from appliance.feedback import Feedback, FeedbackLike, NullFeedback, Signal
 from appliance.pipeline import ScanHandler
+from appliance.resolve import Resolver
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class ScanService:
         feedback: FeedbackLike,
         queue_size: int = 8,
         state_interval_s: float = 15.0,
+        resolver: Resolver | None = None,
     ) -> None:
         self.device_id = device_id
         self.stats = Stats()
@@ -94,6 +96,7 @@ class ScanService:
         self._handler = handler
         self._bus = bus
         self._feedback = feedback
+        self._resolver = resolver
         self._scans: queue.Queue[Scan] = queue.Queue(maxsize=queue_size)
         self._state_interval_s = state_interval_s
         self._camera_done = threading.Event()
@@ -124,6 +127,8 @@ class ScanService:
             self._bus.stop()
             self._feedback.close()
             self._source.close()
+            if self._resolver is not None:
+                self._resolver.close()
         return self._exit_code
 
     def _camera_loop(self, stop: threading.Event) -> None:
@@ -197,7 +202,7 @@ class ScanService:
             frames_before, since = self._fps_mark
             fps = (stats.frames - frames_before) / max(now - since, 1e-3)
             self._fps_mark = (stats.frames, now)
-            return {
+            state: dict[str, Any] = {
                 "schema": STATE_SCHEMA,
                 "device_id": self.device_id,
                 "timestamp": ScanHandler.iso(time.time()),
@@ -212,9 +217,18 @@ class ScanService:
                     None if stats.last_scan_at is None else ScanHandler.iso(stats.last_scan_at)
                 ),
             }
+        if self._resolver is not None:
+            state["leat"] = {"reachable": self._resolver.reachable}
+        return state
 
     def _publish_state(self) -> None:
         self._bus.set_state(self.state())
+
+
+def leat_configured(config: Config) -> bool:
+    """True when Leat credentials are configured (a token, or an OAuth client)."""
+    leat = config.leat
+    return leat.client_id is not None or read_secret("leat-token", leat.token_file) is not None
 
 
 def info_payload(config: Config) -> dict[str, Any]:
@@ -224,7 +238,7 @@ def info_payload(config: Config) -> dict[str, Any]:
         "device_id": config.device.id,
         "version": __version__,
         "contract_version": CONTRACT_VERSION,
-        "capabilities": list(CAPABILITIES),
+        "capabilities": [*CAPABILITIES, *(["identify"] if leat_configured(config) else [])],
         "started_at": ScanHandler.iso(time.time()),
         "decode_formats": list(config.decode.formats),
     }
@@ -262,8 +276,14 @@ def build(
         except CameraError:
             feedback.close()
             raise
+    resolver = _resolver(config) if leat_configured(config) else None
     handler = ScanHandler(
-        config.device.id, classifier, bus.publish_event, scan_values=config.privacy.scan_values
+        config.device.id,
+        classifier,
+        bus.publish_event,
+        scan_values=config.privacy.scan_values,
+        resolver=resolver,
+        identification_ttl_s=config.leat.identification_ttl_s,
     )
     return ScanService(
         device_id=config.device.id,
@@ -273,4 +293,18 @@ def build(
         handler=handler,
         bus=bus,
         feedback=feedback,
+        resolver=resolver,
+    )
+
+
+def _resolver(config: Config) -> Resolver:
+    """A resolver over a Leat client built from `[leat]` (secrets from files/credentials)."""
+    from appliance.leat.client import LeatClient  # httpx only when Leat is configured
+
+    leat = config.leat
+    return Resolver(
+        LeatClient.from_config(leat),
+        shop_uuid=leat.shop_uuid,
+        deadline_s=leat.resolve_deadline_s,
+        account_secret=read_secret("leat-account-secret", leat.account_secret_file),
     )

@@ -1,10 +1,12 @@
 """`leat-scanner demo`: sample codes replayed through the whole scan path, events printed.
 
-With no config file the demo starts its own Mosquitto on a free loopback port; with
-`--config` it uses the configured broker. Frames (loyalty card, giftcard, voucher, a phone
-in dark mode, a Loyalty Token URL, empty frames) are generated into a temporary folder and
-replayed as the camera would deliver them; LED/buzzer run on gpiozero's mock pins and each
-signal is printed. A subscriber prints every message as a POS would see it.
+With no config file the demo starts its own Mosquitto on a free loopback port and its own
+Leat sandbox (appliance/leat/sandbox.py, seeded with the demo contacts, giftcards and
+vouchers); with `--config` it uses the configured broker and Leat account. Frames (loyalty
+cards, a giftcard, a voucher, a phone in dark mode, a Loyalty Token URL, empty frames) are
+generated into a temporary folder and replayed as the camera would deliver them; LED/buzzer
+run on gpiozero's mock pins and each signal is printed. A subscriber prints every message as
+a POS would see it, with a readable line for each identification.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from appliance.config import Config, read_secret
 from appliance.daemon import build
 from appliance.errors import BusError
 from appliance.feedback import Feedback, FeedbackLike, Signal
+from appliance.leat.sandbox import LeatSandbox
 from appliance.localbroker import LocalMosquitto
-from appliance.samples import write_demo_frames
+from appliance.samples import DEMO_ACCOUNT_SECRET, DEMO_SHOP_UUID, write_demo_frames
 
 DEMO_DEVICE_ID = "demo-counter"
 
@@ -57,6 +60,7 @@ class Viewer:
         self.subscribed = threading.Event()
         self.offline_seen = threading.Event()
         self.scan_events = 0
+        self.identifications = 0
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"leat-scanner-demo-viewer-{cfg.device.id}",
@@ -100,6 +104,9 @@ class Viewer:
             self.scan_events += 1
         if topic == "availability" and text == "offline":
             self.offline_seen.set()
+        if topic == "events/identification":
+            self.identifications += 1
+            self._out.write(f"   {describe_identification(json.loads(text))}\n")
         retained = " (retained)" if message.retain else ""
         try:
             shown = json.dumps(json.loads(text), ensure_ascii=False)
@@ -111,6 +118,29 @@ class Viewer:
         """Disconnect."""
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def describe_identification(event: dict[str, Any]) -> str:
+    """One line a person reads: who or what was identified, balances and offers."""
+    status = event["status"] if event["verified"] else "unverified (Leat offline)"
+    if (contact := event.get("contact")) is not None:
+        rewards = ", ".join(
+            f"{r['title']} {r['required_credits']}{'' if r['affordable'] else ' (not yet)'}"
+            for r in contact["rewards"]
+        )
+        return (
+            f"identified: {contact['first_name']} ({contact['tier'] or 'no tier'}), "
+            f"{contact['points']} {contact['points_name']}, prepaid "
+            f"{contact['prepaid_balance_cents'] / 100:.2f}, {len(contact['offers'])} offer(s); "
+            f"rewards: {rewards or 'none'}"
+        )
+    if (card := event.get("giftcard")) is not None:
+        return f"giftcard {status}: balance {card['balance_cents'] / 100:.2f}"
+    if (voucher := event.get("voucher")) is not None:
+        return f"voucher {status}: {voucher['name']} {voucher['attributes']}"
+    if (token := event.get("token")) is not None:
+        return f"loyalty token {status}: {token['unit_value']} {token['unit_name']}"
+    return f"{event['kind']} {status}"
 
 
 def run_demo(
@@ -131,11 +161,15 @@ def run_demo(
         frames = work / "frames"
         write_demo_frames(frames)
         broker = None if configured else LocalMosquitto(work / "broker")
+        sandbox = None if configured else LeatSandbox()
         try:
-            if broker is not None:
+            if broker is not None and sandbox is not None:
                 broker.start()
                 out.write(f"== started a private mosquitto on 127.0.0.1:{broker.port}\n")
-            cfg = _demo_config(cfg, frames, fps, broker)
+                sandbox.start()
+                out.write(f"== started the Leat sandbox on {sandbox.url}\n")
+                cfg = _private_services(cfg, work, broker, sandbox)
+            cfg = _demo_config(cfg, frames, fps)
             out.write(f"== replaying {len(list(frames.iterdir()))} frames from {frames} "
                       f"at {fps:g} fps; subscribed to {cfg.base_topic}/#\n")
             viewer = Viewer(cfg, out)
@@ -147,7 +181,8 @@ def run_demo(
                 status = service.run(stop)
                 viewer.offline_seen.wait(5)
                 published = service.stats.scans_total
-                out.write(f"== {published} scans published, {viewer.scan_events} received; "
+                out.write(f"== {published} scans published, {viewer.scan_events} received, "
+                          f"{viewer.identifications} identifications; "
                           f"{service.stats.rejected_total} refused\n")
                 return status if viewer.scan_events == published else 1
             finally:
@@ -155,19 +190,41 @@ def run_demo(
         finally:
             if broker is not None:
                 broker.stop()
+            if sandbox is not None:
+                sandbox.stop()
 
 
-def _demo_config(cfg: Config, frames: Path, fps: float, broker: LocalMosquitto | None) -> Config:
-    """The demo's config: replayed frames, mock pins, and the private broker if any."""
-    update: dict[str, Any] = {
-        "camera": cfg.camera.model_copy(
-            update={"source": "replay", "replay_path": frames, "fps": fps, "replay_loop": False}
-        ),
-    }
-    if broker is not None:
-        update["device"] = cfg.device.model_copy(update={"id": DEMO_DEVICE_ID})
-        update["mqtt"] = cfg.mqtt.model_copy(
-            update={"host": broker.host, "port": broker.port, "username": None,
-                    "password_file": None}
-        )
-    return cfg.model_copy(update=update)
+def _demo_config(cfg: Config, frames: Path, fps: float) -> Config:
+    """The demo's camera: the generated frames, replayed once."""
+    camera = cfg.camera.model_copy(
+        update={"source": "replay", "replay_path": frames, "fps": fps, "replay_loop": False}
+    )
+    return cfg.model_copy(update={"camera": camera})
+
+
+def _private_services(
+    cfg: Config, work: Path, broker: LocalMosquitto, sandbox: LeatSandbox
+) -> Config:
+    """Point the config at the private broker and Leat sandbox (secrets in 0600 files)."""
+    token_file = _secret_file(work / "leat-token", sandbox.personal_access_token)
+    account_secret_file = _secret_file(work / "leat-account-secret", DEMO_ACCOUNT_SECRET)
+    return cfg.model_copy(
+        update={
+            "device": cfg.device.model_copy(update={"id": DEMO_DEVICE_ID}),
+            "mqtt": cfg.mqtt.model_copy(
+                update={"host": broker.host, "port": broker.port, "username": None,
+                        "password_file": None}
+            ),
+            "leat": cfg.leat.model_copy(
+                update={"base_url": sandbox.url, "token_file": token_file, "client_id": None,
+                        "shop_uuid": DEMO_SHOP_UUID, "account_secret_file": account_secret_file,
+                        "portal_url": "https://demo.leat.example"}
+            ),
+        }
+    )
+
+
+def _secret_file(path: Path, value: str) -> Path:
+    path.touch(mode=0o600)
+    path.write_text(value, encoding="utf-8")
+    return path

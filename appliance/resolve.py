@@ -60,6 +60,7 @@ class LeatLike(Protocol):
     def find_voucher(self, code: str) -> Any: ...
     def validate_voucher(self, uuid: str, *, shop_uuid: str | None = None,
                          contact_uuid: str | None = None) -> Any: ...
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +123,9 @@ class Resolver:
         self.reachable: bool | None = None  # last known, for the retained state
 
     def close(self) -> None:
-        """Stop the worker pool (calls in flight finish on their own timeouts)."""
+        """Stop the worker pool and close the client (calls in flight end on their timeouts)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
 
     def resolve(self, code: Code) -> Resolution:
         """Resolve one code; never raises for Leat trouble (that is `offline`)."""
@@ -302,8 +304,8 @@ class Resolver:
         """A part the identification can do without: refused or failed -> None (logged)."""
         try:
             return self._wait(future, clock)
-        except LeatRejected as exc:
-            log.warning("Leat refused %s: %s", what, exc)
+        except LeatRejected as exc:  # its message may quote personal data: log the code only
+            log.warning("Leat refused %s (code %d)", what, exc.code)
         except (LeatUnavailable, _Deadline) as exc:
             log.warning("no %s from Leat in time (%s)", what, exc or "deadline")
         except LeatError as exc:

@@ -18,6 +18,8 @@ import numpy.typing as npt
 import zxingcpp
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from appliance.leat.token import loyalty_token_url
+
 log = logging.getLogger(__name__)
 
 Gray = npt.NDArray[np.uint8]
@@ -29,16 +31,20 @@ DISTORTIONS: Final = (
 )
 """The distortion names a corpus sample may carry (no-code samples carry `no_code` + kind)."""
 
+DEMO_SHOP_UUID: Final = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"
+DEMO_ACCOUNT_SECRET: Final = "demo-account-secret"  # noqa: S105 - signs the demo token only
+
 DEMO_CODES: Final[dict[str, str]] = {
     "loyalty_card": "LC-7F3K9Q2M",
     "giftcard": "GC-8H2J4K6L8M",
     "voucher": "SPRING-2X7Q",
-    "loyalty_token": (
-        "https://demo.leat.example/l?version=v3"
-        "&shop_uuid=4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"
-        "&unique_id=demo-0001&timestamp=1735689600"
-        "&unit_name=purchase_amount&unit_value=10"
-        "&hash=3f9a1c7e5b2d8f0a4c6e1b3d5f7a9c0e2b4d6f81"
+    "loyalty_token": loyalty_token_url(
+        portal_url="https://demo.leat.example",
+        shop_uuid=DEMO_SHOP_UUID,
+        unique_id="demo-0001",
+        timestamp=1735689600,
+        unit_value="10",
+        secret=DEMO_ACCOUNT_SECRET,
     ),
 }
 """The values printed on the demo frames (the Leat sandbox seeds the same ones)."""

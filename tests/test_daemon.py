@@ -25,7 +25,13 @@ from appliance.debounce import Debouncer
 from appliance.decode import Decoder
 from appliance.feedback import Feedback, Signal
 from appliance.pipeline import ScanHandler
-from appliance.samples import DEMO_CODES, DEMO_PHONE_CARD, render_code, write_demo_frames
+from appliance.samples import (
+    DEMO_CODES,
+    DEMO_PHONE_CARD,
+    DEMO_SHOP_UUID,
+    render_code,
+    write_demo_frames,
+)
 
 BASE = "leat-scanner/test-counter"
 
@@ -287,3 +293,57 @@ def test_daemon_replay_without_path_is_a_clear_error(tmp_path: Path, config_text
     )
     assert proc.returncode == 1
     assert "replay_path" in proc.stderr
+
+
+def leat_config(broker: Mosquitto, frames: Path, sandbox: Any, tmp_path: Path) -> Config:
+    token = tmp_path / "leat-token"
+    token.touch(mode=0o600)
+    token.write_text(sandbox.personal_access_token, encoding="utf-8")
+    cfg = make_config(broker, frames)
+    leat = cfg.leat.model_copy(
+        update={"base_url": sandbox.url, "token_file": token, "shop_uuid": DEMO_SHOP_UUID,
+                "resolve_deadline_s": 1.0}
+    )
+    return cfg.model_copy(update={"leat": leat})
+
+
+@pytest.mark.parametrize("leat_up", [True, False], ids=["leat-up", "leat-down"])
+def test_daemon_publishes_identifications_from_leat(
+    broker: Mosquitto, tmp_path: Path, leat_up: bool
+) -> None:
+    from appliance.leat.sandbox import LeatSandbox
+
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    with LeatSandbox() as sandbox, Subscriber(broker, f"{BASE}/#") as sub:
+        if not leat_up:
+            sandbox.faults.set(outage=True)
+        sub.wait_subscribed()
+        feedback = RecordingFeedback()
+        service = build(leat_config(broker, frames, sandbox, tmp_path), feedback=feedback)
+        assert service.run(threading.Event()) == 0
+        messages = sub.wait_for(lambda ms: "offline" in payloads(list(ms), "availability"))
+    scans = payloads(messages, "events/scan")
+    idents = payloads(messages, "events/identification")
+    assert [i["scan_event_id"] for i in idents] == [s["event_id"] for s in scans]
+    for ident in idents:
+        validate("identification", ident)
+    [jane] = [i for i in idents if i["identifier"] == DEMO_CODES["loyalty_card"]]
+    info = payloads(messages, "info")[0]
+    assert "identify" in info["capabilities"]
+    state = payloads(messages, "state")[-1]
+    validate("state", state)
+    if leat_up:
+        assert jane["verified"] is True
+        assert jane["contact"]["first_name"] == "Jane"
+        assert state["leat"] == {"reachable": True}
+        assert Signal.ACCEPTED in feedback.signals
+    else:
+        assert {(i["verified"], i["status"]) for i in idents if i["kind"] != "loyalty_token"} == {
+            (False, "offline")
+        }
+        assert state["leat"] == {"reachable": False}
+        assert Signal.OFFLINE in feedback.signals
+    # the identification expires (MQTT v5 message expiry)
+    expiring = [m for m in messages if m.topic.endswith("/events/identification")]
+    assert all(m.properties.MessageExpiryInterval <= 60 for m in expiring)

@@ -1,0 +1,706 @@
+"""`LeatClient`: the Leat REST API (`/api/v3/oauth/clients/...`) over one pooled httpx.Client.
+
+Authentication is a personal access token, or else OAuth client credentials: the access
+token from `POST /oauth/token` is cached until `expires_in` minus a margin, fetched again
+once when a call gets HTTP 401, and the call repeated once (a 401 means nothing was done).
+
+Errors (leat-api.md §3; Leat's `code` in the body decides, not only the status):
+
+    HTTP / transport                        raises
+    2xx with `data`                         (the parsed result)
+    2xx without `data`, not JSON, bad field LeatUnavailable("malformed response ...", ambiguous)
+    401 (after one token refresh for OAuth) LeatAuthError
+    503 maintenance                         LeatUnavailable(retry_after)
+    429                                     LeatUnavailable(retry_after = Retry-After s or date)
+    other 5xx                               LeatUnavailable(ambiguous=True)
+    4xx with {code, message}                LeatRejected(code, message, status)
+    other 4xx                               LeatRejected(0, ..., status)
+    connect error / connect timeout         LeatUnavailable(ambiguous=False): nothing was sent
+    read timeout, reset, protocol error     LeatUnavailable(ambiguous=True): it may have happened
+
+Thread-safe: httpx.Client is, and the OAuth token cache is guarded by a lock. This is the
+only module that imports httpx. Tokens, secrets and e-mail addresses are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Final, Self
+from urllib.parse import quote
+
+import httpx
+
+from appliance import __version__
+from appliance.config import LeatConfig, read_secret
+from appliance.errors import (
+    ConfigError,
+    LeatAuthError,
+    LeatError,
+    LeatRejected,
+    LeatUnavailable,
+)
+from appliance.leat.models import (
+    CollectableReward,
+    CollectResult,
+    Contact,
+    ContactIdentifier,
+    CreditReception,
+    Fields,
+    Giftcard,
+    GiftcardTransaction,
+    LoyaltyProgram,
+    Order,
+    OrderResult,
+    PrepaidTransaction,
+    ReturnResult,
+    Reward,
+    RewardReception,
+    Shop,
+    Tier,
+    Voucher,
+    VoucherLock,
+    VoucherRedemption,
+    VoucherReversal,
+    malformed,
+    parse_list,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL: Final = "https://api.leat.com"
+API_PREFIX: Final = "/api/v3/oauth/clients"
+TOKEN_PATH: Final = "/oauth/token"  # noqa: S105 - a path; no /api prefix (leat-api.md §2.2)
+TOKEN_MARGIN_S: Final = 60.0  # refetch this long before `expires_in` runs out
+VOUCHER_NOT_FOUND: Final = 80004
+
+_NOTHING_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ProxyError,
+    httpx.UnsupportedProtocol,
+)
+
+
+class LeatClient:
+    """One method per Leat call the appliance makes; results are frozen dataclasses."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        token: str | None = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        shop_uuid: str | None = None,
+        timeout_s: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not token and not (client_id and client_secret):
+            raise ConfigError(
+                ["leat: a personal access token or OAuth client_id + client secret is needed"]
+            )
+        self._static_token = token or None
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self.shop_uuid = shop_uuid
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._oauth_token: str | None = None
+        self._oauth_expires_at: float | None = None
+        self._http = httpx.Client(
+            base_url=base_url,
+            timeout=httpx.Timeout(
+                connect=timeout_s, read=timeout_s, write=timeout_s, pool=timeout_s
+            ),
+            headers={"Accept": "application/json", "User-Agent": f"leat-scanner/{__version__}"},
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    @classmethod
+    def from_config(
+        cls, cfg: LeatConfig, *, transport: httpx.BaseTransport | None = None
+    ) -> LeatClient:
+        """A client for the configured account; `ConfigError` when no credentials are set."""
+        token = read_secret("leat-token", cfg.token_file)
+        secret = None
+        if token is None and cfg.client_id:
+            secret = read_secret("leat-client-secret", cfg.client_secret_file)
+        if token is None and not (cfg.client_id and secret):
+            raise ConfigError(
+                [
+                    "leat: set token_file (or credential leat-token), or client_id with "
+                    "client_secret_file (or credential leat-client-secret)"
+                ]
+            )
+        return cls(
+            cfg.base_url,
+            token=token,
+            client_id=cfg.client_id,
+            client_secret=secret,
+            shop_uuid=cfg.shop_uuid,
+            timeout_s=cfg.timeout_s,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- contact identifiers
+
+    def find_contact_identifier(self, value: str) -> ContactIdentifier:
+        """The loyalty card with this scanned value (60003 unknown, 60004 inactive)."""
+        data = self._get("/contact-identifiers/find", {"contact_identifier_value": value})
+        return ContactIdentifier.parse(Fields(data))
+
+    # ---------------------------------------------------------------------------- contacts
+
+    def get_contact(self, uuid: str) -> Contact:
+        """The contact with balances and tier (55031 not found)."""
+        return Contact.parse(Fields(self._get(f"/contacts/{_seg(uuid)}")))
+
+    def find_contact_by_email(self, email: str) -> Contact:
+        """The contact with this e-mail address (55031 not found)."""
+        return Contact.parse(Fields(self._get("/contacts/find-one-by", {"email": email})))
+
+    def find_or_create_contact(self, email: str) -> Contact:
+        """The contact with this e-mail address, created when missing."""
+        return Contact.parse(Fields(self._get("/contacts/find-or-create", {"email": email})))
+
+    def get_credit_balance(self, contact_uuid: str) -> int:
+        """The contact's points balance."""
+        data = self._get(f"/contacts/{_seg(contact_uuid)}/credit-balance")
+        return Fields(data).req_int("balance")
+
+    def get_prepaid_balance(self, contact_uuid: str) -> int:
+        """The contact's prepaid balance in cents."""
+        data = self._get(f"/contacts/{_seg(contact_uuid)}/prepaid-balance")
+        return Fields(data).req_int("balance_in_cents")
+
+    def get_tier(self, contact_uuid: str) -> Tier | None:
+        """The contact's tier, or None when the contact has none."""
+        data = self._get(f"/contacts/{_seg(contact_uuid)}/tier")
+        if data is None or data in ({}, []):
+            return None
+        return Tier.parse(Fields(data))
+
+    # ----------------------------------------------------------------------------- rewards
+
+    def list_rewards(
+        self, *, contact_uuid: str | None = None, shop_uuid: str | None = None
+    ) -> list[Reward]:
+        """Rewards (for the client's shop unless given), cheapest first, then by title."""
+        params = {"contact_uuid": contact_uuid, "shop_uuid": shop_uuid or self.shop_uuid}
+        rewards = [Reward.parse(item) for item in parse_list(self._get("/rewards", params))]
+        return sorted(rewards, key=lambda r: (r.required_credits, r.title.casefold(), r.uuid))
+
+    def create_reward_reception(
+        self,
+        *,
+        contact_uuid: str,
+        reward_uuid: str,
+        shop_uuid: str | None = None,
+        contact_identifier_value: str | None = None,
+    ) -> RewardReception:
+        """Spend points on a reward (1017 too few points, 1018 out of stock, 6003 unknown)."""
+        body = {
+            "contact_uuid": contact_uuid,
+            "reward_uuid": reward_uuid,
+            "shop_uuid": self._shop(shop_uuid, "create_reward_reception"),
+            "contact_identifier_value": contact_identifier_value,
+        }
+        return RewardReception.parse(Fields(self._post("/reward-receptions", body)))
+
+    def reverse_reward_reception(self, uuid: str) -> CreditReception:
+        """Give the points of a reward reception back."""
+        data = self._post(f"/reward-receptions/{_seg(uuid)}/reverse")
+        return CreditReception.parse(Fields(data))
+
+    # ---------------------------------------------------------------- collectable rewards
+
+    def list_collectable_rewards(self, contact_uuid: str) -> list[CollectableReward]:
+        """The contact's pre-redeemed rewards (collected ones included, as Leat lists them)."""
+        data = self._get("/collectable-rewards", {"contact_uuid": contact_uuid})
+        return [CollectableReward.parse(item) for item in parse_list(data)]
+
+    def collect_reward(self, uuid: str) -> CollectResult:
+        """Collect a collectable reward by its loyalty transaction uuid (80300 gone/expired)."""
+        data = self._request("PUT", f"/collectable-rewards/collect/{_seg(uuid)}")
+        return CollectResult.parse(Fields(data))
+
+    def reverse_collected_reward(self, uuid: str) -> CollectResult:
+        """Undo a collection by its collectable-reward-redemption uuid."""
+        data = self._post(f"/collectable-rewards/{_seg(uuid)}/reverse")
+        return CollectResult.parse(Fields(data))
+
+    # ---------------------------------------------------------------------------- vouchers
+
+    def find_voucher(self, code: str) -> Voucher:
+        """The voucher with this code (80004 not found)."""
+        return Voucher.parse(Fields(self._get("/vouchers/find", {"code": code})))
+
+    def list_vouchers(
+        self, *, contact_uuid: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[Voucher]:
+        """The first page of vouchers (a contact's, in a status); Leat allows `limit` <= 500."""
+        params = {"contact_uuid": contact_uuid, "status": status, "limit": limit, "page": 1}
+        return [Voucher.parse(item) for item in parse_list(self._get("/vouchers", params))]
+
+    def validate_voucher(
+        self, uuid: str, *, shop_uuid: str | None = None, contact_uuid: str | None = None
+    ) -> Voucher | None:
+        """Check a voucher can be used here; an unusable one raises `LeatRejected`.
+
+        The response is undocumented: the voucher is returned when Leat includes it.
+        """
+        body = {
+            "shop_uuid": self._shop(shop_uuid, "validate_voucher"),
+            "contact_uuid": contact_uuid,
+        }
+        data = self._post(f"/vouchers/{_seg(uuid)}/validate", body)
+        if isinstance(data, dict):
+            fields = Fields(data)
+            if fields.has("code") and fields.has("uuid"):
+                return Voucher.parse(fields)
+            if isinstance(data.get("voucher"), dict) and fields.req_obj("voucher").has("code"):
+                return Voucher.parse(fields.req_obj("voucher"))
+        return None
+
+    def lock_voucher(self, uuid: str) -> VoucherLock:
+        """Reserve a voucher for one hour (80017 already locked, 80005 redeemed, 80006 expired)."""
+        return VoucherLock.parse(Fields(self._post(f"/vouchers/{_seg(uuid)}/lock")))
+
+    def release_voucher(self, uuid: str, release_key: str) -> VoucherLock:
+        """Release a lock taken with `lock_voucher`."""
+        data = self._post(f"/vouchers/{_seg(uuid)}/release", {"release_key": release_key})
+        return VoucherLock.parse(Fields(data))
+
+    def redeem_voucher(
+        self,
+        *,
+        code: str,
+        shop_uuid: str | None = None,
+        contact_uuid: str | None = None,
+        release_key: str | None = None,
+    ) -> VoucherRedemption:
+        """Redeem a voucher by code (80005 already redeemed, 80006 expired, 80004 unknown)."""
+        body = {
+            "code": code,
+            "shop_uuid": self._shop(shop_uuid, "redeem_voucher"),
+            "contact_uuid": contact_uuid,
+            "release_key": release_key,
+        }
+        return VoucherRedemption.parse(Fields(self._post("/vouchers/redeem", body)))
+
+    def reverse_voucher_redemption(
+        self, *, redemption_uuid: str | None = None, voucher_uuid: str | None = None
+    ) -> VoucherReversal:
+        """Undo a redemption: by redemption uuid (Leat 2026), else or on 80004 by voucher uuid."""
+        candidates = [u for u in (redemption_uuid, voucher_uuid) if u]
+        if not candidates:
+            raise ValueError("reverse_voucher_redemption needs redemption_uuid or voucher_uuid")
+        for uuid in candidates[:-1]:
+            try:
+                return self._reverse_voucher(uuid)
+            except LeatRejected as exc:
+                if exc.code != VOUCHER_NOT_FOUND:
+                    raise
+                log.info("Leat did not know redemption %s; reversing by voucher uuid", uuid)
+        return self._reverse_voucher(candidates[-1])
+
+    def _reverse_voucher(self, uuid: str) -> VoucherReversal:
+        data = self._post(f"/vouchers/{_seg(uuid)}/reverse")
+        voucher = None
+        if isinstance(data, dict):
+            fields = Fields(data)
+            if fields.has("code") and fields.has("status"):
+                voucher = Voucher.parse(fields)
+            elif isinstance(data.get("voucher"), dict):
+                voucher = Voucher.parse(fields.req_obj("voucher"))
+        return VoucherReversal(reversed_uuid=uuid, voucher=voucher)
+
+    # --------------------------------------------------------------------------- giftcards
+
+    def find_giftcard(self, hash: str) -> Giftcard:
+        """The giftcard with this scanned hash (5001 not found)."""
+        return Giftcard.parse(Fields(self._get("/giftcards/find-one-by", {"hash": hash})))
+
+    def get_giftcard(self, uuid: str) -> Giftcard:
+        """The giftcard with this uuid, with its current balance."""
+        return Giftcard.parse(Fields(self._get(f"/giftcards/{_seg(uuid)}")))
+
+    def create_giftcard_transaction(
+        self, *, giftcard_uuid: str, amount_in_cents: int, shop_uuid: str | None = None
+    ) -> GiftcardTransaction:
+        """Pay with (negative) or load (positive) a giftcard (5003 balance too low, 5002)."""
+        body = {
+            "giftcard_uuid": giftcard_uuid,
+            "amount_in_cents": amount_in_cents,
+            "shop_uuid": self._shop(shop_uuid, "create_giftcard_transaction"),
+        }
+        return GiftcardTransaction.parse(Fields(self._post("/giftcard-transactions", body)))
+
+    def reverse_giftcard_transaction(self, uuid: str) -> GiftcardTransaction:
+        """Undo a giftcard transaction (55025: only the card's last one can be)."""
+        data = self._post(f"/giftcard-transactions/{_seg(uuid)}/reverse")
+        return GiftcardTransaction.parse(Fields(data))
+
+    # ----------------------------------------------------------------------------- prepaid
+
+    def create_prepaid_transaction(
+        self,
+        *,
+        amount_in_cents: int,
+        contact_uuid: str | None = None,
+        contact_identifier_value: str | None = None,
+        shop_uuid: str | None = None,
+    ) -> PrepaidTransaction:
+        """Pay with (negative) or top up (positive) a contact's prepaid balance."""
+        if not (contact_uuid or contact_identifier_value):
+            raise ValueError("a prepaid transaction needs contact_uuid or contact_identifier_value")
+        body = {
+            "amount_in_cents": amount_in_cents,
+            "contact_uuid": contact_uuid,
+            "contact_identifier_value": contact_identifier_value,
+            "shop_uuid": self._shop(shop_uuid, "create_prepaid_transaction"),
+        }
+        return PrepaidTransaction.parse(Fields(self._post("/prepaid-transactions", body)))
+
+    def reverse_prepaid_transaction(self, uuid: str) -> PrepaidTransaction:
+        """Undo a prepaid transaction."""
+        data = self._post(f"/prepaid-transactions/{_seg(uuid)}/reverse")
+        return PrepaidTransaction.parse(Fields(data))
+
+    # ------------------------------------------------------------------------------ orders
+
+    def create_and_process_order(self, body: Mapping[str, Any]) -> OrderResult:
+        """Create an order and award its points; keep `external_identifier` stable on retry."""
+        data = self._post("/orders/create-and-process", dict(body))
+        return OrderResult.parse(Fields(data))
+
+    def create_order(self, body: Mapping[str, Any]) -> Order:
+        """Create an order without processing it."""
+        data = self._post("/orders", dict(body))
+        fields = Fields(data)
+        return Order.parse(fields.req_obj("order") if fields.has("order") else fields)
+
+    def find_order(self, external_identifier: str) -> Order | None:
+        """The order with our `external_identifier`, or None when Leat does not have it.
+
+        No "order not found" code is documented (leat-api.md §7.1), so None is returned for
+        `data: null` and for a Leat error body (any non-zero `code`) whose message says "not
+        found", as the sandbox answers (code 9404, "Order not found."). Anything else is
+        raised, including a bare HTTP 404 without a Leat code (a wrong base URL or route must
+        never read as "not delivered", or the forwarder would post the order twice).
+        """
+        try:
+            data = self._get("/orders/find", {"external_identifier": external_identifier})
+        except LeatRejected as exc:
+            if exc.code != 0 and "not found" in exc.leat_message.lower():
+                return None
+            raise
+        if data is None or data in ({}, []):
+            return None
+        fields = Fields(data)
+        return Order.parse(fields.req_obj("order") if fields.has("order") else fields)
+
+    def get_order(self, uuid: str) -> Order:
+        """The order with this Leat uuid."""
+        fields = Fields(self._get(f"/orders/{_seg(uuid)}"))
+        return Order.parse(fields.req_obj("order") if fields.has("order") else fields)
+
+    def process_order(self, uuid: str) -> OrderResult:
+        """Run the order action (award points) for a created order; `order` is None."""
+        return OrderResult.parse(Fields(self._post(f"/orders/{_seg(uuid)}/process")))
+
+    def create_and_process_order_return(self, body: Mapping[str, Any]) -> ReturnResult:
+        """Return (part of) an order; corrects points only (reverse other actions yourself)."""
+        data = self._post("/order-returns/create-and-process", dict(body))
+        return ReturnResult.parse(Fields(data))
+
+    # ------------------------------------------------------------------- credit receptions
+
+    def create_credit_reception(
+        self,
+        *,
+        contact_uuid: str,
+        unit_value: float | None = None,
+        credits: int | None = None,
+        unit_name: str | None = None,
+        shop_uuid: str | None = None,
+    ) -> CreditReception:
+        """Give points for a purchase amount (`unit_value`, major units) or as `credits`."""
+        if unit_value is None and credits is None:
+            raise ValueError("a credit reception needs unit_value or credits")
+        body = {
+            "contact_uuid": contact_uuid,
+            "unit_value": unit_value,
+            "credits": credits,
+            "unit_name": unit_name,
+            "shop_uuid": self._shop(shop_uuid, "create_credit_reception"),
+        }
+        return CreditReception.parse(Fields(self._post("/credit-receptions", body)))
+
+    def reverse_credit_reception(self, uuid: str) -> CreditReception:
+        """Take the points of a credit reception back (a new, negated reception)."""
+        data = self._post(f"/credit-receptions/{_seg(uuid)}/reverse")
+        return CreditReception.parse(Fields(data))
+
+    def calculate_credits(
+        self,
+        *,
+        unit_value: float,
+        shop_uuid: str | None = None,
+        contact_uuid: str | None = None,
+        unit_name: str | None = None,
+    ) -> int:
+        """How many points `unit_value` would earn (a dry run)."""
+        params = {
+            "unit_value": unit_value,
+            "shop_uuid": self._shop(shop_uuid, "calculate_credits"),
+            "contact_uuid": contact_uuid,
+            "unit_name": unit_name,
+        }
+        return Fields(self._get("/credit-receptions/calculate", params)).req_int("credits")
+
+    # ------------------------------------------------------------------------ shops, program
+
+    def list_shops(self) -> list[Shop]:
+        """The account's shops."""
+        return [Shop.parse(item) for item in parse_list(self._get("/shops"))]
+
+    def get_shop(self, uuid: str) -> Shop:
+        """One shop (1008 not found)."""
+        return Shop.parse(Fields(self._get(f"/shops/{_seg(uuid)}")))
+
+    def get_loyalty_program(self) -> LoyaltyProgram:
+        """The account's loyalty program (its name for points: `custom_credit_name`)."""
+        return LoyaltyProgram.parse(Fields(self._get("/loyalty-program")))
+
+    # ------------------------------------------------------------------------------- HTTP
+
+    def _shop(self, shop_uuid: str | None, call: str) -> str:
+        shop = shop_uuid or self.shop_uuid
+        if not shop:
+            raise ConfigError([f"leat.shop_uuid: needed for {call}"])
+        return shop
+
+    def _get(self, path: str, params: Mapping[str, object] | None = None) -> object:
+        return self._request("GET", path, params=params)
+
+    def _post(self, path: str, body: Mapping[str, object] | None = None) -> object:
+        return self._request("POST", path, body=body)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, object] | None = None,
+        body: Mapping[str, object] | None = None,
+    ) -> object:
+        """`data` of one API call; with OAuth, a 401 refetches the token and retries once."""
+        url = API_PREFIX + path
+        query = {k: _param(v) for k, v in (params or {}).items() if v is not None}
+        payload = None if body is None else {k: v for k, v in body.items() if v is not None}
+        token = self._bearer()
+        response = self._send(method, url, query, payload, token)
+        if response.status_code == httpx.codes.UNAUTHORIZED and self._static_token is None:
+            log.info("Leat refused the OAuth access token; fetching a new one")
+            self._forget(token)
+            response = self._send(method, url, query, payload, self._bearer())
+        return _data(response, method, url)
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        query: Mapping[str, str] | None,
+        payload: Mapping[str, object] | None,
+        token: str | None,
+    ) -> httpx.Response:
+        """One HTTP exchange; transport failures become `LeatUnavailable`."""
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        started = time.monotonic()
+        try:
+            response = self._http.request(
+                method, url, params=query or None, json=payload, headers=headers
+            )
+        except _NOTHING_SENT as exc:
+            log.info("Leat %s %s: not reachable (%s)", method, url, type(exc).__name__)
+            raise LeatUnavailable(
+                f"Leat not reachable ({type(exc).__name__}) on {method} {url}", ambiguous=False
+            ) from exc
+        except httpx.TransportError as exc:
+            log.info("Leat %s %s: no answer (%s)", method, url, type(exc).__name__)
+            raise LeatUnavailable(
+                f"no answer from Leat ({type(exc).__name__}) on {method} {url}", ambiguous=True
+            ) from exc
+        log.debug(
+            "Leat %s %s -> %d in %.0f ms",
+            method,
+            url,
+            response.status_code,
+            (time.monotonic() - started) * 1000,
+        )
+        return response
+
+    def _bearer(self) -> str:
+        """The access token to send: the static one, or a cached/fresh OAuth token."""
+        if self._static_token is not None:
+            return self._static_token
+        with self._lock:
+            now = self._clock()
+            expired = self._oauth_expires_at is not None and now >= self._oauth_expires_at
+            if self._oauth_token is None or expired:
+                self._oauth_token, lifetime = self._fetch_token()
+                self._oauth_expires_at = (
+                    None
+                    if lifetime is None
+                    else now + lifetime - min(TOKEN_MARGIN_S, lifetime / 10)
+                )
+            return self._oauth_token
+
+    def _forget(self, token: str) -> None:
+        """Drop the cached OAuth token if it is still `token` (another thread may have renewed)."""
+        with self._lock:
+            if self._oauth_token == token:
+                self._oauth_token = None
+
+    def _fetch_token(self) -> tuple[str, float | None]:
+        """A new OAuth access token and its lifetime in seconds (None when Leat omits it)."""
+        body = {
+            "grant_type": "client_credentials",
+            "client_id": self._client_id,
+            "client_secret": self._client_secret,
+        }
+        response = self._send("POST", TOKEN_PATH, None, body, None)
+        status = response.status_code
+        if status in (400, 401, 403):
+            raise LeatAuthError(f"Leat refused the OAuth client credentials (HTTP {status})")
+        if not response.is_success:
+            raise _error(response, "POST", TOKEN_PATH)
+        try:
+            raw = response.json()
+        except ValueError as exc:
+            raise malformed("oauth token (not JSON)") from exc
+        fields = Fields(raw, "token")
+        if not fields.has("access_token") and isinstance(raw.get("data"), dict):
+            fields = fields.req_obj("data")
+        token = fields.req_str("access_token")
+        lifetime = fields.opt_int("expires_in")
+        log.info("Leat OAuth access token fetched (expires in %s s)", lifetime)
+        return token, None if lifetime is None else float(max(lifetime, 0))
+
+
+def _seg(value: str) -> str:
+    """`value` quoted as one path segment (a scanned or stored id must not add a path)."""
+    if not value:
+        raise ValueError("an empty id cannot be part of a Leat path")
+    return quote(value, safe="")
+
+
+def _param(value: object) -> str:
+    """A query-string value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _data(response: httpx.Response, method: str, url: str) -> object:
+    """The `data` of a successful response; otherwise the matching `LeatError` is raised."""
+    if not response.is_success:
+        raise _error(response, method, url)
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise malformed(f"{method} {url} (not JSON)") from exc
+    if not isinstance(body, dict) or "data" not in body:
+        raise malformed(f"{method} {url} (no data)")
+    return body["data"]
+
+
+def _error(response: httpx.Response, method: str, url: str) -> LeatError:
+    """The error for a non-2xx response."""
+    status = response.status_code
+    where = f"{method} {url}"
+    if status == httpx.codes.UNAUTHORIZED:
+        log.warning("Leat refused our credentials on %s (HTTP 401)", where)
+        return LeatAuthError(f"Leat refused our credentials (HTTP 401) on {where}")
+    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+    if status == httpx.codes.SERVICE_UNAVAILABLE:
+        log.warning("Leat is in maintenance (HTTP 503) on %s", where)
+        return LeatUnavailable(f"Leat is in maintenance (HTTP 503) on {where}", retry_after)
+    if status == httpx.codes.TOO_MANY_REQUESTS:
+        log.warning("Leat rate limit (HTTP 429) on %s; retry after %s s", where, retry_after)
+        return LeatUnavailable(f"Leat rate limit (HTTP 429) on {where}", retry_after)
+    if status >= httpx.codes.INTERNAL_SERVER_ERROR:
+        log.warning("Leat server error (HTTP %d) on %s", status, where)
+        return LeatUnavailable(
+            f"Leat server error (HTTP {status}) on {where}", retry_after, ambiguous=True
+        )
+    code, message = _envelope(response)
+    if 400 <= status < 500:
+        # Leat messages may echo input (e-mail addresses), so only the code is logged.
+        log.info("Leat rejected %s: code %s (HTTP %d)", where, code, status)
+        return LeatRejected(code, message or f"HTTP {status} from Leat", status)
+    log.warning("unexpected HTTP %d from Leat on %s", status, where)
+    return LeatUnavailable(f"unexpected HTTP {status} from Leat on {where}")
+
+
+def _envelope(response: httpx.Response) -> tuple[int, str | None]:
+    """Leat's `code` (0 when the body has none) and `message` of an error body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return 0, None
+    if not isinstance(body, dict):
+        return 0, None
+    message = body.get("message")
+    text = message if isinstance(message, str) else None
+    code = body.get("code")
+    if isinstance(code, bool):
+        return 0, text
+    if isinstance(code, int):
+        return code, text
+    if isinstance(code, str) and code.strip().isdigit():
+        return int(code), text
+    return 0, text
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """A `Retry-After` header as seconds from now: delta-seconds or an HTTP date (not < 0)."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)

@@ -1,0 +1,1039 @@
+"""LeatClient: every call against the sandbox over real HTTP, plus error mapping and the
+documented shape variants (leat-api.md §10) on httpx.MockTransport where the sandbox cannot
+produce them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from appliance.config import LeatConfig
+from appliance.errors import ConfigError, LeatAuthError, LeatRejected, LeatUnavailable
+from appliance.leat.client import API_PREFIX, LeatClient, retry_after_seconds
+
+SHOP = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"
+PAT = "pat-0123456789-very-secret-token"
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def ok(data: object, meta: object = None, status: int = 200) -> httpx.Response:
+    """A Leat success envelope."""
+    return httpx.Response(status, json={"data": data, "meta": {} if meta is None else meta})
+
+
+def leat_error(code: int, message: str, status: int = 400) -> httpx.Response:
+    """A Leat error envelope."""
+    return httpx.Response(status, json={"code": code, "message": message, "status_code": status})
+
+
+def mock_client(handler: Handler, **kwargs: Any) -> LeatClient:
+    """A client over MockTransport (PAT unless OAuth credentials are given)."""
+    if "client_id" not in kwargs:
+        kwargs.setdefault("token", PAT)
+    kwargs.setdefault("shop_uuid", SHOP)
+    return LeatClient("https://leat.test", transport=httpx.MockTransport(handler), **kwargs)
+
+
+def answer(response: httpx.Response) -> Handler:
+    """A handler that always gives `response`."""
+    return lambda request: response
+
+
+class FakeClock:
+    """An injectable monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class OAuthServer:
+    """A MockTransport handler with a token endpoint that counts and can revoke tokens."""
+
+    def __init__(self, expires_in: int | None = 3600) -> None:
+        self.expires_in = expires_in
+        self.issued: list[str] = []
+        self.valid: set[str] = set()
+        self.token_bodies: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/token":
+            with self.lock:
+                self.token_bodies.append(json.loads(request.content))
+                token = f"oauth-token-{len(self.issued) + 1}"
+                self.issued.append(token)
+                self.valid.add(token)
+            body: dict[str, Any] = {"token_type": "Bearer", "access_token": token}
+            if self.expires_in is not None:
+                body["expires_in"] = self.expires_in
+            return httpx.Response(200, json=body)
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if bearer not in self.valid:
+            return httpx.Response(401, json={"message": "Unauthenticated."})
+        return ok({"balance": 7})
+
+
+def oauth_client(server: Handler, **kwargs: Any) -> LeatClient:
+    """A mock client using OAuth client credentials."""
+    return mock_client(server, client_id="1", client_secret="oauth-very-secret", **kwargs)
+
+
+# ----------------------------------------------------------------- requests we send
+
+
+def test_client_sends_json_with_bearer_and_prefix() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return ok({"uuid": "p1", "amount_in_cents": -500, "created_at": None})
+
+    with mock_client(handler) as client:
+        client.create_prepaid_transaction(amount_in_cents=-500, contact_uuid="c/../1")
+    request = seen[0]
+    assert request.method == "POST"
+    assert request.url.raw_path == f"{API_PREFIX}/prepaid-transactions".encode()
+    assert request.headers["Authorization"] == f"Bearer {PAT}"
+    assert request.headers["Accept"] == "application/json"
+    assert request.headers["Content-Type"] == "application/json"
+    assert json.loads(request.content) == {
+        "amount_in_cents": -500,
+        "contact_uuid": "c/../1",
+        "shop_uuid": SHOP,
+    }
+
+
+def test_client_quotes_ids_into_one_path_segment() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return ok({"balance": 1})
+
+    with mock_client(handler) as client:
+        client.get_credit_balance("../../shops?x=1")
+    assert seen[0].url.raw_path == (
+        f"{API_PREFIX}/contacts/..%2F..%2Fshops%3Fx%3D1/credit-balance".encode()
+    )
+
+
+def test_client_needs_credentials_and_a_shop() -> None:
+    with pytest.raises(ConfigError):
+        LeatClient("https://leat.test")
+    with pytest.raises(ConfigError):
+        LeatClient("https://leat.test", client_id="1")
+    with (
+        mock_client(answer(ok({})), shop_uuid=None) as client,
+        pytest.raises(ConfigError, match="shop_uuid"),
+    ):
+        client.redeem_voucher(code="X")
+
+
+def test_client_from_config_reads_secret_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="token_file"):
+        LeatClient.from_config(LeatConfig())
+    token = tmp_path / "token"
+    token.write_text(PAT + "\n", encoding="utf-8")
+    token.chmod(0o600)
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Authorization"])
+        return ok({"balance": 3})
+
+    cfg = LeatConfig(base_url="https://leat.test", token_file=token, shop_uuid=SHOP)
+    with LeatClient.from_config(cfg, transport=httpx.MockTransport(handler)) as client:
+        assert client.shop_uuid == SHOP
+        assert client.get_credit_balance("c1") == 3
+    assert seen == [f"Bearer {PAT}"]
+    secret = tmp_path / "client-secret"
+    secret.write_text("oauth-very-secret", encoding="utf-8")
+    secret.chmod(0o600)
+    server = OAuthServer()
+    cfg = LeatConfig(base_url="https://leat.test", client_id="1", client_secret_file=secret)
+    with LeatClient.from_config(cfg, transport=httpx.MockTransport(server)) as client:
+        assert client.get_credit_balance("c1") == 7
+    assert server.token_bodies == [
+        {"grant_type": "client_credentials", "client_id": "1", "client_secret": "oauth-very-secret"}
+    ]
+
+
+# ------------------------------------------------------------------------ error mapping
+
+
+@pytest.mark.parametrize(
+    ("response", "kind", "ambiguous"),
+    [
+        (httpx.Response(503, text="<html>maintenance</html>"), LeatUnavailable, False),
+        (httpx.Response(500, text="oops"), LeatUnavailable, True),
+        (httpx.Response(502, json={"code": 1000, "message": "x"}), LeatUnavailable, True),
+        (httpx.Response(200, text="not json"), LeatUnavailable, True),
+        (httpx.Response(200, json={"meta": {}}), LeatUnavailable, True),
+        (httpx.Response(200, json=[1, 2]), LeatUnavailable, True),
+        (httpx.Response(401, json={"message": "Unauthenticated."}), LeatAuthError, None),
+        (httpx.Response(401, text=""), LeatAuthError, None),
+    ],
+)
+def test_client_maps_statuses(
+    response: httpx.Response, kind: type[Exception], ambiguous: bool | None
+) -> None:
+    with mock_client(answer(response)) as client, pytest.raises(kind) as info:
+        client.get_credit_balance("c1")
+    if ambiguous is not None:
+        assert isinstance(info.value, LeatUnavailable)
+        assert info.value.ambiguous is ambiguous
+
+
+def test_client_keeps_leat_code_and_whole_message() -> None:
+    message = "Onvoldoende punten|Insufficient credits"
+    with (
+        mock_client(answer(leat_error(1017, message))) as client,
+        pytest.raises(LeatRejected) as info,
+    ):
+        client.create_reward_reception(contact_uuid="c", reward_uuid="r")
+    assert (info.value.code, info.value.leat_message, info.value.status_code) == (
+        1017,
+        message,
+        400,
+    )
+    # Branch on the code, whatever the status.
+    with (
+        mock_client(answer(leat_error(80004, "Voucher not found", 404))) as client,
+        pytest.raises(LeatRejected) as info,
+    ):
+        client.find_voucher("NOPE-1234")
+    assert (info.value.code, info.value.status_code) == (80004, 404)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(404, text="<html>Not Found</html>"),
+        httpx.Response(422, json={"message": "The given data was invalid.", "errors": {}}),
+        httpx.Response(400, json={"error": "bad"}),
+    ],
+)
+def test_client_rejects_4xx_without_envelope_with_code_zero(response: httpx.Response) -> None:
+    with mock_client(answer(response)) as client, pytest.raises(LeatRejected) as info:
+        client.get_shop("s1")
+    assert info.value.code == 0
+    assert info.value.status_code == response.status_code
+
+
+def test_client_rate_limit_retry_after_seconds_and_date() -> None:
+    with (
+        mock_client(answer(httpx.Response(429, headers={"Retry-After": "17"}))) as client,
+        pytest.raises(LeatUnavailable) as info,
+    ):
+        client.list_shops()
+    assert info.value.retry_after == 17.0
+    assert info.value.ambiguous is False
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    with (
+        mock_client(answer(httpx.Response(429, headers={"Retry-After": when}))) as client,
+        pytest.raises(LeatUnavailable) as info,
+    ):
+        client.list_shops()
+    assert info.value.retry_after is not None
+    assert 100 <= info.value.retry_after <= 120
+
+
+def test_retry_after_parsing() -> None:
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("  ") is None
+    assert retry_after_seconds("nan") is None
+    assert retry_after_seconds("2.5") == 2.5
+    assert retry_after_seconds("Thu, 01 Jan 2026 12:01:30 GMT", now) == 90.0
+    assert retry_after_seconds("Thu, 01 Jan 2026 11:00:00 GMT", now) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("exc", "ambiguous"),
+    [
+        (httpx.ConnectError("refused"), False),
+        (httpx.ConnectTimeout("slow connect"), False),
+        (httpx.PoolTimeout("pool"), False),
+        (httpx.ReadTimeout("slow"), True),
+        (httpx.WriteTimeout("slow write"), True),
+        (httpx.ReadError("reset"), True),
+        (httpx.WriteError("broken pipe"), True),
+        (httpx.RemoteProtocolError("Server disconnected"), True),
+    ],
+)
+def test_client_maps_transport_errors(exc: httpx.TransportError, ambiguous: bool) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    with mock_client(handler) as client, pytest.raises(LeatUnavailable) as info:
+        client.create_and_process_order({"external_identifier": "o-1"})
+    assert info.value.ambiguous is ambiguous
+    assert info.value.__cause__ is exc
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"value": "LC-1", "name": "Card"}, "data.active"),
+        ({"value": "LC-1", "active": "yes"}, "data.active"),
+        ({"value": 12, "active": True}, "data.value"),
+        ({"value": "LC-1", "active": True, "contact": {"email": "a@b.c"}}, "data.contact.uuid"),
+        ({"value": "LC-1", "active": True, "contact": "c1"}, "data.contact"),
+        (None, "data"),
+    ],
+)
+def test_client_refuses_malformed_fields(data: object, field: str) -> None:
+    with mock_client(answer(ok(data))) as client, pytest.raises(LeatUnavailable) as info:
+        client.find_contact_identifier("LC-1")
+    assert info.value.ambiguous is True
+    assert str(info.value) == f"malformed response from Leat: {field}"
+
+
+def test_client_refuses_bool_as_integer_and_bad_dates() -> None:
+    with mock_client(answer(ok({"balance": True}))) as client, pytest.raises(LeatUnavailable):
+        client.get_credit_balance("c1")
+    card = {"uuid": "g", "hash": "GC", "active": True, "amount_in_cents": 5}
+    bad_date = {**card, "expiration_date": "next tuesday"}
+    with mock_client(answer(ok(bad_date))) as client, pytest.raises(LeatUnavailable):
+        client.get_giftcard("g")
+    with mock_client(answer(ok({**card, "amount_in_cents": 5.0}))) as client:
+        assert client.get_giftcard("g").amount_in_cents == 5
+
+
+# ------------------------------------------------------------------------------- OAuth
+
+
+def test_oauth_token_cached_and_refetched_after_expires_in() -> None:
+    server = OAuthServer(expires_in=600)
+    clock = FakeClock()
+    with oauth_client(server, clock=clock) as client:
+        for _ in range(5):
+            client.get_credit_balance("c1")
+        assert len(server.issued) == 1
+        clock.now += 600 - 61  # still inside expires_in minus the 60 s margin
+        client.get_credit_balance("c1")
+        assert len(server.issued) == 1
+        clock.now += 2
+        client.get_credit_balance("c1")
+        assert len(server.issued) == 2
+
+
+def test_oauth_401_refetches_once_then_auth_error() -> None:
+    server = OAuthServer(expires_in=None)  # no expires_in: used until Leat refuses it
+    with oauth_client(server) as client:
+        assert client.get_credit_balance("c1") == 7
+        server.valid.clear()  # Leat revoked it
+        assert client.get_credit_balance("c1") == 7
+        assert len(server.issued) == 2
+
+        def refuse_all(request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/oauth/token":
+                return server(request)
+            return httpx.Response(401, json={"error": "invalid_token"})
+
+    with (
+        oauth_client(refuse_all) as client,
+        pytest.raises(LeatAuthError),
+    ):
+        client.get_credit_balance("c1")
+    assert len(server.issued) == 4  # one token, one refetch, no more
+
+
+def test_oauth_bad_client_credentials_is_auth_error() -> None:
+    response = httpx.Response(401, json={"error": "invalid_client"})
+    with (
+        mock_client(answer(response), client_id="1", client_secret="wrong") as client,
+        pytest.raises(LeatAuthError),
+    ):
+        client.list_shops()
+    with (
+        mock_client(answer(httpx.Response(503)), client_id="1", client_secret="x") as client,
+        pytest.raises(LeatUnavailable),
+    ):
+        client.list_shops()
+
+
+def test_pat_401_is_auth_error_without_retry() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(401, json={"message": "Unauthenticated."})
+
+    with mock_client(handler) as client, pytest.raises(LeatAuthError):
+        client.list_shops()
+    assert seen == [f"{API_PREFIX}/shops"]
+
+
+def test_oauth_one_token_for_many_threads() -> None:
+    server = OAuthServer()
+    errors: list[BaseException] = []
+    with oauth_client(server) as client:
+
+        def work() -> None:
+            try:
+                for _ in range(5):
+                    client.get_credit_balance("c1")
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+    assert errors == []
+    assert len(server.issued) == 1
+
+
+# ---------------------------------------------------------------------- shape variants
+
+REWARD = {
+    "id": 2,
+    "uuid": "r-coffee",
+    "title": "Cup of coffee",
+    "type": "physical",
+    "is_active": True,
+    "required_credits": 50,
+    "media": None,
+    "pre_redeemable": False,
+    "discount_type": "product",
+    "product_code": "COF-1",
+}
+
+
+def test_rewards_accept_meta_list_type_or_reward_type_and_flatten_attributes() -> None:
+    rewards = [
+        {**REWARD, "uuid": "r-lunch", "title": "Lunch", "required_credits": 2000},
+        REWARD,
+        {
+            "uuid": "r-cake",
+            "title": "apple cake",
+            "reward_type": "DIGITAL",
+            "required_credits": 50,
+            "active": False,
+        },
+    ]
+    with mock_client(answer(ok(rewards, meta=[]))) as client:
+        result = client.list_rewards()
+    assert [r.uuid for r in result] == ["r-cake", "r-coffee", "r-lunch"]
+    cake, coffee, _ = result
+    assert (cake.reward_type, cake.is_active, cake.attributes) == ("DIGITAL", False, {})
+    assert coffee.reward_type == "PHYSICAL"
+    assert dict(coffee.attributes) == {"discount_type": "product", "product_code": "COF-1"}
+
+
+def test_collect_accepts_slim_and_full_responses() -> None:
+    slim = {"uuid": "crr-1", "status": "COLLECTED"}
+    full = {"uuid": "lt-1", "title": "Croissant", "has_been_collected": True, "reward": REWARD}
+    with mock_client(answer(ok(slim))) as client:
+        assert client.collect_reward("lt-1").status == "COLLECTED"
+    with mock_client(answer(ok(full, meta=[]))) as client:
+        result = client.collect_reward("lt-1")
+    assert (result.uuid, result.status) == ("lt-1", "COLLECTED")
+
+
+ORDER = {
+    "uuid": "o-uuid",
+    "external_identifier": "pos-1",
+    "status": "completed",
+    "payment_status": "PAID",
+    "currency": "EUR",
+    "total_order_amount": 3331,
+    "contact": {"uuid": "c1", "email": "jane.doe@example.com"},
+    "created_at": "2026-01-01T10:00:00+00:00",
+}
+
+
+@pytest.mark.parametrize(
+    ("result", "points", "new_balance"),
+    [
+        ({"type": "POINTS_TRANSACTION", "data": {"points": 35, "new_balance": 2267}}, 35, 2267),
+        ({"type": "points_transaction", "data": {"points": 35, "new_balance": 2267}}, 35, 2267),
+        ({"type": "Points_Transaction", "points": 35, "data": []}, 35, None),
+        ({"type": "PREPAID_TRANSACTION", "data": {"uuid": "x"}}, None, None),
+        (None, None, None),
+    ],
+)
+def test_order_result_variants(
+    result: dict[str, Any] | None, points: int | None, new_balance: int | None
+) -> None:
+    with mock_client(answer(ok({"order": ORDER, "result": result}))) as client:
+        outcome = client.create_and_process_order({"external_identifier": "pos-1"})
+    assert outcome.order is not None
+    assert (outcome.order.uuid, outcome.order.status) == ("o-uuid", "COMPLETED")
+    assert (outcome.points, outcome.new_balance) == (points, new_balance)
+
+
+def test_process_order_reads_a_bare_result() -> None:
+    bare = {"type": "points_transaction", "data": {"points": 12, "new_balance": 40}}
+    with mock_client(answer(ok(bare))) as client:
+        outcome = client.process_order("o-uuid")
+    assert (outcome.order, outcome.points, outcome.new_balance) == (None, 12, 40)
+    assert outcome.result_type == "POINTS_TRANSACTION"
+
+
+def test_order_return_result() -> None:
+    data = {
+        "return": {"uuid": "ret-1", "status": "COMPLETED", "order": {"uuid": "o-uuid"}},
+        "result": {"type": "points_transaction", "data": {"points": -35, "new_balance": 10}},
+    }
+    with mock_client(answer(ok(data))) as client:
+        result = client.create_and_process_order_return({"external_identifier": "r-1"})
+    assert (result.uuid, result.order_uuid, result.points, result.new_balance) == (
+        "ret-1",
+        "o-uuid",
+        -35,
+        10,
+    )
+
+
+def test_giftcard_transaction_reads_nested_card_and_shop() -> None:
+    data = {
+        "id": 2271,
+        "uuid": "gt-1",
+        "amount_in_cents": -1000,
+        "type": "STANDARD",
+        "settled": False,
+        "card": {"id": 41650, "uuid": "g-1"},
+        "shop": {"id": 15, "uuid": SHOP, "name": "Shop"},
+        "settlements": [],
+        "created_at": "2023-11-12T16:10:15+00:00",
+    }
+    with mock_client(answer(ok(data))) as client:
+        tx = client.create_giftcard_transaction(giftcard_uuid="g-1", amount_in_cents=-1000)
+    assert (tx.uuid, tx.giftcard_uuid, tx.shop_uuid, tx.amount_in_cents) == (
+        "gt-1",
+        "g-1",
+        SHOP,
+        -1000,
+    )
+    assert tx.created_at == datetime(2023, 11, 12, 16, 10, 15, tzinfo=UTC)
+
+
+def test_reverse_voucher_falls_back_to_voucher_uuid_on_80004() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if "/vouchers/red-1/" in request.url.path:
+            return leat_error(80004, "Voucher not found")
+        return ok([])
+
+    with mock_client(handler) as client:
+        result = client.reverse_voucher_redemption(redemption_uuid="red-1", voucher_uuid="v-1")
+    assert result.reversed_uuid == "v-1"
+    assert seen == [f"{API_PREFIX}/vouchers/red-1/reverse", f"{API_PREFIX}/vouchers/v-1/reverse"]
+    with (
+        mock_client(answer(leat_error(80005, "already"))) as client,
+        pytest.raises(LeatRejected),
+    ):
+        client.reverse_voucher_redemption(redemption_uuid="red-1", voucher_uuid="v-1")
+    with mock_client(handler) as client, pytest.raises(ValueError):
+        client.reverse_voucher_redemption()
+
+
+def test_list_vouchers_reads_a_paginated_list() -> None:
+    seen: list[httpx.URL] = []
+    voucher = {"uuid": "v1", "code": "WELCOME-JANE", "status": "active", "contact": None}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return httpx.Response(
+            200,
+            json={
+                "data": [voucher],
+                "links": {"first": "x", "last": "x", "prev": None, "next": None},
+                "meta": {"current_page": 1, "last_page": 1, "per_page": 100, "total": 1},
+            },
+        )
+
+    with mock_client(handler) as client:
+        vouchers = client.list_vouchers(contact_uuid="c1")
+    assert [(v.code, v.status, v.is_redeemed) for v in vouchers] == [
+        ("WELCOME-JANE", "ACTIVE", False)
+    ]
+    assert seen[0].params["contact_uuid"] == "c1"
+
+
+def test_contact_first_name_from_attributes_and_missing_parts() -> None:
+    data = {
+        "uuid": "c1",
+        "email": None,
+        "attributes": [
+            {"value": "x", "attribute": {"name": "lastname"}},
+            {"value": "Jane", "attribute": {"name": "firstname"}},
+        ],
+        "tier": [],
+        "credit_balance": {"id": 1, "balance": 12},
+        "current_values": {"firstname": ""},
+    }
+    with mock_client(answer(ok(data, meta=[]))) as client:
+        contact = client.get_contact("c1")
+    assert (contact.first_name, contact.credit_balance, contact.prepaid_balance_cents) == (
+        "Jane",
+        12,
+        None,
+    )
+    assert contact.tier is None
+
+
+def test_find_order_none_on_not_found_but_raises_other_rejections() -> None:
+    with mock_client(answer(leat_error(9404, "Order not found."))) as client:
+        assert client.find_order("nope") is None
+    with mock_client(answer(ok(None))) as client:
+        assert client.find_order("nope") is None
+    # A 404 without a Leat code is a wrong URL or route, never "not delivered".
+    for response in (
+        httpx.Response(404, json={"message": "Route not found: GET /x"}),
+        leat_error(1003, "Invalid input"),
+    ):
+        with mock_client(answer(response)) as client, pytest.raises(LeatRejected):
+            client.find_order("pos-1")
+
+
+def test_secrets_never_logged_with_mock(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = OAuthServer()
+    with oauth_client(server) as client:
+        client.get_credit_balance("c1")
+        server.valid.clear()
+        client.get_credit_balance("c1")
+    text = caplog.text
+    assert "oauth-very-secret" not in text
+    assert "oauth-token-" not in text
+
+
+# ------------------------------------------------------------------ against the sandbox
+
+JANE_CARD = "LC-7F3K9Q2M"
+SAM_CARD = "LC-4D8R2W6T"
+JANE_EMAIL = "jane.doe@example.com"
+NO_SUCH = "00000000-0000-4000-8000-000000000000"
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Any]:
+    """A running Leat sandbox with the demo seed (fresh state for every test)."""
+    from appliance.leat.sandbox import LeatSandbox
+
+    with LeatSandbox() as server:
+        yield server
+
+
+@pytest.fixture
+def leat(sandbox: Any) -> Iterator[LeatClient]:
+    """A client of the sandbox with its personal access token."""
+    with LeatClient(sandbox.url, token=sandbox.personal_access_token, shop_uuid=SHOP) as client:
+        yield client
+
+
+def sandbox_oauth(sandbox: Any, **kwargs: Any) -> LeatClient:
+    """A client of the sandbox using OAuth client credentials."""
+    return LeatClient(
+        sandbox.url,
+        client_id=sandbox.oauth_client_id,
+        client_secret=sandbox.oauth_client_secret,
+        shop_uuid=SHOP,
+        **kwargs,
+    )
+
+
+def jane(leat: LeatClient) -> str:
+    """Jane's contact uuid, found through her card."""
+    contact = leat.find_contact_identifier(JANE_CARD).contact
+    assert contact is not None
+    return contact.uuid
+
+
+def rejected(code: int, call: Callable[[], object]) -> LeatRejected:
+    """Assert that `call` is rejected by Leat with `code`."""
+    with pytest.raises(LeatRejected) as info:
+        call()
+    assert info.value.code == code, info.value
+    return info.value
+
+
+def order_body(external_identifier: str, contact_uuid: str, amount: int = 2500) -> dict[str, Any]:
+    """A minimal complete create-and-process body (leat-api.md §7.1)."""
+    return {
+        "external_identifier": external_identifier,
+        "status": "COMPLETED",
+        "payment_status": "PAID",
+        "total_order_amount": amount,
+        "currency": "EUR",
+        "contact": {"uuid": contact_uuid},
+        "business_profile": {"uuid": SHOP},
+        "line_items": [
+            {
+                "external_identifier": f"{external_identifier}-1",
+                "name": "Coffee beans",
+                "quantity": 1,
+                "price": amount,
+                "total_amount": amount,
+                "product": {"external_identifier": "BEANS"},
+            }
+        ],
+    }
+
+
+def test_sandbox_contact_identifiers(leat: LeatClient) -> None:
+    card = leat.find_contact_identifier(JANE_CARD)
+    assert (card.value, card.active) == (JANE_CARD, True)
+    assert card.contact is not None
+    assert card.contact.email == JANE_EMAIL
+    assert leat.find_contact_identifier("LC-UNLINKED7").contact is None
+    rejected(60003, lambda: leat.find_contact_identifier("LC-UNKNOWN00"))
+    # The resolver (not the client) turns an unlinked card into 60011; Leat answers null.
+    rejected(60004, lambda: leat.find_contact_identifier("LC-INACTIVE9"))
+
+
+def test_sandbox_contacts_balances_and_tier(leat: LeatClient) -> None:
+    uuid = jane(leat)
+    contact = leat.get_contact(uuid)
+    assert (contact.email, contact.first_name) == (JANE_EMAIL, "Jane")
+    assert (contact.credit_balance, contact.prepaid_balance_cents) == (1250, 2000)
+    assert contact.tier is not None
+    assert contact.tier.name == "Gold"
+    assert leat.get_credit_balance(uuid) == 1250
+    assert leat.get_prepaid_balance(uuid) == 2000
+    tier = leat.get_tier(uuid)
+    assert tier is not None
+    assert tier.name == "Gold"
+    assert leat.find_contact_by_email(JANE_EMAIL).uuid == uuid
+    rejected(55031, lambda: leat.find_contact_by_email("nobody@example.com"))
+    rejected(55031, lambda: leat.get_contact("00000000-0000-4000-8000-000000000000"))
+    rejected(55031, lambda: leat.get_credit_balance("00000000-0000-4000-8000-000000000000"))
+    created = leat.find_or_create_contact("new.customer@example.com")
+    assert created.email == "new.customer@example.com"
+    assert leat.find_or_create_contact("new.customer@example.com").uuid == created.uuid
+
+
+def test_sandbox_rewards_sorted_and_reception_reversed(leat: LeatClient) -> None:
+    uuid = jane(leat)
+    rewards = leat.list_rewards(contact_uuid=uuid)
+    assert [r.title for r in rewards] == ["Croissant", "Cup of coffee", "Lunch for two"]
+    assert [r.required_credits for r in rewards] == [30, 50, 2000]
+    assert rewards[0].pre_redeemable is True
+    coffee = rewards[1]
+    reception = leat.create_reward_reception(contact_uuid=uuid, reward_uuid=coffee.uuid)
+    assert reception.credits == -50
+    assert leat.get_credit_balance(uuid) == 1200
+    reversal = leat.reverse_reward_reception(reception.uuid)
+    assert reversal.credits == 50
+    assert leat.get_credit_balance(uuid) == 1250
+    sam = leat.find_contact_identifier(SAM_CARD).contact
+    assert sam is not None
+    lunch = rewards[2]
+    error = rejected(
+        1017, lambda: leat.create_reward_reception(contact_uuid=sam.uuid, reward_uuid=lunch.uuid)
+    )
+    assert error.leat_message
+    rejected(
+        6003,
+        lambda: leat.create_reward_reception(
+            contact_uuid=uuid, reward_uuid="00000000-0000-4000-8000-000000000000"
+        ),
+    )
+
+
+def test_sandbox_collectable_rewards(leat: LeatClient) -> None:
+    uuid = jane(leat)
+    croissant = leat.list_rewards()[0]
+    reception = leat.create_reward_reception(
+        contact_uuid=uuid, reward_uuid=croissant.uuid, contact_identifier_value=JANE_CARD
+    )
+    waiting = leat.list_collectable_rewards(uuid)
+    assert reception.uuid in [c.uuid for c in waiting if not c.has_been_collected]
+    collected = leat.collect_reward(reception.uuid)
+    assert collected.status == "COLLECTED"
+    rejected(80300, lambda: leat.collect_reward("00000000-0000-4000-8000-000000000000"))
+    assert leat.reverse_collected_reward(collected.uuid).status == "REVERSED"
+    seeded = [c for c in waiting if c.uuid != reception.uuid]
+    assert [c.title for c in seeded] == ["Croissant"]
+    assert seeded[0].reward is not None
+    assert seeded[0].reward.attributes["product_code"] == "CROISSANT"
+
+
+def test_sandbox_voucher_lock_release_redeem_reverse(leat: LeatClient) -> None:
+    uuid = jane(leat)
+    voucher = leat.find_voucher("SPRING-2X7Q")
+    assert (voucher.code, voucher.status, voucher.is_redeemed) == ("SPRING-2X7Q", "ACTIVE", False)
+    assert voucher.promotion is not None
+    assert {"discount_type", "discount_value"} <= set(voucher.promotion.attributes)
+    leat.validate_voucher(voucher.uuid, contact_uuid=uuid)
+    lock = leat.lock_voucher(voucher.uuid)
+    assert (lock.voucher_uuid, lock.status) == (voucher.uuid, "LOCKED")
+    assert lock.release_key
+    rejected(80017, lambda: leat.lock_voucher(voucher.uuid))
+    assert leat.release_voucher(voucher.uuid, lock.release_key).status == "ACTIVE"
+    lock = leat.lock_voucher(voucher.uuid)
+    redemption = leat.redeem_voucher(
+        code="SPRING-2X7Q", contact_uuid=uuid, release_key=lock.release_key
+    )
+    assert (redemption.voucher.status, redemption.voucher.is_redeemed) == ("REDEEMED", True)
+    assert redemption.voucher.redeemed_at is not None
+    rejected(80005, lambda: leat.redeem_voucher(code="SPRING-2X7Q", contact_uuid=uuid))
+    reversal = leat.reverse_voucher_redemption(
+        redemption_uuid=redemption.redemption_uuid, voucher_uuid=voucher.uuid
+    )
+    assert reversal.reversed_uuid in (redemption.redemption_uuid, voucher.uuid)
+    assert leat.find_voucher("SPRING-2X7Q").status == "ACTIVE"
+
+
+def test_sandbox_voucher_errors(leat: LeatClient) -> None:
+    rejected(80004, lambda: leat.find_voucher("NOPE-0000"))
+    welcome = leat.find_voucher("WELCOME-JANE")
+    assert welcome.contact is not None
+    assert welcome.contact.email == JANE_EMAIL
+    old = leat.find_voucher("OLD-2024")
+    assert old.expiration_date is not None
+    assert old.expiration_date < datetime.now(UTC)
+    rejected(80006, lambda: leat.redeem_voucher(code="OLD-2024", contact_uuid=jane(leat)))
+    rejected(80006, lambda: leat.validate_voucher(old.uuid, contact_uuid=jane(leat)))
+    rejected(80005, lambda: leat.redeem_voucher(code="USED-2025", contact_uuid=jane(leat)))
+    redemption = leat.redeem_voucher(code="WELCOME-JANE")
+    assert redemption.voucher.contact is not None
+
+
+def test_sandbox_giftcards(leat: LeatClient) -> None:
+    card = leat.find_giftcard("GC-8H2J4K6L8M")
+    assert (card.hash, card.amount_in_cents, card.active) == ("GC-8H2J4K6L8M", 2500, True)
+    assert leat.get_giftcard(card.uuid) == card
+    tx = leat.create_giftcard_transaction(giftcard_uuid=card.uuid, amount_in_cents=-1000)
+    assert tx.amount_in_cents == -1000
+    assert tx.giftcard_uuid in (None, card.uuid)
+    assert leat.get_giftcard(card.uuid).amount_in_cents == 1500
+    reversal = leat.reverse_giftcard_transaction(tx.uuid)
+    assert reversal.amount_in_cents == 1000
+    assert leat.get_giftcard(card.uuid).amount_in_cents == 2500
+    first = leat.create_giftcard_transaction(giftcard_uuid=card.uuid, amount_in_cents=-100)
+    leat.create_giftcard_transaction(giftcard_uuid=card.uuid, amount_in_cents=-200)
+    rejected(55025, lambda: leat.reverse_giftcard_transaction(first.uuid))
+    rejected(5010, lambda: leat.reverse_giftcard_transaction(NO_SUCH))
+    rejected(5001, lambda: leat.get_giftcard(NO_SUCH))
+    rejected(5001, lambda: leat.find_giftcard("GC-UNKNOWN000"))
+    empty = leat.find_giftcard("GC-EMPTY0000")
+    assert empty.amount_in_cents == 0
+    rejected(
+        5003,
+        lambda: leat.create_giftcard_transaction(giftcard_uuid=empty.uuid, amount_in_cents=-100),
+    )
+    expired = leat.find_giftcard("GC-EXPIRED00")
+    rejected(
+        5002,
+        lambda: leat.create_giftcard_transaction(giftcard_uuid=expired.uuid, amount_in_cents=-100),
+    )
+
+
+def test_sandbox_prepaid(leat: LeatClient) -> None:
+    uuid = jane(leat)
+    tx = leat.create_prepaid_transaction(amount_in_cents=-500, contact_uuid=uuid)
+    assert (tx.amount_in_cents, tx.balance_after_cents) == (-500, 1500)
+    back = leat.reverse_prepaid_transaction(tx.uuid)
+    assert (back.amount_in_cents, back.balance_after_cents) == (500, 2000)
+    by_card = leat.create_prepaid_transaction(
+        amount_in_cents=300, contact_identifier_value=JANE_CARD
+    )
+    assert by_card.balance_after_cents == 2300
+    rejected(
+        60003,
+        lambda: leat.create_prepaid_transaction(
+            amount_in_cents=-1, contact_identifier_value="LC-UNKNOWN00"
+        ),
+    )
+    with pytest.raises(ValueError):
+        leat.create_prepaid_transaction(amount_in_cents=-1)
+
+
+def test_sandbox_orders_and_replay(leat: LeatClient) -> None:
+    uuid = jane(leat)
+    result = leat.create_and_process_order(order_body("pos-0001", uuid))
+    assert result.order is not None
+    assert result.order.external_identifier == "pos-0001"
+    assert result.points is not None
+    assert result.points > 0
+    assert result.new_balance == 1250 + result.points
+    # ASSUMPTION (leat-api.md §7.4): the sandbox refuses a repeated external_identifier with 1003.
+    rejected(1003, lambda: leat.create_and_process_order(order_body("pos-0001", uuid)))
+    found = leat.find_order("pos-0001")
+    assert found is not None
+    assert found.uuid == result.order.uuid
+    assert leat.get_order(found.uuid).external_identifier == "pos-0001"
+    assert leat.find_order("pos-never-sent") is None
+    created = leat.create_order(order_body("pos-0002", uuid, amount=1000))
+    processed = leat.process_order(created.uuid)
+    assert processed.points is not None
+    assert processed.points > 0
+    # ASSUMPTION of the sandbox: processing twice is refused (1003), no double points.
+    rejected(1003, lambda: leat.process_order(created.uuid))
+    returned = leat.create_and_process_order_return(
+        {
+            "order": {"external_identifier": "pos-0001"},
+            "external_identifier": "ret-0001",
+            "status": "COMPLETED",
+            "line_items": [{"external_identifier": "pos-0001-1", "quantity": 1}],
+        }
+    )
+    assert returned.order_uuid in (None, result.order.uuid)
+    assert returned.uuid
+
+
+def test_sandbox_credit_receptions(leat: LeatClient) -> None:
+    uuid = jane(leat)
+    credits = leat.calculate_credits(unit_value=10.40, contact_uuid=uuid)
+    assert credits >= 0
+    reception = leat.create_credit_reception(contact_uuid=uuid, credits=15)
+    assert reception.credits == 15
+    assert leat.get_credit_balance(uuid) == 1265
+    reversal = leat.reverse_credit_reception(reception.uuid)
+    assert reversal.credits == -15
+    rejected(1028, lambda: leat.reverse_credit_reception(NO_SUCH))
+    by_amount = leat.create_credit_reception(
+        contact_uuid=uuid, unit_value=10.40, unit_name="purchase_amount"
+    )
+    assert by_amount.credits == credits
+    rejected(
+        55031,
+        lambda: leat.create_credit_reception(
+            contact_uuid="00000000-0000-4000-8000-000000000000", credits=1
+        ),
+    )
+
+
+def test_sandbox_shops_and_program(leat: LeatClient) -> None:
+    shops = leat.list_shops()
+    assert SHOP in [s.uuid for s in shops]
+    assert leat.get_shop(SHOP).uuid == SHOP
+    rejected(1008, lambda: leat.get_shop("00000000-0000-4000-8000-000000000000"))
+    program = leat.get_loyalty_program()
+    assert (program.name, program.custom_credit_name) == ("Demo Rewards", "beans")
+    assert program.unit_name == "purchase_amount"
+
+
+# ------------------------------------------------------------- sandbox: errors and auth
+
+
+def test_sandbox_wrong_token_is_auth_error(sandbox: Any) -> None:
+    with (
+        LeatClient(sandbox.url, token="not-the-token", shop_uuid=SHOP) as client,
+        pytest.raises(LeatAuthError),
+    ):
+        client.list_shops()
+    with (
+        LeatClient(sandbox.url, client_id="1", client_secret="wrong", shop_uuid=SHOP) as client,
+        pytest.raises(LeatAuthError),
+    ):
+        client.list_shops()
+
+
+def test_sandbox_oauth_token_cached_and_refetched_after_expiry(sandbox: Any) -> None:
+    with sandbox_oauth(sandbox) as client:
+        for _ in range(4):
+            client.list_shops()
+        assert sandbox.requests().count(("POST", "/oauth/token")) == 1
+        sandbox.expire_tokens()
+        client.list_shops()
+        client.list_shops()
+    assert sandbox.requests().count(("POST", "/oauth/token")) == 2
+
+
+def test_sandbox_oauth_expires_in_with_injected_clock(sandbox: Any) -> None:
+    clock = FakeClock()
+    with sandbox_oauth(sandbox, clock=clock) as client:
+        client.list_shops()
+        clock.now += 3600  # the sandbox's token lifetime, well past expires_in minus margin
+        client.list_shops()
+    assert sandbox.requests().count(("POST", "/oauth/token")) == 2
+
+
+def test_sandbox_rate_limit_and_maintenance(sandbox: Any, leat: LeatClient) -> None:
+    sandbox.faults.set(rate_limit_retry_after=7, times=1)
+    with pytest.raises(LeatUnavailable) as info:
+        leat.list_shops()
+    assert (info.value.retry_after, info.value.ambiguous) == (7.0, False)
+    sandbox.faults.set(maintenance=True, times=1)
+    with pytest.raises(LeatUnavailable, match="maintenance") as info:
+        leat.list_shops()
+    assert info.value.ambiguous is False
+    sandbox.faults.set(status=500, times=1)
+    with pytest.raises(LeatUnavailable) as info:
+        leat.list_shops()
+    assert info.value.ambiguous is True
+    assert leat.list_shops()  # faults used up
+
+
+def test_sandbox_faults_only_on_given_paths(sandbox: Any, leat: LeatClient) -> None:
+    sandbox.faults.set(status=502, only_paths=(f"{API_PREFIX}/orders",))
+    assert leat.list_shops()
+    with pytest.raises(LeatUnavailable) as info:
+        leat.create_and_process_order(order_body("pos-0009", jane(leat)))
+    assert info.value.ambiguous is True
+    sandbox.faults.clear()
+
+
+def test_sandbox_read_timeout_is_ambiguous(sandbox: Any) -> None:
+    sandbox.faults.set(latency_s=1.0, times=1)
+    with (
+        LeatClient(sandbox.url, token=sandbox.personal_access_token, timeout_s=0.2) as client,
+        pytest.raises(LeatUnavailable) as info,
+    ):
+        client.list_shops()
+    assert info.value.ambiguous is True
+    assert isinstance(info.value.__cause__, httpx.ReadTimeout)
+
+
+def test_sandbox_dropped_connection_is_ambiguous(sandbox: Any, leat: LeatClient) -> None:
+    sandbox.faults.set(drop_after_receive=True, times=1)
+    with pytest.raises(LeatUnavailable) as info:
+        leat.create_and_process_order(order_body("pos-0010", jane(leat)))
+    assert info.value.ambiguous is True
+
+
+def test_connection_refused_is_not_ambiguous() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # The port is closed now: nothing listens on it.
+    with (
+        LeatClient(f"http://127.0.0.1:{port}", token=PAT, timeout_s=2.0) as client,
+        pytest.raises(LeatUnavailable) as info,
+    ):
+        client.list_shops()
+    assert info.value.ambiguous is False
+    assert isinstance(info.value.__cause__, httpx.ConnectError)
+
+
+def test_sandbox_secrets_never_logged(sandbox: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with sandbox_oauth(sandbox) as client:
+        client.list_shops()
+        sandbox.expire_tokens()
+        client.get_contact(jane(client))
+        client.find_contact_by_email(JANE_EMAIL)
+    with LeatClient(sandbox.url, token=sandbox.personal_access_token) as client:
+        client.list_shops()
+    ours = [r for r in caplog.records if not r.name.startswith("appliance.leat.sandbox")]
+    everything = "\n".join(f"{r.getMessage()} {r.args!r}" for r in ours)
+    assert sandbox.oauth_client_secret not in everything
+    assert sandbox.personal_access_token not in everything
+    assert "Bearer " not in everything
+    mine = [r.getMessage() for r in ours if r.name.startswith("appliance.leat.")]
+    assert mine  # the client does log its calls
+    assert not [m for m in mine if JANE_EMAIL in m]
