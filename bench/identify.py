@@ -120,9 +120,10 @@ def main() -> None:
                 nonlocal unverified
                 now = time.time()
                 event = json.loads(msg.payload)
-                captured = datetime.fromisoformat(event["captured_at"]).timestamp()
-                scan_times[event["event_id"]] = captured
-                if msg.topic.endswith("/identification"):
+                if msg.topic.endswith("/scan"):
+                    captured = datetime.fromisoformat(event["captured_at"]).timestamp()
+                    scan_times[event["event_id"]] = captured
+                elif msg.topic.endswith("/identification"):
                     latencies.append((now - scan_times[event["scan_event_id"]]) * 1000)
                     unverified += not event["verified"]
                     if len(latencies) >= args.scans:
