@@ -30,12 +30,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from appliance.leat.sandbox import LeatSandbox
-
 from appliance.config import Config
 from appliance.daemon import build
 from appliance.feedback import NullFeedback
 from appliance.leat.client import LeatClient
+from appliance.leat.sandbox import LeatSandbox
 from appliance.localbroker import LocalMosquitto
 from appliance.samples import (
     DEMO_CODES,

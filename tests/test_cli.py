@@ -85,3 +85,38 @@ def test_cli_demo_prints_events_as_a_subscriber_sees_them(
     summary = out.rstrip().splitlines()[-1]
     assert summary.startswith(f"== {len(scans)} scans published, {len(scans)} received")
     assert "[led/buzzer] accepted" in out
+
+
+def test_cli_sandbox_serves_until_sigterm() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "sandbox", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # blocks until the server printed its URL
+        assert first.startswith("Leat sandbox on http://127.0.0.1:")
+        url = first.split(" on ", 1)[1].strip()
+        token_line = proc.stdout.readline() + proc.stdout.readline()
+        token = token_line.split("token:", 1)[1].split()[0]
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
+            found = http.get(
+                "/api/v3/oauth/clients/contact-identifiers/find",
+                params={"contact_identifier_value": DEMO_CODES["loyalty_card"]},
+            )
+        assert found.status_code == 200
+        assert found.json()["data"]["contact"]["email"] == "jane.doe@example.com"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

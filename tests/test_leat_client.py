@@ -1037,3 +1037,11 @@ def test_sandbox_secrets_never_logged(sandbox: Any, caplog: pytest.LogCaptureFix
     mine = [r.getMessage() for r in ours if r.name.startswith("appliance.leat.")]
     assert mine  # the client does log its calls
     assert not [m for m in mine if JANE_EMAIL in m]
+
+
+def test_sandbox_list_vouchers_of_a_contact(leat: LeatClient) -> None:
+    vouchers = leat.list_vouchers(contact_uuid=jane(leat))
+    assert "WELCOME-JANE" in {v.code for v in vouchers}
+    assert all(v.contact is not None for v in vouchers)
+    active = leat.list_vouchers(contact_uuid=jane(leat), status="ACTIVE")
+    assert {v.status for v in active} == {"ACTIVE"}
