@@ -7,7 +7,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-from appliance.leat.sandbox import LeatSandbox
 
 from appliance import contract
 from appliance.codes import Classifier
@@ -15,6 +14,7 @@ from appliance.config import CodesConfig
 from appliance.decode import Scan
 from appliance.feedback import Signal
 from appliance.leat.client import LeatClient
+from appliance.leat.sandbox import LeatSandbox
 from appliance.pipeline import ScanHandler
 from appliance.resolve import Resolution, Resolver
 from appliance.samples import DEMO_ACCOUNT_SECRET, DEMO_CODES, DEMO_SHOP_UUID
