@@ -1,4 +1,4 @@
-"""The `leat-scanner` command: run | demo | sandbox | decode | token | check."""
+"""The `leat-scanner` command: run | demo | sandbox | decode | token | outbox | check."""
 
 from __future__ import annotations
 
@@ -95,6 +95,14 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--portal", required=True, help="contacts portal URL, https://...")
     token.set_defaults(handler=_token, config_default=None)
 
+    outbox = commands.add_parser(
+        "outbox", help="orders waiting for Leat: list | show | retry | drop", parents=[common]
+    )
+    from appliance.outbox_cli import add_arguments as add_outbox_arguments
+
+    add_outbox_arguments(outbox)
+    outbox.set_defaults(handler=_outbox, config_default=config.DEFAULT_PATH)
+
     check = commands.add_parser(
         "check", help="validate the config and show the effective values", parents=[common]
     )
@@ -190,6 +198,17 @@ def _token(args: argparse.Namespace, cfg: config.Config) -> int:
         raise ConfigError([str(exc)]) from None
     print(url)
     return 0
+
+
+def _outbox(args: argparse.Namespace, cfg: config.Config) -> int:
+    from appliance.outbox import Outbox
+    from appliance.outbox_cli import main as outbox_main
+
+    outbox = Outbox(cfg.outbox_path)
+    try:
+        return outbox_main(args, outbox, sys.stdout)
+    finally:
+        outbox.close()
 
 
 def _check(args: argparse.Namespace, cfg: config.Config) -> int:

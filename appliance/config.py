@@ -178,6 +178,11 @@ class Config(Section):
     logging: LoggingConfig = LoggingConfig()
 
     @property
+    def outbox_path(self) -> Path:
+        """The durable outbox of orders: `<device.state_dir>/outbox.sqlite3`."""
+        return self.device.state_dir / "outbox.sqlite3"
+
+    @property
     def base_topic(self) -> str:
         """The MQTT base topic with `{device_id}` filled in."""
         return self.mqtt.base_topic.replace("{device_id}", self.device.id)

@@ -120,3 +120,25 @@ def test_cli_sandbox_serves_until_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_cli_outbox_lists_and_retries_items(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.outbox import Kind, Outbox
+
+    state = tmp_path / "state"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[device]\nstate_dir = "{state}"\n', encoding="utf-8")
+    with Outbox(state / "outbox.sqlite3") as outbox:
+        item = outbox.enqueue(Kind.ORDER, "pos-77", {"external_identifier": "pos-77"}).item
+        assert outbox.claim(item.id) is not None
+        outbox.mark_dead(item.id, code=1003, message="Invalid input")
+    assert main(["outbox", "--config", str(cfg), "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "pos-77" in listing and "dead" in listing and "Invalid input" in listing
+    assert main(["outbox", "--config", str(cfg), "retry", str(item.id)]) == 0
+    assert main(["outbox", "--config", str(cfg), "show", "--json", str(item.id)]) == 0
+    shown = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert shown["state"] == "pending"
+    assert main(["outbox", "--config", str(cfg), "show", "999"]) == 1

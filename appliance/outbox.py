@@ -1,0 +1,598 @@
+"""The durable outbox: orders and returns the POS handed us, until Leat has them.
+
+Durability. One SQLite file (sqlite-utils over our own `sqlite3` connection) in WAL mode
+with `synchronous=FULL`: when `enqueue()` returns, the row is committed and the WAL is
+fsynced, so a power cut or `kill -9` right after the POS got its ack loses nothing. Every
+change is one transaction (`BEGIN IMMEDIATE`), so nothing is ever half-stored. Each thread
+(and process: the daemon, the technician's CLI) opens its own `Outbox` on the same file;
+`busy_timeout` makes writers wait for each other instead of failing.
+
+State machine (one row per `(kind, external_identifier)`)::
+
+    enqueue ─▶ PENDING ──claim()──▶ SENDING ──mark_delivered()──▶ DELIVERED ──prune()──▶ (gone)
+                 ▲  ▲                  │  │
+                 │  └─mark_retry()─────┘  └──mark_dead()──▶ DEAD ──retry()──▶ PENDING
+                 └──── recover() (process died while SENDING: ambiguous=True)
+    drop(): PENDING or DEAD -> removed (DELIVERED is history, SENDING is in flight)
+
+Exactly once. `claim()` is one `UPDATE ... WHERE state='pending'`, so of several workers
+exactly one gets an item. An attempt that may have reached Leat sets `ambiguous`, which
+stays set until delivery: the forwarder must look the order up before posting it again.
+
+Returns. A return is due only once its order is DELIVERED here. When its order is DEAD, the
+return is made DEAD too (error `ORDER_NOT_DELIVERED`), and `retry()` of the order revives
+those returns with it. A return whose order is not in the outbox at all (sent before the
+outbox saw it, or pruned after delivery) is not held back: Leat decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final
+
+import sqlite_utils
+
+from appliance.errors import OutboxError
+
+log = logging.getLogger(__name__)
+
+ORDER_NOT_DELIVERED: Final = "its order was not delivered"
+BUSY_TIMEOUT_S: Final = 5.0
+
+# Plain DDL rather than sqlite-utils' create(): it cannot express the CHECK constraints that
+# keep a bad write from ever reaching the file.
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('order', 'return')),
+    external_identifier TEXT NOT NULL CHECK (length(external_identifier) > 0),
+    order_external_identifier TEXT,
+    body TEXT NOT NULL,
+    customer_identifier TEXT,
+    pos_transaction TEXT,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'delivered', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    next_attempt_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    ambiguous INTEGER NOT NULL DEFAULT 0 CHECK (ambiguous IN (0, 1)),
+    result TEXT,
+    error_code INTEGER,
+    error_message TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_kind_external ON outbox (kind, external_identifier);
+CREATE INDEX IF NOT EXISTS outbox_state_next ON outbox (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_state_updated ON outbox (state, updated_at);
+"""
+
+
+class State(StrEnum):
+    """Where an item is in its life."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+
+class Kind(StrEnum):
+    """What an item is forwarded as."""
+
+    ORDER = "order"
+    RETURN = "return"
+
+
+class OutboxFull(OutboxError):
+    """The outbox refused a new item: too many waiting, or the disk is (nearly) full."""
+
+
+class OutboxConflict(OutboxError):
+    """The same (kind, external_identifier) was enqueued before with different content."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One stored order or return, as read back from the file."""
+
+    id: int
+    kind: Kind
+    external_identifier: str
+    order_external_identifier: str | None
+    body: dict[str, Any]
+    customer_identifier: str | None
+    transaction: str | None
+    state: State
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    updated_at: float
+    ambiguous: bool
+    result: dict[str, Any] | None
+    error_code: int | None
+    error_message: str | None
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What `enqueue()` did: the stored item, and whether this call created it."""
+
+    item: Item
+    created: bool
+
+
+def canonical_json(value: Mapping[str, Any]) -> str:
+    """`value` as canonical JSON text (sorted keys, no spaces); OutboxError if not JSON."""
+    try:
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise OutboxError(f"not storable as JSON: {exc}") from exc
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base_s: float = 1.0,
+    cap_s: float = 300.0,
+    rng: random.Random | None = None,
+    retry_after: float | None = None,
+) -> float:
+    """Seconds to wait before attempt `attempt + 1`: full jitter, Retry-After as a floor."""
+    exponent = min(max(attempt, 1) - 1, 62)  # 2**62 s is past any cap; avoids float overflow
+    ceiling = min(cap_s, base_s * 2.0**exponent)
+    delay = (rng if rng is not None else _RNG).uniform(0.0, max(ceiling, 0.0))
+    if retry_after is not None and math.isfinite(retry_after):
+        delay = max(delay, retry_after)
+    return delay
+
+
+_RNG = random.Random()
+
+
+def _item(row: sqlite3.Row) -> Item:
+    """An Item from a row; OutboxError naming the id when the row is not what we wrote."""
+    item_id = row["id"]
+    try:
+        body = json.loads(row["body"])
+        result = None if row["result"] is None else json.loads(row["result"])
+        if not isinstance(body, dict) or not (result is None or isinstance(result, dict)):
+            raise ValueError("body/result is not a JSON object")
+        for name in ("external_identifier",):
+            if not isinstance(row[name], str) or not row[name]:
+                raise ValueError(f"{name} is empty")
+        for name in ("order_external_identifier", "customer_identifier", "pos_transaction",
+                     "error_message"):
+            if row[name] is not None and not isinstance(row[name], str):
+                raise ValueError(f"{name} is not text")
+        if row["error_code"] is not None and not isinstance(row["error_code"], int):
+            raise ValueError("error_code is not an integer")
+        if not isinstance(row["attempts"], int) or row["ambiguous"] not in (0, 1):
+            raise ValueError("attempts/ambiguous malformed")
+        return Item(
+            id=int(item_id),
+            kind=Kind(row["kind"]),
+            external_identifier=row["external_identifier"],
+            order_external_identifier=row["order_external_identifier"],
+            body=body,
+            customer_identifier=row["customer_identifier"],
+            transaction=row["pos_transaction"],
+            state=State(row["state"]),
+            attempts=row["attempts"],
+            next_attempt_at=float(row["next_attempt_at"]),
+            created_at=float(row["created_at"]),
+            updated_at=float(row["updated_at"]),
+            ambiguous=bool(row["ambiguous"]),
+            result=result,
+            error_code=row["error_code"],
+            error_message=row["error_message"],
+        )
+    except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+        raise OutboxError(f"outbox item {item_id} is corrupted: {exc}") from exc
+
+
+class Outbox:
+    """The durable queue on one SQLite file; one object per thread (its own connection)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_items: int = 10_000,
+        retention_s: float = 7 * 86400,
+        min_free_bytes: int = 50 * 2**20,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.max_items = max_items
+        self.retention_s = retention_s
+        self.min_free_bytes = min_free_bytes
+        self._clock = clock
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+        except (OSError, sqlite3.Error) as exc:
+            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+        self._conn = conn
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise OutboxError(f"cannot switch {self.path} to WAL (journal_mode={mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.executescript(_SCHEMA)
+            self._db = sqlite_utils.Database(conn, execute_plugins=False)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+            raise
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """This object's own connection (diagnostics and tests; never share across threads)."""
+        return self._conn
+
+    def now(self) -> float:
+        """The current time on this outbox's clock (seconds, as stored in the items)."""
+        return self._clock()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT); sqlite errors -> Outbox*."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.commit()
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """Reads outside a transaction; sqlite errors -> OutboxError."""
+        try:
+            yield self._conn
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: sqlite3.Error) -> OutboxError:
+        """Our error for a sqlite3 one (SQLITE_FULL becomes OutboxFull)."""
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return OutboxFull(f"disk full: {exc} ({self.path})")
+        return OutboxError(f"outbox {self.path}: {exc}")
+
+    def _row(self, conn: sqlite3.Connection, item_id: int) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = conn.execute(
+            "SELECT * FROM outbox WHERE id = ?", (item_id,)
+        ).fetchone()
+        return row
+
+    def _transition(
+        self, item_id: int, allowed: Collection[State], sets: str, params: tuple[Any, ...]
+    ) -> Item:
+        """UPDATE one row if its state is in `allowed`; OutboxError naming what it was."""
+        states = tuple(str(s) for s in allowed)
+        marks = ",".join("?" * len(states))
+        with self._write() as conn:
+            row = conn.execute(
+                f"UPDATE outbox SET {sets}, updated_at = ? "  # noqa: S608 (constants only)
+                f"WHERE id = ? AND state IN ({marks}) RETURNING *",
+                (*params, self._clock(), item_id, *states),
+            ).fetchone()
+            if row is None:
+                current = self._row(conn, item_id)
+                if current is None:
+                    raise OutboxError(f"no outbox item {item_id}")
+                raise OutboxError(
+                    f"outbox item {item_id} is {current['state']}, "
+                    f"expected {' or '.join(states)}"
+                )
+        return _item(row)
+
+    # -- the POS side ----------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        kind: Kind,
+        external_identifier: str,
+        body: Mapping[str, Any],
+        *,
+        customer_identifier: str | None = None,
+        order_external_identifier: str | None = None,
+        transaction: str | None = None,
+    ) -> Enqueued:
+        """Store an order/return durably (idempotent on kind + external_identifier)."""
+        kind = Kind(kind)
+        if not isinstance(external_identifier, str) or not external_identifier:
+            raise OutboxError("external_identifier must be a non-empty string")
+        if kind is Kind.ORDER and order_external_identifier is not None:
+            raise OutboxError("only a return belongs to an order (order_external_identifier)")
+        text = canonical_json(body)
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT * FROM outbox WHERE kind = ? AND external_identifier = ?",
+                (str(kind), external_identifier),
+            ).fetchone()
+            if row is not None:
+                existing = _item(row)
+                if (
+                    row["body"] != text
+                    or existing.customer_identifier != customer_identifier
+                    or existing.order_external_identifier != order_external_identifier
+                ):
+                    raise OutboxConflict(
+                        f"{kind} {external_identifier!r} is already outbox item {existing.id} "
+                        "with different content"
+                    )
+                return Enqueued(existing, created=False)
+            waiting = conn.execute(
+                "SELECT count(*) FROM outbox WHERE state IN ('pending', 'sending')"
+            ).fetchone()[0]
+            if waiting >= self.max_items:
+                raise OutboxFull(f"outbox full: {waiting} orders waiting (max {self.max_items})")
+            self._check_disk()
+            now = self._clock()
+            table = self._db.table("outbox")
+            table.insert(
+                {
+                    "kind": str(kind),
+                    "external_identifier": external_identifier,
+                    "order_external_identifier": order_external_identifier,
+                    "body": text,
+                    "customer_identifier": customer_identifier,
+                    "pos_transaction": transaction,
+                    "state": str(State.PENDING),
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                    "ambiguous": 0,
+                }
+            )
+            new = self._row(conn, int(table.last_pk or 0))
+            assert new is not None  # inserted in this very transaction
+        return Enqueued(_item(new), created=True)
+
+    def _check_disk(self) -> None:
+        """OutboxFull when the file's filesystem has less than min_free_bytes free."""
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError as exc:
+            raise OutboxError(f"cannot check free space for {self.path}: {exc}") from exc
+        if free < self.min_free_bytes:
+            raise OutboxFull(
+                f"disk nearly full: {free // 2**20} MiB free on {self.path.parent}, "
+                f"need {self.min_free_bytes // 2**20} MiB"
+            )
+
+    # -- the forwarder side ----------------------------------------------------------------
+
+    def due(self, now: float | None = None, limit: int = 16) -> list[Item]:
+        """PENDING items whose time has come, oldest first; a return only after its order.
+
+        Returns whose order is DEAD are made DEAD here; a row that cannot be read back is
+        made DEAD (logged) rather than blocking the queue.
+        """
+        now = self._clock() if now is None else now
+        self._kill_orphaned_returns()
+        with self._read() as conn:
+            rows = conn.execute(
+                """SELECT * FROM outbox AS r
+                WHERE r.state = 'pending' AND r.next_attempt_at <= ?
+                  AND (r.kind = 'order' OR r.order_external_identifier IS NULL
+                       OR NOT EXISTS (SELECT 1 FROM outbox AS o
+                                      WHERE o.kind = 'order'
+                                        AND o.external_identifier = r.order_external_identifier
+                                        AND o.state != 'delivered'))
+                ORDER BY r.id LIMIT ?""",
+                (now, limit),
+            ).fetchall()
+        items: list[Item] = []
+        for row in rows:
+            try:
+                items.append(_item(row))
+            except OutboxError as exc:
+                log.error("%s; marking it dead", exc)
+                with contextlib.suppress(OutboxError):
+                    self.mark_dead(int(row["id"]), code=None, message=str(exc))
+        return items
+
+    def _kill_orphaned_returns(self) -> None:
+        """Make PENDING returns whose order is DEAD here DEAD as well."""
+        orphans = """kind = 'return' AND state = 'pending' AND order_external_identifier IN
+            (SELECT external_identifier FROM outbox WHERE kind = 'order' AND state = 'dead')"""
+        with self._read() as conn:
+            query = f"SELECT 1 FROM outbox WHERE {orphans} LIMIT 1"  # noqa: S608 (constant)
+            if conn.execute(query).fetchone() is None:
+                return
+        with self._write() as conn:
+            killed = conn.execute(
+                "UPDATE outbox SET state = 'dead', error_code = NULL, error_message = ?, "  # noqa: S608
+                f"updated_at = ? WHERE {orphans}",
+                (ORDER_NOT_DELIVERED, self._clock()),
+            ).rowcount
+        log.warning("%d return(s) made dead: %s", killed, ORDER_NOT_DELIVERED)
+
+    def claim(self, item_id: int) -> Item | None:
+        """PENDING -> SENDING (attempts + 1) atomically; None if it is not PENDING (taken)."""
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ? "
+                "WHERE id = ? AND state = 'pending' RETURNING *",
+                (self._clock(), item_id),
+            ).fetchone()
+        return None if row is None else _item(row)
+
+    def mark_delivered(self, item_id: int, result: Mapping[str, Any]) -> Item:
+        """SENDING -> DELIVERED with Leat's result; clears ambiguity and errors."""
+        return self._transition(
+            item_id,
+            (State.SENDING,),
+            "state = 'delivered', result = ?, ambiguous = 0, error_code = NULL, "
+            "error_message = NULL",
+            (canonical_json(result),),
+        )
+
+    def mark_retry(self, item_id: int, *, delay_s: float, error: str, ambiguous: bool) -> Item:
+        """SENDING -> PENDING in `delay_s`; `ambiguous` is sticky until delivery."""
+        return self._transition(
+            item_id,
+            (State.SENDING,),
+            "state = 'pending', next_attempt_at = ?, error_message = ?, "
+            "ambiguous = (ambiguous OR ?)",
+            (self._clock() + max(delay_s, 0.0), error, int(ambiguous)),
+        )
+
+    def mark_dead(self, item_id: int, *, code: int | None, message: str) -> Item:
+        """SENDING (or PENDING) -> DEAD with Leat's error code and message."""
+        return self._transition(
+            item_id,
+            (State.SENDING, State.PENDING),
+            "state = 'dead', error_code = ?, error_message = ?",
+            (code, message),
+        )
+
+    # -- the technician side ---------------------------------------------------------------
+
+    def retry(self, item_id: int) -> Item:
+        """DEAD -> PENDING now with attempts reset; an order revives returns it took down."""
+        now = self._clock()
+        item = self._transition(
+            item_id,
+            (State.DEAD,),
+            "state = 'pending', attempts = 0, next_attempt_at = ?, error_code = NULL, "
+            "error_message = NULL",
+            (now,),
+        )
+        if item.kind is Kind.ORDER:
+            with self._write() as conn:
+                conn.execute(
+                    "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, "
+                    "error_code = NULL, error_message = NULL, updated_at = ? "
+                    "WHERE kind = 'return' AND state = 'dead' AND error_message = ? "
+                    "AND order_external_identifier = ?",
+                    (now, now, ORDER_NOT_DELIVERED, item.external_identifier),
+                )
+        return item
+
+    def drop(self, item_id: int) -> Item:
+        """Remove a PENDING or DEAD item (never DELIVERED history or one in flight)."""
+        allowed = (str(State.PENDING), str(State.DEAD))
+        with self._write() as conn:
+            row = conn.execute(
+                "DELETE FROM outbox WHERE id = ? AND state IN (?, ?) RETURNING *",
+                (item_id, *allowed),
+            ).fetchone()
+            if row is None:
+                current = self._row(conn, item_id)
+                if current is None:
+                    raise OutboxError(f"no outbox item {item_id}")
+                raise OutboxError(
+                    f"outbox item {item_id} is {current['state']}: only pending or dead "
+                    "items can be dropped"
+                )
+        return _item(row)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, item_id: int) -> Item | None:
+        """The item with this id, or None."""
+        with self._read() as conn:
+            row = self._row(conn, item_id)
+        return None if row is None else _item(row)
+
+    def find(self, kind: Kind, external_identifier: str) -> Item | None:
+        """The item for (kind, external_identifier), or None."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT * FROM outbox WHERE kind = ? AND external_identifier = ?",
+                (str(Kind(kind)), external_identifier),
+            ).fetchone()
+        return None if row is None else _item(row)
+
+    def items(self, states: Collection[State] | None = None, limit: int = 100) -> list[Item]:
+        """Items (in these states), oldest first."""
+        where, params = "", tuple[str, ...]()
+        if states is not None:
+            names = tuple(str(State(s)) for s in states)
+            if not names:
+                return []
+            where, params = f"WHERE state IN ({','.join('?' * len(names))})", names
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT * FROM outbox {where} ORDER BY id LIMIT ?",  # noqa: S608 (placeholders)
+                (*params, limit),
+            ).fetchall()
+        return [_item(row) for row in rows]
+
+    def depth(self) -> int:
+        """How many items wait for Leat (PENDING + SENDING)."""
+        with self._read() as conn:
+            count: int = conn.execute(
+                "SELECT count(*) FROM outbox WHERE state IN ('pending', 'sending')"
+            ).fetchone()[0]
+        return count
+
+    def oldest_pending_age(self, now: float | None = None) -> float | None:
+        """Seconds since the oldest waiting (PENDING/SENDING) item was enqueued, or None."""
+        now = self._clock() if now is None else now
+        with self._read() as conn:
+            oldest = conn.execute(
+                "SELECT min(created_at) FROM outbox WHERE state IN ('pending', 'sending')"
+            ).fetchone()[0]
+        return None if oldest is None else max(0.0, now - float(oldest))
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """At startup: SENDING -> PENDING, ambiguous (the process died mid-send); how many."""
+        now = self._clock()
+        with self._write() as conn:
+            count: int = conn.execute(
+                "UPDATE outbox SET state = 'pending', ambiguous = 1, next_attempt_at = ?, "
+                "updated_at = ? WHERE state = 'sending'",
+                (now, now),
+            ).rowcount
+        if count:
+            log.warning("recovered %d item(s) interrupted while sending (ambiguous)", count)
+        return count
+
+    def prune(self, now: float | None = None) -> int:
+        """Delete DELIVERED items older than retention_s; how many."""
+        now = self._clock() if now is None else now
+        with self._write() as conn:
+            count: int = conn.execute(
+                "DELETE FROM outbox WHERE state = 'delivered' AND updated_at < ?",
+                (now - self.retention_s,),
+            ).rowcount
+        return count
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._conn.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
