@@ -4,6 +4,8 @@ Threads (DESIGN.md "Concurrency"):
 - camera: read the newest frame -> decode -> debounce -> put fresh scans on a bounded queue
   (a full queue is refused visibly with BUSY feedback, never dropped silently);
 - worker: classify -> publish -> feedback, one scan at a time;
+- forwarder (when Leat is configured): drains the order outbox to Leat (`forwarder.py`);
+  POS order requests are answered on paho's thread (`orders.py`), which wakes it;
 - main (`run`): publishes the retained state every `state_interval_s` and waits for stop.
 One `threading.Event` stops everything; loops wait with `stop.wait(t)`.
 """
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from appliance import CONTRACT_VERSION, __version__
+from appliance.bus import MqttBus
 from appliance.camera import FrameSource, open_source
 from appliance.codes import Classifier
 from appliance.config import Config, read_secret
@@ -26,6 +29,9 @@ from appliance.debounce import Debouncer
 from appliance.decode import Decoder, Scan
 from appliance.errors import CameraError
 from appliance.feedback import Feedback, FeedbackLike, NullFeedback, Signal
+from appliance.forwarder import Forwarder, TokenSettings
+from appliance.orders import OrderRequests
+from appliance.outbox import Outbox
 from appliance.pipeline import ScanHandler
 from appliance.resolve import Resolver
 
@@ -34,6 +40,7 @@ log = logging.getLogger(__name__)
 INFO_SCHEMA = "leat-scanner/info/1"
 STATE_SCHEMA = "leat-scanner/state/1"
 CAPABILITIES = ("scan",)
+LEAT_CAPABILITIES = ("identify", "orders")
 FLUSH_TIMEOUT_S = 3.0
 
 
@@ -87,6 +94,7 @@ class ScanService:
         queue_size: int = 8,
         state_interval_s: float = 15.0,
         resolver: Resolver | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.device_id = device_id
         self.stats = Stats()
@@ -97,6 +105,7 @@ class ScanService:
         self._bus = bus
         self._feedback = feedback
         self._resolver = resolver
+        self._forwarder = forwarder
         self._scans: queue.Queue[Scan] = queue.Queue(maxsize=queue_size)
         self._state_interval_s = state_interval_s
         self._camera_done = threading.Event()
@@ -111,6 +120,10 @@ class ScanService:
             threading.Thread(target=self._camera_loop, args=(stop,), name="camera"),
             threading.Thread(target=self._worker_loop, args=(stop,), name="worker"),
         ]
+        if self._forwarder is not None:
+            threads.append(
+                threading.Thread(target=self._forward_loop, args=(stop,), name="forwarder")
+            )
         for thread in threads:
             thread.start()
         try:
@@ -130,6 +143,16 @@ class ScanService:
             if self._resolver is not None:
                 self._resolver.close()
         return self._exit_code
+
+    def _forward_loop(self, stop: threading.Event) -> None:
+        """Forward the outbox to Leat until stop; a crash is logged and stops the process."""
+        assert self._forwarder is not None
+        try:
+            self._forwarder.run(stop)
+        except Exception:  # top of a thread loop: systemd restarts us, orders stay stored
+            log.exception("forwarder crashed")
+            self._exit_code = 1
+            stop.set()
 
     def _camera_loop(self, stop: threading.Event) -> None:
         """Read, decode and debounce frames; hand fresh scans to the worker."""
@@ -217,9 +240,23 @@ class ScanService:
                     None if stats.last_scan_at is None else ScanHandler.iso(stats.last_scan_at)
                 ),
             }
-        if self._resolver is not None:
-            state["leat"] = {"reachable": self._resolver.reachable}
+        if self._forwarder is not None or self._resolver is not None:
+            state["leat"] = {"reachable": self._leat_reachable()}
+        if self._forwarder is not None:
+            with Outbox(self._forwarder.outbox_path) as outbox:
+                age = outbox.oldest_pending_age()
+                state["outbox"] = {
+                    "depth": outbox.depth(),
+                    "oldest_pending_age_s": None if age is None else round(age, 1),
+                }
         return state
+
+    def _leat_reachable(self) -> bool | None:
+        """What the forwarder last saw, else what the resolver last saw."""
+        seen = self._forwarder.reachable if self._forwarder is not None else None
+        if seen is None and self._resolver is not None:
+            seen = self._resolver.reachable
+        return seen
 
     def _publish_state(self) -> None:
         self._bus.set_state(self.state())
@@ -238,7 +275,7 @@ def info_payload(config: Config) -> dict[str, Any]:
         "device_id": config.device.id,
         "version": __version__,
         "contract_version": CONTRACT_VERSION,
-        "capabilities": [*CAPABILITIES, *(["identify"] if leat_configured(config) else [])],
+        "capabilities": [*CAPABILITIES, *(LEAT_CAPABILITIES if leat_configured(config) else ())],
         "started_at": ScanHandler.iso(time.time()),
         "decode_formats": list(config.decode.formats),
     }
@@ -252,8 +289,6 @@ def build(
     pin_factory: Any = None,
 ) -> ScanService:
     """Build the scan service from config; `source`/`feedback` may be injected (demo, tests)."""
-    from appliance.bus import MqttBus  # paho is imported only when a bus is really built
-
     decoder = Decoder(config.decode)
     classifier = Classifier(config.codes)
     password = read_secret("mqtt-password", config.mqtt.password_file)
@@ -276,7 +311,9 @@ def build(
         except CameraError:
             feedback.close()
             raise
-    resolver = _resolver(config) if leat_configured(config) else None
+    resolver = forwarder = None
+    if leat_configured(config):
+        resolver, forwarder = _leat_parts(config, bus)
     handler = ScanHandler(
         config.device.id,
         classifier,
@@ -294,17 +331,44 @@ def build(
         bus=bus,
         feedback=feedback,
         resolver=resolver,
+        forwarder=forwarder,
     )
 
 
-def _resolver(config: Config) -> Resolver:
-    """A resolver over a Leat client built from `[leat]` (secrets from files/credentials)."""
+def _leat_parts(config: Config, bus: MqttBus) -> tuple[Resolver, Forwarder]:
+    """Everything that talks to Leat, over one client: scan resolution, and orders
+    (requests answered from the bus, stored in the outbox, forwarded by the forwarder)."""
     from appliance.leat.client import LeatClient  # httpx only when Leat is configured
 
     leat = config.leat
-    return Resolver(
-        LeatClient.from_config(leat),
+    client = LeatClient.from_config(leat)
+    account_secret = read_secret("leat-account-secret", leat.account_secret_file)
+    resolver = Resolver(
+        client,
         shop_uuid=leat.shop_uuid,
         deadline_s=leat.resolve_deadline_s,
-        account_secret=read_secret("leat-account-secret", leat.account_secret_file),
+        account_secret=account_secret,
     )
+    token = None
+    if leat.portal_url is not None and account_secret is not None:
+        token = TokenSettings(leat.portal_url, account_secret, leat.shop_uuid)
+    wake = threading.Event()
+    forwarder = Forwarder(
+        config.outbox_path,
+        client,
+        bus.publish_event,
+        device_id=config.device.id,
+        shop_uuid=leat.shop_uuid,
+        token=token,
+        wake=wake,
+    )
+    requests = OrderRequests(
+        config.outbox_path,
+        bus.publish_response,
+        base_topic=config.base_topic,
+        shop_uuid=leat.shop_uuid,
+        wake=wake,
+        claim_url=forwarder.claim_url if token is not None else None,
+    )
+    bus.subscribe("request/+", requests.on_message)
+    return resolver, forwarder

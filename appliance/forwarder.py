@@ -1,0 +1,581 @@
+"""The forwarder: drains the outbox to Leat, exactly once, through any outage.
+
+Exactly once. Every order carries the POS's `external_identifier`, stored with it and never
+changed. An attempt ends in one of three ways, each recorded in the outbox before the next:
+
+- Leat answered yes: DELIVERED (with points). Leat answered no: DEAD (code + message).
+- Nothing reached Leat (connect error, 429, 503 maintenance, 401): PENDING again, not
+  ambiguous; posting again cannot double it.
+- It may have reached Leat (read timeout, reset after sending, 5xx, or the process died
+  while SENDING: `Outbox.recover()`): PENDING and `ambiguous`, which stays set until
+  delivery. Before posting an ambiguous order again, `GET /orders/find` looks it up; found
+  means delivered (points unknown) and nothing is posted. Should it still turn up as a
+  duplicate (Leat answers 1003 on `external_identifier`), that too means delivered.
+
+`Outbox.claim()` makes an item SENDING before a worker gets it, so it is never sent twice
+at once; `mark_*` runs only after Leat's answer, so a crash in between leaves it SENDING,
+which `recover()` turns into ambiguous. Returns have no find call in Leat: an ambiguous return is
+posted again and Leat's duplicate answer counts as delivered (ASSUMPTION, as the sandbox
+answers: 400, 1003 "The external identifier has already been taken."). The outbox makes a
+return due only after its order is delivered.
+
+Customers. A scanned `customer_identifier` is resolved at send time (so a card scanned while
+offline still earns points); an unknown, inactive or unlinked card is DEAD. An order with no
+customer at all never calls Leat: it gets a Loyalty Token claim URL (leat-api.md §8.2).
+
+Probe mode. While Leat is reachable, due items go out `concurrency` at a time, and a failed
+item waits its own backoff (`backoff_delay`: full jitter, Retry-After as a floor). Once an
+attempt fails because Leat is unreachable (`LeatUnavailable`, `LeatAuthError`) and no later
+one succeeded, the forwarder is in probe mode: ONE item at a time, the next one no sooner
+than `min(base * 2**(n-1), probe_max_s)` (jittered, Retry-After a floor) after the n-th
+failed probe. A failed probe pushes its item back by at most `probe_max_s`: an outage is
+Leat's fault, not the item's, and the global probe pacing already bounds the load. So
+however long the outage lasted, the queue is due again within `probe_max_s` of Leat's
+return, and the first answered probe switches back to full concurrency. Items that fail while
+Leat answers others (a poison order's 5xx) keep growing their own backoff, and a probe
+picks the oldest due item, so one such item cannot hold the queue in probe mode.
+
+Threads. `run()` (or `drain_once()`) owns a ThreadPoolExecutor of `concurrency` workers that
+only talk to Leat (`LeatClient` is thread-safe) and return a verdict. The loop thread owns
+the one `Outbox` it opened (so no SQLite connection ever crosses threads): it claims an item
+before handing it to a worker and records the verdict afterwards, and it alone keeps the
+reachability state. SQLite serialises writers anyway, and keeping its fsyncs off the workers
+leaves only the HTTP call on each worker's path (bench/forwarder_drain.py).
+Bodies may hold personal data (e-mail): they are never logged, nor are Leat's messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+from jsonschema import ValidationError
+
+from appliance import contract
+from appliance.errors import (
+    BusError,
+    LeatAuthError,
+    LeatRejected,
+    LeatUnavailable,
+    OutboxError,
+)
+from appliance.leat.client import LeatClient
+from appliance.leat.token import DEFAULT_UNIT, loyalty_token_url
+from appliance.outbox import Item, Kind, Outbox, State, backoff_delay
+from appliance.pipeline import ScanHandler
+
+log = logging.getLogger(__name__)
+
+SCHEMA: Final = "leat-scanner/events/order/1"
+INVALID_INPUT: Final = 1003
+IDLE_POLL_S: Final = 30.0  # longest sleep with nothing scheduled (also catches CLI retries)
+STOP_POLL_S: Final = 0.25  # how often a wait on `wake` looks at `stop`
+MIN_WAIT_S: Final = 0.05
+_DUPLICATE = re.compile(r"external[ _]identifier\b.*\b(already|taken|exists|duplicate)", re.I)
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """What a Loyalty Token claim URL needs (`[leat] portal_url`, the account secret)."""
+
+    portal_url: str
+    account_secret: str
+    shop_uuid: str | None = None
+    unit_name: str = DEFAULT_UNIT
+
+    def __repr__(self) -> str:
+        return f"TokenSettings(portal_url={self.portal_url!r}, account_secret=<hidden>)"
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What a worker learned about one item; the loop thread records it."""
+
+    state: State  # DELIVERED, DEAD, or PENDING (try again)
+    leat: bool | None  # Leat answered (True), was unreachable (False), or was not asked
+    result: Mapping[str, Any] | None = None
+    code: int | None = None
+    message: str = ""
+    retry_after: float | None = None
+    ambiguous: bool = False
+    auth: bool = False
+
+
+class _Dead(Exception):
+    """Give the item up: DEAD with this code and message (`leat`: Leat said so)."""
+
+    def __init__(self, code: int | None, message: str, *, leat: bool | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.leat = leat
+
+
+class Forwarder:
+    """Sends due outbox items to Leat with bounded concurrency and a one-at-a-time probe."""
+
+    def __init__(
+        self,
+        outbox_path: Path,
+        client: LeatClient,
+        publish: Callable[..., None],
+        *,
+        device_id: str,
+        shop_uuid: str | None,
+        concurrency: int = 4,
+        backoff_base_s: float = 1.0,
+        backoff_cap_s: float = 300.0,
+        probe_max_s: float = 5.0,
+        token: TokenSettings | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        wake: threading.Event | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.outbox_path = Path(outbox_path)
+        self._client = client
+        self._publish = publish
+        self.device_id = device_id
+        self.shop_uuid = shop_uuid
+        self.concurrency = concurrency
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.probe_max_s = probe_max_s
+        self._token = token
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._wake = wake
+        # Loop-thread state (workers only return verdicts).
+        self._reachable: bool | None = None
+        self._failures = 0  # consecutive unreachable outcomes
+        self._probe_at = 0.0
+        self._auth_logged = False
+
+    # ------------------------------------------------------------------------------ public
+
+    @property
+    def reachable(self) -> bool | None:
+        """Whether Leat answered the last attempt (None before the first one)."""
+        return self._reachable
+
+    @property
+    def probing(self) -> bool:
+        """True while Leat is unreachable and only one probe at a time is sent."""
+        return self._reachable is False
+
+    def run(self, stop: threading.Event) -> None:
+        """Forward until `stop` is set: recover, send what is due, sleep until the next due."""
+        with self._outbox() as outbox, self._pool() as pool:
+            recovered = outbox.recover()
+            if recovered:
+                log.info("forwarder: %d interrupted item(s) will be looked up first", recovered)
+            while not stop.is_set():
+                if self._wake is not None:
+                    self._wake.clear()  # before reading the queue: no lost wake-ups
+                attempted = 0
+                try:
+                    attempted = self._pass(outbox, pool, stop)
+                    delay = 0.0 if attempted else self._idle_delay(outbox)
+                except Exception:  # top of a thread loop: log and keep going
+                    log.exception("forwarder pass failed")
+                    delay = IDLE_POLL_S / 6
+                if delay > 0:
+                    self._sleep(stop, delay)
+
+    def claim_url(self, item: Item) -> str | None:
+        """The claim URL an order without a customer gets; None when none can be made.
+
+        It is the same URL whenever it is asked for (signed with the item's `created_at`), so
+        the request handler can put it in its response and the order event repeats it.
+        Thread-safe: it reads only settings and `item`.
+        """
+        try:
+            return self._claim_url(item)
+        except _Dead:
+            return None
+
+    def drain_once(self) -> int:
+        """Send everything due now (each item at most once) and wait; how many were attempted."""
+        with self._outbox() as outbox, self._pool() as pool:
+            return self._pass(outbox, pool, None)
+
+    # ------------------------------------------------------------------------- the loop
+
+    def _pass(self, outbox: Outbox, pool: ThreadPoolExecutor, stop: threading.Event | None) -> int:
+        """One sweep over the due items (each at most once); how many were attempted.
+
+        After each completion the freed slot is refilled before the verdict is written, so
+        a worker never waits for SQLite; reachability is noted first, so the refill already
+        knows whether to probe.
+        """
+        seen: set[int] = set()
+        requeued = 0  # attempted items that may be due again (excluded from new fetches)
+        queue: deque[int] = deque()
+        in_flight: dict[Future[_Verdict], tuple[Item, bool]] = {}
+        batch = max(64, 16 * self.concurrency)
+        exhausted = False
+
+        def fill() -> None:
+            nonlocal exhausted
+            while stop is None or not stop.is_set():
+                probe = self.probing
+                if len(in_flight) >= (1 if probe else self.concurrency):
+                    return
+                if probe and (in_flight or self._clock() < self._probe_at):
+                    return
+                if not queue:
+                    if exhausted:
+                        return
+                    due = outbox.due(limit=batch + requeued)
+                    queue.extend([i.id for i in due if i.id not in seen][:batch])
+                    if not queue:
+                        exhausted = True
+                        return
+                item_id = queue.popleft()
+                seen.add(item_id)
+                item = outbox.claim(item_id)
+                if item is not None:  # else taken, dropped or made dead meanwhile
+                    in_flight[pool.submit(self._call, item)] = (item, probe)
+
+        count = 0
+        try:
+            fill()
+            while in_flight:
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                finished = []
+                for future in done:
+                    item, probe = in_flight.pop(future)
+                    verdict = future.result()
+                    self._note(verdict)
+                    finished.append((item, probe, verdict))
+                    count += 1
+                    requeued += verdict.state is State.PENDING
+                fill()
+                for item, probe, verdict in finished:
+                    self._record(outbox, item, probe, verdict)
+                exhausted = False  # a delivered order may have made its return due
+                fill()
+            return count
+        finally:
+            for future, (item, probe) in in_flight.items():  # only after an error above
+                verdict = future.result()
+                self._note(verdict)
+                self._record(outbox, item, probe, verdict)
+
+    def _note(self, verdict: _Verdict) -> None:
+        """Update reachability and the probe schedule from one attempt's verdict."""
+        if verdict.leat is True:
+            if self._reachable is False:
+                log.info("Leat is reachable again; forwarding at full speed")
+            self._reachable = True
+            self._failures = 0
+            self._auth_logged = False
+        elif verdict.leat is False:
+            if self._reachable is not False:
+                log.warning("Leat is unreachable; probing with one order at a time")
+            self._reachable = False
+            self._failures += 1
+            exponent = min(self._failures - 1, 60)
+            pause = min(self.probe_max_s, self.backoff_base_s * 2.0**exponent)
+            pause *= 0.5 + self._rng.random() / 2
+            after = verdict.retry_after
+            if after is not None and math.isfinite(after):
+                pause = max(pause, after)
+            self._probe_at = self._clock() + pause
+
+    def _idle_delay(self, outbox: Outbox) -> float:
+        """Seconds until something could be sent: the next due item or probe, capped."""
+        now = self._clock()
+        if outbox.due(limit=1):  # held back by probe pacing (or taken by someone else)
+            return max(self._probe_at - now if self.probing else 0.0, MIN_WAIT_S)
+        row = outbox.connection.execute(  # read-only: the next scheduled attempt
+            "SELECT min(next_attempt_at) FROM outbox WHERE state = 'pending' "
+            "AND next_attempt_at > ?",
+            (now,),
+        ).fetchone()
+        delay = IDLE_POLL_S
+        if row is not None and row[0] is not None:
+            delay = min(delay, float(row[0]) - now)
+        if self.probing:
+            delay = max(delay, self._probe_at - now)
+        return max(delay, MIN_WAIT_S)
+
+    def _sleep(self, stop: threading.Event, delay: float) -> None:
+        """Wait `delay` s, or less when `stop` or `wake` is set."""
+        if self._wake is None:
+            stop.wait(delay)
+            return
+        deadline = time.monotonic() + delay
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._wake.wait(min(remaining, STOP_POLL_S)):
+                return
+
+    # ----------------------------------------------------------------------- one attempt
+
+    def _call(self, item: Item) -> _Verdict:
+        """Forward one claimed item to Leat (on a worker thread: no SQLite here)."""
+        try:
+            send = self._send_return if item.kind is Kind.RETURN else self._send_order
+            result = send(item)
+        except _Dead as dead:
+            return _Verdict(State.DEAD, dead.leat, code=dead.code, message=dead.message)
+        except LeatRejected as exc:
+            if item.ambiguous and self._is_duplicate(exc):
+                log.info("%s %d was already in Leat (duplicate answer)", item.kind, item.id)
+                found = {"leat_uuid": None, "points": None, "new_balance": None}
+                return _Verdict(State.DELIVERED, True, {**found, "found": "duplicate"})
+            return _Verdict(State.DEAD, True, code=exc.code, message=exc.leat_message)
+        except LeatUnavailable as exc:
+            return _Verdict(
+                State.PENDING,
+                False,
+                message=str(exc),
+                retry_after=exc.retry_after,
+                ambiguous=exc.ambiguous,
+            )
+        except LeatAuthError as exc:
+            return _Verdict(State.PENDING, False, message=str(exc), auth=True)
+        except Exception as exc:  # a bug: keep the item, and assume it may have gone out
+            log.exception("forwarding %s %d failed unexpectedly", item.kind, item.id)
+            error = f"internal error: {type(exc).__name__}"
+            return _Verdict(State.PENDING, None, message=error, ambiguous=True)
+        return _Verdict(State.DELIVERED, None if "claim_url" in result else True, result)
+
+    def _send_order(self, item: Item) -> dict[str, Any]:
+        """Post one order (after a lookup when ambiguous); the result to store."""
+        ext = item.external_identifier
+        if item.ambiguous:
+            with _read_only():
+                found = self._client.find_order(ext)
+            if found is not None:
+                log.info("order %d was already in Leat; not posting it again", item.id)
+                return {
+                    "leat_uuid": found.uuid,
+                    "points": None,
+                    "new_balance": None,
+                    "found": "lookup",
+                }
+        body = dict(item.body)
+        contact = body.get("contact")
+        has_contact = isinstance(contact, Mapping) and bool(contact.get("uuid"))
+        if not has_contact and item.customer_identifier:
+            body["contact"] = {"uuid": self._resolve(item.customer_identifier)}
+        elif not has_contact:
+            return {
+                "leat_uuid": None,
+                "points": None,
+                "new_balance": None,
+                "claim_url": self._claim_url(item),
+            }
+        if self.shop_uuid and not body.get("business_profile"):
+            body["business_profile"] = {"uuid": self.shop_uuid}
+        body["external_identifier"] = ext
+        result = self._client.create_and_process_order(body)
+        return {
+            "leat_uuid": None if result.order is None else result.order.uuid,
+            "points": result.points,
+            "new_balance": result.new_balance,
+        }
+
+    def _send_return(self, item: Item) -> dict[str, Any]:
+        """Post one return; its order must be delivered (the outbox holds it back until then)."""
+        body = dict(item.body)
+        if not body.get("order") and item.order_external_identifier:
+            body["order"] = {"external_identifier": item.order_external_identifier}
+        body["external_identifier"] = item.external_identifier
+        result = self._client.create_and_process_order_return(body)
+        return {
+            "leat_uuid": result.uuid,
+            "points": result.points,
+            "new_balance": result.new_balance,
+        }
+
+    def _resolve(self, identifier: str) -> str:
+        """The contact uuid of a scanned identifier; `_Dead` when it has none."""
+        try:
+            with _read_only():
+                found = self._client.find_contact_identifier(identifier)
+        except LeatRejected as exc:
+            raise _Dead(
+                exc.code, f"customer card not usable: {exc.leat_message}", leat=True
+            ) from exc
+        if not found.active:
+            raise _Dead(60004, "customer card not usable: the identifier is inactive", leat=True)
+        if found.contact is None:
+            raise _Dead(None, "customer card not usable: it is not linked to a contact", leat=True)
+        return found.contact.uuid
+
+    def _claim_url(self, item: Item) -> str:
+        """A Loyalty Token URL for an order without a customer; `_Dead` when none can be made."""
+        token = self._token
+        shop = (token.shop_uuid if token else None) or self.shop_uuid
+        if token is None or not shop:
+            raise _Dead(
+                None,
+                "no customer and no loyalty token settings ([leat] portal_url, account secret"
+                + ("" if shop else ", shop_uuid")
+                + ")",
+            )
+        amount = item.body.get("total_order_amount")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            raise _Dead(None, "no customer and no positive total_order_amount for a claim URL")
+        try:
+            return loyalty_token_url(
+                portal_url=token.portal_url,
+                shop_uuid=shop,
+                unique_id=item.external_identifier,
+                unit_value=str(Decimal(amount) / 100),
+                secret=token.account_secret,
+                unit_name=token.unit_name,
+                timestamp=int(item.created_at),
+            )
+        except ValueError as exc:
+            raise _Dead(None, f"cannot make a loyalty token claim URL: {exc}") from exc
+
+    @staticmethod
+    def _is_duplicate(exc: LeatRejected) -> bool:
+        """Leat's answer to a repeated external_identifier (ASSUMPTION: 1003, as the sandbox)."""
+        return exc.code == INVALID_INPUT and _DUPLICATE.search(exc.leat_message) is not None
+
+    # ------------------------------------------------------------------------- recording
+
+    def _record(self, outbox: Outbox, item: Item, probe: bool, verdict: _Verdict) -> None:
+        """Store a worker's verdict (loop thread) and announce a final one."""
+        try:
+            if verdict.state is State.DELIVERED:
+                result = verdict.result or {}
+                done = outbox.mark_delivered(item.id, result)
+                log.info("%s %d delivered", item.kind, item.id)
+                self._announce(done, "delivered", result, None)
+            elif verdict.state is State.DEAD:
+                done = outbox.mark_dead(item.id, code=verdict.code, message=verdict.message)
+                log.warning("%s %d is dead (code %s)", item.kind, item.id, verdict.code)
+                error = {"code": verdict.code, "message": verdict.message}
+                self._announce(done, "dead", {}, error)
+            else:
+                self._retry(outbox, item, probe, verdict)
+        except OutboxError:  # left SENDING: recover() makes it ambiguous after a restart
+            log.exception("could not record the outcome of %s %d", item.kind, item.id)
+
+    def _retry(self, outbox: Outbox, item: Item, probe: bool, verdict: _Verdict) -> None:
+        """Back to PENDING: its own backoff, or at most probe_max_s after a failed probe."""
+        if verdict.auth and not self._auth_logged:
+            self._auth_logged = True
+            log.error(
+                "Leat refused our credentials; orders are kept until fixed: %s", verdict.message
+            )
+        after = verdict.retry_after
+        delay = self._backoff(item.attempts, after)
+        if probe:
+            delay = min(delay, self.probe_max_s)
+            if after is not None and math.isfinite(after):
+                delay = max(delay, after)
+        outbox.mark_retry(
+            item.id, delay_s=delay, error=verdict.message, ambiguous=verdict.ambiguous
+        )
+        log.info(
+            "%s %d: attempt %d failed (%s), next in %.1f s",
+            item.kind,
+            item.id,
+            item.attempts,
+            "ambiguous" if verdict.ambiguous else "not sent",
+            delay,
+        )
+
+    def _announce(
+        self,
+        item: Item,
+        status: str,
+        result: Mapping[str, Any],
+        error: Mapping[str, Any] | None,
+    ) -> None:
+        """Publish `events/order`; a bus failure is logged, the outbox state stands."""
+        payload = {
+            "schema": SCHEMA,
+            "event_id": str(uuid.uuid4()),
+            "device_id": self.device_id,
+            "timestamp": ScanHandler.iso(self._clock()),
+            "kind": str(item.kind),
+            "external_identifier": item.external_identifier,
+            "transaction": item.transaction,
+            "status": status,
+            "points": _int_or_none(result.get("points")),
+            "new_balance": _int_or_none(result.get("new_balance")),
+            "leat_uuid": _str_or_none(result.get("leat_uuid")),
+            "claim_url": _str_or_none(result.get("claim_url")),
+            "error": None if error is None else dict(error),
+        }
+        try:
+            contract.validate("order", payload)
+        except ValidationError as exc:
+            log.error(
+                "order event for %s %d breaks the contract: %s", item.kind, item.id, exc.message
+            )
+            return
+        try:
+            self._publish("order", payload)
+        except BusError as exc:
+            log.warning("order event for %s %d not published: %s", item.kind, item.id, exc)
+
+    # --------------------------------------------------------------------------- plumbing
+
+    def _backoff(self, attempts: int, retry_after: float | None) -> float:
+        return backoff_delay(
+            attempts,
+            base_s=self.backoff_base_s,
+            cap_s=self.backoff_cap_s,
+            rng=self._rng,
+            retry_after=retry_after,
+        )
+
+    @contextmanager
+    def _outbox(self) -> Iterator[Outbox]:
+        """The loop thread's own Outbox."""
+        outbox = Outbox(self.outbox_path, clock=self._clock)
+        try:
+            yield outbox
+        finally:
+            outbox.close()
+
+    @contextmanager
+    def _pool(self) -> Iterator[ThreadPoolExecutor]:
+        """The worker threads (Leat calls only)."""
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="forwarder") as pool:
+            yield pool
+
+
+@contextmanager
+def _read_only() -> Iterator[None]:
+    """A failed GET changed nothing in Leat: its `LeatUnavailable` is never ambiguous."""
+    try:
+        yield
+    except LeatUnavailable as exc:
+        if not exc.ambiguous:
+            raise
+        raise LeatUnavailable(str(exc), exc.retry_after, ambiguous=False) from exc
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+__all__ = ["SCHEMA", "Forwarder", "TokenSettings"]

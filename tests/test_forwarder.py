@@ -1,0 +1,669 @@
+"""The forwarder against the real sandbox over HTTP, with real SQLite outbox files.
+
+No sleeps: `drain_once()` with an injected clock and rng; `run()` is observed through the
+events it publishes. Tests named `..._assumption` rely on sandbox behaviour the Leat sources
+leave open (a repeated external_identifier is 1003, see docs/sandbox.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from appliance import contract
+from appliance.errors import BusError
+from appliance.forwarder import Forwarder, TokenSettings
+from appliance.leat.client import LeatClient
+from appliance.leat.sandbox import LeatSandbox
+from appliance.leat.token import verify
+from appliance.outbox import Kind, Outbox, State
+
+SHOP = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"
+JANE = "c0a80101-1a2b-4c3d-8e4f-000000000001"
+UNKNOWN = "00000000-0000-4000-8000-000000000000"
+JANE_CARD = "LC-7F3K9Q2M"
+CREATE = "/orders/create-and-process"
+RETURN = "/order-returns/create-and-process"
+FIND = "/orders/find"
+SECRET = "very_secret"
+
+
+class Clock:
+    """Wall-clock seconds that only move when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_790_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Events:
+    """Collects published events (thread-safe) and lets a test wait for them."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, dict[str, Any]]] = []
+        self.changed = threading.Condition()
+
+    def __call__(self, name: str, payload: dict[str, Any]) -> None:
+        contract.validate("order", payload)
+        with self.changed:
+            self.items.append((name, payload))
+            self.changed.notify_all()
+
+    def payloads(self) -> list[dict[str, Any]]:
+        with self.changed:
+            return [payload for _, payload in self.items]
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: len(self.items) >= count, timeout)
+
+
+def order(
+    ext: str, *, contact: str | None = JANE, amount: int = 2500, **extra: Any
+) -> dict[str, Any]:
+    """A create-and-process body: one line of `amount` minor units."""
+    body: dict[str, Any] = {
+        "external_identifier": ext,
+        "status": "COMPLETED",
+        "payment_status": "PAID",
+        "total_order_amount": amount,
+        "line_items": [
+            {
+                "external_identifier": f"{ext}-1",
+                "name": "Beans",
+                "quantity": 1,
+                "price": amount,
+                "total_amount": amount,
+            }
+        ],
+        **extra,
+    }
+    if contact is not None:
+        body["contact"] = {"uuid": contact}
+    return body
+
+
+def return_body(ext: str, order_ext: str) -> dict[str, Any]:
+    """A full return of `order()`'s one line."""
+    return {
+        "external_identifier": ext,
+        "order": {"external_identifier": order_ext},
+        "line_items": [{"external_identifier": f"{order_ext}-1", "quantity": 1}],
+    }
+
+
+def calls(sandbox: LeatSandbox, suffix: str, method: str | None = None) -> int:
+    """How many API requests the sandbox read whose path ends with `suffix`."""
+    return sum(
+        1
+        for m, path in sandbox.requests()
+        if path.rstrip("/").endswith(suffix) and (method is None or m == method)
+    )
+
+
+@pytest.fixture
+def sandbox() -> Iterator[LeatSandbox]:
+    with LeatSandbox() as server:
+        yield server
+
+
+@pytest.fixture
+def client(sandbox: LeatSandbox) -> Iterator[LeatClient]:
+    with LeatClient(
+        sandbox.url, token=sandbox.personal_access_token, shop_uuid=SHOP, timeout_s=5.0
+    ) as leat:
+        yield leat
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "outbox.sqlite"
+
+
+@pytest.fixture
+def outbox(path: Path, clock: Clock) -> Iterator[Outbox]:
+    with Outbox(path, clock=clock) as box:
+        yield box
+
+
+@pytest.fixture
+def forwarder(path: Path, client: LeatClient, events: Events, clock: Clock) -> Forwarder:
+    return Forwarder(
+        path, client, events, device_id="till-1", shop_uuid=SHOP, clock=clock, rng=random.Random(7)
+    )
+
+
+def state(outbox: Outbox, item_id: int) -> State:
+    item = outbox.get(item_id)
+    assert item is not None
+    return item.state
+
+
+def drain_all(forwarder: Forwarder, clock: Clock, rounds: int = 20) -> None:
+    """drain_once, advancing the clock past any backoff, until nothing is attempted."""
+    for _ in range(rounds):
+        clock.advance(400)
+        if forwarder.drain_once() == 0:
+            return
+    raise AssertionError("the outbox did not drain")
+
+
+# ------------------------------------------------------------------------- deliveries
+
+
+def test_forwarder_delivers_and_publishes_the_points(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, events: Events
+) -> None:
+    item = outbox.enqueue(Kind.ORDER, "T-1", order("T-1"), transaction="tx-1").item
+    assert forwarder.reachable is None
+    assert forwarder.drain_once() == 1
+    done = outbox.get(item.id)
+    assert done is not None
+    assert done.state is State.DELIVERED
+    assert done.result is not None
+    assert done.result["points"] == 25
+    assert forwarder.reachable is True
+    [recorded] = sandbox.orders()
+    assert recorded["external_identifier"] == "T-1"
+    assert recorded["business_profile"]["uuid"] == SHOP
+    [(name, payload)] = events.items
+    assert name == "order"
+    assert payload["status"] == "delivered"
+    assert payload["transaction"] == "tx-1"
+    assert (payload["points"], payload["new_balance"]) == (25, 1275)
+    assert payload["leat_uuid"] == recorded["uuid"]
+    assert payload["error"] is None
+    assert forwarder.drain_once() == 0
+
+
+def test_forwarder_outage_then_recovery_delivers_each_order_once(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, clock: Clock
+) -> None:
+    ids = [outbox.enqueue(Kind.ORDER, f"O-{n}", order(f"O-{n}")).item.id for n in range(8)]
+    sandbox.faults.set(outage=True)
+    assert forwarder.drain_once() >= 1
+    assert forwarder.reachable is False
+    for _ in range(3):  # probes fail while the outage lasts
+        clock.advance(10)
+        forwarder.drain_once()
+    assert not sandbox.orders()
+    sandbox.faults.clear()
+    drain_all(forwarder, clock)
+    assert forwarder.reachable is True
+    assert all(state(outbox, i) is State.DELIVERED for i in ids)
+    recorded = sandbox.orders()
+    assert sorted(o["external_identifier"] for o in recorded) == sorted(f"O-{n}" for n in range(8))
+    assert sum(o["sandbox"]["points"] for o in recorded) == 8 * 25
+    assert calls(sandbox, CREATE) == 8
+
+
+def test_forwarder_ambiguous_send_is_looked_up_not_posted_again(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, clock: Clock, events: Events
+) -> None:
+    item = outbox.enqueue(Kind.ORDER, "A-1", order("A-1")).item
+    sandbox.faults.set(drop_after_receive=True, only_paths=(CREATE,), times=1)
+    assert forwarder.drain_once() == 1
+    pending = outbox.get(item.id)
+    assert pending is not None
+    assert (pending.state, pending.ambiguous) == (State.PENDING, True)
+    assert not events.items
+    clock.advance(400)
+    assert forwarder.drain_once() == 1
+    [recorded] = sandbox.orders()
+    done = outbox.get(item.id)
+    assert done is not None
+    assert done.state is State.DELIVERED
+    assert done.result is not None
+    assert done.result["leat_uuid"] == recorded["uuid"]
+    assert calls(sandbox, CREATE) == 1
+    assert calls(sandbox, FIND) == 1
+    [payload] = events.payloads()
+    assert (payload["status"], payload["points"], payload["leat_uuid"]) == (
+        "delivered",
+        None,
+        recorded["uuid"],
+    )
+
+
+def test_forwarder_ambiguous_send_not_received_is_posted_again(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, clock: Clock
+) -> None:
+    item = outbox.enqueue(Kind.ORDER, "A-2", order("A-2")).item
+    sandbox.faults.set(status=502, only_paths=(CREATE,), times=1)  # 5xx: ambiguous, not acted
+    forwarder.drain_once()
+    pending = outbox.get(item.id)
+    assert pending is not None
+    assert pending.ambiguous
+    clock.advance(400)
+    assert forwarder.drain_once() == 1
+    assert state(outbox, item.id) is State.DELIVERED
+    assert (calls(sandbox, FIND), calls(sandbox, CREATE)) == (1, 2)
+    assert len(sandbox.orders()) == 1
+
+
+# ------------------------------------------------------------------------- rejections
+
+
+def test_forwarder_rejection_is_dead_and_a_fixed_body_is_delivered(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, events: Events
+) -> None:
+    item = outbox.enqueue(Kind.ORDER, "R-1", order("R-1", contact=UNKNOWN)).item
+    assert forwarder.drain_once() == 1
+    dead = outbox.get(item.id)
+    assert dead is not None
+    assert (dead.state, dead.error_code) == (State.DEAD, 55031)
+    assert dead.error_message
+    [payload] = events.payloads()
+    assert payload["status"] == "dead"
+    assert payload["error"]["code"] == 55031
+    assert forwarder.reachable is True  # Leat answered
+    outbox.drop(item.id)
+    fixed = outbox.enqueue(Kind.ORDER, "R-1", order("R-1")).item
+    assert forwarder.drain_once() == 1
+    assert state(outbox, fixed.id) is State.DELIVERED
+    assert len(sandbox.orders()) == 1
+
+
+def test_forwarder_malformed_line_is_dead_with_1003(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox
+) -> None:
+    body = order("R-2")
+    del body["line_items"][0]["name"]
+    item = outbox.enqueue(Kind.ORDER, "R-2", body).item
+    forwarder.drain_once()
+    dead = outbox.get(item.id)
+    assert dead is not None
+    assert (dead.state, dead.error_code) == (State.DEAD, 1003)
+    assert not sandbox.orders()
+
+
+def test_forwarder_dead_letter_retried_after_a_transient_rejection(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox
+) -> None:
+    item = outbox.enqueue(Kind.ORDER, "R-3", order("R-3")).item
+    sandbox.faults.set(status=400, only_paths=(CREATE,), times=1)
+    forwarder.drain_once()
+    assert state(outbox, item.id) is State.DEAD
+    outbox.retry(item.id)
+    assert forwarder.drain_once() == 1
+    assert state(outbox, item.id) is State.DELIVERED
+    assert len(sandbox.orders()) == 1
+
+
+# ------------------------------------------------------------------ retry scheduling
+
+
+def test_forwarder_429_retry_after_is_respected(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, clock: Clock
+) -> None:
+    item = outbox.enqueue(Kind.ORDER, "L-1", order("L-1")).item
+    sandbox.faults.set(rate_limit_retry_after=120, times=1)
+    start = clock.now
+    assert forwarder.drain_once() == 1
+    pending = outbox.get(item.id)
+    assert pending is not None
+    assert pending.state is State.PENDING
+    assert not pending.ambiguous
+    assert pending.next_attempt_at >= start + 120
+    clock.advance(100)
+    assert forwarder.drain_once() == 0
+    clock.advance(21)
+    assert forwarder.drain_once() == 1
+    assert state(outbox, item.id) is State.DELIVERED
+
+
+def test_forwarder_503_is_retried(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, clock: Clock
+) -> None:
+    item = outbox.enqueue(Kind.ORDER, "M-1", order("M-1")).item
+    sandbox.faults.set(maintenance=True, times=1)
+    forwarder.drain_once()
+    pending = outbox.get(item.id)
+    assert pending is not None
+    assert (pending.state, pending.ambiguous, pending.attempts) == (State.PENDING, False, 1)
+    clock.advance(10)
+    assert forwarder.drain_once() == 1
+    assert state(outbox, item.id) is State.DELIVERED
+    assert calls(sandbox, FIND) == 0
+
+
+def test_forwarder_probe_mode_sends_one_request_at_a_time(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, clock: Clock
+) -> None:
+    ids = [outbox.enqueue(Kind.ORDER, f"P-{n}", order(f"P-{n}")).item.id for n in range(10)]
+    sandbox.faults.set(maintenance=True)
+    first = forwarder.drain_once()
+    assert 1 <= first <= forwarder.concurrency  # found out; no further requests this pass
+    assert forwarder.probing
+    assert calls(sandbox, CREATE) == first
+    assert forwarder.drain_once() == 0  # the next probe is not due yet
+    for n in range(1, 6):
+        clock.advance(forwarder.probe_max_s)
+        assert forwarder.drain_once() == 1
+        assert calls(sandbox, CREATE) == first + n
+    # a long outage never pushes an item further back than one probe interval
+    horizon = clock.now + forwarder.probe_max_s
+    assert all(i.next_attempt_at <= horizon for i in outbox.items([State.PENDING]))
+    sandbox.faults.clear()
+    clock.advance(forwarder.probe_max_s)
+    assert forwarder.drain_once() == 10  # the probe succeeds, then full speed in the same pass
+    assert not forwarder.probing
+    assert all(state(outbox, i) is State.DELIVERED for i in ids)
+    assert len(sandbox.orders()) == 10
+
+
+def test_forwarder_auth_error_keeps_the_order_and_logs_once(
+    path: Path,
+    outbox: Outbox,
+    sandbox: LeatSandbox,
+    events: Events,
+    clock: Clock,
+    client: LeatClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    items = [outbox.enqueue(Kind.ORDER, f"U-{n}", order(f"U-{n}")).item.id for n in range(3)]
+    with LeatClient(sandbox.url, token="wrong", timeout_s=5.0) as wrong:
+        bad = Forwarder(
+            path,
+            wrong,
+            events,
+            device_id="till-1",
+            shop_uuid=SHOP,
+            clock=clock,
+            rng=random.Random(1),
+            concurrency=1,
+        )
+        with caplog.at_level(logging.ERROR, logger="appliance.forwarder"):
+            bad.drain_once()
+            clock.advance(10)
+            bad.drain_once()
+    assert bad.reachable is False
+    assert sum("credentials" in r.getMessage() for r in caplog.records) == 1
+    assert all(state(outbox, i) is State.PENDING for i in items)
+    good = Forwarder(path, client, events, device_id="till-1", shop_uuid=SHOP, clock=clock)
+    drain_all(good, clock)
+    assert all(state(outbox, i) is State.DELIVERED for i in items)
+
+
+def test_forwarder_publish_failure_keeps_the_delivery(
+    path: Path, outbox: Outbox, client: LeatClient, clock: Clock
+) -> None:
+    def broken(name: str, payload: dict[str, Any]) -> None:
+        raise BusError("broker gone")
+
+    item = outbox.enqueue(Kind.ORDER, "B-1", order("B-1")).item
+    Forwarder(path, client, broken, device_id="till-1", shop_uuid=SHOP, clock=clock).drain_once()
+    assert state(outbox, item.id) is State.DELIVERED
+
+
+# -------------------------------------------------------------------------- customers
+
+
+def test_forwarder_resolves_a_scanned_card_at_send_time(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox
+) -> None:
+    item = outbox.enqueue(
+        Kind.ORDER, "C-1", order("C-1", contact=None), customer_identifier=JANE_CARD
+    ).item
+    assert forwarder.drain_once() == 1
+    assert state(outbox, item.id) is State.DELIVERED
+    [recorded] = sandbox.orders()
+    assert recorded["contact"]["uuid"] == JANE
+    stored = outbox.get(item.id)
+    assert stored is not None
+    assert "contact" not in stored.body  # resolved into a copy, the stored body is as given
+
+
+@pytest.mark.parametrize(
+    ("card", "code"), [("LC-NOSUCH00", 60003), ("LC-INACTIVE9", 60004), ("LC-UNLINKED7", None)]
+)
+def test_forwarder_unusable_card_is_dead(
+    forwarder: Forwarder,
+    outbox: Outbox,
+    sandbox: LeatSandbox,
+    events: Events,
+    card: str,
+    code: int | None,
+) -> None:
+    item = outbox.enqueue(
+        Kind.ORDER, "C-2", order("C-2", contact=None), customer_identifier=card
+    ).item
+    forwarder.drain_once()
+    dead = outbox.get(item.id)
+    assert dead is not None
+    assert (dead.state, dead.error_code) == (State.DEAD, code)
+    assert dead.error_message is not None
+    assert "customer card" in dead.error_message
+    assert not sandbox.orders()
+    assert events.payloads()[0]["error"]["code"] == code
+
+
+def test_forwarder_no_customer_gets_a_claim_url_without_calling_leat(
+    path: Path,
+    outbox: Outbox,
+    client: LeatClient,
+    sandbox: LeatSandbox,
+    events: Events,
+    clock: Clock,
+) -> None:
+    token = TokenSettings(portal_url="https://demo.piggy.eu", account_secret=SECRET)
+    assert SECRET not in repr(token)
+    forwarder = Forwarder(
+        path, client, events, device_id="till-1", shop_uuid=SHOP, token=token, clock=clock
+    )
+    item = outbox.enqueue(Kind.ORDER, "N-1", order("N-1", contact=None, amount=1040)).item
+    assert forwarder.drain_once() == 1
+    assert state(outbox, item.id) is State.DELIVERED
+    assert sandbox.requests() == []
+    [payload] = events.payloads()
+    url = urlsplit(payload["claim_url"])
+    params = dict(parse_qsl(url.query))
+    assert (url.netloc, url.path) == ("demo.piggy.eu", "/l")
+    assert verify(params, SECRET)
+    assert not verify(params, "other")
+    assert (params["unique_id"], params["unit_value"], params["shop_uuid"]) == ("N-1", "10.4", SHOP)
+    assert params["timestamp"] == str(int(item.created_at))
+    assert forwarder.claim_url(item) == payload["claim_url"]  # what the request handler sends
+    assert payload["leat_uuid"] is None
+
+
+def test_forwarder_no_customer_and_no_token_settings_is_dead(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox
+) -> None:
+    item = outbox.enqueue(Kind.ORDER, "N-2", order("N-2", contact=None)).item
+    assert forwarder.claim_url(item) is None
+    forwarder.drain_once()
+    dead = outbox.get(item.id)
+    assert dead is not None
+    assert dead.state is State.DEAD
+    assert dead.error_message is not None
+    assert "no loyalty token settings" in dead.error_message
+    assert sandbox.requests() == []
+
+
+# ---------------------------------------------------------------------------- returns
+
+
+def test_forwarder_return_waits_for_its_order(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, clock: Clock, events: Events
+) -> None:
+    order_id = outbox.enqueue(Kind.ORDER, "W-1", order("W-1")).item.id
+    return_id = outbox.enqueue(
+        Kind.RETURN, "W-1-R", return_body("W-1-R", "W-1"), order_external_identifier="W-1"
+    ).item.id
+    sandbox.faults.set(status=500, only_paths=(CREATE,), times=1)
+    assert forwarder.drain_once() == 1  # only the order; the return is held back
+    assert calls(sandbox, RETURN) == 0
+    clock.advance(400)
+    assert forwarder.drain_once() == 2  # the order, then its return in the same pass
+    assert state(outbox, order_id) is State.DELIVERED
+    assert state(outbox, return_id) is State.DELIVERED
+    [ret] = sandbox.order_returns()
+    assert ret["external_identifier"] == "W-1-R"
+    kinds = [(p["kind"], p["status"]) for p in events.payloads()]
+    assert kinds == [("order", "delivered"), ("return", "delivered")]
+    assert events.payloads()[1]["points"] == -25
+    assert [r for r in sandbox.requests() if r[0] == "POST"][-1][1].rstrip("/").endswith(RETURN)
+
+
+def test_forwarder_ambiguous_return_duplicate_means_delivered_assumption(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, clock: Clock
+) -> None:
+    outbox.enqueue(Kind.ORDER, "D-1", order("D-1"))
+    return_id = outbox.enqueue(
+        Kind.RETURN, "D-1-R", return_body("D-1-R", "D-1"), order_external_identifier="D-1"
+    ).item.id
+    sandbox.faults.set(drop_after_receive=True, only_paths=(RETURN,), times=1)
+    assert forwarder.drain_once() == 2
+    clock.advance(400)
+    assert forwarder.drain_once() == 1  # posted again: Leat says duplicate (1003)
+    assert state(outbox, return_id) is State.DELIVERED
+    assert calls(sandbox, RETURN) == 2
+    assert len(sandbox.order_returns()) == 1
+
+
+# ---------------------------------------------------------------------------- run()
+
+
+def test_forwarder_run_sends_a_new_order_when_woken(
+    path: Path, client: LeatClient, sandbox: LeatSandbox, events: Events
+) -> None:
+    wake, stop = threading.Event(), threading.Event()
+    forwarder = Forwarder(path, client, events, device_id="till-1", shop_uuid=SHOP, wake=wake)
+    thread = threading.Thread(target=forwarder.run, args=(stop,), daemon=True)
+    with Outbox(path) as box:
+        thread.start()
+        try:
+            box.enqueue(Kind.ORDER, "RUN-1", order("RUN-1"))
+            wake.set()
+            # far below the idle poll (30 s): the wake-up sent it
+            assert events.wait_for(1, timeout=5.0)
+            box.enqueue(Kind.ORDER, "RUN-2", order("RUN-2"))
+            wake.set()
+            assert events.wait_for(2, timeout=5.0)
+        finally:
+            stop.set()
+            thread.join(timeout=5.0)
+    assert not thread.is_alive()
+    assert [o["external_identifier"] for o in sandbox.orders()] == ["RUN-1", "RUN-2"]
+
+
+# ---------------------------------------------------------------------------- kill -9
+
+CHILD = """
+import random, sys, threading
+from pathlib import Path
+from appliance.forwarder import Forwarder
+from appliance.leat.client import LeatClient
+from appliance.outbox import Outbox
+
+path, url, token, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+client = LeatClient(url, token=token, shop_uuid=sys.argv[5], timeout_s=5.0)
+forwarder = Forwarder(path, client, lambda name, payload: None, device_id="till-1",
+                      shop_uuid=sys.argv[5], backoff_base_s=0.01, backoff_cap_s=0.05,
+                      probe_max_s=0.05)
+with Outbox(path) as box:
+    box.recover()
+    print("ready", flush=True)
+    if mode == "finish":
+        for _ in range(200):
+            forwarder.drain_once()
+            if box.depth() == 0:
+                break
+    else:
+        forwarder.run(threading.Event())
+"""
+
+
+def _child(path: Path, sandbox: LeatSandbox, mode: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(path),
+            sandbox.url,
+            sandbox.personal_access_token,
+            mode,
+            SHOP,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_forwarder_kill_9_while_draining_delivers_each_order_once(
+    path: Path, outbox: Outbox, sandbox: LeatSandbox
+) -> None:
+    rng = random.Random(20261122)
+    for n in range(20):
+        outbox.enqueue(Kind.ORDER, f"K-{n}", order(f"K-{n}"))
+    # The sandbox acts first and then waits, so most kills land between Leat and SQLite.
+    sandbox.faults.set(latency_s=0.1, only_paths=(CREATE,))
+    progress = []
+    for _ in range(10):
+        child = _child(path, sandbox, "run")
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        try:
+            child.wait(timeout=rng.uniform(0.0, 0.15))
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+        child.stdout.close()
+        progress.append(len(sandbox.orders()))
+    assert progress[0] < 20  # killed while there was work to do
+    assert calls(sandbox, FIND) >= 1  # some kill left an item SENDING: looked up, not re-posted
+    sandbox.faults.clear()
+    child = _child(path, sandbox, "finish")
+    out, _ = child.communicate(timeout=30)
+    assert child.returncode == 0, out
+    recorded = sorted(o["external_identifier"] for o in sandbox.orders())
+    assert recorded == sorted(f"K-{n}" for n in range(20))
+    assert all(o["sandbox"]["points"] == 25 for o in sandbox.orders())
+    assert all(i.state is State.DELIVERED for i in outbox.items(limit=100))
+
+
+def test_forwarder_failed_lookup_is_not_ambiguous(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, clock: Clock
+) -> None:
+    item = outbox.enqueue(
+        Kind.ORDER, "G-1", order("G-1", contact=None), customer_identifier=JANE_CARD
+    ).item
+    sandbox.faults.set(status=502, only_paths=("/contact-identifiers",), times=1)
+    assert forwarder.drain_once() == 1
+    pending = outbox.get(item.id)
+    assert pending is not None
+    assert (pending.state, pending.ambiguous) == (State.PENDING, False)  # nothing was posted
+    clock.advance(400)
+    assert forwarder.drain_once() == 1
+    assert state(outbox, item.id) is State.DELIVERED
+    assert calls(sandbox, FIND) == 0
