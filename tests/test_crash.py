@@ -1,0 +1,139 @@
+"""kill -9 of the real `leat-scanner run` process while the POS hands over orders and the
+forwarder sends them: nothing lost, nothing doubled (real Mosquitto, SQLite, Leat sandbox)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from broker import Mosquitto, Subscriber
+from test_orders import order_body
+
+from appliance.leat.sandbox import LeatSandbox
+from appliance.outbox import Outbox, State
+from appliance.samples import DEMO_SHOP_UUID, write_demo_frames
+
+BASE = "leat-scanner/crash-till"
+KILLS = 20  # with test_outbox (25) and test_forwarder (10): 55 kill -9 iterations in the suite
+ORDERS = 30
+
+
+def write_config(tmp_path: Path, broker: Mosquitto, sandbox: LeatSandbox) -> Path:
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    token = tmp_path / "leat-token"
+    token.touch(mode=0o600)
+    token.write_text(sandbox.personal_access_token, encoding="utf-8")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[device]
+id = "crash-till"
+state_dir = "{tmp_path / 'state'}"
+[camera]
+source = "replay"
+replay_path = "{frames / '000-empty.png'}"
+replay_loop = true
+fps = 5
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+[feedback]
+enabled = false
+[leat]
+base_url = "{sandbox.url}"
+token_file = "{token}"
+shop_uuid = "{DEMO_SHOP_UUID}"
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+def start(config: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEAT_SCANNER_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_crash_kill_9_loses_and_doubles_nothing(broker: Mosquitto, tmp_path: Path) -> None:
+    rng = random.Random(20261122)
+    with LeatSandbox() as sandbox, Subscriber(broker, f"{BASE}/#", "pos/replies") as pos:
+        sandbox.faults.set(latency_s=0.02)  # so kills also land while orders are in flight
+        pos.wait_subscribed()
+        config = write_config(tmp_path, broker, sandbox)
+        bodies = [{"customer": {"identifier": "LC-7F3K9Q2M"}, "order": order_body(f"crash-{i}")}
+                  for i in range(ORDERS)]
+        acked: set[str] = set()
+        onlines = 0
+
+        def replies() -> dict[str, str]:
+            answers = [json.loads(m.payload) for m in pos.on(f"{BASE}/response/order.create")]
+            return {a["data"]["external_identifier"]: a["status"] for a in answers}
+
+        def wait_online() -> None:
+            """Requests are not retained: the POS waits until the device is (back) online."""
+            nonlocal onlines
+            onlines += 1
+            pos.wait_for(lambda ms, n=onlines: sum(
+                m.topic == f"{BASE}/availability" and m.payload == b"online" for m in ms
+            ) >= n, timeout=20)
+
+        for _ in range(KILLS):
+            proc = start(config)
+            try:
+                wait_online()
+                # Hand over 1-3 orders; then kill at once (mid-request or mid-forwarding).
+                for body in [b for b in bodies if b["order"]["external_identifier"] not in acked][
+                    : rng.randint(1, 3)
+                ]:
+                    ext = body["order"]["external_identifier"]
+                    pos.publish(f"{BASE}/request/order.create", json.dumps(body).encode())
+                    if rng.random() < 0.3:
+                        break  # kill before the reply: the POS will send it again
+                    pos.wait_for(lambda ms, e=ext: e in replies(), timeout=20)
+                    acked.add(ext)
+            finally:
+                proc.kill()
+                proc.wait(timeout=10)
+
+        # The POS resends what was never acknowledged; one last, uninterrupted run drains all.
+        proc = start(config)
+        try:
+            wait_online()
+            for body in bodies:
+                ext = body["order"]["external_identifier"]
+                if ext not in acked:
+                    pos.publish(f"{BASE}/request/order.create", json.dumps(body).encode())
+                    pos.wait_for(lambda ms, e=ext: e in replies(), timeout=20)
+                    acked.add(ext)
+            with Outbox(tmp_path / "state" / "outbox.sqlite3") as outbox:
+                waiting = {i.external_identifier for i in outbox.items()
+                           if i.state not in (State.DELIVERED, State.DEAD)}
+            pos.wait_for(
+                lambda ms: waiting <= {
+                    json.loads(m.payload)["external_identifier"]
+                    for m in ms if m.topic == f"{BASE}/events/order"
+                },
+                timeout=60,
+            )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+        recorded = [o["external_identifier"] for o in sandbox.orders()]
+
+    expected = {b["order"]["external_identifier"] for b in bodies}
+    assert sorted(recorded) == sorted(expected)  # every order, each exactly once
+    assert set(replies().values()) == {"ok"}
+    with Outbox(tmp_path / "state" / "outbox.sqlite3") as outbox:
+        items = outbox.items(limit=1000)
+    assert len(items) == ORDERS
+    assert {i.state for i in items} == {State.DELIVERED}
