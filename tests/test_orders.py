@@ -242,3 +242,28 @@ def test_orders_over_mqtt_v5_response_topic_and_correlation(
     assert fallback["error"]["code"] == "invalid_json"
     assert [i.state for i in stored(outbox_path)] == [State.PENDING]
     assert isinstance(messages[0], mqtt.MQTTMessage)
+
+
+def test_orders_survive_a_broker_restart_mid_stream(broker: Mosquitto, outbox_path: Path) -> None:
+    bus = MqttBus(MqttConfig(host=broker.host, port=broker.port), BASE, "till-1", None, {"x": 1})
+    handler = OrderRequests(outbox_path, bus.publish_response, base_topic=BASE, shop_uuid=SHOP)
+    bus.subscribe("request/+", handler.on_message)
+    bus.start()
+    try:
+        assert bus.wait_connected(10)
+        for round_, ids in enumerate((["a-1", "a-2"], ["b-1", "b-2"])):
+            with Subscriber(broker, f"{BASE}/response/#", f"{BASE}/availability") as pos:
+                pos.wait_subscribed()
+                # after the restart: the device's own "online" shows it resubscribed
+                pos.wait_message(f"{BASE}/availability", b"online", timeout=30)
+                for ext in ids:
+                    pos.publish(f"{BASE}/request/order.create", request(order=order_body(ext)))
+                pos.wait_for(lambda ms: len([m for m in ms if "/response/" in m.topic]) == 2)
+            if round_ == 0:
+                broker.stop()  # retained messages and sessions are gone (no persistence)
+                broker.start()
+    finally:
+        bus.stop()
+    assert sorted(i.external_identifier for i in stored(outbox_path)) == [
+        "a-1", "a-2", "b-1", "b-2"
+    ]
