@@ -95,8 +95,10 @@ class ScanService:
         state_interval_s: float = 15.0,
         resolver: Resolver | None = None,
         forwarder: Forwarder | None = None,
+        stop_when_source_ends: bool = True,
     ) -> None:
         self.device_id = device_id
+        self._stop_when_source_ends = stop_when_source_ends
         self.stats = Stats()
         self._source = source
         self._decoder = decoder
@@ -143,6 +145,11 @@ class ScanService:
             if self._resolver is not None:
                 self._resolver.close()
         return self._exit_code
+
+    @property
+    def source_ended(self) -> threading.Event:
+        """Set when the frame source has ended (a replay) or failed."""
+        return self._camera_done
 
     def _forward_loop(self, stop: threading.Event) -> None:
         """Forward the outbox to Leat until stop; a crash is logged and stops the process."""
@@ -203,7 +210,9 @@ class ScanService:
             try:
                 scan = self._scans.get(timeout=0.2)
             except queue.Empty:
-                if self._camera_done.is_set():
+                if stop.is_set():
+                    return
+                if self._camera_done.is_set() and self._stop_when_source_ends:
                     stop.set()  # a finished replay ends the run once its scans are out
                     return
                 continue
@@ -287,6 +296,7 @@ def build(
     source: FrameSource | None = None,
     feedback: FeedbackLike | None = None,
     pin_factory: Any = None,
+    stop_when_source_ends: bool = True,
 ) -> ScanService:
     """Build the scan service from config; `source`/`feedback` may be injected (demo, tests)."""
     decoder = Decoder(config.decode)
@@ -332,6 +342,7 @@ def build(
         feedback=feedback,
         resolver=resolver,
         forwarder=forwarder,
+        stop_when_source_ends=stop_when_source_ends,
     )
 
 

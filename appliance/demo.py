@@ -54,9 +54,12 @@ class EchoFeedback:
 class Viewer:
     """An MQTT subscriber printing everything under the device's base topic."""
 
-    def __init__(self, cfg: Config, out: TextIO) -> None:
+    def __init__(self, cfg: Config, out: TextIO, *, place_orders: bool = False) -> None:
         self._base = cfg.base_topic
         self._out = out
+        self._place_orders = place_orders
+        self.orders_settled = threading.Event()
+        self._order_events = 0
         self.subscribed = threading.Event()
         self.offline_seen = threading.Event()
         self.scan_events = 0
@@ -106,7 +109,19 @@ class Viewer:
             self.offline_seen.set()
         if topic == "events/identification":
             self.identifications += 1
-            self._out.write(f"   {describe_identification(json.loads(text))}\n")
+            event = json.loads(text)
+            self._out.write(f"   {describe_identification(event)}\n")
+            if self._place_orders and event["kind"] == "loyalty_card":
+                # once, for the first card; verified or not: the device resolves a scanned
+                # identifier to the contact when it sends the order
+                self._place_orders = False
+                self._order(DEMO_ORDER_ID, {"identifier": event["identifier"]})
+                self._order(DEMO_ANONYMOUS_ORDER_ID, None)
+        if topic == "events/order":
+            self._order_events += 1
+            self._out.write(f"   {describe_order(json.loads(text))}\n")
+            if self._order_events >= 2:
+                self.orders_settled.set()
         retained = " (retained)" if message.retain else ""
         try:
             shown = json.dumps(json.loads(text), ensure_ascii=False)
@@ -114,10 +129,53 @@ class Viewer:
             shown = text
         self._out.write(f"<- {topic}{retained}  {shown}\n")
 
+    def _order(self, external_identifier: str, customer: dict[str, str] | None) -> None:
+        """Act as the POS: hand the device a finished order (from paho's thread)."""
+        order = demo_order(external_identifier)
+        request = {"transaction": f"till-1/{external_identifier}", "customer": customer,
+                   "order": order}
+        who = customer["identifier"] if customer else "no customer"
+        self._out.write(f"-> request/order.create  {external_identifier} ({who}), "
+                        f"total {order['total_order_amount'] / 100:.2f}\n")
+        self._client.publish(f"{self._base}/request/order.create", json.dumps(request), qos=1)
+
     def close(self) -> None:
         """Disconnect."""
         self._client.disconnect()
         self._client.loop_stop()
+
+
+DEMO_ORDER_ID = "demo-order-0001"
+DEMO_ANONYMOUS_ORDER_ID = "demo-order-0002"
+
+
+def demo_order(external_identifier: str) -> dict[str, Any]:
+    """Two flat whites and a croissant, as Leat's create-and-process body."""
+    return {
+        "external_identifier": external_identifier,
+        "status": "COMPLETED",
+        "payment_status": "PAID",
+        "order_amount": 950,
+        "total_order_amount": 950,
+        "line_items": [
+            {"external_identifier": f"{external_identifier}-1", "name": "Flat white",
+             "quantity": 2, "price": 350, "total_amount": 700},
+            {"external_identifier": f"{external_identifier}-2", "name": "Croissant",
+             "quantity": 1, "price": 250, "total_amount": 250},
+        ],
+    }
+
+
+def describe_order(event: dict[str, Any]) -> str:
+    """One line a person reads: what became of an order."""
+    ident = event["external_identifier"]
+    if event["status"] != "delivered":
+        return f"order {ident} not delivered: {event['error']['message']}"
+    if event["claim_url"]:
+        return f"order {ident} had no customer: print this claim QR on the receipt: " \
+               f"{event['claim_url']}"
+    return f"order {ident} reached Leat once: +{event['points']} points, " \
+           f"new balance {event['new_balance']}"
 
 
 def describe_identification(event: dict[str, Any]) -> str:
@@ -172,18 +230,30 @@ def run_demo(
             cfg = _demo_config(cfg, frames, fps)
             out.write(f"== replaying {len(list(frames.iterdir()))} frames from {frames} "
                       f"at {fps:g} fps; subscribed to {cfg.base_topic}/#\n")
-            viewer = Viewer(cfg, out)
+            private = sandbox is not None  # never place demo orders in a real Leat account
+            viewer = Viewer(cfg, out, place_orders=private)
             try:
                 if not viewer.subscribed.wait(10):
                     raise BusError("demo viewer could not subscribe within 10 s")
                 feedback = EchoFeedback(Feedback.from_config(cfg.feedback, MockFactory()), out)
-                service = build(cfg, feedback=feedback)
+                service = build(cfg, feedback=feedback, stop_when_source_ends=not private)
+                if private:
+                    # the replay ends before the orders have gone round: stop when both did
+                    def _stop_when_done() -> None:
+                        service.source_ended.wait(120)
+                        viewer.orders_settled.wait(30)
+                        stop.set()
+
+                    threading.Thread(target=_stop_when_done, daemon=True).start()
                 status = service.run(stop)
                 viewer.offline_seen.wait(5)
                 published = service.stats.scans_total
                 out.write(f"== {published} scans published, {viewer.scan_events} received, "
                           f"{viewer.identifications} identifications; "
                           f"{service.stats.rejected_total} refused\n")
+                if private and not viewer.orders_settled.is_set():
+                    out.write("== the demo orders did not come back from Leat in time\n")
+                    return 1
                 return status if viewer.scan_events == published else 1
             finally:
                 viewer.close()
@@ -195,11 +265,13 @@ def run_demo(
 
 
 def _demo_config(cfg: Config, frames: Path, fps: float) -> Config:
-    """The demo's camera: the generated frames, replayed once."""
+    """The demo's camera (the generated frames, replayed once) and its own state directory,
+    so it never touches a device's real outbox."""
     camera = cfg.camera.model_copy(
         update={"source": "replay", "replay_path": frames, "fps": fps, "replay_loop": False}
     )
-    return cfg.model_copy(update={"camera": camera})
+    device = cfg.device.model_copy(update={"state_dir": frames.parent / "state"})
+    return cfg.model_copy(update={"camera": camera, "device": device})
 
 
 def _private_services(

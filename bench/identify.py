@@ -103,7 +103,7 @@ def main() -> None:
             # one frame every 2.5 L + 40 ms, so scans never queue behind each other
             fps = 1 / (2.5 * latency + 0.04)
             cfg = Config.model_validate({
-                "device": {"id": "bench"},
+                "device": {"id": "bench", "state_dir": str(work / "state")},
                 "camera": {"source": "replay", "replay_path": str(frames), "fps": fps},
                 "debounce": {"leave_after_s": 0.01, "cooldown_s": 0.0},
                 "mqtt": {"host": broker.host, "port": broker.port},

@@ -85,6 +85,14 @@ def test_cli_demo_prints_events_as_a_subscriber_sees_them(
     summary = out.rstrip().splitlines()[-1]
     assert summary.startswith(f"== {len(scans)} scans published, {len(scans)} received")
     assert "[led/buzzer] accepted" in out
+    # the demo POS hands over two orders: one earns Jane points once, one gets a claim QR
+    orders = [json.loads(line.split("  ", 1)[1]) for line in out.splitlines()
+              if line.startswith("<- events/order")]
+    assert {(o["external_identifier"], o["status"]) for o in orders} == {
+        ("demo-order-0001", "delivered"), ("demo-order-0002", "delivered")
+    }
+    assert "reached Leat once: +9 points, new balance 1259" in out
+    assert "print this claim QR on the receipt" in out
 
 
 def test_cli_sandbox_serves_until_sigterm() -> None:

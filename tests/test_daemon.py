@@ -39,7 +39,7 @@ BASE = "leat-scanner/test-counter"
 def make_config(broker: Mosquitto, frames: Path, **camera: Any) -> Config:
     return Config.model_validate(
         {
-            "device": {"id": "test-counter"},
+            "device": {"id": "test-counter", "state_dir": str(frames.parent / "state")},
             "camera": {"source": "replay", "replay_path": str(frames), "fps": 50, **camera},
             "mqtt": {"host": broker.host, "port": broker.port},
         }
