@@ -12,9 +12,6 @@ zxing-cpp with default options from the same run.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import os
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zxingcpp
+from machine import describe
 
 from appliance.camera import Frame
 from appliance.config import DecodeConfig
@@ -122,24 +120,6 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def machine() -> str:
-    """CPU model, cores, Python and library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    libs = []
-    for dist in ("zxing-cpp", "numpy", "pillow", "pyzbar", "opencv-python-headless"):
-        try:
-            libs.append(f"{dist} {importlib.metadata.version(dist)}")
-        except importlib.metadata.PackageNotFoundError:
-            libs.append(f"{dist} -")
-    return (f"machine: {cpu}, {os.cpu_count()} cores, {platform.machine()}, "
-            f"Python {platform.python_version()}; " + ", ".join(libs))
 
 
 def report(corpus: list[Sample], outcomes: list[Outcome]) -> None:
@@ -210,7 +190,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only these decoders (names)")
     args = parser.parse_args()
 
-    print(machine())
+    print(describe("zxing-cpp", "numpy", "pillow", "pyzbar", "opencv-python-headless"))
     start = time.perf_counter()
     corpus = make_corpus(args.seed, count=args.count)
     print(f"corpus: {len(corpus)} frames, seed {args.seed}, "

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,6 +29,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import describe
+
 from appliance.forwarder import Forwarder
 from appliance.leat.client import LeatClient
 from appliance.leat.sandbox import LeatSandbox
@@ -41,20 +41,6 @@ JANE = "c0a80101-1a2b-4c3d-8e4f-000000000001"
 TARGET = 0.8
 
 
-def machine() -> str:
-    """CPU model, cores, Python."""
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"machine: {cpu}, {os.cpu_count()} cores, {platform.machine()}, "
-        f"Python {platform.python_version()}"
-    )
 
 
 def body(ext: str) -> dict[str, Any]:
@@ -173,7 +159,7 @@ def main() -> int:
     parser.add_argument("--sandbox", choices=("process", "thread"), default="process")
     parser.add_argument("--dir", type=Path, default=None, help="where the outbox file goes")
     args = parser.parse_args()
-    print(machine())
+    print(describe())
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         ok = drain(
             args.orders, args.latency_ms / 1000, args.concurrency, Path(tmp), args.sandbox

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,6 +27,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import describe
 
 from appliance.config import Config
 from appliance.daemon import build
@@ -48,16 +48,6 @@ from appliance.samples import (
 BASE = "leat-scanner/bench"
 
 
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def write_frames(folder: Path, scans: int) -> None:
@@ -151,7 +141,7 @@ def main() -> None:
     p50 = statistics.median(latencies)
     p99 = float(np.percentile(latencies, 99))
     seq = statistics.median(sequential)
-    print(f"machine: {machine()}")
+    print(describe())
     print(f"Leat latency L = {args.latency_ms:g} ms per call (sandbox); "
           f"{len(latencies)} identifications, {unverified} unverified")
     print(f"{'':<44}{'p50 ms':>8}{'p99 ms':>8}{'p50/L':>7}")

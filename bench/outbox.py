@@ -11,8 +11,6 @@ synchronous=FULL (what the appliance uses) and, for comparison, NORMAL and OFF. 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sqlite3
 import statistics
 import sys
@@ -23,22 +21,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import describe
+
 from appliance.outbox import Kind, Outbox
 
 TARGET = 1_000.0
 
 
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"SQLite {sqlite3.sqlite_version}")
 
 
 def order_body(n: int) -> dict[str, Any]:
@@ -101,7 +90,7 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, default=None,
                         help="where to put the files (default: a temp dir; use the SD card)")
     args = parser.parse_args()
-    print(machine())
+    print(describe(extra=f"SQLite {sqlite3.sqlite_version}"))
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         ok = enqueue_section(Path(tmp), args.orders, args.runs)
         # further sections (the drain to Leat) go here, sharing `tmp`

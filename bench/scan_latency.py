@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import describe
 
 from appliance.camera import Frame, ReplaySource
 from appliance.codes import Classifier
@@ -60,18 +61,6 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
 
 
 def main() -> None:
@@ -147,7 +136,7 @@ def main() -> None:
         decodes.append(decode_s * 1000)
         overheads.append((total - decode_s) * 1000)
 
-    print(f"machine: {machine()}")
+    print(describe())
     print(f"frames: {len(texts)} at {args.fps:g} fps (640x480, one new QR each); "
           f"events received: {len(received)}, decoded: {len(decoder.by_text)}")
     print(f"{'ms':<28}{'p50':>8}{'p99':>8}{'max':>8}")
