@@ -221,6 +221,7 @@ def _check(args: argparse.Namespace, cfg: config.Config) -> int:
         "mqtt-password": cfg.mqtt.password_file,
         "leat-token": cfg.leat.token_file,
         "leat-client-secret": cfg.leat.client_secret_file,
+        "leat-account-secret": cfg.leat.account_secret_file,
     }
     for name, path in secrets.items():
         found = config.read_secret(name, path) is not None
