@@ -163,13 +163,27 @@ class MqttBus:
                 return
             try:
                 self._client.connect_async(
-                    self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_s
+                    self._cfg.host,
+                    self._cfg.port,
+                    keepalive=self._cfg.keepalive_s,
+                    **self._session(),
                 )
             except (OSError, ValueError) as exc:
                 raise BusError(f"cannot connect to MQTT broker: {exc}") from exc
             self._client.loop_start()
             self._started = True
         log.info("MQTT: connecting to %s:%d as %s", self._cfg.host, self._cfg.port, self._base)
+
+    def _session(self) -> dict[str, Any]:
+        """A persistent MQTT v5 session when `session_expiry_s` > 0: the broker keeps our
+        subscriptions and holds QoS 1 requests sent while we restart (systemd restarts us
+        within seconds), so a POS request published in that gap is not lost."""
+        expiry = self._cfg.session_expiry_s
+        if expiry <= 0:
+            return {"clean_start": True}
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = expiry
+        return {"clean_start": False, "properties": properties}
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish retained "offline" (waiting up to `timeout` s for it), then disconnect."""

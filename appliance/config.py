@@ -116,6 +116,7 @@ class MqttConfig(Section):
     password_file: Path | None = None  # or credential "mqtt-password"
     base_topic: str = "leat-scanner/{device_id}"
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    session_expiry_s: Annotated[int, Field(ge=0, le=86400)] = 3600  # broker holds requests
     tls: TlsConfig = TlsConfig()
 
     @field_validator("base_topic")

@@ -267,3 +267,29 @@ def test_orders_survive_a_broker_restart_mid_stream(broker: Mosquitto, outbox_pa
     assert sorted(i.external_identifier for i in stored(outbox_path)) == [
         "a-1", "a-2", "b-1", "b-2"
     ]
+
+
+def test_orders_request_sent_while_the_device_restarts_is_not_lost(
+    broker: Mosquitto, outbox_path: Path
+) -> None:
+    def device() -> MqttBus:
+        bus = MqttBus(
+            MqttConfig(host=broker.host, port=broker.port), BASE, "till-1", None, {"x": 1}
+        )
+        handler = OrderRequests(outbox_path, bus.publish_response, base_topic=BASE, shop_uuid=SHOP)
+        bus.subscribe("request/+", handler.on_message)
+        bus.start()
+        assert bus.wait_connected(10)
+        return bus
+
+    device().stop()  # the device goes away; its MQTT session (and subscription) stays
+    with Subscriber(broker, f"{BASE}/response/#") as pos:
+        pos.wait_subscribed()
+        pos.publish(f"{BASE}/request/order.create", request(order=order_body("gap-1")))
+        restarted = device()  # the broker hands over the request it held
+        try:
+            [reply] = pos.wait_for(lambda ms: len(ms) == 1)
+        finally:
+            restarted.stop()
+    assert json.loads(reply.payload)["status"] == "ok"
+    assert [i.external_identifier for i in stored(outbox_path)] == ["gap-1"]
