@@ -300,14 +300,15 @@ class Outbox:
                 (*params, self._clock(), item_id, *states),
             ).fetchone()
             if row is None:
-                current = self._row(conn, item_id)
-                if current is None:
-                    raise OutboxError(f"no outbox item {item_id}")
-                raise OutboxError(
-                    f"outbox item {item_id} is {current['state']}, "
-                    f"expected {' or '.join(states)}"
-                )
+                raise self._refusal(conn, item_id, f"expected {' or '.join(states)}")
         return _item(row)
+
+    def _refusal(self, conn: sqlite3.Connection, item_id: int, why: str) -> OutboxError:
+        """Why a guarded write matched no row: the item is missing, or in the wrong state."""
+        current = self._row(conn, item_id)
+        if current is None:
+            return OutboxError(f"no outbox item {item_id}")
+        return OutboxError(f"outbox item {item_id} is {current['state']}: {why}")
 
     # -- the POS side ----------------------------------------------------------------------
 
@@ -504,13 +505,7 @@ class Outbox:
                 (item_id, *allowed),
             ).fetchone()
             if row is None:
-                current = self._row(conn, item_id)
-                if current is None:
-                    raise OutboxError(f"no outbox item {item_id}")
-                raise OutboxError(
-                    f"outbox item {item_id} is {current['state']}: only pending or dead "
-                    "items can be dropped"
-                )
+                raise self._refusal(conn, item_id, "only pending or dead items can be dropped")
         return _item(row)
 
     # -- reading ---------------------------------------------------------------------------

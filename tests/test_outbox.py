@@ -609,7 +609,7 @@ def test_cli_retry(box: Outbox, filled: dict[str, int],
     assert "pending again" in out
     code, _ = cli(box, "retry", str(filled["pending"]))
     assert code == 1
-    assert "is pending, expected dead" in capsys.readouterr().err
+    assert "is pending: expected dead" in capsys.readouterr().err
 
 
 def test_cli_drop_needs_yes(box: Outbox, filled: dict[str, int]) -> None:
