@@ -118,6 +118,7 @@ def _load(args: argparse.Namespace) -> config.Config:
 def _run(args: argparse.Namespace, cfg: config.Config) -> int:
     from appliance.daemon import build
 
+    _validated(cfg)
     service = build(cfg)
     stop = _stop_on_signals()
     log.info("leat-scanner %s running as %s on %s", __version__, cfg.device.id, cfg.base_topic)
@@ -212,23 +213,23 @@ def _outbox(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _check(args: argparse.Namespace, cfg: config.Config) -> int:
-    from appliance.codes import Classifier
-    from appliance.decode import Decoder
-
-    Decoder(cfg.decode)
-    Classifier(cfg.codes)  # compiles the rules: bad patterns are config errors
-    secrets = {
-        "mqtt-password": cfg.mqtt.password_file,
-        "leat-token": cfg.leat.token_file,
-        "leat-client-secret": cfg.leat.client_secret_file,
-        "leat-account-secret": cfg.leat.account_secret_file,
-    }
-    for name, path in secrets.items():
-        found = config.read_secret(name, path) is not None
-        print(f"secret {name}: {'present' if found else 'not configured'}")
+    found = _validated(cfg)
+    for name, present in found.secrets.items():
+        print(f"secret {name}: {'present' if present else 'not configured'}")
     print(json.dumps(cfg.model_dump(mode="json"), indent=2))
     print(f"base topic: {cfg.base_topic}")
+    print(f"capabilities: {', '.join(config.capabilities(cfg))}")
     return 0
+
+
+def _validated(cfg: config.Config) -> config.Validation:
+    """The one validation of `check` and `run`: warnings logged, problems raised (exit 2)."""
+    found = config.validate(cfg)
+    for warning in found.warnings:
+        log.warning("%s", warning)
+    if found.problems:
+        raise ConfigError(list(found.problems))
+    return found
 
 
 def _stop_on_signals() -> threading.Event:

@@ -9,15 +9,17 @@ from files named in it (`*_file` keys) or from `$CREDENTIALS_DIRECTORY` (systemd
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from appliance import identity
 from appliance.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/leat-scanner/config.toml")
@@ -28,10 +30,9 @@ Pin = Annotated[int, Field(ge=0, le=27)]
 """A BCM GPIO number on the Raspberry Pi 40-pin header."""
 
 
-def _safe_hostname() -> str:
-    """The hostname reduced to characters allowed in a device id."""
-    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
-    return name.strip("-_")[:64] or "leat-scanner"
+def _default_device_id() -> str:
+    """`scanner-<serial tail>` on a Pi, else the hostname (`appliance.identity`)."""
+    return identity.default_device_id().value
 
 
 class Section(BaseModel):
@@ -43,7 +44,11 @@ class Section(BaseModel):
 class DeviceConfig(Section):
     """Who this device is."""
 
-    id: Annotated[str, Field(pattern=DEVICE_ID_PATTERN)] = Field(default_factory=_safe_hostname)
+    # Provisioning writes the id into config.toml, so a device keeps its topics and MQTT
+    # session across upgrades whatever this default becomes.
+    id: Annotated[str, Field(pattern=DEVICE_ID_PATTERN)] = Field(
+        default_factory=_default_device_id
+    )
     state_dir: Path = Path("/var/lib/leat-scanner")
 
 
@@ -167,7 +172,7 @@ class LoggingConfig(Section):
 class Config(Section):
     """The whole configuration of one device."""
 
-    device: DeviceConfig = DeviceConfig()
+    device: DeviceConfig = Field(default_factory=DeviceConfig)  # the id is read per load
     camera: CameraConfig = CameraConfig()
     decode: DecodeConfig = DecodeConfig()
     debounce: DebounceConfig = DebounceConfig()
@@ -289,3 +294,136 @@ def _read_text(name: str, file: Path) -> str:
     if not value:
         raise ConfigError([f"secret {name}: {file} is empty"])
     return value
+
+
+SECRETS: dict[str, str] = {  # credential name -> the config key naming its file
+    "mqtt-password": "mqtt.password_file",
+    "leat-token": "leat.token_file",
+    "leat-client-secret": "leat.client_secret_file",
+    "leat-account-secret": "leat.account_secret_file",
+}
+
+
+@dataclass(frozen=True)
+class Validation:
+    """What `check` reports and what stops `run`: problems (exit 2) and warnings."""
+
+    problems: tuple[str, ...]
+    warnings: tuple[str, ...]
+    secrets: Mapping[str, bool]  # credential name -> present (never the value)
+
+
+def validate(
+    cfg: Config,
+    environ: Mapping[str, str] | None = None,
+    device_id: Callable[[], identity.DeviceId] = identity.default_device_id,
+) -> Validation:
+    """Every problem of a loaded config that would make the device fail or accept what it
+    cannot deliver, each with its key path; the one validation of `check` and `run`."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    present: dict[str, bool] = {}
+    for name, key in SECRETS.items():
+        section, field = key.split(".")
+        file: Path | None = getattr(getattr(cfg, section), field)
+        try:
+            present[name] = read_secret(name, file, environ) is not None
+        except ConfigError as exc:
+            present[name] = False
+            problems += [f"{key}: {problem}" for problem in exc.problems]
+    problems += _leat_problems(cfg.leat, present)
+    problems += _file_problems(cfg)
+    problems += _rule_problems(cfg)
+    if "id" not in cfg.device.model_fields_set and device_id().source == "hostname":
+        warnings.append(
+            f"device.id: no Raspberry Pi serial number found, so the id is the hostname "
+            f"{cfg.device.id!r}; every new card is called 'raspberrypi' and two devices with "
+            f"one id collide on MQTT: set device.id"
+        )
+    return Validation(tuple(problems), tuple(warnings), present)
+
+
+def capabilities(cfg: Config, environ: Mapping[str, str] | None = None) -> list[str]:
+    """What this device offers on the bus (`info.capabilities`), for a validated config."""
+    leat = cfg.leat
+    found = ["scan"]
+    if leat.client_id is not None or read_secret("leat-token", leat.token_file, environ):
+        found += ["identify", "orders"]
+        if leat.portal_url and read_secret(
+            "leat-account-secret", leat.account_secret_file, environ
+        ):
+            found.append("anonymous_orders")
+    if cfg.feedback.enabled:
+        found.append("feedback")
+    return found
+
+
+def _leat_problems(leat: LeatConfig, present: Mapping[str, bool]) -> list[str]:
+    """Leat settings that only work together (orders would be acked, then die)."""
+    problems = []
+    credentials = present["leat-token"] or leat.client_id is not None
+    if leat.client_id is not None and not present["leat-token"] and not present[
+        "leat-client-secret"
+    ]:
+        problems.append("leat.client_secret_file: client_id is set but there is no client "
+                        "secret (file, or credential leat-client-secret)")
+    if present["leat-client-secret"] and leat.client_id is None:
+        problems.append("leat.client_id: required with the client secret")
+    if credentials and not leat.shop_uuid:
+        problems.append("leat.shop_uuid: required with Leat credentials (every order and "
+                        "identification names the shop; Leat refuses orders without it)")
+    if leat.portal_url is not None:
+        portal = urlsplit(leat.portal_url)
+        if portal.scheme not in ("https", "http") or not portal.netloc or portal.query:
+            problems.append(f"leat.portal_url: must be https://host[/path] "
+                            f"(got {leat.portal_url!r})")
+        if not present["leat-account-secret"]:
+            problems.append("leat.account_secret_file: portal_url is set but there is no "
+                            "account secret (file, or credential leat-account-secret); "
+                            "anonymous orders need both")
+    elif present["leat-account-secret"]:
+        problems.append("leat.portal_url: required with the account secret "
+                        "(anonymous orders need both)")
+    return problems
+
+
+def _file_problems(cfg: Config) -> list[str]:
+    """Files the config names that are missing or unreadable."""
+    problems = []
+    tls = cfg.mqtt.tls
+    named: dict[str, Path | None] = {"camera.replay_path": cfg.camera.replay_path}
+    if tls.enabled:
+        named |= {"mqtt.tls.ca_file": tls.ca_file, "mqtt.tls.cert_file": tls.cert_file,
+                  "mqtt.tls.key_file": tls.key_file}
+        if (tls.cert_file is None) != (tls.key_file is None):
+            problems.append("mqtt.tls: cert_file and key_file go together")
+    if cfg.camera.source == "replay" and cfg.camera.replay_path is None:
+        problems.append('camera.replay_path: required with camera.source = "replay"')
+    for key, path in named.items():
+        if path is not None and not os.access(path, os.R_OK):
+            why = "no such file" if not path.exists() else "not readable by this user"
+            problems.append(f"{key}: {path}: {why}")
+    key_file = tls.key_file if tls.enabled else None
+    if key_file is not None and key_file.exists():
+        mode = key_file.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            problems.append(f"mqtt.tls.key_file: {key_file} is readable by others "
+                            f"(mode {mode & 0o777:o}); run: chmod 600 {key_file}")
+    return problems
+
+
+def _rule_problems(cfg: Config) -> list[str]:
+    """Decode formats and code patterns, compiled as the daemon will compile them."""
+    from appliance.codes import Classifier  # both import this module
+    from appliance.decode import parse_formats
+
+    problems = []
+    try:
+        parse_formats(cfg.decode.formats)
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        Classifier(cfg.codes)
+    except ConfigError as exc:
+        problems += exc.problems
+    return problems

@@ -24,7 +24,7 @@ from appliance import CONTRACT_VERSION, __version__
 from appliance.bus import MqttBus
 from appliance.camera import FrameSource, open_source
 from appliance.codes import Classifier
-from appliance.config import Config, read_secret
+from appliance.config import Config, capabilities, read_secret
 from appliance.debounce import Debouncer
 from appliance.decode import Decoder, Scan
 from appliance.errors import CameraError
@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 
 INFO_SCHEMA = "leat-scanner/info/1"
 STATE_SCHEMA = "leat-scanner/state/1"
-CAPABILITIES = ("scan",)
-LEAT_CAPABILITIES = ("identify", "orders")
 FLUSH_TIMEOUT_S = 3.0
 
 
@@ -284,7 +282,7 @@ def info_payload(config: Config) -> dict[str, Any]:
         "device_id": config.device.id,
         "version": __version__,
         "contract_version": CONTRACT_VERSION,
-        "capabilities": [*CAPABILITIES, *(LEAT_CAPABILITIES if leat_configured(config) else ())],
+        "capabilities": capabilities(config),
         "started_at": ScanHandler.iso(time.time()),
         "decode_formats": list(config.decode.formats),
     }

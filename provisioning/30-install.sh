@@ -8,15 +8,32 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 EXAMPLE_CONFIG="$REPO_DIR/appliance/examples/config.toml"
 CONSTRAINTS="$PROVISIONING_DIR/constraints.txt"
 
-# render_config OUT DEVICE_ID MQTT_HOST: the example config with this device's values
-# (an empty DEVICE_ID keeps the hostname default). The MQTT user is always set: the local
-# broker refuses anonymous clients.
+# device_identity [--hostname]: prints "ID SOURCE", the default device id as the daemon
+# works it out (appliance/identity.py: `scanner-<serial tail>` from the Pi's serial number,
+# SOURCE "serial"; else the hostname, SOURCE "hostname"). It needs only the standard library,
+# so the system python3 runs it before the virtualenv exists.
+device_identity() {
+  PYTHONPATH="$REPO_DIR" "${PYTHON:-python3}" -m appliance.identity "$@"
+}
+
+# render_config OUT DEVICE_ID MQTT_HOST: the example config with this device's values. The
+# id is written in (an empty DEVICE_ID: the serial-number id) so that it never changes
+# behind the device's back; under --root (an image for many devices) it is left to the
+# daemon, which reads the serial number of each device. The MQTT user is always set: the
+# local broker refuses anonymous clients.
 render_config() {
-  local out=$1 device_id=$2 mqtt_host=$3 anchor
+  local out=$1 device_id=$2 mqtt_host=$3 anchor source
   for anchor in '^# id = ' '^host = "localhost"' '^# username = "leat-scanner"'; do
     grep -q "$anchor" "$EXAMPLE_CONFIG" \
       || die "$EXAMPLE_CONFIG has no line matching '$anchor'; update render_config in $0"
   done
+  if [[ -z "$device_id" ]] && on_host; then
+    read -r device_id source < <(device_identity) \
+      || die "cannot work out a device id (python3 -m appliance.identity failed): pass --device-id"
+    [[ "$source" == serial ]] \
+      || warn "no Raspberry Pi serial number found: the device id is the hostname" \
+        "'$device_id'; pass --device-id to choose one"
+  fi
   local script=('s|^# username = "leat-scanner"|username = "leat-scanner"|')
   [[ -n "$device_id" ]] && script+=("s|^# id = \"[^\"]*\"|id = \"$device_id\"|")
   [[ -n "$mqtt_host" ]] && script+=("s|^host = \"localhost\"|host = \"$mqtt_host\"|")
@@ -33,6 +50,9 @@ install_config() {
   step "config $CONFIG_FILE"
   if [[ -e "$(path "$CONFIG_FILE")" ]]; then
     note "exists, kept as it is (provisioning never overwrites it)"
+    if ! config_has_device_id && on_host; then
+      pin_device_id "${DEVICE_ID:-}"
+    fi
     config_mentions "id = \"${DEVICE_ID:-}\"" \
       || warn "--device-id $DEVICE_ID not applied to the existing config: edit $CONFIG_FILE"
     config_mentions "host = \"${MQTT_HOST:-}\"" \
@@ -42,6 +62,31 @@ install_config() {
   mapfile -t owner < <(owner_args root "$APP_USER")
   changed "install $CONFIG_FILE from appliance/examples/config.toml (mode 0640)"
   run install -D -m 0640 "${owner[@]}" "$rendered" "$(path "$CONFIG_FILE")"
+}
+
+# config_has_device_id: the installed config sets device.id (only [device] has an `id` key).
+config_has_device_id() {
+  grep -Eq '^[[:space:]]*id[[:space:]]*=' "$(path "$CONFIG_FILE")"
+}
+
+# pin_device_id [ID]: write device.id into a config that has none. Such a config ran with
+# the hostname as its id (the default before serial numbers), so that is the id written
+# (or ID, when the technician asked for one): an upgrade keeps the device's MQTT topics and
+# session. The rest of the file is left as it is.
+pin_device_id() {
+  local id=$1 file
+  file=$(path "$CONFIG_FILE")
+  if [[ -z "$id" ]]; then
+    read -r id _ < <(device_identity --hostname) \
+      || die "cannot work out the hostname id (python3 -m appliance.identity failed)"
+  fi
+  changed "pin device.id = \"$id\" in $CONFIG_FILE (the id it ran with: its topics stay)"
+  [[ "$DRY_RUN" == 1 ]] && return 0
+  if grep -q '^\[device\]' "$file"; then
+    sed -i "0,/^\[device\]/s//[device]\nid = \"$id\"/" "$file"
+  else
+    printf '\n[device]\nid = "%s"\n' "$id" >>"$file"
+  fi
 }
 
 # config_mentions LINE: the installed config has LINE (true when no value was asked for).

@@ -61,6 +61,46 @@ def test_cli_check_shows_effective_config(
     assert "secret mqtt-password: not configured" in out
 
 
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_cli_check_and_run_refuse_the_same_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    token = tmp_path / "leat-token"
+    token.write_text("pat-hunter2", encoding="utf-8")
+    token.chmod(0o604)
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[device]\nid = "till-7"\n[leat]\ntoken_file = "{token}"\nclient_id = "42"\n'
+        f'portal_url = "https://shop.piggy.eu"\n',
+        encoding="utf-8",
+    )
+    assert main([command, "--config", str(path)]) == 2
+    captured = capsys.readouterr()
+    problems = [line.strip() for line in captured.err.splitlines()[1:]]
+    assert [p.split(":", 1)[0] for p in problems] == [
+        "leat.token_file", "leat.client_secret_file", "leat.shop_uuid",
+        "leat.account_secret_file",
+    ]
+    assert "mode 604" in problems[0]
+    assert "hunter2" not in captured.err + captured.out
+    assert captured.out == ""  # run never started, check printed no config
+
+
+def test_cli_check_warns_about_a_hostname_id_and_names_capabilities(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance import identity
+
+    monkeypatch.setattr(identity, "SERIAL_PATHS", (tmp_path / "absent",))
+    monkeypatch.setattr(identity, "CPUINFO", tmp_path / "absent")
+    path = tmp_path / "config.toml"
+    path.write_text("[feedback]\nenabled = false\n", encoding="utf-8")
+    assert main(["check", "--config", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "device.id: no Raspberry Pi serial number found" in captured.err
+    assert "capabilities: scan\n" in captured.out
+
+
 def test_cli_run_missing_default_config_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

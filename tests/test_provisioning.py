@@ -327,6 +327,56 @@ def test_install_config_without_device_id_keeps_hostname_default(root: Path, scr
     assert cfg.mqtt.host == "localhost"
 
 
+ON_A_PI = """on_host() { true; }
+device_identity() {
+  if [[ "${1:-}" == --hostname ]]; then echo "raspberrypi hostname"
+  else echo "scanner-316e5228 serial"; fi
+}
+"""  # this machine stands in for a Pi: the serial-number id, the hostname
+
+
+def test_identity_module_runs_on_the_system_python_alone(scratch: Path) -> None:
+    import sys
+
+    env = _env(scratch, PYTHONPATH=str(REPO))
+    for args in ([], ["--hostname"]):
+        result = subprocess.run(  # -S: no site-packages, as before the virtualenv exists
+            [sys.executable, "-S", "-m", "appliance.identity", *args],
+            capture_output=True, text=True, env=env, timeout=30, check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        device_id, source = result.stdout.split()
+        assert re.fullmatch(config.DEVICE_ID_PATTERN, device_id)
+        assert source in ("serial", "hostname")
+
+
+def test_render_config_on_a_pi_writes_the_serial_number_id(root: Path, scratch: Path) -> None:
+    result = bash(scratch, root, ON_A_PI + 'make_temp out\nrender_config "$out" "" ""\ncat "$out"')
+    assert result.returncode == 0, result.stderr
+    assert '\nid = "scanner-316e5228"' in result.stdout
+
+
+@pytest.mark.parametrize("device_section", [True, False], ids=["device-table", "no-device-table"])
+def test_install_config_pins_the_id_an_existing_device_ran_with(
+    root: Path, scratch: Path, device_section: bool
+) -> None:
+    installed = root / "etc/leat-scanner/config.toml"
+    installed.parent.mkdir(parents=True)
+    before = '[device]\nstate_dir = "/var/lib/leat-scanner"\n' if device_section else ""
+    installed.write_text(before + '[camera]\nfps = 10.0\n', encoding="utf-8")
+
+    first = bash(scratch, root, ON_A_PI + config_step("", ""))
+    second = bash(scratch, root, ON_A_PI + config_step("", ""))
+
+    assert first.returncode == 0, first.stderr
+    assert 'pin device.id = "raspberrypi"' in first.stdout
+    assert second.returncode == 0, second.stderr
+    assert "pin device.id" not in second.stdout  # pinned once
+    cfg = config.load(installed, environ={})
+    assert cfg.device.id == "raspberrypi"  # the hostname it ran with, not the serial
+    assert cfg.camera.fps == 10.0
+
+
 def test_install_config_dry_run_writes_nothing(root: Path, scratch: Path) -> None:
     result = bash(scratch, root, "DRY_RUN=1\n" + config_step("", ""))
 
