@@ -136,12 +136,17 @@ def _demo(args: argparse.Namespace, cfg: config.Config) -> int:
 def _decode(args: argparse.Namespace, cfg: config.Config, out: TextIO | None = None) -> int:
     from appliance.camera import ReplaySource
     from appliance.codes import Classifier
-    from appliance.decode import Decoder
+    from appliance.decode import Decoder, parse_formats
 
     out = out or sys.stdout
-    decoder, classifier = Decoder(cfg.decode), Classifier(cfg.codes)
+    device_reads = {*cfg.decode.formats, *(f.name for f in parse_formats(cfg.decode.formats))}
+    # The technician also sees Micro QR (segno and others print short texts that way),
+    # which the device leaves off: it misreads clutter (docs/benchmarks.md).
+    extra = tuple(name for name in TECHNICIAN_FORMATS if name not in cfg.decode.formats)
+    decoder = Decoder(cfg.decode.model_copy(update={"formats": (*cfg.decode.formats, *extra)}))
+    classifier = Classifier(cfg.codes)
     status = 0
-    for path in args.images:
+    for path in _image_paths(args.images):
         record: dict[str, object] = {"file": str(path)}
         try:
             frame = ReplaySource([path], fps=0).read()
@@ -151,16 +156,41 @@ def _decode(args: argparse.Namespace, cfg: config.Config, out: TextIO | None = N
         else:
             assert frame is not None  # a source of one image yields it
             result = decoder.decode(frame)
-            record["scans"] = [
-                {"text": s.text, "format": s.format, "kind": classifier.classify(s.text).kind.value}
-                for s in result.scans
-            ]
+            scans = []
+            for scan in result.scans:
+                found = {"text": scan.text, "format": scan.format,
+                         "kind": classifier.classify(scan.text).kind.value}
+                if scan.format not in device_reads:
+                    found["ignored"] = f"the device does not read {scan.format} (decode.formats)"
+                scans.append(found)
+            record["scans"] = scans
             if result.rejected:
                 record["rejected"] = [
-                    {"format": r.format, "reason": r.reason} for r in result.rejected
+                    {"format": r.format, "reason": r.reason, "text": _escaped(r.text)}
+                    for r in result.rejected
                 ]
         out.write(_decode_line(record, args.json) + "\n")
     return status
+
+
+TECHNICIAN_FORMATS = ("MicroQRCode",)
+
+
+def _image_paths(paths: Sequence[Path]) -> list[Path]:
+    """The paths given, each folder replaced by its images in name order."""
+    from appliance.camera import IMAGE_SUFFIXES
+
+    found: list[Path] = []
+    for path in paths:
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                        and p.is_file()) if path.is_dir() else []
+        found += images or [path]  # an empty folder is reported by ReplaySource
+    return found
+
+
+def _escaped(text: str) -> str:
+    """`text` with every unprintable character (controls, U+202E, ...) and `\\` escaped."""
+    return "".join(c if c.isprintable() and c != "\\" else ascii(c)[1:-1] for c in text)
 
 
 def _decode_line(record: dict[str, object], as_json: bool) -> str:
@@ -168,15 +198,24 @@ def _decode_line(record: dict[str, object], as_json: bool) -> str:
         return json.dumps(record, ensure_ascii=False)
     if "error" in record:
         return f"{record['file']}: error: {record['error']}"
-    parts = [f"{s['kind']} {s['format']} {s['text']!r}" for s in record["scans"]]  # type: ignore[attr-defined]
-    parts += [f"refused {r['format']}: {r['reason']}" for r in record.get("rejected", [])]  # type: ignore[attr-defined]
+    parts = [f"{s['kind']} {s['format']} {s['text']!r}"
+             + (f" ({s['ignored']})" if "ignored" in s else "")
+             for s in record["scans"]]  # type: ignore[attr-defined]
+    parts += [f"refused {r['format']} '{r['text']}': {r['reason']}"
+              for r in record.get("rejected", [])]  # type: ignore[attr-defined]
     return f"{record['file']}: " + ("; ".join(parts) if parts else "no code")
 
 
 def _sandbox(args: argparse.Namespace, cfg: config.Config) -> int:
     from appliance.leat.sandbox import serve
 
-    serve(args.host, args.port, args.seed)
+    try:
+        serve(args.host, args.port, args.seed)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        raise ApplianceError(
+            f"sandbox cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
+            "(another sandbox running? try --port 0 for any free port)"
+        ) from None
     return 0
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -73,11 +73,16 @@ class Scan:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A code that was read but refused (binary, too long, control characters)."""
+    """A code that was read but refused (binary, too long, control characters).
+
+    `text` is what was read, for the technician's `decode`; it may be personal data, so it
+    is left out of `repr` and equality, and never logged.
+    """
 
     reason: str
     format: str
     timestamp: float
+    text: str = field(default="", repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,7 @@ class _Affine(NamedTuple):
 
 
 _IDENTITY = _Affine()
+_CATEGORY_NAMES = {"Cc": "control character", "Cf": "format character"}
 
 
 class _Hit(NamedTuple):
@@ -156,7 +162,7 @@ class Decoder:
                 scans.append(Scan(text, fmt, hit.corners, frame.timestamp))
             else:
                 log.info("rejected a %s code of %d characters: %s", fmt, len(text), reason)
-                rejected.append(Rejected(reason, fmt, frame.timestamp))
+                rejected.append(Rejected(reason, fmt, frame.timestamp, text))
         return DecodeResult(tuple(scans), tuple(rejected))
 
     def _find(self, pixels: npt.NDArray[np.uint8]) -> list[_Hit]:
@@ -268,29 +274,30 @@ def _distinct(located: list[Corners]) -> list[Corners]:
     return kept
 
 
-def _stretch(crop: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """Stretch the 2nd..98th percentile of grey levels to the full range."""
-    low, high = np.percentile(crop, (2, 98))
-    if high - low < 4:
-        return crop
-    lut = np.clip((np.arange(256) - low) * (255.0 / (high - low)), 0, 255).astype(np.uint8)
-    stretched: npt.NDArray[np.uint8] = lut[crop]
-    return stretched
-
-
 def _judge(barcode: Any, max_length: int) -> tuple[str, str | None]:
-    """The payload as text and why it is refused (None: accepted)."""
+    """The payload as text and why it is refused (None: accepted).
+
+    A trailing CR/LF is trimmed first: scanner-style generators end texts with a line break
+    the code's owner never typed. Any other character of Unicode category C is refused:
+    controls (Cc), format characters (Cf: U+202E reverses what a screen shows, zero-width
+    characters hide in ids), surrogates, private use and unassigned code points.
+    """
     text: str = barcode.text
     if barcode.content_type in (zxingcpp.ContentType.Binary, zxingcpp.ContentType.Mixed):
         try:  # UTF-8 without an ECI marker is common; real binary is not valid UTF-8
             text = bytes(barcode.bytes).decode("utf-8")
         except UnicodeDecodeError:
             return text, "binary payload"
+    text = text.rstrip("\r\n")
+    if not text:
+        return text, "empty"
     if "\ufffd" in text:
         return text, "undecodable bytes"
     if len(text) > max_length:
         return text, f"too long ({len(text)} > {max_length} characters)"
     for char in text:
-        if unicodedata.category(char).startswith("C"):
-            return text, f"control character U+{ord(char):04X}"
+        category = unicodedata.category(char)
+        if category.startswith("C"):
+            kind = _CATEGORY_NAMES.get(category, "unassigned or private character")
+            return text, f"{kind} U+{ord(char):04X}"
     return text, None

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zxingcpp
+from PIL import Image
 
 from appliance.cli import main
-from appliance.samples import DEMO_CODES, write_demo_frames
+from appliance.samples import DEMO_CODES, render_code, write_demo_frames
 
 
 def test_cli_decode_json_names_each_file_and_kind(
@@ -36,6 +39,69 @@ def test_cli_decode_text_output_and_unreadable_file(
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{paths[1]}: loyalty_card QRCode {DEMO_CODES['loyalty_card']!r}"
     assert out[1].startswith(f"{broken}: error:")
+
+
+def save_png(path: Path, pixels: np.ndarray) -> Path:
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_cli_decode_reads_every_image_of_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = write_demo_frames(tmp_path / "frames")
+    (tmp_path / "frames" / "notes.txt").write_text("not an image", encoding="utf-8")
+    (tmp_path / "empty").mkdir()
+    assert main(["decode", "--json", str(tmp_path / "frames"), str(tmp_path / "empty")]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["file"] for line in lines] == [*map(str, paths), str(tmp_path / "empty")]
+    assert "folder has no .png" in lines[-1]["error"]
+
+
+def test_cli_decode_reads_micro_qr_and_says_the_device_ignores_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = save_png(tmp_path / "micro.png", render_code("LC-123456", "MicroQRCode"))
+    assert main(["decode", str(image)]) == 0
+    out = capsys.readouterr().out
+    assert out == (f"{image}: loyalty_card MicroQRCode 'LC-123456' "
+                   f"(the device does not read MicroQRCode (decode.formats))\n")
+    config_file = tmp_path / "config.toml"
+    config_file.write_text('[decode]\nformats = ["QRCode", "MicroQRCode"]\n', encoding="utf-8")
+    assert main(["decode", "--json", "--config", str(config_file), str(image)]) == 0
+    [scan] = json.loads(capsys.readouterr().out)["scans"]
+    assert "ignored" not in scan
+
+
+def test_cli_decode_json_shows_refused_text_escaped_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    barcode = zxingcpp.create_barcode("LC-1234\u202e9876", zxingcpp.BarcodeFormat.QRCode)
+    image = save_png(tmp_path / "rlo.png", np.array(barcode.to_image(scale=6), dtype=np.uint8))
+    assert main(["decode", "--json", str(image)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["scans"] == []
+    assert record["rejected"] == [{"format": "QRCode", "reason": "format character U+202E",
+                                   "text": "LC-1234\\u202e9876"}]
+    assert main(["decode", str(image)]) == 0
+    assert capsys.readouterr().out == (
+        f"{image}: refused QRCode 'LC-1234\\u202e9876': format character U+202E\n"
+    )
+
+
+def test_cli_sandbox_port_clash_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["sandbox", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"leat-scanner: sandbox cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(another sandbox running? try --port 0 for any free port)"
+    ]
 
 
 def test_cli_check_lists_every_config_problem_and_exits_2(

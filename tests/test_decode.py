@@ -161,6 +161,11 @@ def test_decoder_refuses_an_empty_format_list() -> None:
         ("SECRET\x07bell", "control character U+0007"),
         ("SECRET\ttab", "control character U+0009"),
         ("SECRET\nline", "control character U+000A"),
+        ("SECRET\u202eevil", "format character U+202E"),  # shows as "SECRETlive"
+        ("SECRET\u200bzero-width", "format character U+200B"),
+        ("SECRET\ufeffbom", "format character U+FEFF"),
+        ("SECRET\ue000private", "unassigned or private character U+E000"),
+        ("\r\n", "empty"),
     ],
 )
 def test_decoder_rejects_bad_payloads_without_logging_them(
@@ -171,6 +176,9 @@ def test_decoder_rejects_bad_payloads_without_logging_them(
         result = decoder.decode(frame_of(pixels, timestamp=3.0))
     assert result.scans == ()
     assert result.rejected == (Rejected(reason, "QRCode", 3.0),)
+    if reason != "empty":  # the text is kept for the technician's `decode`
+        assert "secret" in result.rejected[0].text.lower()
+    assert "SECRET" not in repr(result.rejected)
     assert reason in caplog.text
     assert "SECRET" not in caplog.text and "secret" not in caplog.text
 
@@ -180,11 +188,40 @@ def test_decoder_accepts_utf8_text_without_eci(decoder: Decoder) -> None:
     assert texts(decoder.decode(frame_of(pixels))) == ["café-42"]
 
 
-def test_decoder_honours_max_text_length() -> None:
-    decoder = Decoder(DecodeConfig(max_text_length=8))
+@pytest.mark.parametrize("limit", [len(TEXT), len(TEXT) - 1])
+def test_decoder_honours_max_text_length_exactly(limit: int) -> None:
+    decoder = Decoder(DecodeConfig(max_text_length=limit))
     result = decoder.decode(frame_of(on_counter(samples.render_code(TEXT))))
-    assert result.scans == ()
-    assert result.rejected[0].reason == "too long (11 > 8 characters)"
+    if limit == len(TEXT):
+        assert texts(result) == [TEXT]
+    else:
+        assert result.scans == ()
+        assert result.rejected[0].reason == f"too long ({len(TEXT)} > {limit} characters)"
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r\n\r\n"])
+def test_decoder_trims_a_trailing_line_break_before_judging(ending: str) -> None:
+    decoder = Decoder(DecodeConfig(max_text_length=len(TEXT)))  # the break does not count
+    result = decoder.decode(frame_of(on_counter(qr_bytes((TEXT + ending).encode()))))
+    assert texts(result) == [TEXT]
+    assert result.rejected == ()
+
+
+def test_decoder_reads_micro_qr_only_when_named() -> None:
+    pixels = on_counter(samples.render_code("LC-1234", "MicroQRCode"))
+    assert Decoder(DecodeConfig()).decode(frame_of(pixels)) == DecodeResult((), ())
+    named = Decoder(DecodeConfig(formats=("QRCode", "MicroQRCode"))).decode(frame_of(pixels))
+    assert [(s.text, s.format) for s in named.scans] == [("LC-1234", "MicroQRCode")]
+
+
+def test_decoder_region_pass_reads_a_symbol_the_full_frame_passes_miss(
+    decoder: Decoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A corpus frame (bench/decode.py) that zxing-cpp locates but cannot decode as it is.
+    sample = samples.make_sample(1, 56, (640, 480))
+    assert texts(decoder.decode(frame_of(sample.pixels))) == [sample.expected]
+    monkeypatch.setattr("appliance.decode._ROI_LIMIT", 0)  # no closer look
+    assert decoder.decode(frame_of(sample.pixels)).scans == ()
 
 
 @pytest.mark.parametrize(
