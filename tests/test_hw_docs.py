@@ -1,13 +1,15 @@
-"""hw/README.md's wiring table equals the config defaults; hw/bom.csv is well formed."""
+"""hw/README.md equals the config defaults; hw/bom.csv is well formed; docs stay in the repo."""
 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
+import pytest
 from gpiozero.pins.mock import MockFactory
 
-from appliance.config import FeedbackConfig
+from appliance.config import CameraConfig, FeedbackConfig
 
 HW = Path(__file__).resolve().parent.parent / "hw"
 WIRING_HEADER = "| BCM pin | physical pin | part | config key |"
@@ -78,3 +80,34 @@ def test_hw_bom_lists_the_wired_parts() -> None:
     for resistor in ("180 Ω", "220 Ω", "1 kΩ", "10 kΩ"):  # the same values in both documents
         assert f"resistor {resistor}" in parts
         assert resistor in readme
+
+
+# --- the docs agree with the config and stand on their own ------------------------------
+
+REPO = HW.parent
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), HW / "README.md"]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_hw_readme_camera_advice_matches_config_defaults() -> None:
+    text = " ".join((HW / "README.md").read_text(encoding="utf-8").split())
+    camera = CameraConfig()
+    lores = f"{camera.lores_width}x{camera.lores_height}"
+    assert f"The decoder reads the {lores} **lores** stream by default" in text
+    assert "640x480" not in text  # the lores default before it became 16:9
+    assert f"**{camera.lens_position} for 20 cm** (the config default)" in text
+    assert f"`camera.max_exposure_us = {camera.max_exposure_us}`" in text
+    for mains, period in (("50 Hz", "10 ms"), ("60 Hz", "8.33 ms")):  # flicker at twice mains
+        assert f"**{mains} mains**" in text and f"multiples of **{period}**" in text
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_docs_link_only_inside_the_repository(doc: Path) -> None:
+    text = doc.read_text(encoding="utf-8")
+    assert "../shared" not in text and "/work/" not in text
+    for target in LINK.findall(text):
+        if target.startswith(("http://", "https://", "mailto:", "#")):
+            continue
+        resolved = (doc.parent / target.split("#", 1)[0]).resolve()
+        assert resolved.is_relative_to(REPO), f"{target} leaves the repository"
+        assert resolved.exists(), f"{target}: no such file in the repository"
