@@ -17,7 +17,7 @@ EXAMPLE = Path(__file__).parents[1] / "appliance" / "examples" / "config.toml"
 def test_config_example_file_equals_defaults() -> None:
     loaded = config.load(EXAMPLE, environ={})
     defaults = config.Config()
-    # The example shows every default (device.id is the hostname in both).
+    # The example shows every default (device.id is the default id in both).
     assert loaded == defaults
 
 
