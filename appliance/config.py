@@ -334,6 +334,11 @@ def validate(
     problems += _leat_problems(cfg.leat, present)
     problems += _file_problems(cfg)
     problems += _rule_problems(cfg)
+    if present["leat-account-secret"] and cfg.leat.portal_url is None:
+        warnings.append(
+            "leat.portal_url: not set, so scanned Loyalty Tokens are verified but anonymous "
+            "orders are refused (not_configured): they need the portal URL for a claim QR"
+        )
     if "id" not in cfg.device.model_fields_set and device_id().source == "hostname":
         warnings.append(
             f"device.id: no Raspberry Pi serial number found, so the id is the hostname "
@@ -381,9 +386,6 @@ def _leat_problems(leat: LeatConfig, present: Mapping[str, bool]) -> list[str]:
             problems.append("leat.account_secret_file: portal_url is set but there is no "
                             "account secret (file, or credential leat-account-secret); "
                             "anonymous orders need both")
-    elif present["leat-account-secret"]:
-        problems.append("leat.portal_url: required with the account secret "
-                        "(anonymous orders need both)")
     return problems
 
 

@@ -238,19 +238,26 @@ def test_validate_leat_credentials_need_shop_uuid(tmp_path: Path) -> None:
     assert config.validate(with_shop, environ).secrets["leat-token"] is True
 
 
-@pytest.mark.parametrize("half", ["portal", "secret"])
-def test_validate_token_settings_come_in_pairs(tmp_path: Path, half: str) -> None:
-    overrides = {"LEAT_SCANNER_LEAT__SHOP_UUID": "0c1b-shop"}
-    if half == "portal":
-        overrides["LEAT_SCANNER_LEAT__PORTAL_URL"] = "https://shop.piggy.eu"
-    else:
-        overrides["LEAT_SCANNER_LEAT__ACCOUNT_SECRET_FILE"] = str(
-            private(tmp_path / "secret", "s3cret")
-        )
+def test_validate_portal_url_needs_the_account_secret(tmp_path: Path) -> None:
+    overrides = {
+        "LEAT_SCANNER_LEAT__SHOP_UUID": "0c1b-shop",
+        "LEAT_SCANNER_LEAT__PORTAL_URL": "https://shop.piggy.eu",
+    }
     [problem] = config.validate(config.load(environ=overrides), environ={}).problems
-    missing = "leat.account_secret_file" if half == "portal" else "leat.portal_url"
-    assert problem.startswith(f"{missing}: ")
+    assert problem.startswith("leat.account_secret_file: ")
     assert "anonymous orders need both" in problem
+
+
+def test_validate_account_secret_alone_is_a_warning(tmp_path: Path) -> None:
+    """The secret alone still verifies scanned tokens; anonymous orders are refused then."""
+    overrides = {
+        "LEAT_SCANNER_LEAT__SHOP_UUID": "0c1b-shop",
+        "LEAT_SCANNER_LEAT__ACCOUNT_SECRET_FILE": str(private(tmp_path / "secret", "s3cret")),
+        "LEAT_SCANNER_DEVICE__ID": "counter-1",
+    }
+    validation = config.validate(config.load(environ=overrides), environ={})
+    assert validation.problems == ()
+    assert [w.split(":")[0] for w in validation.warnings] == ["leat.portal_url"]
 
 
 def test_validate_warns_when_the_id_falls_back_to_the_hostname() -> None:
