@@ -594,20 +594,6 @@ def test_contact_first_name_from_attributes_and_missing_parts() -> None:
     assert contact.tier is None
 
 
-def test_find_order_none_on_not_found_but_raises_other_rejections() -> None:
-    with mock_client(answer(leat_error(9404, "Order not found."))) as client:
-        assert client.find_order("nope") is None
-    with mock_client(answer(ok(None))) as client:
-        assert client.find_order("nope") is None
-    # A 404 without a Leat code is a wrong URL or route, never "not delivered".
-    for response in (
-        httpx.Response(404, json={"message": "Route not found: GET /x"}),
-        leat_error(1003, "Invalid input"),
-    ):
-        with mock_client(answer(response)) as client, pytest.raises(LeatRejected):
-            client.find_order("pos-1")
-
-
 def test_secrets_never_logged_with_mock(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     server = OAuthServer()
@@ -1045,3 +1031,67 @@ def test_sandbox_list_vouchers_of_a_contact(leat: LeatClient) -> None:
     assert all(v.contact is not None for v in vouchers)
     active = leat.list_vouchers(contact_uuid=jane(leat), status="ACTIVE")
     assert {v.status for v in active} == {"ACTIVE"}
+
+
+# --------------------------------------------------- sandbox: answers Leat does not document
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (404, {"message": "Order not found.", "code": 9404, "status_code": 404}),
+        (400, {"message": "Bestelling niet gevonden.|Order not found.", "code": 9404,
+               "status_code": 400}),
+    ],
+)
+def test_sandbox_find_order_not_found_answers(
+    sandbox: Any, leat: LeatClient, status: int, body: dict[str, Any]
+) -> None:
+    assert leat.find_order("never-sent") is None  # the sandbox's own answer
+    sandbox.faults.set(status=status, body=body, only_paths=("/orders/find",))
+    assert leat.find_order("never-sent") is None
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (404, "<html><body>Not Found</body></html>"),  # a bare 404 page: wrong URL or route
+        (404, {"message": "Route not found"}),  # no Leat code
+        (400, {"message": "Contact not found.", "code": 55031, "status_code": 400}),
+        (400, {"message": "Invalid input.", "code": 1003, "status_code": 400}),
+    ],
+)
+def test_sandbox_find_order_raises_on_other_answers(
+    sandbox: Any, leat: LeatClient, status: int, body: object
+) -> None:
+    sandbox.faults.set(status=status, body=body, only_paths=("/orders/find",))
+    with pytest.raises(LeatRejected) as info:
+        leat.find_order("pos-1")
+    assert info.value.status_code == status
+
+
+def test_sandbox_rejection_keeps_errors_as_lists_or_strings(sandbox: Any, leat: LeatClient) -> None:
+    body = {
+        "message": "Invalid input.",
+        "code": 1003,
+        "status_code": 400,
+        "errors": {
+            "external_identifier": ["The external identifier has already been taken."],
+            "status": "The selected status is invalid.",  # a plain string (SDK Error.php)
+            "junk": [1, None],
+            "x" * 2000: ["long"],
+        },
+    }
+    sandbox.faults.set(status=400, body=body, only_paths=("/orders",))
+    error = rejected(1003, lambda: leat.create_and_process_order(order_body("E-1", "c")))
+    assert error.leat_message == "Invalid input."
+    assert error.errors["external_identifier"] == (
+        "The external identifier has already been taken.",
+    )
+    assert error.errors["status"] == ("The selected status is invalid.",)
+    assert "junk" not in error.errors
+    assert all(len(key) <= 500 for key in error.errors)
+    # The sandbox's own validation answer carries `errors` too.
+    sandbox.faults.clear()
+    error = rejected(1003, lambda: leat.create_and_process_order({"status": "COMPLETED"}))
+    assert "external_identifier" in error.errors

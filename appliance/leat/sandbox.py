@@ -406,10 +406,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(429, {"message": "Too Many Attempts."}, headers)
             elif fault.maintenance:
                 self._reply(503, {"message": "Service Unavailable (maintenance)."}, headers)
+            elif isinstance(fault.body, str):
+                self._reply_text(fault.status or 500, fault.body, headers)
             else:
                 status = fault.status or 500
-                self._reply(status, {"message": f"Simulated HTTP {status}.", "code": 1000,
-                                     "status_code": status}, headers)
+                self._reply(status, fault.body or {"message": f"Simulated HTTP {status}.",
+                                                   "code": 1000, "status_code": status}, headers)
             return
         headers_in = {k.lower(): v for k, v in self.headers.items()}
         status, body = sandbox._api(self.command, path, split.query, headers_in, data)
@@ -459,6 +461,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if headers is None or "X-RateLimit-Limit" not in headers:
             self.send_header("X-RateLimit-Limit", str(RATE_LIMIT))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _reply_text(self, status: int, text: str, headers: Mapping[str, str]) -> None:
+        """A non-JSON answer (an injected bare error page)."""
+        payload = text.encode("utf-8")
+        self._answered = True
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
 
