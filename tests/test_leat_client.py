@@ -711,6 +711,14 @@ def test_sandbox_contacts_balances_and_tier(leat: LeatClient) -> None:
     assert leat.find_or_create_contact("new.customer@example.com").uuid == created.uuid
 
 
+def test_sandbox_contact_without_tier_has_none(leat: LeatClient) -> None:
+    # Leat sends a tier object without a name (official PHP SDK TierMapper), not null.
+    created = leat.find_or_create_contact("no.tier@example.com")
+    assert created.tier is None
+    assert leat.get_contact(created.uuid).tier is None
+    assert leat.get_tier(created.uuid) is None
+
+
 def test_sandbox_rewards_sorted_and_reception_reversed(leat: LeatClient) -> None:
     uuid = jane(leat)
     rewards = leat.list_rewards(contact_uuid=uuid)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from appliance.codes import Classifier
 from appliance.config import CodesConfig
 from appliance.decode import Scan
 from appliance.feedback import Signal
+from appliance.leat import sandbox as sandbox_module
 from appliance.leat.client import LeatClient
 from appliance.leat.sandbox import LeatSandbox
 from appliance.pipeline import ScanHandler
@@ -20,6 +23,7 @@ from appliance.resolve import Resolution, Resolver
 from appliance.samples import DEMO_ACCOUNT_SECRET, DEMO_CODES, DEMO_SHOP_UUID
 
 CLASSIFIER = Classifier(CodesConfig())
+SEED = Path(sandbox_module.__file__).with_name("sandbox_seed.json")
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +207,22 @@ def test_resolve_feedback_follows_status(sandbox: LeatSandbox) -> None:
         assert ident["scan_event_id"] == scan_event["event_id"]
         assert expiry == 45
         contract.validate("identification", ident)
+
+
+def test_resolve_card_of_a_contact_without_tier() -> None:
+    # Leat answers a tier-less contact with a nameless tier object (official PHP SDK
+    # TierMapper); it must read as "no tier", not as a malformed answer (offline).
+    seed = json.loads(SEED.read_text())
+    sam = next(c for c in seed["contacts"] if c["email"].startswith("sam."))
+    sam["tier"] = None
+    with LeatSandbox(seed) as server:
+        client = LeatClient(server.url, token=server.personal_access_token, timeout_s=2.0)
+        resolver = Resolver(client, shop_uuid=DEMO_SHOP_UUID, deadline_s=2.0)
+        try:
+            result = resolver.resolve(CLASSIFIER.classify("LC-4D8R2W6T"))
+        finally:
+            resolver.close()
+    assert (result.status, result.verified) == ("ok", True)
+    assert result.contact is not None
+    assert (result.contact["first_name"], result.contact["tier"]) == ("Sam", None)
+    identification(result, "LC-4D8R2W6T")

@@ -266,9 +266,14 @@ def test_sandbox_find_or_create_contact(api: httpx.Client) -> None:
     err(api.get("/contacts/find-or-create"), 1003)
 
 
-def test_sandbox_tier_of_contact_without_one_is_null_assumption(api: httpx.Client) -> None:
+def test_sandbox_tier_of_contact_without_one_is_nameless_assumption(api: httpx.Client) -> None:
+    # As the official PHP SDK reads it (TierMapper: an empty name is "no tier"), not null.
     created = ok(api.get("/contacts/find-or-create", params={"email": "new@example.com"}))
-    assert ok(api.get(f"/contacts/{created['uuid']}/tier")) is None
+    tier = ok(api.get(f"/contacts/{created['uuid']}/tier"))
+    assert isinstance(tier, dict)
+    assert tier["name"] is None
+    assert "media" in tier
+    assert created["tier"] == tier
 
 
 # --------------------------------------------------------------------------- rewards

@@ -206,11 +206,11 @@ class LeatClient:
         return Fields(data).req_int("balance_in_cents")
 
     def get_tier(self, contact_uuid: str) -> Tier | None:
-        """The contact's tier, or None when the contact has none."""
+        """The contact's tier, or None when the contact has none (a nameless tier object)."""
         data = self._get(f"/contacts/{_seg(contact_uuid)}/tier")
         if data is None or data in ({}, []):
             return None
-        return Tier.parse(Fields(data))
+        return Tier.parse_optional(Fields(data))
 
     # ----------------------------------------------------------------------------- rewards
 
