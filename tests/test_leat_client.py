@@ -1025,6 +1025,7 @@ def test_sandbox_list_vouchers_of_a_contact(leat: LeatClient) -> None:
         (404, {"message": "Order not found.", "code": 9404, "status_code": 404}),
         (400, {"message": "Bestelling niet gevonden.|Order not found.", "code": 9404,
                "status_code": 400}),
+        (400, {"message": "Model not found.", "code": 60013, "status_code": 400}),
     ],
 )
 def test_sandbox_find_order_not_found_answers(

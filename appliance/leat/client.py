@@ -82,8 +82,10 @@ VOUCHER_NOT_FOUND: Final = 80004
 MAX_ERROR_FIELDS: Final = 32  # `errors` fields kept from one error body
 MAX_ERROR_TEXTS: Final = 8  # texts kept per field
 MAX_ERROR_TEXT: Final = 500  # characters kept per text
-# An `orders/find` answer that means "no such order": Leat's error envelope (a code) whose
-# message says an order was not found (no code is documented: docs/leat-assumptions.md).
+# An `orders/find` answer that means "no such order" (none is documented for orders:
+# docs/leat-assumptions.md): Leat's generic 60013 "Model not found.", or Leat's error
+# envelope (a code) whose message says an order was not found.
+MODEL_NOT_FOUND: Final = 60013
 _ORDER_NOT_FOUND = re.compile(r"\border\b[^|]{0,40}?\bnot\s+found\b", re.IGNORECASE)
 
 _NOTHING_SENT = (
@@ -416,9 +418,10 @@ class LeatClient:
         """The order with our `external_identifier`, or None when Leat does not have it.
 
         No "order not found" answer is documented (docs/leat-assumptions.md), so None is
-        returned only for `data: null` and for a Leat error body (a non-zero `code`) whose
-        message says an order was not found, as the sandbox answers (code 9404, "Order not
-        found."). Anything else is raised as `LeatRejected`, including a bare HTTP 404
+        returned only for `data: null`, Leat's generic code 60013 ("Model not found."), and
+        a Leat error body (a non-zero `code`) whose message says an order was not found, as
+        the sandbox answers (code 9404, "Order not found."). Anything else is raised as
+        `LeatRejected`, including a bare HTTP 404
         without a Leat code and any other message: a wrong base URL or route, or an answer
         we do not understand, must never read as "not delivered", or an order could be
         posted twice or given up.
@@ -426,7 +429,9 @@ class LeatClient:
         try:
             data = self._get("/orders/find", {"external_identifier": external_identifier})
         except LeatRejected as exc:
-            if exc.code != 0 and _ORDER_NOT_FOUND.search(exc.leat_message):
+            if exc.code == MODEL_NOT_FOUND or (
+                exc.code != 0 and _ORDER_NOT_FOUND.search(exc.leat_message)
+            ):
                 return None
             raise
         if data is None or data in ({}, []):
