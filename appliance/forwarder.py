@@ -406,7 +406,7 @@ class Forwarder:
             found = self._find(item)
             if found is None:
                 raise _Unexplained(
-                    "Leat calls the order a duplicate but orders/find does not find it"
+                    "Leat calls the order a duplicate, but orders/find does not find it"
                 ) from exc
             log.info("order %d was already in Leat (duplicate answer, found)", item.id)
             return {"leat_uuid": found, "points": None, "new_balance": None, "found": "duplicate"}
@@ -443,8 +443,8 @@ class Forwarder:
                 found = self._client.find_order(item.external_identifier)
         except LeatRejected as exc:
             raise _Unexplained(
-                f"Leat's answer to orders/find was not understood (HTTP {exc.status_code}, "
-                f"code {exc.code})"
+                f"orders/find answered HTTP {exc.status_code}, code {exc.code}: neither the "
+                "order nor a known 'not found'"
             ) from exc
         return None if found is None else found.uuid
 
@@ -548,7 +548,7 @@ class Forwarder:
             self._alert = None
             return
         reason = self._held.get(item.id) or next(iter(self._held.values()))
-        self._alert = f"{len(self._held)} order(s) held, Leat's answer not understood: {reason}"
+        self._alert = f"{len(self._held)} order(s) held, never given up: {reason}"
 
     def _retry(self, outbox: Outbox, item: Item, probe: bool, verdict: _Verdict) -> None:
         """Back to PENDING: its own backoff, or at most probe_max_s after a failed probe."""

@@ -725,6 +725,14 @@ def test_forwarder_unexplained_find_keeps_the_order_pending_with_an_alert(
         assert "1 order(s) held" in forwarder.alert
         assert forwarder.reachable is True  # Leat answered; it is not an outage
         clock.advance(400)
+    state_payload = {  # what the daemon's `state` shows (contract: state.schema.json)
+        "schema": "leat-scanner/state/1", "device_id": "till-1",
+        "timestamp": "2026-12-02T08:00:00+00:00",
+        "camera": {"ok": True, "fps": 30.0, "error": None},
+        "scans_total": 0, "rejected_total": 0, "last_scan_at": None,
+        "leat": {"reachable": forwarder.reachable, "alert": forwarder.alert},
+    }
+    contract.validate("state", state_payload)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1  # once, not on every retry
     assert "orders/find" in errors[0].getMessage()
