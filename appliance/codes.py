@@ -6,12 +6,18 @@ Rules, first match wins (docs/codes.md explains them for merchants):
    40-hex-digit `hash` is a Leat **Loyalty Token** URL (leat-api.md §8.2). When
    `codes.token_url_hosts` is non-empty its host must be listed (`*.example.com` allows
    subdomains); a token-shaped URL from another host is UNKNOWN, never a loyalty card.
-2. Any other http(s) URL: the first of `codes.url_parameters` present in the query (or in
+2. An http(s) URL with path `.../giftcard-balance` and a `hash` is Leat's own giftcard
+   balance link (Leat's giftcard docs: `https://leat.com/giftcard-balance?hash=41654`): a
+   GIFTCARD with that hash, whatever the patterns say.
+3. Any other http(s) URL: the first of `codes.url_parameters` present in the query (or in
    a `#...?a=b` / `#a=b` fragment; the query wins) is taken, URL-decoded, validated, and
-   classified as bare text (rule 3). No such parameter: UNKNOWN.
-3. Bare text (surrounding whitespace ignored) must be 1-128 printable ASCII characters
+   classified as bare text (rule 4). No such parameter: UNKNOWN.
+4. Bare text (surrounding whitespace ignored) must be 1-128 printable ASCII characters
    without spaces; then `voucher_pattern`, `giftcard_pattern`, `loyalty_pattern` are tried
-   in that order with `re.fullmatch`. Nothing matches: UNKNOWN.
+   in that order with `re.fullmatch`. Nothing matches: UNKNOWN. A value that matches both
+   the giftcard and the loyalty pattern could be either: it is a LOYALTY_CARD with
+   `alternatives == (GIFTCARD,)`, and the resolver asks Leat (identifier first, then
+   giftcard) instead of guessing.
 
 Default patterns (`appliance.config.CodesConfig`) and what they accept:
 
@@ -20,15 +26,16 @@ kind           default rule                                    examples
 =============  ==============================================  ===============================
 voucher        dash-separated upper-case groups, the first     ABC-123, SPRING-2X7Q
                3-12 characters long
-giftcard       `GC-` + 6-32, or 8-16 upper-case letters and    GC-8H2J4K6L8M, GFTCRD123,
-               digits with at least one of each                HT123ABC
+giftcard       `GC-` + 6-32, or 5-32 letters and digits with   GC-8H2J4K6L8M, GFTCRD123,
+               at least one digit (Leat's own hashes)          GJ2P725oe, 41654, HT123ABC
 loyalty card   `LC-` + 6-32, 8-19 digits (EAN-13 etc.), or an  LC-7F3K9Q2M, 8712345678906,
                opaque 20-64 character id or hash               a 40-hex hash, a uuid
 =============  ==============================================  ===============================
 
 The two-letter prefixes `LC-`/`GC-` can never be vouchers (a voucher's first group has 3+
-characters), all-digit values can never be giftcards (a giftcard needs a letter), and the
-voucher rule needs a dash, so the three kinds stay apart.
+characters), and the voucher rule needs a dash, which giftcard hashes and card numbers never
+have. Card numbers of 8-19 digits and opaque ids of 20-32 letters and digits fit both the
+card and the giftcard rule: Leat is asked.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ MAX_URL_FIELDS: Final = 64
 
 TOKEN_PATH: Final = frozenset({"/l", "/l/"})
 TOKEN_PARAMETERS: Final = ("version", "unique_id", "hash")
+GIFTCARD_BALANCE_PATH: Final = "/giftcard-balance"  # Leat's giftcard balance page
+GIFTCARD_HASH: Final = "hash"
 
 _VALID_VALUE = re.compile(rf"[\x21-\x7e]{{1,{MAX_VALUE_LENGTH}}}")
 _TOKEN_HASH = re.compile(r"[0-9a-fA-F]{40}")
@@ -78,6 +87,7 @@ class Code:
     value: str
     text: str  # exactly as scanned
     params: Mapping[str, str] = field(default_factory=dict)  # parsed URL query; {} for text
+    alternatives: tuple[Kind, ...] = ()  # what else it could be: ask Leat, in this order
 
 
 class Classifier:
@@ -135,6 +145,11 @@ class Classifier:
                 return Code(Kind.LOYALTY_TOKEN, url, text, query)
             log.info("loyalty token URL from %s ignored: not in codes.token_url_hosts", host)
             return Code(Kind.UNKNOWN, url, text, query)
+        if parts.path.rstrip("/").lower().endswith(GIFTCARD_BALANCE_PATH):
+            value = query.get(GIFTCARD_HASH, "")
+            if _VALID_VALUE.fullmatch(value):
+                return Code(Kind.GIFTCARD, value, text, query)
+            return Code(Kind.UNKNOWN, url, text, query)
         params = {**fragment, **query}
         for name in self._parameters:
             if name in params:
@@ -142,11 +157,14 @@ class Classifier:
         return Code(Kind.UNKNOWN, url, text, params)
 
     def _classify_value(self, value: str, text: str, params: Mapping[str, str]) -> Code:
-        """Rule 3: validate length and characters, then try the patterns in order."""
+        """Rule 4: validate length and characters, then try the patterns in order; a card
+        that could also be a giftcard is asked of Leat (`alternatives`)."""
         if _VALID_VALUE.fullmatch(value):
-            for kind, rule in self._rules:
-                if rule.fullmatch(value):
-                    return Code(kind, value, text, params)
+            matched = [kind for kind, rule in self._rules if rule.fullmatch(value)]
+            if matched and matched[0] is not Kind.VOUCHER and len(matched) > 1:
+                return Code(Kind.LOYALTY_CARD, value, text, params, (Kind.GIFTCARD,))
+            if matched:
+                return Code(matched[0], value, text, params)
         return Code(Kind.UNKNOWN, text.strip(), text, params)
 
     def _host_allowed(self, host: str) -> bool:

@@ -249,6 +249,8 @@ class ScanService:
             }
         if self._forwarder is not None or self._resolver is not None:
             state["leat"] = {"reachable": self._leat_reachable()}
+            if self._forwarder is not None and self._forwarder.alert is not None:
+                state["leat"]["alert"] = self._forwarder.alert  # orders held (forwarder.py)
         if self._forwarder is not None:
             with Outbox(self._forwarder.outbox_path) as outbox:
                 age = outbox.oldest_pending_age()

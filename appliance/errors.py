@@ -15,6 +15,8 @@ Library errors are translated at the boundary module and chained (`raise ... fro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class ApplianceError(Exception):
     """Base of every error the appliance raises on purpose."""
@@ -53,13 +55,25 @@ class LeatUnavailable(LeatError):
 
 
 class LeatRejected(LeatError):
-    """Leat refused the request; `code` is Leat's own error code."""
+    """Leat refused the request; `code` is Leat's own error code (0: the body had none).
 
-    def __init__(self, code: int, message: str, status_code: int = 400) -> None:
+    `errors` is the body's optional field detail (`{"field": ["text", ...]}`), as the official
+    PHP SDK's `ExceptionMapper` reads it. A body that is not Leat's error envelope (a bare
+    HTTP 404 page, no `code`) gives code 0.
+    """
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        status_code: int = 400,
+        errors: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
         super().__init__(f"Leat error {code}: {message}")
         self.code = code
         self.leat_message = message
         self.status_code = status_code
+        self.errors: Mapping[str, tuple[str, ...]] = dict(errors or {})
 
 
 class LeatAuthError(LeatError):

@@ -9,8 +9,14 @@ changed. An attempt ends in one of three ways, each recorded in the outbox befor
 - It may have reached Leat (read timeout, reset after sending, 5xx, or the process died
   while SENDING: `Outbox.recover()`): PENDING and `ambiguous`, which stays set until
   delivery. Before posting an ambiguous order again, `GET /orders/find` looks it up; found
-  means delivered (points unknown) and nothing is posted. Should it still turn up as a
-  duplicate (Leat answers 1003 on `external_identifier`), that too means delivered.
+  means delivered (points unknown) and nothing is posted. Should Leat still call the post a
+  duplicate (1003 on `external_identifier`, in the message or in `errors`), the order is
+  looked up once more: found means delivered. A duplicate answer to an order that never
+  left the device is a clash with another order: DEAD.
+- Leat answered in a way nobody documented (`orders/find` gives a bare 404, or a message
+  other than "order not found"; a duplicate that `find` then does not find): the order
+  stays PENDING and ambiguous on its own backoff, never DEAD (its points would be lost),
+  and `alert` says so (the daemon shows it on `state`; logged as an ERROR once per episode).
 
 `Outbox.claim()` makes an item SENDING before a worker gets it, so it is never sent twice
 at once; `mark_*` runs only after Leat's answer, so a crash in between leaves it SENDING,
@@ -85,6 +91,8 @@ IDLE_POLL_S: Final = 30.0  # longest sleep with nothing scheduled (also catches 
 STOP_POLL_S: Final = 0.25  # how often a wait on `wake` looks at `stop`
 MIN_WAIT_S: Final = 0.05
 _DUPLICATE = re.compile(r"external[ _]identifier\b.*\b(already|taken|exists|duplicate)", re.I)
+_DUPLICATE_DETAIL = re.compile(r"\b(already|taken|exists|duplicate|unique)\b", re.I)
+EXTERNAL_IDENTIFIER: Final = "external_identifier"
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,7 @@ class _Verdict:
     retry_after: float | None = None
     ambiguous: bool = False
     auth: bool = False
+    unexplained: bool = False  # Leat's answer was not understood: keep it, raise the alert
 
 
 class _Dead(Exception):
@@ -122,6 +131,10 @@ class _Dead(Exception):
         self.code = code
         self.message = message
         self.leat = leat
+
+
+class _Unexplained(Exception):
+    """Leat answered, but not in a way that tells whether the order is there: keep it."""
 
 
 class Forwarder:
@@ -164,6 +177,8 @@ class Forwarder:
         self._failures = 0  # consecutive unreachable outcomes
         self._probe_at = 0.0
         self._auth_logged = False
+        self._held: dict[int, str] = {}  # item id -> why Leat's answer was not understood
+        self._alert: str | None = None  # read by other threads: replaced, never mutated
 
     # ------------------------------------------------------------------------------ public
 
@@ -171,6 +186,12 @@ class Forwarder:
     def reachable(self) -> bool | None:
         """Whether Leat answered the last attempt (None before the first one)."""
         return self._reachable
+
+    @property
+    def alert(self) -> str | None:
+        """A problem that needs a person, or None: orders held because Leat's answer about
+        them was not understood (they are retried with backoff, never given up)."""
+        return self._alert
 
     @property
     def probing(self) -> bool:
@@ -334,11 +355,9 @@ class Forwarder:
             result = send(item)
         except _Dead as dead:
             return _Verdict(State.DEAD, dead.leat, code=dead.code, message=dead.message)
+        except _Unexplained as exc:
+            return _Verdict(State.PENDING, True, message=str(exc), ambiguous=True, unexplained=True)
         except LeatRejected as exc:
-            if item.ambiguous and self._is_duplicate(exc):
-                log.info("%s %d was already in Leat (duplicate answer)", item.kind, item.id)
-                found = {"leat_uuid": None, "points": None, "new_balance": None}
-                return _Verdict(State.DELIVERED, True, {**found, "found": "duplicate"})
             return _Verdict(State.DEAD, True, code=exc.code, message=exc.leat_message)
         except LeatUnavailable as exc:
             return _Verdict(
@@ -360,16 +379,10 @@ class Forwarder:
         """Post one order (after a lookup when ambiguous); the result to store."""
         ext = item.external_identifier
         if item.ambiguous:
-            with _read_only():
-                found = self._client.find_order(ext)
+            found = self._find(item)
             if found is not None:
                 log.info("order %d was already in Leat; not posting it again", item.id)
-                return {
-                    "leat_uuid": found.uuid,
-                    "points": None,
-                    "new_balance": None,
-                    "found": "lookup",
-                }
+                return {"leat_uuid": found, "points": None, "new_balance": None, "found": "lookup"}
         body = dict(item.body)
         contact = body.get("contact")
         has_contact = isinstance(contact, Mapping) and bool(contact.get("uuid"))
@@ -385,7 +398,18 @@ class Forwarder:
         if self.shop_uuid and not body.get("business_profile"):
             body["business_profile"] = {"uuid": self.shop_uuid}
         body["external_identifier"] = ext
-        result = self._client.create_and_process_order(body)
+        try:
+            result = self._client.create_and_process_order(body)
+        except LeatRejected as exc:
+            if not (item.ambiguous and self._is_duplicate(exc)):
+                raise  # a duplicate of an order that never left: another order has its id
+            found = self._find(item)
+            if found is None:
+                raise _Unexplained(
+                    "Leat calls the order a duplicate, but orders/find does not find it"
+                ) from exc
+            log.info("order %d was already in Leat (duplicate answer, found)", item.id)
+            return {"leat_uuid": found, "points": None, "new_balance": None, "found": "duplicate"}
         return {
             "leat_uuid": None if result.order is None else result.order.uuid,
             "points": result.points,
@@ -398,12 +422,31 @@ class Forwarder:
         if not body.get("order") and item.order_external_identifier:
             body["order"] = {"external_identifier": item.order_external_identifier}
         body["external_identifier"] = item.external_identifier
-        result = self._client.create_and_process_order_return(body)
+        try:
+            result = self._client.create_and_process_order_return(body)
+        except LeatRejected as exc:
+            if not (item.ambiguous and self._is_duplicate(exc)):
+                raise
+            log.info("return %d was already in Leat (duplicate answer)", item.id)
+            return {"leat_uuid": None, "points": None, "new_balance": None, "found": "duplicate"}
         return {
             "leat_uuid": result.uuid,
             "points": result.points,
             "new_balance": result.new_balance,
         }
+
+    def _find(self, item: Item) -> str | None:
+        """The Leat uuid of an ambiguous order, None when Leat says it has none;
+        `_Unexplained` when Leat's answer is neither (undocumented, so never taken as no)."""
+        try:
+            with _read_only():
+                found = self._client.find_order(item.external_identifier)
+        except LeatRejected as exc:
+            raise _Unexplained(
+                f"orders/find answered HTTP {exc.status_code}, code {exc.code}: neither the "
+                "order nor a known 'not found'"
+            ) from exc
+        return None if found is None else found.uuid
 
     def _resolve(self, identifier: str) -> str:
         """The contact uuid of a scanned identifier; `_Dead` when it has none."""
@@ -449,13 +492,20 @@ class Forwarder:
 
     @staticmethod
     def _is_duplicate(exc: LeatRejected) -> bool:
-        """Leat's answer to a repeated external_identifier (ASSUMPTION: 1003, as the sandbox)."""
-        return exc.code == INVALID_INPUT and _DUPLICATE.search(exc.leat_message) is not None
+        """Leat's answer to a repeated external_identifier (ASSUMPTION: 1003, as the sandbox):
+        said in the message, or in `errors.external_identifier` under a generic message."""
+        if exc.code != INVALID_INPUT:
+            return False
+        if _DUPLICATE.search(exc.leat_message) is not None:
+            return True
+        details = exc.errors.get(EXTERNAL_IDENTIFIER, ())
+        return any(_DUPLICATE_DETAIL.search(text) for text in details)
 
     # ------------------------------------------------------------------------- recording
 
     def _record(self, outbox: Outbox, item: Item, probe: bool, verdict: _Verdict) -> None:
         """Store a worker's verdict (loop thread) and announce a final one."""
+        self._hold(item, verdict)
         try:
             if verdict.state is State.DELIVERED:
                 result = verdict.result or {}
@@ -471,6 +521,34 @@ class Forwarder:
                 self._retry(outbox, item, probe, verdict)
         except OutboxError:  # left SENDING: recover() makes it ambiguous after a restart
             log.exception("could not record the outcome of %s %d", item.kind, item.id)
+
+    def _hold(self, item: Item, verdict: _Verdict) -> None:
+        """Keep `alert` in step: which items wait because Leat's answer was not understood.
+
+        An item leaves the set once Leat gives an answer we understand (or it is final); an
+        outage in between changes nothing. ERROR once when the first item is held.
+        """
+        if verdict.unexplained:
+            if not self._held:
+                log.error(
+                    "%s %d kept pending: %s; it is retried, never given up, until Leat's "
+                    "answer is understood (see docs/leat-assumptions.md)",
+                    item.kind,
+                    item.id,
+                    verdict.message,
+                )
+            elif item.id not in self._held:
+                log.warning("%s %d kept pending too: %s", item.kind, item.id, verdict.message)
+            self._held[item.id] = verdict.message
+        elif (verdict.state is not State.PENDING or verdict.leat is True) and (
+            self._held.pop(item.id, None) is not None and not self._held
+        ):
+            log.info("Leat's answers are understood again; no order is held")
+        if not self._held:
+            self._alert = None
+            return
+        reason = self._held.get(item.id) or next(iter(self._held.values()))
+        self._alert = f"{len(self._held)} order(s) held, never given up: {reason}"
 
     def _retry(self, outbox: Outbox, item: Item, probe: bool, verdict: _Verdict) -> None:
         """Back to PENDING: its own backoff, or at most probe_max_s after a failed probe."""

@@ -132,7 +132,7 @@ class ScanHandler:
             "device_id": self._device_id,
             "timestamp": self.iso(now),
             "expires_at": self.iso(now + self._ttl_s),
-            "kind": code.kind.value,
+            "kind": (resolution.kind or code.kind).value,  # Leat's answer when it was asked
             "identifier": (mask(code.value) if self._scan_values == "masked" else code.value)[
                 :MAX_VALUE_LENGTH
             ],

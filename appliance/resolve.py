@@ -6,6 +6,11 @@ vouchers concurrently (and the program's name for points, once). A giftcard cost
 voucher one, or two when it is linked to a contact and can be validated. A Loyalty Token URL
 costs none: its signature is checked locally when the account secret is configured.
 
+A value that could be a card number or a giftcard hash (`Code.alternatives`) is asked of
+Leat rather than guessed: the identifier lookup first; only when Leat does not know the
+identifier (60003), the giftcard lookup. A giftcard found so is reported with
+`Resolution.kind` GIFTCARD; unknown to both, it stays an unknown loyalty card.
+
 The whole resolution has a deadline: past it, or when Leat is unreachable, the result is
 `offline` and unverified (DESIGN.md "Offline policy"); calls still running finish in the
 background, bounded by the client's own timeouts and the pool size.
@@ -19,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -34,6 +39,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RESOLVABLE = frozenset({Kind.LOYALTY_CARD, Kind.GIFTCARD, Kind.VOUCHER, Kind.LOYALTY_TOKEN})
 DEFAULT_POINTS_NAME = "points"
+IDENTIFIER_NOT_FOUND = 60003
+GIFTCARD_NOT_FOUND = 5001
 
 # Leat error codes -> identification status (leat-api.md §3.2)
 STATUS_BY_CODE: Mapping[int, str] = {
@@ -74,6 +81,7 @@ class Resolution:
     giftcard: dict[str, Any] | None = None
     voucher: dict[str, Any] | None = None
     token: dict[str, Any] | None = None
+    kind: Kind | None = None  # what Leat found, when the code could be more than one kind
 
     @property
     def ok(self) -> bool:
@@ -134,7 +142,9 @@ class Resolver:
         clock = _Clock(self._clock() + self._deadline_s, self._clock)
         try:
             if code.kind is Kind.LOYALTY_CARD:
-                result = self._loyalty_card(code.value, clock)
+                result = self._loyalty_card(
+                    code.value, clock, or_giftcard=Kind.GIFTCARD in code.alternatives
+                )
             elif code.kind is Kind.GIFTCARD:
                 result = self._giftcard(code.value, clock)
             elif code.kind is Kind.VOUCHER:
@@ -159,11 +169,16 @@ class Resolver:
 
     # -- the three flows -------------------------------------------------------------------
 
-    def _loyalty_card(self, value: str, clock: _Clock) -> Resolution:
+    def _loyalty_card(self, value: str, clock: _Clock, *, or_giftcard: bool = False
+                      ) -> Resolution:
         try:
             identifier = self._wait(self._pool.submit(self._client.find_contact_identifier, value),
                                     clock)
         except LeatRejected as exc:
+            if or_giftcard and exc.code == IDENTIFIER_NOT_FOUND:
+                giftcard = self._giftcard(value, clock)
+                if (giftcard.reason or {}).get("code") != GIFTCARD_NOT_FOUND:
+                    return replace(giftcard, kind=Kind.GIFTCARD)
             return _refused(exc)
         if not identifier.active:
             return Resolution("inactive", True, {"code": 60004, "message": "identifier inactive"})

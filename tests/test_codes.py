@@ -40,12 +40,16 @@ def _kind(classifier: Classifier, text: str) -> Kind:
         ("WELCOME-10-OFF", Kind.VOUCHER),
         ("GFTCRD123", Kind.GIFTCARD),  # Leat's giftcard hash example
         ("HT123ABC", Kind.GIFTCARD),  # the POS tutorial's manual giftcard code
+        ("GJ2P725oe", Kind.GIFTCARD),  # the official PHP SDK's giftcard test hash
+        ("41654", Kind.GIFTCARD),  # Leat's create-giftcard example: the hash is the id
+        ("PIGGY123", Kind.GIFTCARD),  # Leat's list-giftcards example
         # not ours
         ("hello", Kind.UNKNOWN),
         ("WIFI:S:shop;T:WPA;P:secret;;", Kind.UNKNOWN),
         ("LC 7F3K9Q2M", Kind.UNKNOWN),  # inner space
         ("LC-7F3K\x009Q2M", Kind.UNKNOWN),  # control character
-        ("1234567", Kind.UNKNOWN),  # too short for a card number
+        ("1234", Kind.UNKNOWN),  # too short for a card number or a giftcard hash
+        ("giftcard", Kind.UNKNOWN),  # a word: no digit
         ("", Kind.UNKNOWN),
         ("ftp://example.com/?identifier=LC-7F3K9Q2M", Kind.UNKNOWN),
     ],
@@ -206,3 +210,77 @@ def test_classifier_config_errors_list_every_problem() -> None:
     assert re.match(r"codes\.token_url_hosts: 'https://bad/' is not a host name", problems[2])
     assert problems[3] == "codes.url_parameters: '' is not a parameter name"
     assert isinstance(caught.value, ValueError)
+
+
+# ----------------------------------------------------------- Leat's real giftcard codes
+
+LEAT_BALANCE_URL = "https://leat.com/giftcard-balance?hash=41654"  # Leat's giftcards docs
+
+
+@pytest.mark.parametrize(
+    ("url", "value"),
+    [
+        (LEAT_BALANCE_URL, "41654"),
+        ("https://piggy.eu/giftcard-balance?hash=41654", "41654"),  # the older docs' host
+        ("https://leat.com/giftcard-balance/?hash=GJ2P725oe&utm=qr", "GJ2P725oe"),
+        ("https://shop.example/nl/giftcard-balance?hash=8712345678906", "8712345678906"),
+    ],
+)
+def test_classifier_leat_giftcard_balance_url_is_a_giftcard(
+    classifier: Classifier, url: str, value: str
+) -> None:
+    code = classifier.classify(url)
+    assert (code.kind, code.value, code.alternatives) == (Kind.GIFTCARD, value, ())
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://leat.com/giftcard-balance",
+        "https://leat.com/giftcard-balance?hash=",
+        "https://leat.com/giftcard-balance?hash=a%20b",
+    ],
+)
+def test_classifier_giftcard_balance_url_without_a_hash_is_unknown(
+    classifier: Classifier, url: str
+) -> None:
+    assert _kind(classifier, url) is Kind.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "8712345678906",  # an EAN-13 card number, or a numeric giftcard hash
+        "12345678",
+        "A1B2C3D4E5F6G7H8J9K0",  # 20 letters and digits: an opaque id, or a hash
+        "https://shop.example/card?identifier=8712345678906",
+    ],
+)
+def test_classifier_card_or_giftcard_asks_leat(classifier: Classifier, text: str) -> None:
+    code = classifier.classify(text)
+    assert (code.kind, code.alternatives) == (Kind.LOYALTY_CARD, (Kind.GIFTCARD,))
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("LC-7F3K9Q2M", Kind.LOYALTY_CARD),
+        (HASH, Kind.LOYALTY_CARD),  # 40 characters: longer than any giftcard hash
+        ("GC-8H2J4K6L8M", Kind.GIFTCARD),
+        ("GJ2P725oe", Kind.GIFTCARD),
+        ("SPRING-2X7Q", Kind.VOUCHER),
+    ],
+)
+def test_classifier_unambiguous_values_have_no_alternatives(
+    classifier: Classifier, text: str, kind: Kind
+) -> None:
+    code = classifier.classify(text)
+    assert (code.kind, code.alternatives) == (kind, ())
+
+
+def test_classifier_merchant_patterns_overlapping_ask_leat() -> None:
+    classifier = Classifier(
+        CodesConfig(giftcard_pattern=r"[0-9]{10}", loyalty_pattern=r"[0-9]{8,12}")
+    )
+    assert classifier.classify("0123456789").alternatives == (Kind.GIFTCARD,)
+    assert classifier.classify("012345678").alternatives == ()

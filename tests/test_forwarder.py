@@ -667,3 +667,166 @@ def test_forwarder_failed_lookup_is_not_ambiguous(
     assert forwarder.drain_once() == 1
     assert state(outbox, item.id) is State.DELIVERED
     assert calls(sandbox, FIND) == 0
+
+
+# ------------------------------------------------------------- Leat's undocumented answers
+
+DUPLICATE_IN_ERRORS = {  # Laravel style: a generic message, the detail per field
+    "message": "Invalid input.",
+    "code": 1003,
+    "status_code": 400,
+    "errors": {"external_identifier": ["The external identifier has already been taken."]},
+}
+
+
+def ambiguous_item(outbox: Outbox, ext: str) -> int:
+    """An order whose attempt may have reached Leat (a lost answer): PENDING, ambiguous."""
+    item_id = outbox.enqueue(Kind.ORDER, ext, order(ext)).item.id
+    assert outbox.claim(item_id) is not None
+    outbox.mark_retry(item_id, delay_s=0, error="no answer", ambiguous=True)
+    return item_id
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param({"status": 404, "body": "<html><h1>404 Not Found</h1></html>"}, id="bare-404"),
+        pytest.param({"status": 404, "body": {"message": "Not Found"}}, id="404-no-code"),
+        pytest.param(
+            {"status": 400, "body": {"message": "Something went wrong.", "code": 1000,
+                                     "status_code": 400}},
+            id="other-message",
+        ),
+        pytest.param(
+            {"status": 400, "body": {"message": "Contact not found.", "code": 55031,
+                                     "status_code": 400}},
+            id="not-found-but-not-an-order",
+        ),
+    ],
+)
+def test_forwarder_unexplained_find_keeps_the_order_pending_with_an_alert(
+    forwarder: Forwarder,
+    outbox: Outbox,
+    sandbox: LeatSandbox,
+    clock: Clock,
+    events: Events,
+    caplog: pytest.LogCaptureFixture,
+    answer: dict[str, Any],
+) -> None:
+    item_id = ambiguous_item(outbox, "U-1")
+    sandbox.faults.set(only_paths=(FIND,), **answer)
+    caplog.set_level(logging.INFO, logger="appliance.forwarder")
+    for _ in range(3):  # however often Leat answers so, the order is never given up
+        assert forwarder.drain_once() == 1
+        held = outbox.get(item_id)
+        assert held is not None
+        assert (held.state, held.ambiguous) == (State.PENDING, True)
+        assert forwarder.alert is not None
+        assert "1 order(s) held" in forwarder.alert
+        assert forwarder.reachable is True  # Leat answered; it is not an outage
+        clock.advance(400)
+    state_payload = {  # what the daemon's `state` shows (contract: state.schema.json)
+        "schema": "leat-scanner/state/1", "device_id": "till-1",
+        "timestamp": "2026-12-02T08:00:00+00:00",
+        "camera": {"ok": True, "fps": 30.0, "error": None},
+        "scans_total": 0, "rejected_total": 0, "last_scan_at": None,
+        "leat": {"reachable": forwarder.reachable, "alert": forwarder.alert},
+    }
+    contract.validate("state", state_payload)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1  # once, not on every retry
+    assert "orders/find" in errors[0].getMessage()
+    assert calls(sandbox, CREATE) == 0  # never posted while unexplained
+    assert not events.items
+    sandbox.faults.clear()
+    assert forwarder.drain_once() == 1  # understood again: not found, so posted
+    assert state(outbox, item_id) is State.DELIVERED
+    assert forwarder.alert is None
+    assert len(sandbox.orders()) == 1
+
+
+def test_forwarder_alert_survives_an_outage_and_counts_items(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, clock: Clock
+) -> None:
+    first = ambiguous_item(outbox, "U-2")
+    second = ambiguous_item(outbox, "U-3")
+    sandbox.faults.set(status=404, body="Not Found", only_paths=(FIND,))
+    assert forwarder.drain_once() == 2
+    assert forwarder.alert is not None
+    assert forwarder.alert.startswith("2 order(s) held")
+    sandbox.faults.set(outage=True)  # Leat unreachable: nothing was understood or resolved
+    clock.advance(400)
+    forwarder.drain_once()
+    assert forwarder.alert is not None
+    sandbox.faults.clear()
+    drain_all(forwarder, clock)
+    assert state(outbox, first) is State.DELIVERED
+    assert state(outbox, second) is State.DELIVERED
+    assert forwarder.alert is None
+
+
+def test_forwarder_duplicate_of_an_order_that_never_left_is_dead_assumption(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, client: LeatClient,
+    events: Events,
+) -> None:
+    # Another order already has this external_identifier in Leat (a POS reusing its ids).
+    client.create_and_process_order(order("X-1", business_profile={"uuid": SHOP}))
+    item_id = outbox.enqueue(Kind.ORDER, "X-1", order("X-1", amount=900)).item.id
+    assert forwarder.drain_once() == 1
+    dead = outbox.get(item_id)
+    assert dead is not None
+    assert (dead.state, dead.error_code) == (State.DEAD, 1003)
+    assert calls(sandbox, FIND) == 0
+    [payload] = events.payloads()
+    assert (payload["status"], payload["leat_uuid"]) == ("dead", None)
+    assert len(sandbox.orders()) == 1
+
+
+def test_forwarder_duplicate_in_errors_only_of_a_new_order_is_dead(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox
+) -> None:
+    item_id = outbox.enqueue(Kind.ORDER, "X-2", order("X-2")).item.id
+    sandbox.faults.set(status=400, body=DUPLICATE_IN_ERRORS, only_paths=(CREATE,), times=1)
+    assert forwarder.drain_once() == 1
+    assert state(outbox, item_id) is State.DEAD
+    assert forwarder.alert is None
+
+
+def test_forwarder_ambiguous_duplicate_is_checked_with_find_assumption(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, clock: Clock, client: LeatClient,
+    events: Events,
+) -> None:
+    item_id = ambiguous_item(outbox, "X-3")
+    # The lost attempt did land after all, but the first lookup missed it (e.g. Leat was
+    # still processing it): find says "not found", the post is called a duplicate.
+    recorded = client.create_and_process_order(order("X-3", business_profile={"uuid": SHOP}))
+    assert recorded.order is not None
+    not_found = {"message": "Order not found.", "code": 9404, "status_code": 404}
+    sandbox.faults.set(status=404, body=not_found, only_paths=(FIND,), times=1)
+    assert forwarder.drain_once() == 1
+    done = outbox.get(item_id)
+    assert done is not None
+    assert done.state is State.DELIVERED
+    assert done.result is not None
+    assert (done.result["found"], done.result["leat_uuid"]) == ("duplicate", recorded.order.uuid)
+    assert (calls(sandbox, FIND), calls(sandbox, CREATE)) == (2, 2)  # one is the test's own
+    [payload] = events.payloads()
+    assert (payload["status"], payload["leat_uuid"]) == ("delivered", recorded.order.uuid)
+    assert len(sandbox.orders()) == 1
+
+
+def test_forwarder_ambiguous_duplicate_in_errors_that_find_misses_is_held(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, clock: Clock
+) -> None:
+    item_id = ambiguous_item(outbox, "X-4")
+    sandbox.faults.set(status=400, body=DUPLICATE_IN_ERRORS, only_paths=(CREATE,), times=1)
+    assert forwarder.drain_once() == 1
+    held = outbox.get(item_id)
+    assert held is not None
+    assert (held.state, held.ambiguous) == (State.PENDING, True)  # read from `errors`: not DEAD
+    assert forwarder.alert is not None
+    assert "duplicate" in forwarder.alert
+    clock.advance(400)
+    assert forwarder.drain_once() == 1
+    assert state(outbox, item_id) is State.DELIVERED
+    assert forwarder.alert is None

@@ -63,7 +63,7 @@ class FakeClock:
 
 
 class OAuthServer:
-    """A MockTransport handler with a token endpoint that counts and can revoke tokens."""
+    """A MockTransport token endpoint that records what we send (the sandbox cannot)."""
 
     def __init__(self, expires_in: int | None = 3600) -> None:
         self.expires_in = expires_in
@@ -87,11 +87,6 @@ class OAuthServer:
         if bearer not in self.valid:
             return httpx.Response(401, json={"message": "Unauthenticated."})
         return ok({"balance": 7})
-
-
-def oauth_client(server: Handler, **kwargs: Any) -> LeatClient:
-    """A mock client using OAuth client credentials."""
-    return mock_client(server, client_id="1", client_secret="oauth-very-secret", **kwargs)
 
 
 # ----------------------------------------------------------------- requests we send
@@ -319,87 +314,7 @@ def test_client_refuses_bool_as_integer_and_bad_dates() -> None:
 # ------------------------------------------------------------------------------- OAuth
 
 
-def test_oauth_token_cached_and_refetched_after_expires_in() -> None:
-    server = OAuthServer(expires_in=600)
-    clock = FakeClock()
-    with oauth_client(server, clock=clock) as client:
-        for _ in range(5):
-            client.get_credit_balance("c1")
-        assert len(server.issued) == 1
-        clock.now += 600 - 61  # still inside expires_in minus the 60 s margin
-        client.get_credit_balance("c1")
-        assert len(server.issued) == 1
-        clock.now += 2
-        client.get_credit_balance("c1")
-        assert len(server.issued) == 2
-
-
-def test_oauth_401_refetches_once_then_auth_error() -> None:
-    server = OAuthServer(expires_in=None)  # no expires_in: used until Leat refuses it
-    with oauth_client(server) as client:
-        assert client.get_credit_balance("c1") == 7
-        server.valid.clear()  # Leat revoked it
-        assert client.get_credit_balance("c1") == 7
-        assert len(server.issued) == 2
-
-        def refuse_all(request: httpx.Request) -> httpx.Response:
-            if request.url.path == "/oauth/token":
-                return server(request)
-            return httpx.Response(401, json={"error": "invalid_token"})
-
-    with (
-        oauth_client(refuse_all) as client,
-        pytest.raises(LeatAuthError),
-    ):
-        client.get_credit_balance("c1")
-    assert len(server.issued) == 4  # one token, one refetch, no more
-
-
-def test_oauth_bad_client_credentials_is_auth_error() -> None:
-    response = httpx.Response(401, json={"error": "invalid_client"})
-    with (
-        mock_client(answer(response), client_id="1", client_secret="wrong") as client,
-        pytest.raises(LeatAuthError),
-    ):
-        client.list_shops()
-    with (
-        mock_client(answer(httpx.Response(503)), client_id="1", client_secret="x") as client,
-        pytest.raises(LeatUnavailable),
-    ):
-        client.list_shops()
-
-
-def test_pat_401_is_auth_error_without_retry() -> None:
-    seen: list[str] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.url.path)
-        return httpx.Response(401, json={"message": "Unauthenticated."})
-
-    with mock_client(handler) as client, pytest.raises(LeatAuthError):
-        client.list_shops()
-    assert seen == [f"{API_PREFIX}/shops"]
-
-
-def test_oauth_one_token_for_many_threads() -> None:
-    server = OAuthServer()
-    errors: list[BaseException] = []
-    with oauth_client(server) as client:
-
-        def work() -> None:
-            try:
-                for _ in range(5):
-                    client.get_credit_balance("c1")
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=10)
-    assert errors == []
-    assert len(server.issued) == 1
+# OAuth refresh and the 401 retry run against the sandbox (see "sandbox: errors and auth").
 
 
 # ---------------------------------------------------------------------- shape variants
@@ -594,32 +509,6 @@ def test_contact_first_name_from_attributes_and_missing_parts() -> None:
     assert contact.tier is None
 
 
-def test_find_order_none_on_not_found_but_raises_other_rejections() -> None:
-    with mock_client(answer(leat_error(9404, "Order not found."))) as client:
-        assert client.find_order("nope") is None
-    with mock_client(answer(ok(None))) as client:
-        assert client.find_order("nope") is None
-    # A 404 without a Leat code is a wrong URL or route, never "not delivered".
-    for response in (
-        httpx.Response(404, json={"message": "Route not found: GET /x"}),
-        leat_error(1003, "Invalid input"),
-    ):
-        with mock_client(answer(response)) as client, pytest.raises(LeatRejected):
-            client.find_order("pos-1")
-
-
-def test_secrets_never_logged_with_mock(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
-    server = OAuthServer()
-    with oauth_client(server) as client:
-        client.get_credit_balance("c1")
-        server.valid.clear()
-        client.get_credit_balance("c1")
-    text = caplog.text
-    assert "oauth-very-secret" not in text
-    assert "oauth-token-" not in text
-
-
 # ------------------------------------------------------------------ against the sandbox
 
 JANE_CARD = "LC-7F3K9Q2M"
@@ -723,6 +612,14 @@ def test_sandbox_contacts_balances_and_tier(leat: LeatClient) -> None:
     created = leat.find_or_create_contact("new.customer@example.com")
     assert created.email == "new.customer@example.com"
     assert leat.find_or_create_contact("new.customer@example.com").uuid == created.uuid
+
+
+def test_sandbox_contact_without_tier_has_none(leat: LeatClient) -> None:
+    # Leat sends a tier object without a name (official PHP SDK TierMapper), not null.
+    created = leat.find_or_create_contact("no.tier@example.com")
+    assert created.tier is None
+    assert leat.get_contact(created.uuid).tier is None
+    assert leat.get_tier(created.uuid) is None
 
 
 def test_sandbox_rewards_sorted_and_reception_reversed(leat: LeatClient) -> None:
@@ -943,24 +840,96 @@ def test_sandbox_wrong_token_is_auth_error(sandbox: Any) -> None:
         client.list_shops()
 
 
-def test_sandbox_oauth_token_cached_and_refetched_after_expiry(sandbox: Any) -> None:
+class SharedClock(FakeClock):
+    """One clock for the client (monotonic seconds) and the sandbox (datetimes)."""
+
+    def wall(self) -> datetime:
+        return datetime(2026, 11, 22, tzinfo=UTC) + timedelta(seconds=self.now)
+
+
+def token_posts(sandbox: Any) -> int:
+    return sandbox.requests().count(("POST", "/oauth/token"))
+
+
+def refused(sandbox: Any) -> int:
+    """How many API answers were HTTP 401."""
+    return sum(1 for _, path, status in sandbox.answers() if status == 401)
+
+
+def test_sandbox_oauth_token_refreshed_before_it_expires() -> None:
+    from appliance.leat.sandbox import LeatSandbox
+
+    clock = SharedClock()
+    with LeatSandbox(token_lifetime_s=600, clock=clock.wall) as sandbox:
+        with sandbox_oauth(sandbox, clock=clock) as client:
+            for _ in range(5):
+                client.list_shops()
+            assert token_posts(sandbox) == 1
+            clock.now += 600 - 61  # still inside expires_in minus the 60 s margin
+            client.list_shops()
+            assert token_posts(sandbox) == 1
+            clock.now += 2  # inside the margin: a new token before the sandbox refuses one
+            client.list_shops()
+            assert token_posts(sandbox) == 2
+            clock.now += 599  # the sandbox's expiry of token 2 is near; margin again
+            client.list_shops()
+            assert token_posts(sandbox) == 3
+        assert refused(sandbox) == 0  # never sent an expired token
+
+
+def test_sandbox_oauth_revoked_token_401_refetched_once(sandbox: Any) -> None:
+    sandbox.token_lifetime_s = None  # no expires_in: a token is used until Leat refuses it
     with sandbox_oauth(sandbox) as client:
         for _ in range(4):
             client.list_shops()
-        assert sandbox.requests().count(("POST", "/oauth/token")) == 1
-        sandbox.expire_tokens()
+        assert token_posts(sandbox) == 1
+        sandbox.expire_tokens()  # Leat revoked it: the next call gets 401
         client.list_shops()
         client.list_shops()
-    assert sandbox.requests().count(("POST", "/oauth/token")) == 2
+        assert (token_posts(sandbox), refused(sandbox)) == (2, 1)
+        # Leat keeps refusing (401 on the API, tokens still issued): one refetch, no more.
+        sandbox.faults.set(status=401, body={"message": "Unauthenticated."},
+                           only_paths=("/shops",))
+        with pytest.raises(LeatAuthError):
+            client.list_shops()
+        assert (token_posts(sandbox), refused(sandbox)) == (3, 3)
 
 
-def test_sandbox_oauth_expires_in_with_injected_clock(sandbox: Any) -> None:
-    clock = FakeClock()
-    with sandbox_oauth(sandbox, clock=clock) as client:
+def test_sandbox_oauth_token_endpoint_down_is_unavailable(sandbox: Any) -> None:
+    sandbox.faults.set(maintenance=True, only_paths=("/oauth/token",))
+    with sandbox_oauth(sandbox) as client, pytest.raises(LeatUnavailable):
         client.list_shops()
-        clock.now += 3600  # the sandbox's token lifetime, well past expires_in minus margin
+    assert sandbox.requests() == [("POST", "/oauth/token")]
+
+
+def test_sandbox_pat_401_is_auth_error_without_retry(sandbox: Any) -> None:
+    with (
+        LeatClient(sandbox.url, token="not-the-token", shop_uuid=SHOP) as client,
+        pytest.raises(LeatAuthError),
+    ):
         client.list_shops()
-    assert sandbox.requests().count(("POST", "/oauth/token")) == 2
+    assert sandbox.requests() == [("GET", f"{API_PREFIX}/shops")]
+    assert refused(sandbox) == 1
+
+
+def test_sandbox_oauth_one_token_for_many_threads(sandbox: Any) -> None:
+    errors: list[BaseException] = []
+    with sandbox_oauth(sandbox) as client:
+
+        def work() -> None:
+            try:
+                for _ in range(5):
+                    client.list_shops()
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+    assert errors == []
+    assert token_posts(sandbox) == 1
 
 
 def test_sandbox_rate_limit_and_maintenance(sandbox: Any, leat: LeatClient) -> None:
@@ -1045,3 +1014,68 @@ def test_sandbox_list_vouchers_of_a_contact(leat: LeatClient) -> None:
     assert all(v.contact is not None for v in vouchers)
     active = leat.list_vouchers(contact_uuid=jane(leat), status="ACTIVE")
     assert {v.status for v in active} == {"ACTIVE"}
+
+
+# --------------------------------------------------- sandbox: answers Leat does not document
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (404, {"message": "Order not found.", "code": 9404, "status_code": 404}),
+        (400, {"message": "Bestelling niet gevonden.|Order not found.", "code": 9404,
+               "status_code": 400}),
+        (400, {"message": "Model not found.", "code": 60013, "status_code": 400}),
+    ],
+)
+def test_sandbox_find_order_not_found_answers(
+    sandbox: Any, leat: LeatClient, status: int, body: dict[str, Any]
+) -> None:
+    assert leat.find_order("never-sent") is None  # the sandbox's own answer
+    sandbox.faults.set(status=status, body=body, only_paths=("/orders/find",))
+    assert leat.find_order("never-sent") is None
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (404, "<html><body>Not Found</body></html>"),  # a bare 404 page: wrong URL or route
+        (404, {"message": "Route not found"}),  # no Leat code
+        (400, {"message": "Contact not found.", "code": 55031, "status_code": 400}),
+        (400, {"message": "Invalid input.", "code": 1003, "status_code": 400}),
+    ],
+)
+def test_sandbox_find_order_raises_on_other_answers(
+    sandbox: Any, leat: LeatClient, status: int, body: object
+) -> None:
+    sandbox.faults.set(status=status, body=body, only_paths=("/orders/find",))
+    with pytest.raises(LeatRejected) as info:
+        leat.find_order("pos-1")
+    assert info.value.status_code == status
+
+
+def test_sandbox_rejection_keeps_errors_as_lists_or_strings(sandbox: Any, leat: LeatClient) -> None:
+    body = {
+        "message": "Invalid input.",
+        "code": 1003,
+        "status_code": 400,
+        "errors": {
+            "external_identifier": ["The external identifier has already been taken."],
+            "status": "The selected status is invalid.",  # a plain string (SDK Error.php)
+            "junk": [1, None],
+            "x" * 2000: ["long"],
+        },
+    }
+    sandbox.faults.set(status=400, body=body, only_paths=("/orders",))
+    error = rejected(1003, lambda: leat.create_and_process_order(order_body("E-1", "c")))
+    assert error.leat_message == "Invalid input."
+    assert error.errors["external_identifier"] == (
+        "The external identifier has already been taken.",
+    )
+    assert error.errors["status"] == ("The selected status is invalid.",)
+    assert "junk" not in error.errors
+    assert all(len(key) <= 500 for key in error.errors)
+    # The sandbox's own validation answer carries `errors` too.
+    sandbox.faults.clear()
+    error = rejected(1003, lambda: leat.create_and_process_order({"status": "COMPLETED"}))
+    assert "external_identifier" in error.errors

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from appliance import contract
-from appliance.codes import Classifier
+from appliance.codes import Classifier, Kind
 from appliance.config import CodesConfig
 from appliance.decode import Scan
 from appliance.feedback import Signal
+from appliance.leat import sandbox as sandbox_module
 from appliance.leat.client import LeatClient
 from appliance.leat.sandbox import LeatSandbox
 from appliance.pipeline import ScanHandler
@@ -20,6 +23,7 @@ from appliance.resolve import Resolution, Resolver
 from appliance.samples import DEMO_ACCOUNT_SECRET, DEMO_CODES, DEMO_SHOP_UUID
 
 CLASSIFIER = Classifier(CodesConfig())
+SEED = Path(sandbox_module.__file__).with_name("sandbox_seed.json")
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +105,10 @@ def test_resolve_loyalty_card_refusals(
         ("GC-EMPTY0000", "empty", 0),
         ("GC-EXPIRED00", "expired", None),
         ("GC-NOSUCH000", "unknown", None),
+        # Leat's own giftcard codes (docs/leat-assumptions.md)
+        ("41654", "ok", 1000),
+        ("https://leat.com/giftcard-balance?hash=41654", "ok", 1000),
+        ("GJ2P725oe", "ok", 4200),
     ],
 )
 def test_resolve_giftcard(resolver: Resolver, text: str, status: str, balance: int | None) -> None:
@@ -203,3 +211,56 @@ def test_resolve_feedback_follows_status(sandbox: LeatSandbox) -> None:
         assert ident["scan_event_id"] == scan_event["event_id"]
         assert expiry == 45
         contract.validate("identification", ident)
+
+
+def test_resolve_card_of_a_contact_without_tier() -> None:
+    # Leat answers a tier-less contact with a nameless tier object (official PHP SDK
+    # TierMapper); it must read as "no tier", not as a malformed answer (offline).
+    seed = json.loads(SEED.read_text())
+    sam = next(c for c in seed["contacts"] if c["email"].startswith("sam."))
+    sam["tier"] = None
+    with LeatSandbox(seed) as server:
+        client = LeatClient(server.url, token=server.personal_access_token, timeout_s=2.0)
+        resolver = Resolver(client, shop_uuid=DEMO_SHOP_UUID, deadline_s=2.0)
+        try:
+            result = resolver.resolve(CLASSIFIER.classify("LC-4D8R2W6T"))
+        finally:
+            resolver.close()
+    assert (result.status, result.verified) == ("ok", True)
+    assert result.contact is not None
+    assert (result.contact["first_name"], result.contact["tier"]) == ("Sam", None)
+    identification(result, "LC-4D8R2W6T")
+
+
+def test_resolve_card_or_giftcard_asks_leat_identifier_first(
+    resolver: Resolver, sandbox: LeatSandbox
+) -> None:
+    def lookups() -> list[str]:
+        return [p.rsplit("/", 2)[-2] for m, p in sandbox.requests() if p.endswith("/find") or
+                p.endswith("/find-one-by")]
+
+    # 13 digits: an EAN card number or a numeric giftcard hash. Here it is a giftcard.
+    before = len(lookups())
+    result = resolve(resolver, "2026112200017")
+    assert (result.status, result.kind) == ("ok", Kind.GIFTCARD)
+    assert result.giftcard is not None
+    assert result.giftcard["balance_cents"] == 5000
+    assert lookups()[before:] == ["contact-identifiers", "giftcards"]
+    event = identification(result, "2026112200017")
+    assert event["kind"] == "giftcard"
+    # Unknown to both: an unknown loyalty card, Leat's identifier answer as the reason.
+    before = len(lookups())
+    result = resolve(resolver, "8712345678906")
+    assert (result.status, result.kind) == ("unknown", None)
+    assert result.reason is not None and result.reason["code"] == 60003
+    assert lookups()[before:] == ["contact-identifiers", "giftcards"]
+    assert identification(result, "8712345678906")["kind"] == "loyalty_card"
+
+
+def test_resolve_unambiguous_card_never_asks_for_a_giftcard(
+    resolver: Resolver, sandbox: LeatSandbox
+) -> None:
+    before = len(sandbox.requests())
+    result = resolve(resolver, "LC-NOBODY000")
+    assert result.status == "unknown"
+    assert not any("giftcards" in p for _, p in sandbox.requests()[before:])

@@ -266,9 +266,14 @@ def test_sandbox_find_or_create_contact(api: httpx.Client) -> None:
     err(api.get("/contacts/find-or-create"), 1003)
 
 
-def test_sandbox_tier_of_contact_without_one_is_null_assumption(api: httpx.Client) -> None:
+def test_sandbox_tier_of_contact_without_one_is_nameless_assumption(api: httpx.Client) -> None:
+    # As the official PHP SDK reads it (TierMapper: an empty name is "no tier"), not null.
     created = ok(api.get("/contacts/find-or-create", params={"email": "new@example.com"}))
-    assert ok(api.get(f"/contacts/{created['uuid']}/tier")) is None
+    tier = ok(api.get(f"/contacts/{created['uuid']}/tier"))
+    assert isinstance(tier, dict)
+    assert tier["name"] is None
+    assert "media" in tier
+    assert created["tier"] == tier
 
 
 # --------------------------------------------------------------------------- rewards
@@ -766,6 +771,45 @@ def test_sandbox_fault_status_acts_on_nothing(sandbox: LeatSandbox, api: httpx.C
     assert api.post("/orders/create-and-process", json=order("pos-500")).status_code == 500
     sandbox.faults.clear()
     assert sandbox.orders() == []
+
+
+def test_sandbox_fault_body_bare_page_or_json_and_answers_log(
+    sandbox: LeatSandbox, api: httpx.Client, root: httpx.Client
+) -> None:
+    sandbox.faults.set(status=404, body="<h1>Not Found</h1>", only_paths=("/orders/find",),
+                       times=1)
+    bare = api.get("/orders/find", params={"external_identifier": "x"})
+    assert (bare.status_code, bare.text) == (404, "<h1>Not Found</h1>")
+    assert bare.headers["content-type"].startswith("text/html")
+    taken = ["The external identifier has already been taken."]
+    custom = {"message": "Invalid input.", "code": 1003, "status_code": 400,
+              "errors": {"external_identifier": taken}}
+    posted = root.post("/_sandbox/faults", json={"status": 400, "body": custom, "times": 1})
+    assert posted.status_code == 200
+    assert posted.json()["faults"]["body"] == custom
+    answer = api.post("/orders/create-and-process", json=order("F-1"))
+    assert (answer.status_code, answer.json()) == (400, custom)
+    assert sandbox.orders() == []  # not acted on
+    assert [a[2] for a in sandbox.answers()] == [404, 400]
+    assert root.post("/_sandbox/faults", json={"body": "x"}).status_code == 400  # no status
+    with pytest.raises(ValueError, match="body"):
+        sandbox.faults.set(status=400, body=["not", "an", "object"])  # type: ignore[arg-type]
+
+
+def test_sandbox_token_without_expiry(clock: Clock) -> None:
+    with LeatSandbox(token_lifetime_s=None, clock=clock) as server, httpx.Client() as client:
+        token = client.post(server.url + "/oauth/token", json={
+            "grant_type": "client_credentials", "client_id": "1",
+            "client_secret": "sandbox-secret"}).json()
+        assert "expires_in" not in token
+        clock.advance(days=3650)
+        shops = client.get(server.url + "/api/v3/oauth/clients/shops",
+                           headers={"Authorization": f"Bearer {token['access_token']}"})
+        assert shops.status_code == 200
+        server.expire_tokens()
+        shops = client.get(server.url + "/api/v3/oauth/clients/shops",
+                           headers={"Authorization": f"Bearer {token['access_token']}"})
+        assert shops.status_code == 401
 
 
 def test_sandbox_fault_maintenance_503(sandbox: LeatSandbox, api: httpx.Client) -> None:

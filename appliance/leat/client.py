@@ -79,6 +79,14 @@ API_PREFIX: Final = "/api/v3/oauth/clients"
 TOKEN_PATH: Final = "/oauth/token"  # noqa: S105 - a path; no /api prefix (leat-api.md §2.2)
 TOKEN_MARGIN_S: Final = 60.0  # refetch this long before `expires_in` runs out
 VOUCHER_NOT_FOUND: Final = 80004
+MAX_ERROR_FIELDS: Final = 32  # `errors` fields kept from one error body
+MAX_ERROR_TEXTS: Final = 8  # texts kept per field
+MAX_ERROR_TEXT: Final = 500  # characters kept per text
+# An `orders/find` answer that means "no such order" (none is documented for orders:
+# docs/leat-assumptions.md): Leat's generic 60013 "Model not found.", or Leat's error
+# envelope (a code) whose message says an order was not found.
+MODEL_NOT_FOUND: Final = 60013
+_ORDER_NOT_FOUND = re.compile(r"\border\b[^|]{0,40}?\bnot\s+found\b", re.IGNORECASE)
 
 _NOTHING_SENT = (
     httpx.ConnectError,
@@ -200,11 +208,11 @@ class LeatClient:
         return Fields(data).req_int("balance_in_cents")
 
     def get_tier(self, contact_uuid: str) -> Tier | None:
-        """The contact's tier, or None when the contact has none."""
+        """The contact's tier, or None when the contact has none (a nameless tier object)."""
         data = self._get(f"/contacts/{_seg(contact_uuid)}/tier")
         if data is None or data in ({}, []):
             return None
-        return Tier.parse(Fields(data))
+        return Tier.parse_optional(Fields(data))
 
     # ----------------------------------------------------------------------------- rewards
 
@@ -409,16 +417,21 @@ class LeatClient:
     def find_order(self, external_identifier: str) -> Order | None:
         """The order with our `external_identifier`, or None when Leat does not have it.
 
-        No "order not found" code is documented (leat-api.md §7.1), so None is returned for
-        `data: null` and for a Leat error body (any non-zero `code`) whose message says "not
-        found", as the sandbox answers (code 9404, "Order not found."). Anything else is
-        raised, including a bare HTTP 404 without a Leat code (a wrong base URL or route must
-        never read as "not delivered", or the forwarder would post the order twice).
+        No "order not found" answer is documented (docs/leat-assumptions.md), so None is
+        returned only for `data: null`, Leat's generic code 60013 ("Model not found."), and
+        a Leat error body (a non-zero `code`) whose message says an order was not found, as
+        the sandbox answers (code 9404, "Order not found."). Anything else is raised as
+        `LeatRejected`, including a bare HTTP 404
+        without a Leat code and any other message: a wrong base URL or route, or an answer
+        we do not understand, must never read as "not delivered", or an order could be
+        posted twice or given up.
         """
         try:
             data = self._get("/orders/find", {"external_identifier": external_identifier})
         except LeatRejected as exc:
-            if exc.code != 0 and "not found" in exc.leat_message.lower():
+            if exc.code == MODEL_NOT_FOUND or (
+                exc.code != 0 and _ORDER_NOT_FOUND.search(exc.leat_message)
+            ):
                 return None
             raise
         if data is None or data in ({}, []):
@@ -661,33 +674,52 @@ def _error(response: httpx.Response, method: str, url: str) -> LeatError:
         return LeatUnavailable(
             f"Leat server error (HTTP {status}) on {where}", retry_after, ambiguous=True
         )
-    code, message = _envelope(response)
+    code, message, errors = _envelope(response)
     if 400 <= status < 500:
         # Leat messages may echo input (e-mail addresses), so only the code is logged.
         log.info("Leat rejected %s: code %s (HTTP %d)", where, code, status)
-        return LeatRejected(code, message or f"HTTP {status} from Leat", status)
+        return LeatRejected(code, message or f"HTTP {status} from Leat", status, errors)
     log.warning("unexpected HTTP %d from Leat on %s", status, where)
     return LeatUnavailable(f"unexpected HTTP {status} from Leat on {where}")
 
 
-def _envelope(response: httpx.Response) -> tuple[int, str | None]:
-    """Leat's `code` (0 when the body has none) and `message` of an error body."""
+def _envelope(response: httpx.Response) -> tuple[int, str | None, dict[str, tuple[str, ...]]]:
+    """Leat's `code` (0 when the body has none), `message` and `errors` of an error body.
+
+    `errors` maps a field to its texts; Leat sends a list of strings or one string per field
+    (the official PHP SDK's `Exceptions/Error.php` accepts both). At most `MAX_ERROR_FIELDS`
+    fields of `MAX_ERROR_TEXTS` texts each are kept.
+    """
     try:
         body = response.json()
     except ValueError:
-        return 0, None
+        return 0, None, {}
     if not isinstance(body, dict):
-        return 0, None
+        return 0, None, {}
     message = body.get("message")
     text = message if isinstance(message, str) else None
+    errors = _field_errors(body.get("errors"))
     code = body.get("code")
     if isinstance(code, bool):
-        return 0, text
+        return 0, text, errors
     if isinstance(code, int):
-        return code, text
+        return code, text, errors
     if isinstance(code, str) and code.strip().isdigit():
-        return int(code), text
-    return 0, text
+        return int(code), text, errors
+    return 0, text, errors
+
+
+def _field_errors(raw: object) -> dict[str, tuple[str, ...]]:
+    """The `errors` object of an error body, bounded; anything malformed is dropped."""
+    if not isinstance(raw, dict):
+        return {}
+    errors: dict[str, tuple[str, ...]] = {}
+    for key, value in list(raw.items())[:MAX_ERROR_FIELDS]:
+        texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        kept = tuple(t[:MAX_ERROR_TEXT] for t in texts[:MAX_ERROR_TEXTS] if isinstance(t, str))
+        if kept:
+            errors[str(key)[:MAX_ERROR_TEXT]] = kept
+    return errors
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:

@@ -198,8 +198,20 @@ class Tier:
     position: int | None = None
 
     @classmethod
+    def parse_optional(cls, f: Fields | None) -> Tier | None:
+        """From a tier object; None for no tier: null, `{}`/`[]`, or an object without a name
+        (Leat's answer for a contact without a tier: the official PHP SDK's
+        `src/Mappers/Tiers/TierMapper.php` maps an empty `name` to null)."""
+        if f is None:
+            return None
+        name = f.raw.get("name")
+        if name is None or (isinstance(name, str) and not name.strip()):
+            return None
+        return cls.parse(f)
+
+    @classmethod
     def parse(cls, f: Fields) -> Tier:
-        """From a tier object."""
+        """From a tier object that has a name."""
         return cls(
             uuid=f.opt_str("uuid"),
             name=f.req_str("name"),
@@ -235,7 +247,7 @@ class Contact:
             first_name=_first_name(f, current),
             credit_balance=balance,
             prepaid_balance_cents=prepaid.opt_int("balance_in_cents") if prepaid else None,
-            tier=Tier.parse(tier) if tier else None,
+            tier=Tier.parse_optional(tier),
         )
 
 

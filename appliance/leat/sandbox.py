@@ -59,7 +59,7 @@ class LeatSandbox:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        token_lifetime_s: int = 3600,
+        token_lifetime_s: int | None = 3600,
         clock: Clock | None = None,
     ) -> None:
         self._seed_source = seed
@@ -69,8 +69,9 @@ class LeatSandbox:
         self.faults = Faults()
         self._lock = threading.Lock()  # guards the fields below (not the state)
         self._state = self._load()
-        self._tokens: dict[str, datetime] = {}
+        self._tokens: dict[str, datetime | None] = {}  # OAuth token -> expiry (None: never)
         self._requests: list[tuple[str, str]] = []
+        self._answers: list[tuple[str, str, int]] = []
         self._rate_window = (time.monotonic(), 0)
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -156,8 +157,14 @@ class LeatSandbox:
         with self._lock:
             return list(self._requests)
 
+    def answers(self) -> list[tuple[str, str, int]]:
+        """`(method, path, HTTP status)` of every API answer sent so far (control excluded)."""
+        with self._lock:
+            return list(self._answers)
+
     def expire_tokens(self) -> None:
-        """Invalidate every issued OAuth access token (the personal access token stays)."""
+        """Revoke every issued OAuth access token (the personal access token stays): the
+        next call with one gets HTTP 401."""
         with self._lock:
             self._tokens.clear()
 
@@ -189,8 +196,10 @@ class LeatSandbox:
         if secrets.compare_digest(token, self.personal_access_token):
             return True
         with self._lock:
-            expires = self._tokens.get(token)
-        return expires is not None and self._clock() < expires
+            if token not in self._tokens:
+                return False
+            expires = self._tokens[token]
+        return expires is None or self._clock() < expires
 
     def _issue_token(self, content_type: str, data: bytes) -> tuple[int, dict[str, Any]]:
         """`POST /oauth/token` (client credentials)."""
@@ -211,10 +220,14 @@ class LeatSandbox:
             text = "Client authentication failed"
             return 401, {"error": "invalid_client", "error_description": text, "message": text}
         token = "sandbox-oauth-" + secrets.token_urlsafe(32)
+        lifetime = self.token_lifetime_s
         with self._lock:
-            self._tokens[token] = self._clock() + timedelta(seconds=self.token_lifetime_s)
-        return 200, {"token_type": "Bearer", "expires_in": self.token_lifetime_s,
-                     "access_token": token}
+            self._tokens[token] = (None if lifetime is None
+                                   else self._clock() + timedelta(seconds=lifetime))
+        answer: dict[str, Any] = {"token_type": "Bearer", "access_token": token}
+        if lifetime is not None:  # None: `expires_in` left out, as Leat's docs allow
+            answer["expires_in"] = lifetime
+        return 200, answer
 
     def _api(self, method: str, path: str, query: str, headers: Mapping[str, str], data: bytes
              ) -> tuple[int, dict[str, Any]]:
@@ -406,10 +419,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(429, {"message": "Too Many Attempts."}, headers)
             elif fault.maintenance:
                 self._reply(503, {"message": "Service Unavailable (maintenance)."}, headers)
+            elif isinstance(fault.body, str):
+                self._reply_text(fault.status or 500, fault.body, headers)
             else:
                 status = fault.status or 500
-                self._reply(status, {"message": f"Simulated HTTP {status}.", "code": 1000,
-                                     "status_code": status}, headers)
+                self._reply(status, fault.body or {"message": f"Simulated HTTP {status}.",
+                                                   "code": 1000, "status_code": status}, headers)
             return
         headers_in = {k.lower(): v for k, v in self.headers.items()}
         status, body = sandbox._api(self.command, path, split.query, headers_in, data)
@@ -452,6 +467,7 @@ class _Handler(BaseHTTPRequestHandler):
                headers: Mapping[str, str] | None = None) -> None:
         payload = json.dumps(body).encode("utf-8")
         self._answered = True
+        self._note_answer(status)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -461,6 +477,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("X-RateLimit-Limit", str(RATE_LIMIT))
         self.end_headers()
         self.wfile.write(payload)
+
+    def _reply_text(self, status: int, text: str, headers: Mapping[str, str]) -> None:
+        """A non-JSON answer (an injected bare error page)."""
+        payload = text.encode("utf-8")
+        self._answered = True
+        self._note_answer(status)
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _note_answer(self, status: int) -> None:
+        """Log the status of an API answer (`LeatSandbox.answers`)."""
+        path = urlsplit(self.path).path
+        if _faultable(path):
+            sandbox = self.server.sandbox
+            with sandbox._lock:
+                sandbox._answers.append((self.command, path, status))
 
     def log_message(self, format: str, *args: Any) -> None:
         """Access log to `logging` (debug), not stderr."""

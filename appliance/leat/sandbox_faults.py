@@ -5,6 +5,7 @@ Faults apply to some paths or all, for the next N requests or until cleared.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import asdict, dataclass, replace
@@ -13,8 +14,7 @@ from typing import Any, Final
 log = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/api/v3/oauth/clients"
-
-
+MAX_FAULT_BODY: Final = 64 << 10  # characters of an injected `body`
 
 @dataclass(frozen=True)
 class FaultSet:
@@ -22,6 +22,7 @@ class FaultSet:
 
     latency_s: float | None = None
     status: int | None = None
+    body: dict[str, Any] | str | None = None
     maintenance: bool = False
     rate_limit_retry_after: float | None = None
     drop_after_receive: bool = False
@@ -63,6 +64,7 @@ class Faults:
         *,
         latency_s: float | None = None,
         status: int | None = None,
+        body: dict[str, Any] | str | None = None,
         maintenance: bool | None = None,
         rate_limit_retry_after: float | None = None,
         drop_after_receive: bool | None = None,
@@ -74,6 +76,8 @@ class Faults:
 
         latency_s: wait this long before answering (after acting on the request).
         status: answer every matching request with this HTTP status (500, 502, ...) unacted.
+        body: with `status`, answer this instead of Leat's error envelope: a JSON object, or
+        a string sent as a plain `text/html` page (a bare 404 from a proxy, say).
         maintenance: answer 503 unacted. rate_limit_retry_after: answer 429 with
         `Retry-After` unacted. drop_after_receive: act on the request, then close the
         connection without an answer. outage: reset connections before reading a request.
@@ -84,6 +88,7 @@ class Faults:
         new = FaultSet(
             latency_s=_number("latency_s", latency_s, 0, 600),
             status=_status(status),
+            body=_body(body, status),
             maintenance=_flag("maintenance", maintenance),
             rate_limit_retry_after=_number("rate_limit_retry_after", rate_limit_retry_after,
                                            0, 86400),
@@ -143,6 +148,17 @@ def _status(value: object) -> int | None:
                               or not 400 <= value <= 599):
         raise ValueError("status must be an HTTP status from 400 to 599")
     return value
+
+
+def _body(value: object, status: object) -> dict[str, Any] | str | None:
+    if value is None:
+        return None
+    if status is None:
+        raise ValueError("body needs a status")
+    if not isinstance(value, dict | str) or len(json.dumps(value)) > MAX_FAULT_BODY:
+        raise ValueError(f"body must be a JSON object or a string of at most {MAX_FAULT_BODY} "
+                         "characters")
+    return json.loads(json.dumps(value)) if isinstance(value, dict) else value
 
 
 def _paths(value: object) -> tuple[str, ...] | None:

@@ -144,10 +144,13 @@ class State:
         """A shop inside a transaction."""
         return {**self.shop_obj(s), "address": None}
 
-    def _tier_obj(self, uuid: str | None) -> dict[str, Any] | None:
+    def _tier_obj(self, uuid: str | None) -> dict[str, Any]:
+        """A contact's tier. ASSUMPTION: no tier is an object without a name, not null (the
+        official PHP SDK's `TierMapper` maps an empty name to "no tier")."""
         tier = self.tiers.get(uuid or "")
         if tier is None:
-            return None
+            return {"uuid": None, "name": None, "description": None, "position": None,
+                    "media": None}
         return {"uuid": tier.uuid, "name": tier.name, "description": tier.description,
                 "position": tier.position, "media": None}
 
@@ -180,7 +183,7 @@ class State:
             "current_values": {**values, "loyalty_balance": c.credits,
                                "prepaid_balance": int(prepaid) if prepaid.is_integer() else prepaid,
                                "default_contact_identifier": default,
-                               "tier": tier["name"] if tier else None},
+                               "tier": tier["name"]},
             "current_display_values": {**values, "loyalty_balance": str(c.credits),
                                        "prepaid_balance": self.money(c.prepaid_cents)},
         }
@@ -296,7 +299,7 @@ class State:
         return {"balance_in_cents": cents, "balance": self.money(cents)}
 
     def tier(self, args: Args, query: Input, body: Input) -> Any:
-        """`GET /contacts/{uuid}/tier`. ASSUMPTION: `data: null` for a contact without one."""
+        """`GET /contacts/{uuid}/tier`: a nameless tier object for a contact without one."""
         return self._tier_obj(self.contact(args[0]).tier)
 
     # -------------------------------------------------------------------------- rewards
