@@ -314,8 +314,14 @@ class Outbox:
 
     def _translate(self, exc: sqlite3.Error) -> OutboxError:
         """Our error for a sqlite3 one (SQLITE_FULL becomes OutboxFull)."""
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        code = getattr(exc, "sqlite_errorcode", 0)
+        if code == sqlite3.SQLITE_FULL:
             return OutboxFull(f"disk full: {exc} ({self.path})")
+        if code & 0xFF == sqlite3.SQLITE_READONLY:  # a file we cannot write: say which, and why
+            try:
+                guard.settle_owner(self.path)
+            except OutboxError as owner:
+                return owner
         return OutboxError(f"outbox {self.path}: {exc}")
 
     def _row(self, conn: sqlite3.Connection, item_id: int) -> sqlite3.Row | None:

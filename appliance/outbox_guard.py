@@ -38,10 +38,10 @@ import struct
 import threading
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from appliance.errors import OutboxError
 
@@ -257,23 +257,28 @@ def settle_owner(path: Path) -> None:
     denied = [p for p in files if not os.access(p, os.R_OK | os.W_OK)]
     if dir_ok and not denied:
         return
-    me = _user(os.geteuid())
-    target = _user(directory.st_uid) if dir_ok else me
-    group = grp.getgrgid(directory.st_gid).gr_name if dir_ok else ""
+    owner = (directory.st_uid, directory.st_gid) if dir_ok else (os.geteuid(), os.getegid())
     first = denied[0] if denied else path.parent
     st = first.stat()
     raise OutboxNotWritable(
         f"{first} belongs to {_user(st.st_uid)} (mode {st.st_mode & 0o777:04o}) and this "
-        f"process runs as {me}, who cannot write it; fix: sudo chown {target}:{group} "
+        f"process runs as {_user(os.geteuid())}, who cannot write it; fix: sudo chown "
+        f"{_name(owner[0], pwd.getpwuid)}:{_name(owner[1], grp.getgrgid)} "
         + " ".join(str(p) for p in (denied or [path.parent]))
     )
 
 
 def _user(uid: int) -> str:
+    name = _name(uid, pwd.getpwuid)
+    return f"uid {uid}" if name == str(uid) else f"{name} (uid {uid})"
+
+
+def _name(number: int, lookup: Callable[[int], Any]) -> str:
+    """The user or group name for a number (the number itself when it has none)."""
     try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+        return str(lookup(number)[0])
     except KeyError:
-        return f"uid {uid}"
+        return str(number)
 
 
 # -- opening, preparing, repairing --------------------------------------------------------
