@@ -216,6 +216,24 @@ def test_deleted_outbox_with_its_mark_is_damage_not_recreated(path: Path) -> Non
     assert outbox_state(path)["damaged"].endswith(f"(the last was item {ORDERS})")
 
 
+def test_wal_left_without_its_database_is_damage(path: Path) -> None:
+    Outbox.prepare(path)
+    path.unlink()
+    (path.parent / "outbox.sqlite3-wal").write_bytes(b"\x37\x7f\x06\x82" + b"\0" * 60)
+    with pytest.raises(OutboxDamaged, match=r"missing, but .*-wal is not"):
+        Outbox.prepare(path)  # its frames could be replayed into a new file
+    assert not path.exists()
+
+
+def test_no_outbox_without_create_is_a_clear_error(path: Path) -> None:
+    path.parent.mkdir()
+    with pytest.raises(OutboxError, match=f"there is no outbox at {path}"):
+        Outbox(path, create=False)
+    with pytest.raises(OutboxError, match="there is no outbox"):
+        Outbox(path, readonly=True)
+    assert files(path) == set()
+
+
 def test_file_replaced_while_open_refuses_the_ack(path: Path, tmp_path: Path) -> None:
     fill(path, 1)
     with Outbox(path, min_free_bytes=0) as box:
