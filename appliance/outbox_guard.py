@@ -122,7 +122,7 @@ def companions(path: Path) -> list[Path]:
 class MarkFile:
     """The mark on disk: two fixed slots, each with a CRC, written alternately in place.
 
-    A write is one pwrite of 52 bytes into the slot `stored % 2` and one fdatasync (the file
+    A write is one pwrite of 44 bytes into the slot `stored % 2` and one fdatasync (the file
     never changes size), so a power cut can tear at most the slot being written; `read()`
     takes the valid slot with the highest count.
     """
@@ -378,33 +378,38 @@ def _prepare(path: Path) -> None:
         create(path)
         return
     try:
-        if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise OutboxError(f"cannot switch {path} to WAL (journal_mode={mode})")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.executescript(SCHEMA)  # an outbox from before the mark gets outbox_meta
-        with conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO outbox_meta (id, identity, stored) "
-                "SELECT 1, ?, coalesce(max(id), 0) FROM outbox", (uuid.uuid4().hex,))
-        meta = read_meta(conn)
-        assert meta is not None  # inserted above
-        last_id = int(conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0])
+        db = _settle(conn, path)
     except sqlite3.Error as exc:
         if is_corrupt(exc):
             raise OutboxDamaged(f"{path} is not a readable SQLite database ({exc})") from exc
         raise OutboxError(f"cannot prepare outbox {path}: {exc}") from exc
     finally:
         conn.close()
-    identity, stored = meta
-    if mark is None or mark.identity != identity:  # no mark yet (a fresh or older outbox)
-        if stored:
-            log.warning("outbox %s had no mark: made one (%d item(s) stored)", path, stored)
-        marks.create(Mark(identity, stored, last_id))
-    elif mark.stored < stored:  # the process died between a commit and its mark
-        marks.write(Mark(identity, stored, last_id))
+    if mark is None or mark.identity != db.identity:  # no mark yet (a fresh or older outbox)
+        if db.stored:
+            log.warning("outbox %s had no mark: made one (%d item(s) stored)", path, db.stored)
+        marks.create(db)
+    elif mark.stored < db.stored:  # the process died between a commit and its mark
+        marks.write(db)
         marks.close()
+
+
+def _settle(conn: sqlite3.Connection, path: Path) -> Mark:
+    """WAL on and the schema complete (an outbox from before the mark gets outbox_meta, its
+    count taken from the ids); returns the mark that describes the database."""
+    if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise OutboxError(f"cannot switch {path} to WAL (journal_mode={mode})")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.executescript(SCHEMA)
+    with conn:
+        conn.execute("INSERT OR IGNORE INTO outbox_meta (id, identity, stored) "
+                      "SELECT 1, ?, coalesce(max(id), 0) FROM outbox", (uuid.uuid4().hex,))
+    identity, stored = conn.execute(
+        "SELECT identity, stored FROM outbox_meta WHERE id = 1").fetchone()
+    last_id = conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
+    return Mark(str(identity), int(stored), int(last_id))
 
 
 def examine(path: Path, mark: Mark | None) -> sqlite3.Connection | None:
@@ -505,10 +510,10 @@ def repair(path: Path) -> str:
         with locked(path.parent):
             kept = _keepable(path)
             if kept is not None:
-                identity, stored, last_id, waiting = kept
-                MarkFile(mark_path(path)).create(Mark(identity, stored, last_id))
+                db, waiting = kept
+                MarkFile(mark_path(path)).create(db)
                 done = (f"kept {path} ({waiting} item(s) waiting); its mark now matches it "
-                        f"({stored} stored)")
+                        f"({db.stored} stored)")
             else:
                 stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
                 moved = []
@@ -532,8 +537,8 @@ def repair(path: Path) -> str:
     return done
 
 
-def _keepable(path: Path) -> tuple[str, int, int, int] | None:
-    """(identity, stored, last id, waiting) of a database that passes quick_check, else None."""
+def _keepable(path: Path) -> tuple[Mark, int] | None:
+    """The mark and the waiting count of a database that passes quick_check, else None."""
     if not _size(path):
         return None
     try:
@@ -543,23 +548,14 @@ def _keepable(path: Path) -> tuple[str, int, int, int] | None:
     try:
         if [str(r[0]) for r in conn.execute("PRAGMA quick_check(1)")] != ["ok"]:
             return None
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.executescript(SCHEMA)
-        with conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO outbox_meta (id, identity, stored) "
-                "SELECT 1, ?, coalesce(max(id), 0) FROM outbox", (uuid.uuid4().hex,))
-        meta = read_meta(conn)
-        last_id, waiting = conn.execute(
-            "SELECT coalesce(max(id), 0), count(*) FILTER (WHERE state IN ('pending', "
-            "'sending')) FROM outbox").fetchone()
-    except sqlite3.Error:
+        db = _settle(conn, path)
+        waiting = conn.execute(
+            "SELECT count(*) FROM outbox WHERE state IN ('pending', 'sending')").fetchone()[0]
+    except (sqlite3.Error, OutboxError):
         return None
     finally:
         conn.close()
-    if meta is None:
-        return None
-    return meta[0], meta[1], int(last_id), int(waiting)
+    return db, int(waiting)
 
 
 def _size(path: Path) -> int | None:
