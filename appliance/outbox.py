@@ -232,6 +232,8 @@ class Outbox:
         """Open for writing: prepared (WAL, schema) and the same database its mark describes."""
         if create and not self.path.exists():
             guard.prepare(self.path)
+        if self.path.exists():  # SQLite would fall back to read-only without a word
+            guard.settle_owner(self.path)
         conn = self._connect("rw")
         try:
             try:

@@ -242,24 +242,25 @@ def settle_owner(path: Path) -> None:
     (OutboxNotWritable) files this process cannot read and write, naming the fix."""
     try:
         directory = path.parent.stat()
-        files = [p for p in companions(path) if p.exists()]
         if os.geteuid() == 0:
-            for file in files:
-                st = file.stat()
-                if (st.st_uid, st.st_gid) != (directory.st_uid, directory.st_gid):
-                    os.chown(file, directory.st_uid, directory.st_gid)
-                    log.warning("gave %s to %s (it was %s's)", file,
-                                _user(directory.st_uid), _user(st.st_uid))
+            for file in companions(path):
+                with contextlib.suppress(FileNotFoundError):  # -wal/-shm come and go
+                    st = file.stat()
+                    if (st.st_uid, st.st_gid) != (directory.st_uid, directory.st_gid):
+                        os.chown(file, directory.st_uid, directory.st_gid)
+                        log.warning("gave %s to %s (it was %s's)", file,
+                                    _user(directory.st_uid), _user(st.st_uid))
             return
+        dir_ok = os.access(path.parent, os.R_OK | os.W_OK | os.X_OK)
+        denied = [p for p in companions(path)
+                  if not os.access(p, os.R_OK | os.W_OK) and p.exists()]
+        if dir_ok and not denied:
+            return
+        first = denied[0] if denied else path.parent
+        st = first.stat()
     except OSError as exc:
         raise OutboxError(f"cannot check the owner of {path}: {exc}") from exc
-    dir_ok = os.access(path.parent, os.R_OK | os.W_OK | os.X_OK)
-    denied = [p for p in files if not os.access(p, os.R_OK | os.W_OK)]
-    if dir_ok and not denied:
-        return
     owner = (directory.st_uid, directory.st_gid) if dir_ok else (os.geteuid(), os.getegid())
-    first = denied[0] if denied else path.parent
-    st = first.stat()
     raise OutboxNotWritable(
         f"{first} belongs to {_user(st.st_uid)} (mode {st.st_mode & 0o777:04o}) and this "
         f"process runs as {_user(os.geteuid())}, who cannot write it; fix: sudo chown "

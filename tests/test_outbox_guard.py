@@ -449,6 +449,13 @@ def test_root_created_outbox_is_refused_by_the_service_user_then_fixed_by_root(
     assert f"fix: sudo chown {SERVICE_UID}:{SERVICE_UID} {path}" in refused
     assert as_service_user(lambda: fill(path, 1, start=10)).startswith("OutboxNotWritable")
 
+    def state_names_the_fix() -> None:
+        reason = outbox_state(path).get("damaged") or ""
+        if "fix: sudo chown" not in reason:
+            raise AssertionError(f"state does not name the fix: {reason!r}")
+
+    assert as_service_user(state_names_the_fix) == "ok"
+
     Outbox.prepare(path)  # as root: the files go to the state directory's owner
     for name in files(path):
         assert (state / name).stat().st_uid == SERVICE_UID, name
