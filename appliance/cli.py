@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     token.set_defaults(handler=_token, config_default=None)
 
     outbox = commands.add_parser(
-        "outbox", help="orders waiting for Leat: list | show | retry | drop", parents=[common]
+        "outbox", help="orders waiting for Leat: list | show | retry | drop | repair",
+        parents=[common],
     )
     from appliance.outbox_cli import add_arguments as add_outbox_arguments
 
@@ -241,14 +242,9 @@ def _token(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _outbox(args: argparse.Namespace, cfg: config.Config) -> int:
-    from appliance.outbox import Outbox
-    from appliance.outbox_cli import main as outbox_main
+    from appliance.outbox_cli import run
 
-    outbox = Outbox(cfg.outbox_path)
-    try:
-        return outbox_main(args, outbox, sys.stdout)
-    finally:
-        outbox.close()
+    return run(args, cfg.outbox_path, sys.stdout)
 
 
 def _check(args: argparse.Namespace, cfg: config.Config) -> int:

@@ -31,7 +31,8 @@ from appliance.errors import CameraError
 from appliance.feedback import Feedback, FeedbackLike, NullFeedback, Signal
 from appliance.forwarder import Forwarder, TokenSettings
 from appliance.orders import OrderRequests
-from appliance.outbox import Outbox
+from appliance.outbox import Outbox, outbox_state
+from appliance.outbox_guard import OutboxDamaged
 from appliance.pipeline import ScanHandler
 from appliance.resolve import Resolver
 
@@ -94,8 +95,10 @@ class ScanService:
         resolver: Resolver | None = None,
         forwarder: Forwarder | None = None,
         stop_when_source_ends: bool = True,
+        outbox_damaged: str | None = None,
     ) -> None:
         self.device_id = device_id
+        self._outbox_damaged = outbox_damaged  # then orders are refused and not forwarded
         self._stop_when_source_ends = stop_when_source_ends
         self.stats = Stats()
         self._source = source
@@ -120,7 +123,7 @@ class ScanService:
             threading.Thread(target=self._camera_loop, args=(stop,), name="camera"),
             threading.Thread(target=self._worker_loop, args=(stop,), name="worker"),
         ]
-        if self._forwarder is not None:
+        if self._forwarder is not None and self._outbox_damaged is None:
             threads.append(
                 threading.Thread(target=self._forward_loop, args=(stop,), name="forwarder")
             )
@@ -252,12 +255,7 @@ class ScanService:
             if self._forwarder is not None and self._forwarder.alert is not None:
                 state["leat"]["alert"] = self._forwarder.alert  # orders held (forwarder.py)
         if self._forwarder is not None:
-            with Outbox(self._forwarder.outbox_path) as outbox:
-                age = outbox.oldest_pending_age()
-                state["outbox"] = {
-                    "depth": outbox.depth(),
-                    "oldest_pending_age_s": None if age is None else round(age, 1),
-                }
+            state["outbox"] = outbox_state(self._forwarder.outbox_path)
         return state
 
     def _leat_reachable(self) -> bool | None:
@@ -322,7 +320,14 @@ def build(
             feedback.close()
             raise
     resolver = forwarder = None
+    outbox_damaged = None
     if leat_configured(config):
+        try:  # before any thread opens it (outbox_guard.py)
+            Outbox.prepare(config.outbox_path)
+        except OutboxDamaged as exc:  # `state` shows it; orders are refused storage_damaged
+            log.error("outbox unusable, orders are refused until a technician acts: %s",
+                      exc.reason)
+            outbox_damaged = exc.reason
         resolver, forwarder = _leat_parts(config, bus)
     handler = ScanHandler(
         config.device.id,
@@ -343,6 +348,7 @@ def build(
         resolver=resolver,
         forwarder=forwarder,
         stop_when_source_ends=stop_when_source_ends,
+        outbox_damaged=outbox_damaged,
     )
 
 

@@ -26,6 +26,7 @@ from appliance import contract
 from appliance.bus import Message
 from appliance.errors import OutboxError
 from appliance.outbox import Item, Kind, Outbox, OutboxConflict, OutboxFull
+from appliance.outbox_guard import OutboxDamaged
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ class OrderRequests:
             raise RequestError("conflict", str(exc)) from exc
         except OutboxFull as exc:
             raise RequestError("outbox_full", str(exc)) from exc
+        except OutboxDamaged as exc:  # nothing is acked into a damaged store
+            raise RequestError("storage_damaged", str(exc)) from exc
         except OutboxError as exc:
             raise RequestError("internal", f"could not store the request: {exc}") from exc
         return enqueued.item, enqueued.created

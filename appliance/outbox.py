@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import sqlite3
@@ -43,39 +44,13 @@ from typing import Any, Final
 
 import sqlite_utils
 
+from appliance import outbox_guard as guard
 from appliance.errors import OutboxError
+from appliance.outbox_guard import Mark, MarkFile, OutboxDamaged
 
 log = logging.getLogger(__name__)
 
 ORDER_NOT_DELIVERED: Final = "its order was not delivered"
-BUSY_TIMEOUT_S: Final = 5.0
-
-# Plain DDL rather than sqlite-utils' create(): it cannot express the CHECK constraints that
-# keep a bad write from ever reaching the file.
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL CHECK (kind IN ('order', 'return')),
-    external_identifier TEXT NOT NULL CHECK (length(external_identifier) > 0),
-    order_external_identifier TEXT,
-    body TEXT NOT NULL,
-    customer_identifier TEXT,
-    pos_transaction TEXT,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'delivered', 'dead')),
-    attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
-    next_attempt_at REAL NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    ambiguous INTEGER NOT NULL DEFAULT 0 CHECK (ambiguous IN (0, 1)),
-    result TEXT,
-    error_code INTEGER,
-    error_message TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS outbox_kind_external ON outbox (kind, external_identifier);
-CREATE INDEX IF NOT EXISTS outbox_state_next ON outbox (state, next_attempt_at);
-CREATE INDEX IF NOT EXISTS outbox_state_updated ON outbox (state, updated_at);
-"""
-
 
 class State(StrEnum):
     """Where an item is in its life."""
@@ -203,7 +178,12 @@ def _item(row: sqlite3.Row) -> Item:
 
 
 class Outbox:
-    """The durable queue on one SQLite file; one object per thread (its own connection)."""
+    """The durable queue on one SQLite file; one object per thread (its own connection).
+
+    Opening checks the file against its mark (OutboxDamaged when it must not be used) and
+    prepares it if nobody did (`create=False`: never create one). `readonly=True` opens an
+    existing file read-only with no checks (the technician's `list` and `show`).
+    """
 
     def __init__(
         self,
@@ -213,32 +193,91 @@ class Outbox:
         retention_s: float = 7 * 86400,
         min_free_bytes: int = 50 * 2**20,
         clock: Callable[[], float] = time.time,
+        create: bool = True,
+        readonly: bool = False,
     ) -> None:
         self.path = Path(path)
         self.max_items = max_items
         self.retention_s = retention_s
         self.min_free_bytes = min_free_bytes
         self._clock = clock
+        self._mark = MarkFile(guard.mark_path(self.path))
+        self._identity = ""
+        self._inode = 0
+        if readonly:
+            self._conn = self._connect("ro")
+        else:
+            self._conn = self._open(create)
+        self._db = sqlite_utils.Database(self._conn, execute_plugins=False)
+
+    def _connect(self, mode: str) -> sqlite3.Connection:
+        """A connection to the existing file (never creates it); OutboxError if there is none."""
+        if not self.path.exists():
+            reason = guard.read_flag(self.path)
+            if reason is None:
+                reason = guard.lost_file(self.path, self._mark.read())
+                if reason is not None and mode != "ro":
+                    guard.write_flag(self.path, reason)
+            if reason is not None:
+                raise OutboxDamaged(reason)
+            raise OutboxError(f"there is no outbox at {self.path} (nothing stored yet)")
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
-        except (OSError, sqlite3.Error) as exc:
+            conn = guard.connect(self.path, mode)
+        except sqlite3.Error as exc:
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
-        self._conn = conn
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _open(self, create: bool) -> sqlite3.Connection:
+        """Open for writing: prepared (WAL, schema) and the same database its mark describes."""
+        if create and not self.path.exists():
+            guard.prepare(self.path)
+        if self.path.exists():  # SQLite would fall back to read-only without a word
+            guard.settle_owner(self.path)
+        conn = self._connect("rw")
         try:
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise OutboxError(f"cannot switch {self.path} to WAL (journal_mode={mode})")
+            try:
+                ready = self._ready(conn)
+            except sqlite3.DatabaseError:  # corrupt: prepare() finds out why, and records it
+                ready = False
+            if not ready:  # 0 bytes, corrupt, or an outbox from before outbox_meta
+                conn.close()
+                guard.prepare(self.path)
+                conn = self._connect("rw")
+                if not self._ready(conn):
+                    raise OutboxError(f"outbox {self.path} is not in WAL mode after prepare")
             conn.execute("PRAGMA synchronous = FULL")
-            conn.executescript(_SCHEMA)
-            self._db = sqlite_utils.Database(conn, execute_plugins=False)
-        except BaseException as exc:
+            reason = guard.read_flag(self.path)
+            if reason is not None:
+                raise OutboxDamaged(reason)
+            mark = self._mark.read()  # before the database: a mark follows its commit
+            self._inode = os.stat(self.path).st_ino
+            meta = guard.read_meta(conn)
+            try:
+                guard.compare(self.path, mark, meta)
+            except OutboxDamaged as exc:
+                guard.write_flag(self.path, exc.reason)
+                raise
+            assert meta is not None  # _ready checked outbox_meta
+            self._identity = meta[0]
+        except sqlite3.Error as exc:
             conn.close()
-            if isinstance(exc, sqlite3.Error):
-                raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+            raise self._translate(exc) from exc
+        except BaseException:
+            conn.close()
             raise
+        return conn
+
+    @staticmethod
+    def prepare(path: Path) -> None:
+        """Make the file ready before any thread opens it (`outbox_guard.prepare`)."""
+        guard.prepare(path)
+
+    @staticmethod
+    def _ready(conn: sqlite3.Connection) -> bool:
+        """WAL is set and the schema has outbox_meta (a per-thread open never changes them)."""
+        mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+        return mode == "wal" and guard.read_meta(conn) is not None
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -277,8 +316,14 @@ class Outbox:
 
     def _translate(self, exc: sqlite3.Error) -> OutboxError:
         """Our error for a sqlite3 one (SQLITE_FULL becomes OutboxFull)."""
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        code = getattr(exc, "sqlite_errorcode", 0)
+        if code == sqlite3.SQLITE_FULL:
             return OutboxFull(f"disk full: {exc} ({self.path})")
+        if code & 0xFF == sqlite3.SQLITE_READONLY:  # a file we cannot write: say which, and why
+            try:
+                guard.settle_owner(self.path)
+            except OutboxError as owner:
+                return owner
         return OutboxError(f"outbox {self.path}: {exc}")
 
     def _row(self, conn: sqlite3.Connection, item_id: int) -> sqlite3.Row | None:
@@ -329,6 +374,7 @@ class Outbox:
         if kind is Kind.ORDER and order_external_identifier is not None:
             raise OutboxError("only a return belongs to an order (order_external_identifier)")
         text = canonical_json(body)
+        self._check_damage()
         with self._write() as conn:
             row = conn.execute(
                 "SELECT * FROM outbox WHERE kind = ? AND external_identifier = ?",
@@ -372,7 +418,29 @@ class Outbox:
             )
             new = self._row(conn, int(table.last_pk or 0))
             assert new is not None  # inserted in this very transaction
+            stored = int(conn.execute(
+                "UPDATE outbox_meta SET stored = stored + 1 WHERE id = 1 RETURNING stored"
+            ).fetchone()[0])
+        self._check_damage(after_commit=True)
+        try:
+            self._mark.write(Mark(self._identity, stored, int(new["id"])))
+        except OSError as exc:  # stored, but not acknowledged: the POS sends it again
+            raise OutboxError(f"cannot update the outbox mark {self._mark.path}: {exc}") from exc
         return Enqueued(_item(new), created=True)
+
+    def _check_damage(self, *, after_commit: bool = False) -> None:
+        """OutboxDamaged when the outbox was found damaged, or (after a commit) its file was
+        deleted or replaced while open: what was just committed would not survive."""
+        reason = guard.read_flag(self.path)
+        if reason is None and after_commit:
+            try:
+                same = os.stat(self.path).st_ino == self._inode
+            except FileNotFoundError:
+                same = False
+            if not same:
+                reason = f"{self.path} was deleted or replaced while it was open"
+        if reason is not None:
+            raise OutboxDamaged(reason)
 
     def _check_disk(self) -> None:
         """OutboxFull when the file's filesystem has less than min_free_bytes free."""
@@ -555,7 +623,30 @@ class Outbox:
             oldest = conn.execute(
                 "SELECT min(created_at) FROM outbox WHERE state IN ('pending', 'sending')"
             ).fetchone()[0]
-        return None if oldest is None else max(0.0, now - float(oldest))
+        if oldest is None:
+            return None
+        try:
+            return max(0.0, now - float(oldest))
+        except (TypeError, ValueError) as exc:
+            raise OutboxError(f"outbox {self.path}: created_at {oldest!r} is not a time") from exc
+
+    def damage(self) -> str | None:
+        """Why this outbox must not take orders (recorded, or its mark disagrees), or None;
+        reads only (also on a read-only outbox)."""
+        reason = guard.read_flag(self.path)
+        if reason is None:
+            try:
+                mark = self._mark.read()  # before the database: a mark follows its commit
+                if self.path.stat().st_size == 0:
+                    return guard.lost_file(self.path, mark)
+                with self._read() as conn:
+                    meta = guard.read_meta(conn)
+                guard.compare(self.path, mark, meta)
+            except OutboxDamaged as exc:
+                reason = exc.reason
+            except OSError as exc:
+                raise OutboxError(f"cannot check outbox {self.path}: {exc}") from exc
+        return reason
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -585,9 +676,24 @@ class Outbox:
     def close(self) -> None:
         """Close the connection (idempotent)."""
         self._conn.close()
+        self._mark.close()
 
     def __enter__(self) -> Outbox:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def outbox_state(path: Path) -> dict[str, Any]:
+    """The `outbox` part of the retained state: depth and oldest pending age, or `damaged`
+    with the reason (depth unknown); OutboxError for anything else."""
+    try:
+        with Outbox(path, create=False) as outbox:
+            age = outbox.oldest_pending_age()
+            return {
+                "depth": outbox.depth(),
+                "oldest_pending_age_s": None if age is None else round(age, 1),
+            }
+    except OutboxDamaged as exc:
+        return {"depth": None, "oldest_pending_age_s": None, "damaged": exc.reason}

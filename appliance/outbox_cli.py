@@ -1,19 +1,28 @@
-"""The technician's `leat-scanner outbox list|show|retry|drop` over an open `Outbox`.
+"""The technician's `leat-scanner outbox list|show|retry|drop|repair`.
 
 `list` prints an aligned table (or one JSON object per line with `--json`); `show` prints
-one item with its body pretty-printed. Bodies are shown as the POS sent them, except that a
+one item with its body pretty-printed. Both open the file read-only and never create one (a
+missing outbox is an error). Bodies are shown as the POS sent them, except that a
 `contact.email` is masked. `drop` only acts with `--yes` (it prints what it would remove
-otherwise). Unknown ids and refused transitions print an error and exit 1.
+otherwise). Unknown ids and refused transitions print an error and exit 1. `repair` says
+why a damaged outbox refuses orders; with `--accept-loss` it makes it usable again
+(`outbox_guard.repair`). Run as root, the files are given back to the state directory's
+owner afterwards, so the service user can still write them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
+from appliance import outbox_guard
+from appliance.config import DEFAULT_PATH
 from appliance.errors import OutboxError
 from appliance.outbox import Item, Outbox, State
 from appliance.privacy import mask_email
@@ -23,24 +32,91 @@ log = logging.getLogger(__name__)
 ERROR_WIDTH = 48
 
 
+READ_ONLY = ("list", "show")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the list/show/retry/drop subcommands (dest `outbox_command`) to `parser`."""
+    """Add the list/show/retry/drop/repair subcommands (dest `outbox_command`) to `parser`."""
     commands = parser.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
-    listing = commands.add_parser("list", help="items in the outbox, oldest first")
+    shared = argparse.ArgumentParser(add_help=False)
+    # Also after the action (`outbox list --config X`); SUPPRESS keeps a value given before it.
+    shared.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                        help=f"config file (default {DEFAULT_PATH})")
+    shared.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        default=argparse.SUPPRESS, help="override logging.level")
+    listing = commands.add_parser("list", help="items in the outbox, oldest first",
+                                  parents=[shared])
     listing.add_argument(
         "--state", choices=[str(s) for s in State], action="append",
         help="only items in this state (repeatable)",
     )
     listing.add_argument("--limit", type=int, default=100, help="at most this many (100)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    show = commands.add_parser("show", help="one item, body included")
+    show = commands.add_parser("show", help="one item, body included", parents=[shared])
     show.add_argument("id", type=int, metavar="ID")
     show.add_argument("--json", action="store_true", help="as one JSON object")
-    retry = commands.add_parser("retry", help="send a dead item again (attempts reset)")
+    retry = commands.add_parser("retry", help="send a dead item again (attempts reset)",
+                                parents=[shared])
     retry.add_argument("id", type=int, metavar="ID")
-    drop = commands.add_parser("drop", help="remove a pending or dead item for good")
+    drop = commands.add_parser("drop", help="remove a pending or dead item for good",
+                               parents=[shared])
     drop.add_argument("id", type=int, metavar="ID")
     drop.add_argument("--yes", action="store_true", help="really drop it")
+    repair = commands.add_parser(
+        "repair", help="why a damaged outbox refuses orders; --accept-loss to use it again",
+        parents=[shared])
+    repair.add_argument("--accept-loss", action="store_true",
+                        help="keep what is readable, set the rest aside, take orders again")
+
+
+def run(args: argparse.Namespace, path: Path, out: TextIO) -> int:
+    """Open the outbox at `path` as the action needs (read-only for list/show, never
+    creating one) and run the action; 1 with a message on stderr when it cannot."""
+    action = args.outbox_command
+    try:
+        _settle_owner(path)
+        if action == "repair":
+            return _repair(args, path, out)
+        outbox = Outbox(path, create=False, readonly=action in READ_ONLY)
+    except OutboxError as exc:
+        print(f"leat-scanner outbox: {exc}", file=sys.stderr)
+        return 1
+    reason = None
+    try:
+        if action in READ_ONLY:
+            with contextlib.suppress(OutboxError):  # the action itself says what is wrong
+                reason = outbox.damage()
+            if reason is not None:
+                print(f"leat-scanner outbox: warning: the outbox is damaged and refuses new "
+                      f"orders: {reason} (see `leat-scanner outbox repair`)", file=sys.stderr)
+        return main(args, outbox, out)
+    finally:
+        outbox.close()
+        with contextlib.suppress(OutboxError):
+            _settle_owner(path)  # SQLite may have made -wal/-shm files, even read-only
+
+
+def _settle_owner(path: Path) -> None:
+    """As root (sudo): the outbox files go back to the state directory's owner."""
+    if os.geteuid() == 0 and path.parent.exists():
+        outbox_guard.settle_owner(path)
+
+
+def _repair(args: argparse.Namespace, path: Path, out: TextIO) -> int:
+    reason = outbox_guard.diagnose(path)
+    if reason is None:
+        print(f"outbox {path} is not damaged: nothing to repair", file=out)
+        return 0
+    print(f"damaged: {reason}", file=out)
+    if not args.accept_loss:
+        print("Orders acknowledged after the damage happened may be lost. Stop the service "
+              "(systemctl stop leat-scanner), then run `leat-scanner outbox repair "
+              "--accept-loss`: it keeps the database if SQLite can still read it, or moves "
+              "the damaged files aside (*.aside-<time>) and starts an empty outbox.",
+              file=out)
+        return 1
+    print(outbox_guard.repair(path), file=out)
+    return 0
 
 
 def main(args: argparse.Namespace, outbox: Outbox, out: TextIO) -> int:

@@ -1,9 +1,11 @@
 """Outbox throughput: durable enqueues per second (WAL, synchronous=FULL, one commit each).
 
 Each run enqueues N realistic (~1 KB) orders one by one into a fresh file, as the MQTT
-handler does (one transaction + fsync per order). The median of 3 runs is reported for
-synchronous=FULL (what the appliance uses) and, for comparison, NORMAL and OFF. Target:
->= 1,000 durable enqueues/s. A drain section (outbox -> Leat sandbox) is added separately.
+handler does (one transaction + fsync per order, then the mark's pwrite + fdatasync, see
+appliance/outbox_guard.py). The median of 3 runs is reported for synchronous=FULL (what the
+appliance uses) and, for comparison, NORMAL and OFF (the mark's fdatasync stays in all
+three). Target: >= 1,000 durable enqueues/s. A drain section (outbox -> Leat sandbox) is
+added separately.
 
     .venv/bin/python bench/outbox.py [--orders 2000] [--runs 3] [--dir DIR]
 """

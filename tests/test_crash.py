@@ -9,10 +9,12 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from broker import Mosquitto, Subscriber
 from test_orders import order_body
 
+from appliance import contract
 from appliance.leat.sandbox import LeatSandbox
 from appliance.outbox import Outbox, State
 from appliance.samples import DEMO_SHOP_UUID, write_demo_frames
@@ -54,14 +56,15 @@ shop_uuid = "{DEMO_SHOP_UUID}"
     return config
 
 
-def start(config: Path) -> subprocess.Popen[bytes]:
+def start(config: Path, log: Path | None = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEAT_SCANNER_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "appliance", "run", "--config", str(config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with open(log or os.devnull, "wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "appliance", "run", "--config", str(config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
 
 
 def test_crash_kill_9_loses_and_doubles_nothing(broker: Mosquitto, tmp_path: Path) -> None:
@@ -137,3 +140,54 @@ def test_crash_kill_9_loses_and_doubles_nothing(broker: Mosquitto, tmp_path: Pat
         items = outbox.items(limit=1000)
     assert len(items) == ORDERS
     assert {i.state for i in items} == {State.DELIVERED}
+
+
+def test_fresh_starts_serve_at_once_and_a_damaged_outbox_keeps_the_device_up(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """Real `leat-scanner run` starts on new state directories with a POS order right away
+    (forwarder, state publisher and request handler open the new outbox together); then the
+    outbox is emptied (0 bytes, as SD cards do): the device stays up, says so on `state` and
+    in the log, and refuses new orders instead of acking them into a new empty file."""
+    with LeatSandbox() as sandbox, Subscriber(broker, f"{BASE}/#", "pos/replies") as pos:
+        pos.wait_subscribed()
+        onlines = 0
+
+        def serve_one(config: Path, transaction: str, log: Path | None = None) -> dict[str, Any]:
+            """Start, wait online, send one order, return its reply; the process stays up."""
+            nonlocal onlines
+            proc = start(config, log)
+            try:
+                onlines += 1
+                pos.wait_for(lambda ms, n=onlines: sum(
+                    m.topic == f"{BASE}/availability" and m.payload == b"online" for m in ms
+                ) >= n, timeout=20)
+                body = {"transaction": transaction, "order": order_body(f"fresh-{transaction}")}
+                pos.publish(f"{BASE}/request/order.create", json.dumps(body).encode())
+                ms = pos.wait_for(lambda ms: any(
+                    json.loads(m.payload).get("transaction") == transaction
+                    for m in ms if m.topic == f"{BASE}/response/order.create"), timeout=20)
+                assert proc.poll() is None, "the daemon exited"
+            finally:
+                proc.terminate()
+                assert proc.wait(timeout=20) == 0
+            [reply] = [json.loads(m.payload) for m in ms
+                       if m.topic == f"{BASE}/response/order.create"
+                       and json.loads(m.payload).get("transaction") == transaction]
+            return reply
+
+        for run in range(3):
+            (tmp_path / f"device-{run}").mkdir()
+            config = write_config(tmp_path / f"device-{run}", broker, sandbox)
+            assert serve_one(config, f"start-{run}")["status"] == "ok"
+
+        outbox = tmp_path / "device-2" / "state" / "outbox.sqlite3"
+        os.truncate(outbox, 0)
+        log = tmp_path / "damaged.log"
+        reply = serve_one(config, "after-damage", log)
+        assert reply["error"]["code"] == "storage_damaged"
+        assert outbox.stat().st_size == 0  # never silently recreated
+        states = [json.loads(m.payload) for m in pos.on(f"{BASE}/state")]
+        assert "empty (0 bytes)" in states[-1]["outbox"]["damaged"]
+        contract.validate("state", states[-1])
+        assert "ERROR appliance.daemon: outbox unusable" in log.read_text(encoding="utf-8")

@@ -30,6 +30,7 @@ from appliance.outbox import (
     State,
     backoff_delay,
 )
+from appliance.outbox_guard import Mark, MarkFile, mark_path
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_750_000_000.0
@@ -522,8 +523,14 @@ def test_enqueue_survives_kill_9(path: Path) -> None:
         assert data["external_identifier"] == name
         assert data["pad"] == "x" * 500
         assert state == "pending"
+    mark = MarkFile(mark_path(path)).read()  # written after each commit: never ahead
+    assert mark is not None
+    assert len(names) - 1 <= mark.stored <= len(names)
+    Outbox.prepare(path)  # a kill between a commit and its mark is not damage
     with Outbox(path, min_free_bytes=0) as box:
         assert box.depth() == len(names)
+    last_id = max(r[0] for r in rows(path))
+    assert MarkFile(mark_path(path)).read() == Mark(mark.identity, len(names), last_id)
 
 
 # -- outbox_cli ---------------------------------------------------------------------------

@@ -1,0 +1,493 @@
+"""The outbox at start and after storage damage: prepared once, checked against its mark,
+refused (never silently recreated) when truncated, emptied, deleted or rolled back; owners.
+
+Real SQLite files throughout; the foreign-owner cases fork a child that drops to another uid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_orders import order_body
+
+from appliance import cli, outbox_guard
+from appliance.errors import OutboxError
+from appliance.orders import OrderRequests
+from appliance.outbox import Kind, Outbox, outbox_state
+from appliance.outbox_guard import Mark, MarkFile, OutboxDamaged, OutboxNotWritable
+
+SERVICE_UID = 4242  # the service user of these tests (no passwd entry needed)
+ORDERS = 40
+
+
+def fill(path: Path, count: int = ORDERS, start: int = 0) -> None:
+    """`count` acked orders (each padded so the file spans many pages), then close."""
+    with Outbox(path, min_free_bytes=0) as box:
+        for i in range(start, start + count):
+            box.enqueue(Kind.ORDER, f"A-{i}", {"i": i, "pad": "x" * 600})
+
+
+def files(path: Path) -> set[str]:
+    return {p.name for p in path.parent.iterdir()}
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "outbox.sqlite3"
+
+
+def assert_refused(path: Path, reason: str) -> None:
+    """prepare() and every open refuse with `reason`; nothing was recreated."""
+    before = {p.name: p.stat().st_size for p in path.parent.iterdir()}
+    with pytest.raises(OutboxDamaged, match=reason):
+        Outbox.prepare(path)
+    with pytest.raises(OutboxDamaged, match=reason):
+        Outbox(path)
+    assert outbox_guard.read_flag(path) is not None
+    after = {p.name: p.stat().st_size for p in path.parent.iterdir()
+             if not p.name.endswith(".damaged")}
+    before = {k: v for k, v in before.items() if not k.endswith(".damaged")}
+    assert after == before  # not recreated, not touched
+    state = outbox_state(path)
+    assert state["depth"] is None
+    assert state["damaged"] == outbox_guard.read_flag(path)
+
+
+# -- first start ---------------------------------------------------------------------------
+
+
+def test_100_fresh_starts_with_racing_threads_never_crash(tmp_path: Path) -> None:
+    """Three threads (forwarder, state publisher, POS request) open a brand-new outbox at
+    once; before the fix they raced on `PRAGMA journal_mode=WAL` ("database is locked")."""
+    errors: list[BaseException] = []
+    for run in range(100):
+        path = tmp_path / f"device-{run}" / "outbox.sqlite3"
+        barrier = threading.Barrier(3)
+
+        def open_and_store(n: int, path: Path = path,
+                           barrier: threading.Barrier = barrier) -> None:
+            try:
+                barrier.wait(timeout=10)
+                with Outbox(path, min_free_bytes=0) as box:
+                    box.enqueue(Kind.ORDER, f"T-{n}", {"n": n})
+            except BaseException as exc:  # reported to the test thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_and_store, args=(n,)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not errors, f"fresh start {run}: {errors[0]!r}"
+        with Outbox(path) as box:
+            assert box.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert box.depth() == 3
+        mark = MarkFile(outbox_guard.mark_path(path)).read()
+        assert mark is not None
+        assert mark.stored == 3
+
+
+def test_fresh_device_gets_database_and_mark(path: Path) -> None:
+    Outbox.prepare(path)
+    assert files(path) == {"outbox.sqlite3", "outbox.sqlite3.mark"}
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        identity, stored = conn.execute("SELECT identity, stored FROM outbox_meta").fetchone()
+    finally:
+        conn.close()
+    assert stored == 0
+    assert MarkFile(outbox_guard.mark_path(path)).read() == Mark(identity, 0, 0)
+    with Outbox(path, min_free_bytes=0) as box:
+        item = box.enqueue(Kind.ORDER, "A-1", {}).item
+        assert not box.enqueue(Kind.ORDER, "A-1", {}).created  # a repeat stores nothing
+    assert MarkFile(outbox_guard.mark_path(path)).read() == Mark(identity, 1, item.id)
+    Outbox.prepare(path)  # again: nothing to do, nothing wrong
+
+
+def test_per_thread_open_never_changes_the_journal_mode(path: Path) -> None:
+    Outbox.prepare(path)
+    with Outbox(path) as box:
+        box.connection.execute("PRAGMA journal_mode = DELETE")  # what prepare() must repair
+    with Outbox(path) as box:  # found not in WAL: prepare() (locked) sets it again
+        assert box.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_outbox_from_before_the_mark_is_adopted(path: Path) -> None:
+    path.parent.mkdir()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.executescript(outbox_guard.SCHEMA.split("CREATE TABLE IF NOT EXISTS outbox_meta")[0])
+    with conn:
+        for i in range(3):
+            conn.execute(
+                "INSERT INTO outbox (kind, external_identifier, body, state, next_attempt_at, "
+                "created_at, updated_at) VALUES ('order', ?, '{}', 'pending', 0, 0, 0)",
+                (f"OLD-{i}",))
+    conn.close()
+    Outbox.prepare(path)
+    mark = MarkFile(outbox_guard.mark_path(path)).read()
+    assert mark is not None
+    assert (mark.stored, mark.last_id) == (3, 3)
+    with Outbox(path, min_free_bytes=0) as box:
+        assert box.depth() == 3
+        box.enqueue(Kind.ORDER, "NEW", {})
+    fill(path, 2, start=100)
+
+
+def test_mark_behind_after_a_crash_is_caught_up_not_damage(path: Path) -> None:
+    fill(path, 5)
+    marks = MarkFile(outbox_guard.mark_path(path))
+    mark = marks.read()
+    assert mark is not None
+    marks.create(Mark(mark.identity, 4, 4))  # died between the commit and the mark
+    Outbox.prepare(path)
+    assert marks.read() == Mark(mark.identity, 5, 5)
+
+
+def test_torn_mark_slot_falls_back_to_the_other(path: Path) -> None:
+    fill(path, 3)  # last write went to slot 3 % 2 = 1
+    mark_file = outbox_guard.mark_path(path)
+    data = bytearray(mark_file.read_bytes())
+    data[512 + 10] ^= 0xFF  # tear slot 1
+    mark_file.write_bytes(bytes(data))
+    mark = MarkFile(mark_file).read()
+    assert mark is not None
+    assert mark.stored == 2  # slot 0: the write before; the database is ahead: no damage
+    Outbox.prepare(path)
+    data[10] ^= 0xFF  # both slots torn
+    mark_file.write_bytes(bytes(data))
+    assert_refused(path, "mark .* is unreadable")
+
+
+# -- damage --------------------------------------------------------------------------------
+
+
+def test_zero_byte_outbox_is_damage_not_recreated(path: Path) -> None:
+    fill(path)
+    os.truncate(path, 0)
+    assert_refused(path, rf"empty \(0 bytes\), but its mark says {ORDERS} item")
+    assert path.stat().st_size == 0
+
+
+@pytest.mark.parametrize("keep", ["half", "two pages"])
+def test_truncated_outbox_is_damage(path: Path, keep: str) -> None:
+    fill(path)
+    size = path.stat().st_size
+    assert size > 8 * 4096
+    os.truncate(path, size // 2 + 1000 if keep == "half" else 2 * 4096)
+    assert_refused(path, "quick_check|not a readable SQLite database|rolled back")
+
+
+def test_rolled_back_outbox_is_damage(path: Path, tmp_path: Path) -> None:
+    fill(path, 10)
+    shutil.copy(path, tmp_path / "older.sqlite3")
+    fill(path, ORDERS - 10, start=10)
+    shutil.copy(tmp_path / "older.sqlite3", path)  # an older copy restored over it
+    assert_refused(path, f"rolled back: it has stored 10 item.*its mark says {ORDERS}")
+
+
+def test_another_database_in_its_place_is_damage(path: Path, tmp_path: Path) -> None:
+    fill(path, 3)
+    other = tmp_path / "other" / "outbox.sqlite3"
+    fill(other, 5)
+    shutil.copy(other, path)
+    assert_refused(path, "not the database its mark belongs to")
+
+
+def test_deleted_outbox_with_its_mark_is_damage_not_recreated(path: Path) -> None:
+    fill(path)
+    path.unlink()
+    with pytest.raises(OutboxDamaged, match=f"missing, but its mark says {ORDERS} item"):
+        Outbox(path)
+    with pytest.raises(OutboxDamaged, match="missing"):
+        Outbox.prepare(path)
+    assert not path.exists()
+    assert outbox_state(path)["damaged"].endswith(f"(the last was item {ORDERS})")
+
+
+def test_wal_left_without_its_database_is_damage(path: Path) -> None:
+    Outbox.prepare(path)
+    path.unlink()
+    (path.parent / "outbox.sqlite3-wal").write_bytes(b"\x37\x7f\x06\x82" + b"\0" * 60)
+    with pytest.raises(OutboxDamaged, match=r"missing, but .*-wal is not"):
+        Outbox.prepare(path)  # its frames could be replayed into a new file
+    assert not path.exists()
+
+
+def test_no_outbox_without_create_is_a_clear_error(path: Path) -> None:
+    path.parent.mkdir()
+    with pytest.raises(OutboxError, match=f"there is no outbox at {path}"):
+        Outbox(path, create=False)
+    with pytest.raises(OutboxError, match="there is no outbox"):
+        Outbox(path, readonly=True)
+    assert files(path) == set()
+
+
+def test_file_replaced_while_open_refuses_the_ack(path: Path, tmp_path: Path) -> None:
+    fill(path, 1)
+    with Outbox(path, min_free_bytes=0) as box:
+        os.replace(shutil.copy(path, tmp_path / "copy.sqlite3"), path)
+        with pytest.raises(OutboxDamaged, match="deleted or replaced while it was open"):
+            box.enqueue(Kind.ORDER, "LOST", {})
+
+
+def test_damage_found_elsewhere_refuses_an_open_outbox(path: Path) -> None:
+    fill(path, 1)
+    with Outbox(path, min_free_bytes=0) as box:
+        outbox_guard.write_flag(path, "found by another thread")
+        with pytest.raises(OutboxDamaged, match="found by another thread"):
+            box.enqueue(Kind.ORDER, "A-0", {"i": 0, "pad": "x" * 600})  # even a repeat
+        assert box.depth() == 1
+
+
+def test_damaged_outbox_answers_storage_damaged_and_stores_nothing(path: Path) -> None:
+    fill(path)
+    os.truncate(path, 0)
+    replies: list[dict[str, Any]] = []
+    requests = OrderRequests(path, lambda t, p, c: replies.append(dict(p)),
+                             base_topic="b", shop_uuid=None)
+    request = {"order": order_body("POS-1")}
+    response = requests.handle("order.create", json.dumps(request).encode())
+    assert response["status"] == "error"
+    assert response["error"]["code"] == "storage_damaged"
+    assert "empty (0 bytes)" in response["error"]["message"]
+    assert path.stat().st_size == 0  # nothing stored, nothing recreated
+
+
+# -- the technician ------------------------------------------------------------------------
+
+
+def run_cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        code = cli.main(list(argv))
+    finally:  # cli.main logs to this test's captured stderr: leave no handler behind
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def config(path: Path, tmp_path: Path) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[device]\nid = "t"\nstate_dir = "{path.parent}"\n', encoding="utf-8")
+    return config
+
+
+def test_cli_list_never_creates_an_outbox(
+    path: Path, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli("outbox", "list", "--config", str(config), capsys=capsys)
+    assert code == 1
+    assert f"there is no outbox at {path}" in err
+    assert not path.parent.exists()
+    path.parent.mkdir()
+    for argv in (["outbox", "list", "--config", str(config)],
+                 ["outbox", "--config", str(config), "show", "1"]):
+        assert run_cli(*argv, capsys=capsys)[0] == 1
+    assert files(path) == set()
+
+
+def test_cli_config_after_the_action(
+    path: Path, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fill(path, 2)
+    for argv in (["outbox", "list", "--config", str(config)],
+                 ["outbox", "--config", str(config), "list"],
+                 ["outbox", "list", "--json", "--config", str(config), "--log-level", "ERROR"]):
+        code, out, _ = run_cli(*argv, capsys=capsys)
+        assert code == 0
+        assert "A-1" in out
+
+
+def test_cli_list_of_a_damaged_outbox_warns(
+    path: Path, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fill(path, 2)
+    shutil.copy(path, tmp_path / "older.sqlite3")
+    fill(path, 1, start=2)
+    shutil.copy(tmp_path / "older.sqlite3", path)
+    code, out, err = run_cli("outbox", "list", "--config", str(config), capsys=capsys)
+    assert code == 0
+    assert "A-1" in out
+    assert "damaged and refuses new orders" in err
+    assert "rolled back" in err
+    assert outbox_guard.read_flag(path) is None  # list only reads
+
+
+def test_cli_repair_keeps_a_readable_rolled_back_outbox(
+    path: Path, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fill(path, 2)
+    shutil.copy(path, tmp_path / "older.sqlite3")
+    fill(path, 3, start=2)
+    shutil.copy(tmp_path / "older.sqlite3", path)
+    with pytest.raises(OutboxDamaged):
+        Outbox.prepare(path)
+    code, out, _ = run_cli("outbox", "repair", "--config", str(config), capsys=capsys)
+    assert code == 1
+    assert "rolled back" in out
+    assert "--accept-loss" in out
+    with pytest.raises(OutboxDamaged):
+        Outbox(path)  # still refused
+    code, out, _ = run_cli("outbox", "repair", "--accept-loss", "--config", str(config),
+                           capsys=capsys)
+    assert code == 0
+    assert "kept" in out
+    Outbox.prepare(path)
+    with Outbox(path, min_free_bytes=0) as box:
+        assert [i.external_identifier for i in box.items()] == ["A-0", "A-1"]
+        assert box.enqueue(Kind.ORDER, "NEW", {}).created
+    code, out, _ = run_cli("outbox", "repair", "--config", str(config), capsys=capsys)
+    assert (code, out.strip()) == (0, f"outbox {path} is not damaged: nothing to repair")
+
+
+def test_cli_repair_sets_an_unreadable_outbox_aside(
+    path: Path, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fill(path)
+    os.truncate(path, 0)
+    with pytest.raises(OutboxDamaged):
+        Outbox.prepare(path)
+    code, out, _ = run_cli("outbox", "repair", "--accept-loss", "--config", str(config),
+                           capsys=capsys)
+    assert code == 0
+    assert "aside" in out
+    names = files(path)
+    assert {"outbox.sqlite3", "outbox.sqlite3.mark"} <= names
+    assert not {n for n in names if n.endswith(".damaged")}
+    assert len([n for n in names if ".aside-" in n]) == 2  # the empty file and its mark
+    Outbox.prepare(path)
+    with Outbox(path, min_free_bytes=0) as box:
+        assert box.depth() == 0
+        box.enqueue(Kind.ORDER, "NEW", {})
+
+
+def test_moving_all_outbox_files_aside_is_a_fresh_device(path: Path, tmp_path: Path) -> None:
+    fill(path)
+    os.truncate(path, 0)
+    with pytest.raises(OutboxDamaged):
+        Outbox.prepare(path)
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in files(path):  # the documented manual alternative: mv outbox.sqlite3* ...
+        (path.parent / name).rename(aside / name)
+    Outbox.prepare(path)
+    with Outbox(path, min_free_bytes=0) as box:
+        assert box.enqueue(Kind.ORDER, "NEW", {}).created
+
+
+# -- owners --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory another uid can reach (pytest's tmp_path is private to root)."""
+    top = Path(tempfile.mkdtemp(prefix="outbox-owner-"))
+    top.chmod(0o755)
+    try:
+        yield top
+    finally:
+        shutil.rmtree(top)
+
+
+def as_service_user(action: Any) -> str:
+    """Run `action()` in a forked child as SERVICE_UID; "ok" or the error's text."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child's coverage is not collected)
+        os.close(read_end)
+        try:
+            os.setgroups([])
+            os.setresgid(SERVICE_UID, SERVICE_UID, SERVICE_UID)
+            os.setresuid(SERVICE_UID, SERVICE_UID, SERVICE_UID)
+            action()
+            result = "ok"
+        except BaseException as exc:
+            result = f"{type(exc).__name__}: {exc}"
+        os.write(write_end, result.encode()[:60000])
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        result = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return result
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create files as another uid")
+def test_root_created_outbox_is_refused_by_the_service_user_then_fixed_by_root(
+    shared_dir: Path,
+) -> None:
+    state = shared_dir / "state"
+    state.mkdir(mode=0o750)
+    os.chown(state, SERVICE_UID, SERVICE_UID)  # what systemd's StateDirectory= makes
+    path = state / "outbox.sqlite3"
+    fill(path, 2)
+    for name in ("outbox.sqlite3-shm", "outbox.sqlite3-wal"):
+        (state / name).touch()
+    for file in outbox_guard.companions(path)[:4]:  # as an older `sudo leat-scanner outbox`
+        os.chown(file, 0, 0)                       # left them: root's, 0644
+        file.chmod(0o644)
+
+    refused = as_service_user(lambda: Outbox.prepare(path))
+    assert refused.startswith(OutboxNotWritable.__name__)
+    assert f"{path} belongs to root (uid 0)" in refused
+    assert f"runs as uid {SERVICE_UID}" in refused
+    assert f"fix: sudo chown {SERVICE_UID}:{SERVICE_UID} {path}" in refused
+    assert as_service_user(lambda: fill(path, 1, start=10)).startswith("OutboxNotWritable")
+
+    def state_names_the_fix() -> None:
+        reason = outbox_state(path).get("damaged") or ""
+        if "fix: sudo chown" not in reason:
+            raise AssertionError(f"state does not name the fix: {reason!r}")
+
+    assert as_service_user(state_names_the_fix) == "ok"
+
+    Outbox.prepare(path)  # as root: the files go to the state directory's owner
+    for name in files(path):
+        assert (state / name).stat().st_uid == SERVICE_UID, name
+    assert as_service_user(lambda: fill(path, 1, start=10)) == "ok"
+    with Outbox(path) as box:
+        assert box.depth() == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_sudo_outbox_list_leaves_files_the_service_user_can_write(
+    shared_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = shared_dir / "state"
+    state.mkdir(mode=0o750)
+    os.chown(state, SERVICE_UID, SERVICE_UID)
+    path = state / "outbox.sqlite3"
+    assert as_service_user(lambda: fill(path, 2)) == "ok"
+    config = shared_dir / "config.toml"
+    config.write_text(f'[device]\nid = "t"\nstate_dir = "{state}"\n', encoding="utf-8")
+    code, out, _ = run_cli("outbox", "list", "--config", str(config), capsys=capsys)
+    assert code == 0
+    assert "A-1" in out
+    assert "outbox.sqlite3-shm" in files(path)  # SQLite made it, even read-only
+    for name in files(path):
+        assert (state / name).stat().st_uid == SERVICE_UID, name
+    assert as_service_user(lambda: fill(path, 1, start=5)) == "ok"
+
+
+def test_damage_is_logged_at_error(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fill(path, 2)
+    os.truncate(path, 0)
+    with caplog.at_level(logging.ERROR), pytest.raises(OutboxError):
+        Outbox.prepare(path)
+    assert any(r.levelno == logging.ERROR and "empty (0 bytes)" in r.getMessage()
+               for r in caplog.records)
