@@ -208,7 +208,7 @@ def _decode_line(record: dict[str, object], as_json: bool) -> str:
 
 
 def _sandbox(args: argparse.Namespace, cfg: config.Config) -> int:
-    from appliance.leat.sandbox import serve
+    from appliance.sandbox.server import serve
 
     try:
         serve(args.host, args.port, args.seed)

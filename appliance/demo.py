@@ -28,9 +28,9 @@ from appliance.config import Config, read_secret
 from appliance.daemon import build
 from appliance.errors import BusError
 from appliance.feedback import Feedback, FeedbackLike, Signal
-from appliance.leat.sandbox import LeatSandbox
 from appliance.localbroker import LocalMosquitto
 from appliance.samples import DEMO_ACCOUNT_SECRET, DEMO_SHOP_UUID, write_demo_frames
+from appliance.sandbox.server import LeatSandbox
 
 DEMO_DEVICE_ID = "demo-counter"
 

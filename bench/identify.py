@@ -34,7 +34,6 @@ from appliance.config import Config
 from appliance.daemon import build
 from appliance.feedback import NullFeedback
 from appliance.leat.client import LeatClient
-from appliance.leat.sandbox import LeatSandbox
 from appliance.localbroker import LocalMosquitto
 from appliance.samples import (
     DEMO_CODES,
@@ -44,6 +43,7 @@ from appliance.samples import (
     place,
     render_code,
 )
+from appliance.sandbox.server import LeatSandbox
 
 BASE = "leat-scanner/bench"
 

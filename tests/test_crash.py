@@ -15,9 +15,9 @@ from broker import Mosquitto, Subscriber
 from test_orders import order_body
 
 from appliance import contract
-from appliance.leat.sandbox import LeatSandbox
 from appliance.outbox import Outbox, State
 from appliance.samples import DEMO_SHOP_UUID, write_demo_frames
+from appliance.sandbox.server import LeatSandbox
 
 BASE = "leat-scanner/crash-till"
 KILLS = 20  # with test_outbox (25) and test_forwarder (10): 55 kill -9 iterations in the suite

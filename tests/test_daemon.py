@@ -311,7 +311,7 @@ def leat_config(broker: Mosquitto, frames: Path, sandbox: Any, tmp_path: Path) -
 def test_daemon_publishes_identifications_from_leat(
     broker: Mosquitto, tmp_path: Path, leat_up: bool
 ) -> None:
-    from appliance.leat.sandbox import LeatSandbox
+    from appliance.sandbox.server import LeatSandbox
 
     frames = tmp_path / "frames"
     write_demo_frames(frames)

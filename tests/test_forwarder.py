@@ -25,9 +25,9 @@ from appliance import contract
 from appliance.errors import BusError
 from appliance.forwarder import Forwarder, TokenSettings
 from appliance.leat.client import LeatClient
-from appliance.leat.sandbox import LeatSandbox
 from appliance.leat.token import verify
 from appliance.outbox import Kind, Outbox, State
+from appliance.sandbox.server import LeatSandbox
 
 SHOP = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"
 JANE = "c0a80101-1a2b-4c3d-8e4f-000000000001"

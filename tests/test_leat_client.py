@@ -520,7 +520,7 @@ NO_SUCH = "00000000-0000-4000-8000-000000000000"
 @pytest.fixture
 def sandbox() -> Iterator[Any]:
     """A running Leat sandbox with the demo seed (fresh state for every test)."""
-    from appliance.leat.sandbox import LeatSandbox
+    from appliance.sandbox.server import LeatSandbox
 
     with LeatSandbox() as server:
         yield server
@@ -857,7 +857,7 @@ def refused(sandbox: Any) -> int:
 
 
 def test_sandbox_oauth_token_refreshed_before_it_expires() -> None:
-    from appliance.leat.sandbox import LeatSandbox
+    from appliance.sandbox.server import LeatSandbox
 
     clock = SharedClock()
     with LeatSandbox(token_lifetime_s=600, clock=clock.wall) as sandbox:
@@ -998,7 +998,7 @@ def test_sandbox_secrets_never_logged(sandbox: Any, caplog: pytest.LogCaptureFix
         client.find_contact_by_email(JANE_EMAIL)
     with LeatClient(sandbox.url, token=sandbox.personal_access_token) as client:
         client.list_shops()
-    ours = [r for r in caplog.records if not r.name.startswith("appliance.leat.sandbox")]
+    ours = [r for r in caplog.records if not r.name.startswith("appliance.sandbox")]
     everything = "\n".join(f"{r.getMessage()} {r.args!r}" for r in ours)
     assert sandbox.oauth_client_secret not in everything
     assert sandbox.personal_access_token not in everything

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,15 +14,15 @@ from appliance.codes import Classifier, Kind
 from appliance.config import CodesConfig
 from appliance.decode import Scan
 from appliance.feedback import Signal
-from appliance.leat import sandbox as sandbox_module
 from appliance.leat.client import LeatClient
-from appliance.leat.sandbox import LeatSandbox
 from appliance.pipeline import ScanHandler
 from appliance.resolve import Resolution, Resolver
 from appliance.samples import DEMO_ACCOUNT_SECRET, DEMO_CODES, DEMO_SHOP_UUID
+from appliance.sandbox import seed as sandbox_seed
+from appliance.sandbox.server import LeatSandbox
 
 CLASSIFIER = Classifier(CodesConfig())
-SEED = Path(sandbox_module.__file__).with_name("sandbox_seed.json")
+SEED = sandbox_seed.BUNDLED_SEED
 
 
 @pytest.fixture(scope="module")

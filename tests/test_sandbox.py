@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from appliance.leat import sandbox_state
-from appliance.leat.sandbox import LeatSandbox
-from appliance.leat.sandbox_seed import BUNDLED_SEED, SeedError
+from appliance.sandbox import contacts as sandbox_contacts
+from appliance.sandbox.seed import BUNDLED_SEED, SeedError
+from appliance.sandbox.server import LeatSandbox
 
 API = "/api/v3/oauth/clients"
 SHOP = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"
@@ -746,8 +746,8 @@ def test_sandbox_handler_crash_is_500_code_1000(
     def boom(*args: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(sandbox_state.State, "units", boom)
-    with caplog.at_level(logging.ERROR, logger="appliance.leat.sandbox"):
+    monkeypatch.setattr(sandbox_contacts.Contacts, "units", boom)
+    with caplog.at_level(logging.ERROR, logger="appliance.sandbox.server"):
         err(api.get("/units"), 1000, status=500)
     assert "failed" in caplog.text
     assert ok(api.get("/shops"))  # the server lives on

@@ -1,6 +1,6 @@
 """The Leat sandbox's records and its seed file: loading, validation, and fresh state.
 
-A seed is a JSON object (see `sandbox_seed.json` and docs/sandbox.md). Every problem is
+A seed is a JSON object (see `seed.json` and docs/sandbox.md). Every problem is
 reported at once, each with its path (`seed.contacts[0].email: ...`), as a `SeedError`.
 """
 
@@ -18,7 +18,7 @@ from appliance.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-BUNDLED_SEED = Path(__file__).with_name("sandbox_seed.json")
+BUNDLED_SEED = Path(__file__).with_name("seed.json")
 
 T = TypeVar("T")
 

@@ -6,13 +6,11 @@ Locks last one hour and lapse lazily; reverse accepts a voucher or a redemption 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from appliance.leat.sandbox_input import Input, Page, SandboxError, atom, invalid, new_uuid
-from appliance.leat.sandbox_seed import Redemption, Voucher, VoucherLock
-
-if TYPE_CHECKING:
-    from appliance.leat.sandbox_state import Args, State
+from appliance.sandbox.input import Input, Page, SandboxError, atom, invalid, new_uuid
+from appliance.sandbox.seed import Redemption, Voucher, VoucherLock
+from appliance.sandbox.world import Args, World
 
 LOCK_DURATION: Final = timedelta(hours=1)
 STATUSES: Final = ("ACTIVE", "REDEEMED", "EXPIRED", "DEACTIVATED", "INACTIVE", "LOCKED")
@@ -20,13 +18,13 @@ MAX_PAGE: Final = 500  # ASSUMPTION: the largest `limit` List Vouchers accepts
 
 
 class Vouchers:
-    """The voucher calls over a `State` (called with its lock held)."""
+    """The voucher calls over a `World` (called with its lock held)."""
 
-    def __init__(self, state: State) -> None:
-        self.state = state
+    def __init__(self, world: World) -> None:
+        self.world = world
 
     def _voucher(self, uuid: str) -> Voucher:
-        found = self.state.vouchers.get(uuid)
+        found = self.world.vouchers.get(uuid)
         if found is None:
             raise SandboxError(80004, "Voucher not found.")
         return found
@@ -35,7 +33,7 @@ class Vouchers:
         """The status now: locks lapse after an hour, dates expire (computed lazily)."""
         if v.status != "ACTIVE":
             return v.status
-        now = self.state.clock()
+        now = self.world.clock()
         if v.expiration_date is not None and v.expiration_date <= now:
             return "EXPIRED"
         if v.lock is not None and now >= v.lock.locked_at + LOCK_DURATION:
@@ -46,8 +44,8 @@ class Vouchers:
         status = self._voucher_status(v)
         live = [r for r in v.redemptions if not r.reversed]
         times = len(live) or (1 if v.status == "REDEEMED" else 0)
-        promotion = self.state.promotions[v.promotion]
-        contact = self.state.contacts.get(v.contact or "")
+        promotion = self.world.promotions[v.promotion]
+        contact = self.world.contacts.get(v.contact or "")
         return {
             "uuid": v.uuid, "code": v.code, "status": status, "name": v.name,
             "description": v.description, "expiration_date": atom(v.expiration_date),
@@ -55,7 +53,7 @@ class Vouchers:
             "is_redeemed": status == "REDEEMED", "redemptions_remaining": max(0, 1 - times),
             "times_redeemed": times, "total_redemptions_allowed": 1,
             "attributes": dict(promotion.attributes),
-            "contact": self.state.contact_ref(contact) if contact else None,
+            "contact": self.world.contact_ref(contact) if contact else None,
             "promotion": {**promotion.attributes, "uuid": promotion.uuid, "name": promotion.name,
                           "description": promotion.description, "voucher_limit": None,
                           "limit_per_contact": None, "expiration_duration": None},
@@ -82,9 +80,9 @@ class Vouchers:
             query.fail("limit", f"The limit may not be greater than {MAX_PAGE}.")
         query.check()
         if contact_uuid is not None:
-            self.state.contact(contact_uuid)
+            self.world.contact(contact_uuid)
         found = [
-            self._voucher_obj(v) for v in self.state.vouchers.values()
+            self._voucher_obj(v) for v in self.world.vouchers.values()
             if (contact_uuid is None or v.contact == contact_uuid)
             and (promotion_uuid is None or v.promotion == promotion_uuid)
         ]
@@ -92,7 +90,7 @@ class Vouchers:
         return Page(found, page, limit, "/api/v3/oauth/clients/vouchers")
 
     def _by_code(self, code: str) -> Voucher:
-        found = next((v for v in self.state.vouchers.values() if v.code == code), None)
+        found = next((v for v in self.world.vouchers.values() if v.code == code), None)
         if found is None:
             raise SandboxError(80004, "Voucher not found.")
         return found
@@ -120,9 +118,9 @@ class Vouchers:
         shop_uuid = body.text("shop_uuid")
         contact_uuid = body.text("contact_uuid", required=v.contact is None)
         body.check()
-        self.state.shop(shop_uuid)
+        self.world.shop(shop_uuid)
         if contact_uuid is not None:
-            contact = self.state.contact(contact_uuid)
+            contact = self.world.contact(contact_uuid)
             if v.contact is not None and v.contact != contact.uuid:
                 raise invalid("contact_uuid", "The voucher belongs to another contact.")
         self._usable(v)
@@ -132,7 +130,7 @@ class Vouchers:
         """`POST /vouchers/{uuid}/lock`: reserved for an hour, released lazily after that."""
         v = self._voucher(args[0])
         self._usable(v)
-        now = self.state.clock()
+        now = self.world.clock()
         v.lock = VoucherLock(new_uuid(), now)
         return {"voucher": {"uuid": v.uuid, "status": "LOCKED"},
                 "lock": {"release_key": v.lock.release_key, "locked_at": atom(now),
@@ -156,7 +154,7 @@ class Vouchers:
         lock, v.lock = v.lock, None
         return {"voucher": {"uuid": v.uuid, "status": "ACTIVE"},
                 "lock": {"release_key": lock.release_key, "locked_at": atom(lock.locked_at),
-                         "unlocked_at": atom(self.state.clock()), "system_release_at": None}}
+                         "unlocked_at": atom(self.world.clock()), "system_release_at": None}}
 
     def redeem_voucher(self, args: Args, query: Input, body: Input) -> Any:
         """`POST /vouchers/redeem`: the voucher plus `voucher_redemption{uuid, created_at}`.
@@ -171,10 +169,10 @@ class Vouchers:
         if v.contact is None and contact_uuid is None:
             raise invalid("contact_uuid", "The contact uuid field is required when the voucher "
                           "has no contact.")
-        self.state.shop(shop_uuid)
-        contact = self.state.contact(contact_uuid) if contact_uuid is not None else None
+        self.world.shop(shop_uuid)
+        contact = self.world.contact(contact_uuid) if contact_uuid is not None else None
         self._usable(v, key)
-        now = self.state.clock()
+        now = self.world.clock()
         redemption = Redemption(new_uuid(), now, contact.uuid if contact else v.contact)
         v.status, v.redeemed_at, v.lock = "REDEEMED", now, None
         v.redemptions.append(redemption)
@@ -187,10 +185,10 @@ class Vouchers:
         ASSUMPTION: the response is the voucher object (ACTIVE again); a voucher that is
         not redeemed is refused with 1003.
         """
-        v = self.state.vouchers.get(args[0])
+        v = self.world.vouchers.get(args[0])
         redemption: Redemption | None = None
         if v is None:
-            for candidate in self.state.vouchers.values():
+            for candidate in self.world.vouchers.values():
                 redemption = next((r for r in candidate.redemptions if r.uuid == args[0]), None)
                 if redemption is not None:
                     v = candidate

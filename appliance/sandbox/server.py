@@ -30,10 +30,10 @@ from types import FrameType, TracebackType
 from typing import Any, Final, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from appliance.leat.sandbox_faults import API_PREFIX, FAULT_FIELDS, Faults, FaultSet
-from appliance.leat.sandbox_input import Input, Page, SandboxError, nest_form, parse_body
-from appliance.leat.sandbox_seed import parse_seed, read_seed
-from appliance.leat.sandbox_state import ROUTES, State, handler
+from appliance.sandbox.faults import API_PREFIX, FAULT_FIELDS, Faults, FaultSet
+from appliance.sandbox.input import Input, Page, SandboxError, nest_form, parse_body
+from appliance.sandbox.seed import parse_seed, read_seed
+from appliance.sandbox.state import ROUTES, State, handler
 
 log = logging.getLogger(__name__)
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from appliance.leat.sandbox_input import Input, SandboxError, atom, invalid, new_uuid
-from appliance.leat.sandbox_seed import Contact, Giftcard, Shop
-
-if TYPE_CHECKING:
-    from appliance.leat.sandbox_state import Args, State
+from appliance.sandbox.input import Input, SandboxError, atom, invalid, new_uuid
+from appliance.sandbox.seed import Contact, Giftcard, Shop
+from appliance.sandbox.world import Args, World
 
 # ASSUMPTION: no code is documented for a prepaid debit above the balance; 9999 is made up.
 PREPAID_INSUFFICIENT: Final = 9999
@@ -43,15 +41,15 @@ class PrepaidTx:
 
 
 class Payments:
-    """Giftcard and prepaid calls over a `State` (called with its lock held)."""
+    """Giftcard and prepaid calls over a `World` (called with its lock held)."""
 
-    def __init__(self, state: State) -> None:
-        self.state = state
+    def __init__(self, world: World) -> None:
+        self.world = world
         self.giftcard_txs: dict[str, GiftcardTx] = {}
         self.prepaid_txs: dict[str, PrepaidTx] = {}
 
     def _giftcard(self, uuid: str | None) -> Giftcard:
-        found = self.state.giftcards.get(uuid or "")
+        found = self.world.giftcards.get(uuid or "")
         if found is None:
             raise SandboxError(5001, "Giftcard not found.")
         return found
@@ -60,7 +58,7 @@ class Payments:
         """`GET /giftcards/find-one-by?hash=`."""
         hash_ = query.text("hash")
         query.check()
-        found = next((g for g in self.state.giftcards.values() if g.hash == hash_), None)
+        found = next((g for g in self.world.giftcards.values() if g.hash == hash_), None)
         if found is None:
             raise SandboxError(5001, "Giftcard not found.")
         return self._giftcard_obj(found)
@@ -70,12 +68,12 @@ class Payments:
         return self._giftcard_obj(self._giftcard(args[0]))
 
     def _giftcard_obj(self, g: Giftcard) -> dict[str, Any]:
-        program = self.state.programs[g.program]
+        program = self.world.programs[g.program]
         amount = g.amount_in_cents
         return {
             "uuid": g.uuid, "id": g.id, "type": g.type, "hash": g.hash, "active": g.active,
             "upgradeable": g.upgradeable, "amount_in_cents": amount, "amount": amount / 100,
-            "display_amount": self.state.money(amount),
+            "display_amount": self.world.money(amount),
             "expiration_date": atom(g.expiration_date),
             "giftcard_program": {"uuid": program.uuid, "name": program.name,
                                  "max_amount_in_cents": program.max_amount_in_cents,
@@ -85,7 +83,7 @@ class Payments:
 
     def _giftcard_move(self, g: Giftcard, amount: int, shop: Shop) -> dict[str, Any]:
         """Check and book `amount` on `g`; the transaction object."""
-        if g.expiration_date is not None and g.expiration_date <= self.state.clock():
+        if g.expiration_date is not None and g.expiration_date <= self.world.clock():
             raise SandboxError(5002, "Giftcard has expired.")
         if not g.active:
             # ASSUMPTION: an inactive card is 7010 "giftcard not valid".
@@ -94,17 +92,17 @@ class Payments:
             raise SandboxError(5006, "Giftcard cannot be topped up.")
         if g.amount_in_cents + amount < 0:
             raise SandboxError(5003, "Insufficient giftcard balance.")
-        if g.amount_in_cents + amount > self.state.programs[g.program].max_amount_in_cents:
+        if g.amount_in_cents + amount > self.world.programs[g.program].max_amount_in_cents:
             raise SandboxError(5008, "Top-up exceeds the giftcard's maximum amount.")
         g.amount_in_cents += amount
-        tx = GiftcardTx(self.state.next_id(), new_uuid(), amount, g.uuid, shop.uuid,
-                        self.state.clock())
+        tx = GiftcardTx(self.world.next_id(), new_uuid(), amount, g.uuid, shop.uuid,
+                        self.world.clock())
         self.giftcard_txs[tx.uuid] = tx
         g.transactions.append(tx.uuid)
         return self._giftcard_tx_obj(tx)
 
     def _giftcard_tx_obj(self, tx: GiftcardTx) -> dict[str, Any]:
-        g, shop = self.state.giftcards[tx.card], self.state.shops[tx.shop]
+        g, shop = self.world.giftcards[tx.card], self.world.shops[tx.shop]
         return {"id": tx.id, "uuid": tx.uuid, "amount_in_cents": tx.amount, "type": "STANDARD",
                 "settled": False, "card": {"id": g.id, "uuid": g.uuid, "hash": g.hash},
                 "shop": {"id": shop.id, "uuid": shop.uuid, "name": shop.name},
@@ -117,7 +115,7 @@ class Payments:
         if amount == 0:
             body.fail("amount_in_cents", "The amount in cents must not be 0.")
         body.check()
-        g, shop = self._giftcard(card), self.state.shop(shop_uuid)
+        g, shop = self._giftcard(card), self.world.shop(shop_uuid)
         return self._giftcard_move(g, amount or 0, shop)
 
     def get_giftcard_tx(self, args: Args, query: Input, body: Input) -> Any:
@@ -132,10 +130,10 @@ class Payments:
         tx = self.giftcard_txs.get(args[0])
         if tx is None:
             raise SandboxError(5010, "Giftcard transaction not found.")
-        g = self.state.giftcards[tx.card]
+        g = self.world.giftcards[tx.card]
         if g.transactions[-1] != tx.uuid:
             raise SandboxError(55025, "Only the last transaction of a giftcard can be reversed.")
-        return self._giftcard_move(g, -tx.amount, self.state.shops[tx.shop])
+        return self._giftcard_move(g, -tx.amount, self.world.shops[tx.shop])
 
     def create_prepaid_tx(self, args: Args, query: Input, body: Input) -> Any:
         """`POST /prepaid-transactions` for `contact_uuid` or `contact_identifier_value`."""
@@ -148,9 +146,9 @@ class Payments:
         if amount == 0:
             body.fail("amount_in_cents", "The amount in cents must not be 0.")
         body.check()
-        shop = self.state.shop(shop_uuid)
-        ident = self.state.identifier(value, linked=True) if value is not None else None
-        contact = self.state.contact(contact_uuid if contact_uuid is not None
+        shop = self.world.shop(shop_uuid)
+        ident = self.world.identifier(value, linked=True) if value is not None else None
+        contact = self.world.contact(contact_uuid if contact_uuid is not None
                                else ident.contact if ident else None)
         if ident is not None and ident.contact != contact.uuid:
             raise invalid("contact_identifier_value", "The identifier belongs to another contact.")
@@ -162,16 +160,16 @@ class Payments:
             raise SandboxError(PREPAID_INSUFFICIENT, "Insufficient prepaid balance.")
         contact.prepaid_cents += amount
         tx = PrepaidTx(new_uuid(), amount, contact.uuid, shop.uuid, ident, contact.prepaid_cents,
-                       self.state.clock())
+                       self.world.clock())
         self.prepaid_txs[tx.uuid] = tx
         return {"uuid": tx.uuid, "amount_in_cents": amount,
                 "prepaid_balance": {"balance_in_cents": tx.balance_after,
-                                    "balance": self.state.money(tx.balance_after)},
+                                    "balance": self.world.money(tx.balance_after)},
                 "created_at": atom(tx.created_at),
                 "shop": {"id": shop.id, "uuid": shop.uuid, "reference": shop.reference,
                          "name": shop.name},
-                "contact_identifier": self.state.identifier_obj(
-                    self.state.identifiers.get(ident or ""))}
+                "contact_identifier": self.world.identifier_obj(
+                    self.world.identifiers.get(ident or ""))}
 
     def reverse_prepaid_tx(self, args: Args, query: Input, body: Input) -> Any:
         """`POST /prepaid-transactions/{uuid}/reverse`: a new transaction for the opposite.
@@ -181,7 +179,7 @@ class Payments:
         tx = self.prepaid_txs.get(args[0])
         if tx is None or tx.reversed:
             raise invalid("uuid", "The selected prepaid transaction is invalid or reversed.")
-        contact, shop = self.state.contacts[tx.contact], self.state.shops[tx.shop]
+        contact, shop = self.world.contacts[tx.contact], self.world.shops[tx.shop]
         result = self._prepaid_move(contact, -tx.amount, shop, tx.identifier)
         tx.reversed = True
         self.prepaid_txs[result["uuid"]].reversed = True  # a reversal is not reversed again

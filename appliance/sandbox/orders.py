@@ -15,12 +15,10 @@ quantity) minus the return's own applied discounts. Return points are negative.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from appliance.leat.sandbox_input import Input, SandboxError, atom, invalid, new_uuid
-
-if TYPE_CHECKING:
-    from appliance.leat.sandbox_state import Args, State
+from appliance.sandbox.input import Input, SandboxError, atom, invalid, new_uuid
+from appliance.sandbox.world import Args, World
 
 ORDER_STATUSES: Final = ("CREATED", "PENDING", "COMPLETED", "CANCELLED")
 PAYMENT_STATUSES: Final = ("UNPAID", "PENDING", "PAID")
@@ -52,10 +50,10 @@ class OrderRecord:
 
 
 class Orders:
-    """The Orders API over a `State` (called with its lock held)."""
+    """The Orders API over a `World` (called with its lock held)."""
 
-    def __init__(self, state: State) -> None:
-        self.state = state
+    def __init__(self, world: World) -> None:
+        self.world = world
         self.records: dict[str, OrderRecord] = {}  # by order uuid, in creation order
         self.by_external: dict[str, str] = {}
         self.returns: list[dict[str, Any]] = []
@@ -132,7 +130,7 @@ class Orders:
             "reference": body.text("reference", required=False),
             "status": body.choice("status", ORDER_STATUSES),
             "payment_status": body.choice("payment_status", PAYMENT_STATUSES),
-            "currency": body.text("currency", required=False) or self.state.seed.currency,
+            "currency": body.text("currency", required=False) or self.world.seed.currency,
             "total_order_amount": body.integer("total_order_amount"),
             "order_amount": body.integer("order_amount", required=False),
             "total_discount_amount": body.integer("total_discount_amount", required=False),
@@ -158,9 +156,9 @@ class Orders:
 
     def _store(self, body: Input) -> OrderRecord:
         """Validate and store a new order (not processed)."""
-        state = self.state
+        world = self.world
         order, contact_uuid, shop_uuid = self._read(body)
-        contact, shop = state.contact(contact_uuid), state.shop(shop_uuid)
+        contact, shop = world.contact(contact_uuid), world.shop(shop_uuid)
         lines = order["line_items"]
         totals = sum(li["total_amount"] + sum(s["total_amount"] for s in li["sub_line_items"])
                      for li in lines)
@@ -168,17 +166,17 @@ class Orders:
                               if d["applied_to"] == "ORDER")
         eligible = max(totals - order_discounts, 0)
         points = 0 if order["status"] == "CANCELLED" else eligible // 100
-        now = state.clock()
+        now = world.clock()
         if order["order_amount"] is None:
             order["order_amount"] = totals
         if order["total_discount_amount"] is None:
             order["total_discount_amount"] = sum(d["amount"] for d in order["applied_discounts"])
         order.update(
-            formatted_total_order_amount=state.money(order["total_order_amount"]),
+            formatted_total_order_amount=world.money(order["total_order_amount"]),
             total_charges_amount=sum(c["total_amount"] for c in order["charges"]),
             paid_at=atom(order["paid_at"]), completed_at=atom(order["completed_at"]),
             created_at=atom(now), updated_at=atom(now),
-            contact=state.contact_ref(contact),
+            contact=world.contact_ref(contact),
             business_profile={"uuid": shop.uuid, "name": shop.name},
         )
         record = OrderRecord(order, contact.uuid, eligible, points)
@@ -191,7 +189,7 @@ class Orders:
         if record.processed:
             # ASSUMPTION: processing an order again is refused with 1003 (no double points).
             raise invalid("order", "The order has already been processed.")
-        contact = self.state.contacts[record.contact]
+        contact = self.world.contacts[record.contact]
         contact.credits += record.points
         record.processed = True
         return {"type": POINTS_TRANSACTION,
@@ -287,14 +285,14 @@ class Orders:
             share = min(record.returned_amount, record.eligible)
             points_back = record.points * share // record.eligible - record.returned_points
         record.returned_points += points_back
-        contact = self.state.contacts[record.contact]
+        contact = self.world.contacts[record.contact]
         contact.credits -= points_back
         self.return_ids.add(ext or "")
         ret = {"uuid": self._uuid(), "external_identifier": ext, "status": status,
                "order": {"uuid": record.order["uuid"]},
                "line_item_returns": line_returns["line_items"],
                "sub_line_item_returns": line_returns["sub_line_items"],
-               "created_at": atom(self.state.clock())}
+               "created_at": atom(self.world.clock())}
         self.returns.append(ret)
         # ASSUMPTION: the points of a return are negative (sources only show positive copies).
         return {"return": ret, "result": {"type": POINTS_TRANSACTION,
