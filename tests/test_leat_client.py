@@ -1079,3 +1079,221 @@ def test_sandbox_rejection_keeps_errors_as_lists_or_strings(sandbox: Any, leat: 
     sandbox.faults.clear()
     error = rejected(1003, lambda: leat.create_and_process_order({"status": "COMPLETED"}))
     assert "external_identifier" in error.errors
+
+
+# ------------------------------------ sandbox: the calls of issue 8 (POS commands), stateful
+
+COFFEE = "e1d2c3b4-0000-4a00-9000-000000000011"
+CROISSANT = "e1d2c3b4-0000-4a00-9000-000000000012"
+LUNCH = "e1d2c3b4-0000-4a00-9000-000000000013"
+SPRING = "d0d0d0d0-0000-4d00-8000-000000000001"
+
+
+def seed_with(**changes: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """The bundled seed with `changes[kind](record)` applied to the records of each kind."""
+    from appliance.sandbox.seed import BUNDLED_SEED
+
+    seed: dict[str, Any] = json.loads(BUNDLED_SEED.read_text(encoding="utf-8"))
+    for kind, change in changes.items():
+        for record in seed[kind]:
+            change(record)
+    return seed
+
+
+@pytest.fixture
+def limits() -> Iterator[Any]:
+    """A sandbox where Jane is rich, lunch has one left, coffee is limited to one claim per
+    contact, the croissant is inactive and SPRING-2X7Q is deactivated."""
+    from appliance.sandbox.server import LeatSandbox
+
+    def contact(c: dict[str, Any]) -> None:
+        if c["email"] == JANE_EMAIL:
+            c["credit_balance"] = 5000
+
+    def reward(r: dict[str, Any]) -> None:
+        r.update({LUNCH: {"stock": 1}, COFFEE: {"claim_limit": 1},
+                  CROISSANT: {"is_active": False}}.get(r["uuid"], {}))
+
+    def voucher(v: dict[str, Any]) -> None:
+        if v["uuid"] == SPRING:
+            v["status"] = "DEACTIVATED"
+
+    with LeatSandbox(seed_with(contacts=contact, rewards=reward, vouchers=voucher)) as server:
+        yield server
+
+
+def test_sandbox_reward_redeem_rejections_and_reversal_restores(limits: Any) -> None:
+    with LeatClient(limits.url, token=limits.personal_access_token, shop_uuid=SHOP) as leat:
+        uuid = jane(leat)
+        lunch = leat.create_reward_reception(contact_uuid=uuid, reward_uuid=LUNCH)
+        assert (lunch.credits, lunch.credit_balance) == (-2000, 3000)
+        rejected(1018, lambda: leat.create_reward_reception(contact_uuid=uuid, reward_uuid=LUNCH))
+        back = leat.reverse_reward_reception(lunch.uuid)  # points and stock come back
+        assert (back.credits, back.credit_balance) == (2000, 5000)
+        assert leat.get_credit_balance(uuid) == 5000
+        rejected(1003, lambda: leat.reverse_reward_reception(lunch.uuid))  # only once
+        leat.create_reward_reception(contact_uuid=uuid, reward_uuid=LUNCH)
+        coffee = leat.create_reward_reception(contact_uuid=uuid, reward_uuid=COFFEE)
+        rejected(1019, lambda: leat.create_reward_reception(contact_uuid=uuid, reward_uuid=COFFEE))
+        leat.reverse_reward_reception(coffee.uuid)  # a reversed claim no longer counts
+        leat.create_reward_reception(contact_uuid=uuid, reward_uuid=COFFEE)
+        rejected(1052, lambda: leat.create_reward_reception(contact_uuid=uuid,
+                                                             reward_uuid=CROISSANT))
+        assert leat.get_credit_balance(uuid) == 5000 - 2000 - 50
+        sam = leat.find_contact_identifier(SAM_CARD).contact
+        assert sam is not None
+        rejected(1017, lambda: leat.create_reward_reception(contact_uuid=sam.uuid,
+                                                             reward_uuid=COFFEE))
+        rejected(55031, lambda: leat.create_reward_reception(contact_uuid=NO_SUCH,
+                                                              reward_uuid=COFFEE))
+        rejected(80012, lambda: leat.lock_voucher(SPRING))
+        rejected(80012, lambda: leat.redeem_voucher(code="SPRING-2X7Q", contact_uuid=uuid))
+
+
+def test_sandbox_collect_and_collect_reverse_keep_points(sandbox: Any, leat: LeatClient) -> None:
+    uuid = jane(leat)
+    reception = leat.create_reward_reception(contact_uuid=uuid, reward_uuid=CROISSANT)
+    assert leat.get_credit_balance(uuid) == 1250 - 30  # points move when it is pre-redeemed
+    collected = leat.collect_reward(reception.uuid)
+    mine = {c.uuid: c for c in leat.list_collectable_rewards(uuid)}
+    assert mine[reception.uuid].has_been_collected is True
+    rejected(1003, lambda: leat.collect_reward(reception.uuid))  # collected already
+    rejected(1003, lambda: leat.reverse_reward_reception(reception.uuid))  # collected first
+    assert leat.reverse_collected_reward(collected.uuid).status == "REVERSED"
+    rejected(80300, lambda: leat.reverse_collected_reward(collected.uuid))  # only once
+    mine = {c.uuid: c for c in leat.list_collectable_rewards(uuid)}
+    assert mine[reception.uuid].has_been_collected is False
+    assert leat.get_credit_balance(uuid) == 1250 - 30  # collecting never moves points
+    sandbox.advance_clock(31 * 86400)  # the croissant expires after 30 days
+    rejected(80300, lambda: leat.collect_reward(reception.uuid))
+    assert leat.reverse_reward_reception(reception.uuid).credit_balance == 1250
+    assert reception.uuid not in {c.uuid for c in leat.list_collectable_rewards(uuid)}
+
+
+def test_sandbox_voucher_lock_expires_after_an_hour(sandbox: Any, leat: LeatClient) -> None:
+    uuid = jane(leat)
+    lock = leat.lock_voucher(SPRING)
+    assert lock.system_release_at is not None and lock.locked_at is not None
+    assert lock.system_release_at - lock.locked_at == timedelta(hours=1)
+    sandbox.advance_clock(59 * 60)
+    assert leat.find_voucher("SPRING-2X7Q").status == "LOCKED"
+    rejected(80017, lambda: leat.lock_voucher(SPRING))
+    rejected(80017, lambda: leat.validate_voucher(SPRING, contact_uuid=uuid))
+    rejected(80017, lambda: leat.redeem_voucher(code="SPRING-2X7Q", contact_uuid=uuid))
+    sandbox.advance_clock(60)
+    assert leat.find_voucher("SPRING-2X7Q").status == "ACTIVE"
+    rejected(1003, lambda: leat.release_voucher(SPRING, lock.release_key))  # lapsed
+    redemption = leat.redeem_voucher(code="SPRING-2X7Q", contact_uuid=uuid)  # no key needed
+    assert redemption.voucher.status == "REDEEMED"
+
+
+def test_sandbox_voucher_release_key_redeem_reverse_rejections(leat: LeatClient) -> None:
+    uuid = jane(leat)
+    lock = leat.lock_voucher(SPRING)
+    error = rejected(1003, lambda: leat.release_voucher(SPRING, "not-the-key"))
+    assert "release_key" in error.errors
+    assert leat.find_voucher("SPRING-2X7Q").status == "LOCKED"  # a wrong key changes nothing
+    assert leat.release_voucher(SPRING, lock.release_key).status == "ACTIVE"
+    rejected(1003, lambda: leat.release_voucher(SPRING, lock.release_key))  # not locked now
+    redemption = leat.redeem_voucher(code="SPRING-2X7Q", contact_uuid=uuid)  # without a lock
+    rejected(80005, lambda: leat.lock_voucher(SPRING))
+    rejected(80005, lambda: leat.validate_voucher(SPRING, contact_uuid=uuid))
+    leat.reverse_voucher_redemption(redemption_uuid=redemption.redemption_uuid)
+    assert leat.find_voucher("SPRING-2X7Q").status == "ACTIVE"  # the reversal restores it
+    rejected(1003, lambda: leat.reverse_voucher_redemption(voucher_uuid=SPRING))  # only once
+    rejected(80004, lambda: leat.lock_voucher(NO_SUCH))
+    old = leat.find_voucher("OLD-2024")
+    rejected(80006, lambda: leat.lock_voucher(old.uuid))
+    rejected(80006, lambda: leat.release_voucher(old.uuid, "any"))
+
+
+def test_sandbox_points_preview_simulate_and_calculate(leat: LeatClient) -> None:
+    uuid = jane(leat)
+    assert leat.simulate_order(order_body("preview-1", uuid, amount=2599)) == 25
+    anonymous = order_body("preview-2", uuid, amount=1000)
+    del anonymous["contact"]  # a basket before the customer is known
+    assert leat.simulate_order(anonymous) == 10
+    assert leat.find_order("preview-1") is None  # a simulation stores nothing
+    assert leat.get_credit_balance(uuid) == 1250
+    leat.create_and_process_order(order_body("preview-1", uuid, amount=2599))
+    assert leat.simulate_order(order_body("preview-1", uuid, amount=2599)) == 25
+    rejected(55031, lambda: leat.simulate_order(order_body("preview-3", NO_SUCH)))
+    rejected(1003, lambda: leat.simulate_order({"contact": {"uuid": uuid}}))
+    assert leat.calculate_credits(unit_value=25.99, contact_uuid=uuid) == 25
+
+
+def test_sandbox_loyalty_transactions_list_and_filters(sandbox: Any, leat: LeatClient) -> None:
+    uuid = jane(leat)
+    assert leat.list_loyalty_transactions(contact_uuid=uuid) == []
+    coffee = leat.create_reward_reception(contact_uuid=uuid, reward_uuid=COFFEE,
+                                          contact_identifier_value=JANE_CARD)
+    sandbox.advance_clock(60)
+    since = datetime.now(UTC) + timedelta(seconds=30)
+    back = leat.reverse_reward_reception(coffee.uuid)
+    sandbox.advance_clock(60)
+    points = leat.create_credit_reception(contact_uuid=uuid, credits=7)
+    newest = leat.list_loyalty_transactions(contact_uuid=uuid)
+    assert [(t.uuid, t.type, t.credits) for t in newest] == [
+        (points.uuid, "credit_reception", 7), (back.uuid, "credit_reception", 50),
+        (coffee.uuid, "reward_reception", -50)]
+    spent = newest[-1]
+    assert (spent.reward_uuid, spent.contact_uuid, spent.shop_uuid) == (COFFEE, uuid, SHOP)
+    assert spent.contact_identifier == JANE_CARD
+    assert newest[0].credit_balance == 1257
+    oldest = leat.list_loyalty_transactions(contact_uuid=uuid, newest_first=False)
+    assert [t.uuid for t in oldest] == [t.uuid for t in reversed(newest)]
+    rewards = leat.list_loyalty_transactions(contact_uuid=uuid, kind="reward_receptions")
+    assert [t.uuid for t in rewards] == [coffee.uuid]
+    credits = leat.list_loyalty_transactions(contact_uuid=uuid, kind="credit_receptions")
+    assert [t.uuid for t in credits] == [points.uuid, back.uuid]
+    later = leat.list_loyalty_transactions(contact_uuid=uuid, created_after=since)
+    assert [t.uuid for t in later] == [points.uuid, back.uuid]
+    assert [t.uuid for t in leat.list_loyalty_transactions(contact_uuid=uuid, limit=1, page=2)
+            ] == [back.uuid]
+    assert leat.list_loyalty_transactions(shop_uuid=SHOP)[0].uuid == points.uuid
+    sam = leat.find_contact_identifier(SAM_CARD).contact
+    assert sam is not None
+    assert leat.list_loyalty_transactions(contact_uuid=sam.uuid) == []
+    rejected(55031, lambda: leat.list_loyalty_transactions(contact_uuid=NO_SUCH))
+    rejected(1008, lambda: leat.list_loyalty_transactions(shop_uuid=NO_SUCH))
+    with pytest.raises(ValueError, match="kind"):
+        leat.list_loyalty_transactions(kind="orders")
+
+
+def test_sandbox_dropped_value_calls_happened_and_can_be_reconciled(
+    sandbox: Any, leat: LeatClient
+) -> None:
+    """drop_after_receive: Leat acted, the answer was lost; what Leat can be asked tells."""
+    uuid = jane(leat)
+
+    def dropped(path: str, call: Callable[[], object]) -> None:
+        sandbox.faults.set(drop_after_receive=True, only_paths=(path,), times=1)
+        with pytest.raises(LeatUnavailable) as info:
+            call()
+        assert info.value.ambiguous is True
+
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    dropped("/reward-receptions",
+            lambda: leat.create_reward_reception(contact_uuid=uuid, reward_uuid=COFFEE))
+    assert leat.get_credit_balance(uuid) == 1200  # it happened: the balance says so, and
+    spent = leat.list_loyalty_transactions(contact_uuid=uuid, kind="reward_receptions",
+                                           created_after=before)
+    assert [(t.reward_uuid, t.credits) for t in spent] == [(COFFEE, -50)]  # the list names it
+    dropped("/reward-receptions",
+            lambda: leat.create_reward_reception(contact_uuid=uuid, reward_uuid=CROISSANT))
+    waiting = [c for c in leat.list_collectable_rewards(uuid)
+               if c.created_at is not None and c.created_at >= before]
+    assert [c.has_been_collected for c in waiting] == [False]
+    dropped("/collectable-rewards/collect",
+            lambda: leat.collect_reward(waiting[0].uuid))
+    assert {c.uuid: c.has_been_collected for c in leat.list_collectable_rewards(uuid)
+            }[waiting[0].uuid] is True
+    dropped("/vouchers/", lambda: leat.lock_voucher(SPRING))
+    assert leat.find_voucher("SPRING-2X7Q").status == "LOCKED"  # the release key is lost:
+    sandbox.advance_clock(3600)  # the voucher stays locked until Leat releases it
+    assert leat.find_voucher("SPRING-2X7Q").status == "ACTIVE"
+    dropped("/vouchers/redeem",
+            lambda: leat.redeem_voucher(code="SPRING-2X7Q", contact_uuid=uuid))
+    assert leat.find_voucher("SPRING-2X7Q").status == "REDEEMED"
+    dropped("/vouchers/", lambda: leat.reverse_voucher_redemption(voucher_uuid=SPRING))
+    assert leat.find_voucher("SPRING-2X7Q").status == "ACTIVE"

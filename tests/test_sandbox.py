@@ -6,6 +6,7 @@ the sandbox chose it, marked `ASSUMPTION:` in its code.
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import threading
@@ -964,3 +965,119 @@ def test_sandbox_stop_is_idempotent_and_url_needs_start() -> None:
     server.start()
     server.stop()
     server.stop()
+
+
+# ------------------------------------------------------ issue 8: lists, preview, clock, layout
+
+
+def test_sandbox_loyalty_transactions_shape_paging_and_validation(
+    api: httpx.Client, clock: Clock
+) -> None:
+    spent = ok(api.post("/reward-receptions", json={"contact_uuid": JANE, "reward_uuid": COFFEE,
+                                                    "shop_uuid": SHOP}))
+    clock.advance(minutes=1)
+    given = ok(api.post("/credit-receptions", json={"contact_uuid": JANE, "shop_uuid": SHOP,
+                                                    "credits": 5}))
+    page = api.get("/loyalty-transactions", params={"contact_uuid": JANE, "limit": 1})
+    assert page.status_code == 200
+    body = page.json()
+    assert [t["uuid"] for t in body["data"]] == [given["uuid"]]  # newest first by default
+    assert (body["meta"]["total"], body["meta"]["last_page"]) == (2, 2)
+    item = ok_page(api.get("/loyalty-transactions", params={"contact_uuid": JANE,
+                                                            "sort": "created_at"}))[0]
+    # The object Create Reward Reception answered; its contact as now (assumption).
+    assert {**item, "contact": None} == {**spent, "contact": None}
+    assert item["contact"]["credit_balance"]["balance"] == 1250 - 50 + 5
+    cut = (clock.now - timedelta(seconds=30)).strftime(ATOM)
+    assert [t["uuid"] for t in ok_page(api.get(
+        "/loyalty-transactions", params={"created_at[lt]": cut}))] == [spent["uuid"]]
+    assert [t["uuid"] for t in ok_page(api.get(
+        "/loyalty-transactions", params={"created_at[gte]": cut, "type": "credit_reception"}))
+    ] == [given["uuid"]]  # the singular (item) type name is accepted too: assumption
+    for bad in ({"limit": 101}, {"type": "orders"}, {"sort": "uuid"},
+                {"created_at[gt]": "yesterday"}, {"page": 0}):
+        err(api.get("/loyalty-transactions", params=bad), 1003)
+    err(api.get("/loyalty-transactions", params={"contact_uuid": UNKNOWN}), 55031)
+    err(api.get("/loyalty-transactions", params={"shop_uuid": UNKNOWN}), 1008)
+
+
+def ok_page(response: httpx.Response) -> list[Any]:
+    """`data` of a successful paginated response."""
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"data", "links", "meta"}
+    data: list[Any] = body["data"]
+    return data
+
+
+def test_sandbox_order_simulate_shape_stores_nothing(sandbox: LeatSandbox, api: httpx.Client
+                                                     ) -> None:
+    simulated = ok(api.post("/orders/simulate", json=order("sim-1", contact=None)))
+    assert simulated == {"type": "points_transaction", "data": {"points": 25}}
+    assert sandbox.orders() == []
+    ok(api.post("/orders/create-and-process", json=order("sim-1")))
+    assert ok(api.post("/orders/simulate", json=order("sim-1")))["data"]["points"] == 25
+    err(api.post("/orders/simulate", json=order("sim-2", contact=UNKNOWN)), 55031)
+
+
+def test_sandbox_reward_claim_limit_seed_field(tmp_path: Path, clock: Clock) -> None:
+    seed = json.loads(BUNDLED_SEED.read_text(encoding="utf-8"))
+    seed["rewards"][0]["claim_limit"] = "once"
+    with pytest.raises(SeedError, match=r"rewards\[0\]\.claim_limit"):
+        LeatSandbox(seed)
+    seed["rewards"][0]["claim_limit"] = 1
+    seed["contacts"][1]["credit_balance"] = 100  # Sam can afford a coffee
+    with LeatSandbox(seed, clock=clock) as server, httpx.Client(
+        base_url=server.url + API, timeout=5,
+        headers={"Authorization": f"Bearer {server.personal_access_token}"},
+    ) as client:
+        claim = {"contact_uuid": JANE, "reward_uuid": seed["rewards"][0]["uuid"],
+                 "shop_uuid": SHOP}
+        ok(client.post("/reward-receptions", json=claim))
+        err(client.post("/reward-receptions", json=claim), 1019)
+        claim["contact_uuid"] = SAM  # per contact: assumption
+        ok(client.post("/reward-receptions", json=claim))
+
+
+def test_sandbox_clock_control_moves_time_forward(sandbox: LeatSandbox, api: httpx.Client,
+                                                  root: httpx.Client, clock: Clock) -> None:
+    lock = ok(api.post(f"/vouchers/{SPRING}/lock"))
+    assert root.get("/_sandbox/clock").json()["now"] == clock.now.isoformat()
+    moved = root.post("/_sandbox/clock", json={"advance_s": 3600})
+    assert moved.json()["now"] == (clock.now + timedelta(hours=1)).isoformat()
+    assert ok(api.get("/vouchers/find", params={"code": "SPRING-2X7Q"}))["status"] == "ACTIVE"
+    err(api.post(f"/vouchers/{SPRING}/release",
+                 json={"release_key": lock["lock"]["release_key"]}), 1003)
+    for bad in ({"advance_s": -1}, {"advance_s": "1"}, {}, []):
+        assert root.post("/_sandbox/clock", json=bad).status_code == 400
+    with pytest.raises(ValueError, match="advance_s"):
+        sandbox.advance_clock(-5)
+
+
+def test_sandbox_package_has_no_import_circle_and_no_client_import() -> None:
+    """The call groups depend on `world` only; nothing of the sandbox imports appliance.leat."""
+    package = Path(BUNDLED_SEED).parent
+    graph: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        graph[path.stem] = {
+            node.module for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+            and node.module.startswith("appliance")
+        }
+    assert not any(m.startswith("appliance.leat") for deps in graph.values() for m in deps)
+    local = {name: {m.rsplit(".", 1)[1] for m in deps if m.startswith("appliance.sandbox.")}
+             for name, deps in graph.items()}
+    for part in ("contacts", "rewards", "vouchers", "payments", "orders"):
+        assert local[part] <= {"input", "seed", "world"}, part
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import circle: {' -> '.join((*path, name))}"
+        if name not in done:
+            for dep in local.get(name, ()):
+                visit(dep, (*path, name))
+            done.add(name)
+
+    for name in local:
+        visit(name, ())

@@ -56,8 +56,10 @@ from appliance.leat.models import (
     Giftcard,
     GiftcardTransaction,
     LoyaltyProgram,
+    LoyaltyTransaction,
     Order,
     OrderResult,
+    PointsResult,
     PrepaidTransaction,
     ReturnResult,
     Reward,
@@ -79,6 +81,7 @@ API_PREFIX: Final = "/api/v3/oauth/clients"
 TOKEN_PATH: Final = "/oauth/token"  # noqa: S105 - a path; no /api prefix (leat-api.md §2.2)
 TOKEN_MARGIN_S: Final = 60.0  # refetch this long before `expires_in` runs out
 VOUCHER_NOT_FOUND: Final = 80004
+MAX_TRANSACTIONS_PAGE: Final = 100  # Leat's largest `limit` for loyalty transactions
 MAX_ERROR_FIELDS: Final = 32  # `errors` fields kept from one error body
 MAX_ERROR_TEXTS: Final = 8  # texts kept per field
 MAX_ERROR_TEXT: Final = 500  # characters kept per text
@@ -246,6 +249,39 @@ class LeatClient:
         data = self._post(f"/reward-receptions/{_seg(uuid)}/reverse")
         return CreditReception.parse(Fields(data))
 
+    def list_loyalty_transactions(
+        self,
+        *,
+        contact_uuid: str | None = None,
+        shop_uuid: str | None = None,
+        kind: str | None = None,
+        created_after: datetime | None = None,
+        newest_first: bool = True,
+        limit: int = 100,
+        page: int = 1,
+    ) -> list[LoyaltyTransaction]:
+        """One page of loyalty transactions (reward and credit receptions), filtered.
+
+        Filters from PD `loyalty-transactions` and the official PHP SDK
+        (`LoyaltyTransactionsResource::list`: `contact_uuid`, `shop_uuid`, `type` (our
+        `kind`) = `credit_receptions` | `reward_receptions`, `limit` <= 100, `page`); `sort` and
+        `created_at[gte]` are in LD only (docs/leat-assumptions.md). `shop_uuid` is not
+        defaulted to the configured shop: None lists every shop.
+        """
+        if kind not in (None, "credit_receptions", "reward_receptions"):
+            raise ValueError("kind must be credit_receptions or reward_receptions")
+        if not 1 <= limit <= MAX_TRANSACTIONS_PAGE or page < 1:
+            raise ValueError(f"limit must be 1..{MAX_TRANSACTIONS_PAGE} and page at least 1")
+        params: dict[str, object | None] = {
+            "contact_uuid": contact_uuid, "shop_uuid": shop_uuid, "type": kind,
+            "limit": limit, "page": page,
+            "sort": "-created_at" if newest_first else "created_at",
+            "created_at[gte]": (None if created_after is None
+                                else created_after.astimezone(UTC).isoformat()),
+        }
+        data = self._get("/loyalty-transactions", params)
+        return [LoyaltyTransaction.parse(item) for item in parse_list(data)]
+
     # ---------------------------------------------------------------- collectable rewards
 
     def list_collectable_rewards(self, contact_uuid: str) -> list[CollectableReward]:
@@ -407,6 +443,16 @@ class LeatClient:
         """Create an order and award its points; keep `external_identifier` stable on retry."""
         data = self._post("/orders/create-and-process", dict(body))
         return OrderResult.parse(Fields(data))
+
+    def simulate_order(self, body: Mapping[str, Any]) -> int | None:
+        """The points an order body would earn, nothing stored (`POST /orders/simulate`).
+
+        LD answers `{"type": "points_transaction", "data": {"points"}}`; the official PHP
+        SDK's test mocks `{"result": {...}}`: both are read. None when Leat's order action
+        is not a points transaction.
+        """
+        fields = Fields(self._post("/orders/simulate", dict(body)))
+        return PointsResult.parse(fields.opt_obj("result") or fields).points
 
     def create_order(self, body: Mapping[str, Any]) -> Order:
         """Create an order without processing it."""

@@ -381,6 +381,48 @@ class CreditReception:
 
 
 @dataclass(frozen=True)
+class LoyaltyTransaction:
+    """One item of List Loyalty Transactions: a reward or a credit reception.
+
+    `type` is the item's own (`reward_reception`, `digital_reward_reception`,
+    `credit_reception`; official PHP SDK `Enum/LoyaltyTransactionType`); `credits` is
+    negative for points spent; `credit_balance` is the contact's balance as the item carries
+    it (whether that is the balance now or after the item is undocumented: compare balances
+    from `get_credit_balance`); `reward_uuid` is set for reward receptions.
+    """
+
+    uuid: str
+    type: str
+    credits: int | None
+    created_at: datetime | None
+    contact_uuid: str | None
+    credit_balance: int | None
+    shop_uuid: str | None
+    reward_uuid: str | None
+    contact_identifier: str | None
+    has_been_collected: bool
+
+    @classmethod
+    def parse(cls, f: Fields) -> LoyaltyTransaction:
+        """From an item of `GET /loyalty-transactions`."""
+        contact, shop = f.opt_obj("contact"), f.opt_obj("shop")
+        reward = f.opt_obj("reward") or f.opt_obj("digital_reward")
+        ident = f.opt_obj("contact_identifier")
+        return cls(
+            uuid=f.req_str("uuid"),
+            type=f.req_str("type"),
+            credits=f.opt_int("credits"),
+            created_at=f.opt_datetime("created_at"),
+            contact_uuid=contact.opt_str("uuid") if contact else None,
+            credit_balance=_contact_balance(f),
+            shop_uuid=shop.opt_str("uuid") if shop else None,
+            reward_uuid=reward.opt_str("uuid") if reward else None,
+            contact_identifier=ident.opt_str("value") if ident else None,
+            has_been_collected=f.opt_bool("has_been_collected", False),
+        )
+
+
+@dataclass(frozen=True)
 class CollectableReward:
     """A pre-redeemed reward waiting to be collected; collect it by its `uuid`."""
 
@@ -500,6 +542,7 @@ class VoucherLock:
     status: str
     release_key: str | None
     system_release_at: datetime | None
+    locked_at: datetime | None = None
 
     @classmethod
     def parse(cls, f: Fields) -> VoucherLock:
@@ -511,6 +554,7 @@ class VoucherLock:
             status=voucher.req_str("status").upper(),
             release_key=lock.opt_str("release_key") if lock else None,
             system_release_at=lock.opt_datetime("system_release_at") if lock else None,
+            locked_at=lock.opt_datetime("locked_at") if lock else None,
         )
 
 

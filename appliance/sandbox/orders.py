@@ -113,14 +113,18 @@ class Orders:
     def _uuid() -> str:
         return new_uuid()
 
-    def _read(self, body: Input) -> tuple[dict[str, Any], str, str]:
-        """The validated order object (not stored yet), its contact and shop uuids."""
+    def _read(self, body: Input, *, simulate: bool = False) -> tuple[dict[str, Any], str, str]:
+        """The validated order object (not stored yet), its contact and shop uuids.
+
+        ASSUMPTION: a simulation takes the same body, but its contact is optional and its
+        external_identifier may repeat one already used (nothing is stored).
+        """
         ext = body.text("external_identifier")
-        if ext is not None and ext in self.by_external:
+        if ext is not None and ext in self.by_external and not simulate:
             # ASSUMPTION (leat-api.md §7.4): a repeated external_identifier is 1003.
             body.fail("external_identifier", "The external identifier has already been taken.")
         # ASSUMPTION: an order without a contact is refused (the docs mark it required).
-        contact = body.obj("contact")
+        contact = body.obj("contact", required=not simulate)
         contact_uuid = contact.text("uuid") if contact else None
         profile = body.obj("business_profile")
         shop_uuid = profile.text("uuid") if profile else None
@@ -154,18 +158,22 @@ class Orders:
 
     # ----------------------------------------------------------------------------- calls
 
+    @staticmethod
+    def _points(order: dict[str, Any]) -> tuple[int, int, int]:
+        """`(line totals, eligible amount, points)` by the rule in this module's docstring."""
+        totals = sum(li["total_amount"] + sum(s["total_amount"] for s in li["sub_line_items"])
+                     for li in order["line_items"])
+        order_discounts = sum(d["amount"] for d in order["applied_discounts"]
+                              if d["applied_to"] == "ORDER")
+        eligible = max(totals - order_discounts, 0)
+        return totals, eligible, 0 if order["status"] == "CANCELLED" else eligible // 100
+
     def _store(self, body: Input) -> OrderRecord:
         """Validate and store a new order (not processed)."""
         world = self.world
         order, contact_uuid, shop_uuid = self._read(body)
         contact, shop = world.contact(contact_uuid), world.shop(shop_uuid)
-        lines = order["line_items"]
-        totals = sum(li["total_amount"] + sum(s["total_amount"] for s in li["sub_line_items"])
-                     for li in lines)
-        order_discounts = sum(d["amount"] for d in order["applied_discounts"]
-                              if d["applied_to"] == "ORDER")
-        eligible = max(totals - order_discounts, 0)
-        points = 0 if order["status"] == "CANCELLED" else eligible // 100
+        totals, eligible, points = self._points(order)
         now = world.clock()
         if order["order_amount"] is None:
             order["order_amount"] = totals
@@ -199,6 +207,18 @@ class Orders:
         """`POST /orders/create-and-process`: `{order, result}`."""
         record = self._store(body)
         return {"order": record.order, "result": self._process(record)}
+
+    def simulate(self, args: Args, query: Input, body: Input) -> Any:
+        """`POST /orders/simulate`: the points the order would earn; nothing is stored.
+
+        The shape is LD's `{"type": "points_transaction", "data": {"points"}}` (lower-case
+        type, unlike process). ASSUMPTION: a known contact or shop is checked (55031, 1008).
+        """
+        order, contact_uuid, shop_uuid = self._read(body, simulate=True)
+        self.world.shop(shop_uuid)
+        if contact_uuid:
+            self.world.contact(contact_uuid)
+        return {"type": "points_transaction", "data": {"points": self._points(order)[2]}}
 
     def create(self, args: Args, query: Input, body: Input) -> Any:
         """`POST /orders`: the order object, not processed."""

@@ -1,12 +1,14 @@
-"""Rewards, reward receptions, collectable rewards and credit receptions in the Leat sandbox."""
+"""Rewards, reward and credit receptions, collectables and loyalty transactions (sandbox)."""
 
 from __future__ import annotations
 
 import math
-from datetime import timedelta
-from typing import Any
+import operator
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Final
 
-from appliance.sandbox.input import Input, SandboxError, atom, invalid, new_uuid
+from appliance.sandbox.input import Input, Page, SandboxError, atom, invalid, new_uuid
 from appliance.sandbox.seed import Collectable
 from appliance.sandbox.world import Args, Reception, World
 
@@ -50,6 +52,11 @@ class Rewards:
             raise SandboxError(1052, "Reward is not active.")
         if reward.stock is not None and reward.stock <= 0:
             raise SandboxError(1018, "Reward is out of stock.")
+        if reward.claim_limit is not None and self._claims(contact.uuid, reward.uuid) >= (
+            reward.claim_limit
+        ):
+            # ASSUMPTION: the claim limit counts per contact, reversed receptions excluded.
+            raise SandboxError(1019, "Reward claim limit reached.")
         if contact.credits < reward.required_credits:
             raise SandboxError(1017, "Onvoldoende punten.|Insufficient credits.")
         now = self.world.clock()
@@ -66,6 +73,12 @@ class Rewards:
             self.world.collectables[rec.uuid] = Collectable(rec.uuid, contact.uuid, reward.uuid,
                                                             now, expires)
         return self.world.reception_obj(rec)
+
+    def _claims(self, contact: str, reward: str) -> int:
+        """How many live receptions of `reward` the contact has."""
+        return sum(1 for r in self.world.receptions.values()
+                   if r.kind == "reward_reception" and r.contact == contact
+                   and r.reward == reward and not r.reversed)
 
     def _reception(self, uuid: str, kind: str) -> Reception:
         rec = self.world.receptions.get(uuid)
@@ -179,3 +192,56 @@ class Rewards:
                                     unit_value=back)
         self.world.receptions[result["uuid"]].reversed = True
         return result
+
+    # ------------------------------------------------------------- loyalty transactions
+
+    def list_transactions(self, args: Args, query: Input, body: Input) -> Any:
+        """`GET /loyalty-transactions`: reward and credit receptions, filtered and paginated.
+
+        Filters (PD `loyalty-transactions`; LD; official PHP SDK `LoyaltyTransactionsResource
+        ::list`): `contact_uuid`, `shop_uuid`, `type` (`credit_receptions` or
+        `reward_receptions`), `limit` (default 10, at most 100), `page`, and (LD only) `sort`
+        (`created_at` / `-created_at`) and `created_at[gt|gte|lt|lte]`.
+        ASSUMPTION: newest first without `sort` (PD: "returns the last 10"); the singular
+        type names the items carry are accepted too; an item's `contact.credit_balance` is
+        the balance now (not after that item); points booked by orders are not listed
+        (Leat lists them as points transactions, not loyalty transactions, as far as known).
+        """
+        contact_uuid = query.text("contact_uuid", required=False)
+        shop_uuid = query.text("shop_uuid", required=False)
+        kind = query.choice("type", _TX_TYPES, required=False)
+        limit = query.integer("limit", required=False, minimum=1) or 10
+        page = query.integer("page", required=False, minimum=1) or 1
+        sort = query.choice("sort", ("CREATED_AT", "-CREATED_AT"), required=False)
+        if limit > MAX_TRANSACTIONS:
+            query.fail("limit", f"The limit may not be greater than {MAX_TRANSACTIONS}.")
+        bounds = query.obj("created_at", required=False)
+        limits = ({op: bounds.time(op) for op in ("gt", "gte", "lt", "lte")}
+                  if bounds is not None else {})
+        query.check()
+        w = self.world
+        if contact_uuid is not None:
+            w.contact(contact_uuid)
+        if shop_uuid is not None:
+            w.shop(shop_uuid)
+        wanted = None if kind is None else kind.lower().removesuffix("s")
+        found = [
+            r for r in w.receptions.values()
+            if (contact_uuid is None or r.contact == contact_uuid)
+            and (shop_uuid is None or r.shop == shop_uuid)
+            and (wanted is None or r.kind == wanted)
+            and all(t is None or _COMPARE[op](r.created_at, t) for op, t in limits.items())
+        ]
+        if sort != "CREATED_AT":  # equal times keep creation order, reversed when descending
+            found.reverse()
+        found.sort(key=lambda r: r.created_at, reverse=sort != "CREATED_AT")
+        return Page([w.reception_obj(r) for r in found], page, limit,
+                    "/api/v3/oauth/clients/loyalty-transactions")
+
+
+MAX_TRANSACTIONS: Final = 100
+_TX_TYPES: Final = ("CREDIT_RECEPTIONS", "REWARD_RECEPTIONS", "CREDIT_RECEPTION",
+                    "REWARD_RECEPTION")
+_COMPARE: Final[dict[str, Callable[[datetime, datetime], bool]]] = {
+    "gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le,
+}

@@ -94,6 +94,7 @@ class Reward:
     is_active: bool
     stock: int | None
     attributes: dict[str, Any]
+    claim_limit: int | None = None  # receptions per contact (reversed ones not counted)
 
 
 @dataclass
@@ -287,6 +288,7 @@ def _reward(r: _Reader) -> Reward:
         expiration_duration=r.opt_integer("expiration_duration"),
         is_active=r.boolean("is_active", True), stock=r.opt_integer("stock"),
         attributes=dict(attributes.raw) if attributes is not None else {},
+        claim_limit=r.opt_integer("claim_limit"),
     )
 
 

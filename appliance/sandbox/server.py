@@ -42,6 +42,7 @@ CONTROL_PREFIX: Final = "/_sandbox"
 MAX_BODY: Final = 1 << 20  # bigger bodies get HTTP 413
 RATE_LIMIT: Final = 5000  # X-RateLimit-Limit, per 60-second window (never enforced)
 RATE_WINDOW_S: Final = 60.0
+MAX_ADVANCE_S: Final = 10 * 366 * 86400  # one advance_clock() step: at most ten years
 _DRAIN_LIMIT = 16 << 20  # an oversized body up to this size is read (and dropped) before the 413
 
 Clock = Callable[[], datetime]
@@ -63,7 +64,8 @@ class LeatSandbox:
         clock: Clock | None = None,
     ) -> None:
         self._seed_source = seed
-        self._clock: Clock = clock or (lambda: datetime.now(UTC))
+        self._base_clock: Clock = clock or (lambda: datetime.now(UTC))
+        self._offset = timedelta()  # advance_clock() moves the sandbox's time forward
         self._host, self._port = host, port
         self.token_lifetime_s = token_lifetime_s
         self.faults = Faults()
@@ -76,6 +78,18 @@ class LeatSandbox:
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    def _clock(self) -> datetime:
+        """The sandbox's time: the given clock plus every `advance_clock()`."""
+        return self._base_clock() + self._offset
+
+    def advance_clock(self, seconds: float) -> datetime:
+        """Move the sandbox's time forward (locks, tokens and rewards expire); the new time."""
+        if not 0 <= seconds <= MAX_ADVANCE_S:
+            raise ValueError(f"advance_s must be a number from 0 to {MAX_ADVANCE_S}")
+        with self._lock:
+            self._offset += timedelta(seconds=seconds)
+        return self._clock()
 
     def _load(self) -> State:
         """Fresh state from the seed (a file is read again); `SeedError` if invalid."""
@@ -281,6 +295,18 @@ class LeatSandbox:
             except ValueError as exc:  # also json.JSONDecodeError
                 return 400, {"message": str(exc)}
             return 200, {"faults": self.faults.current().as_dict()}
+        if route == "/clock" and method == "GET":
+            return 200, {"now": self._clock().isoformat()}
+        if route == "/clock" and method == "POST":
+            try:
+                fields = json.loads(data or b"{}")
+                step = fields.get("advance_s") if isinstance(fields, dict) else None
+                if isinstance(step, bool) or not isinstance(step, int | float):
+                    raise ValueError("the body must be {\"advance_s\": <seconds>}")
+                now = self.advance_clock(step)
+            except ValueError as exc:  # also json.JSONDecodeError
+                return 400, {"message": str(exc)}
+            return 200, {"now": now.isoformat()}
         if route == "/orders" and method == "GET":
             return 200, {"orders": self.orders(), "order_returns": self.order_returns()}
         if route == "/requests" and method == "GET":
@@ -524,7 +550,7 @@ def serve(host: str, port: int, seed: Path | None) -> None:
                   f"  token:    {sandbox.personal_access_token} (personal access token)\n"
                   f"  OAuth:    client_id {sandbox.oauth_client_id}, client_secret "
                   f"{sandbox.oauth_client_secret} -> POST {sandbox.url}{TOKEN_PATH}\n"
-                  f"  control:  {sandbox.url}{CONTROL_PREFIX}/faults | orders | reset "
+                  f"  control:  {sandbox.url}{CONTROL_PREFIX}/faults | clock | orders | reset "
                   "(no authentication; see docs/sandbox.md)\n"
                   "Stop with Ctrl-C.\n")
         out.flush()
