@@ -1297,3 +1297,24 @@ def test_sandbox_dropped_value_calls_happened_and_can_be_reconciled(
     assert leat.find_voucher("SPRING-2X7Q").status == "REDEEMED"
     dropped("/vouchers/", lambda: leat.reverse_voucher_redemption(voucher_uuid=SPRING))
     assert leat.find_voucher("SPRING-2X7Q").status == "ACTIVE"
+
+
+def test_sandbox_loyalty_transactions_filtered_again_by_the_client(
+    sandbox: Any, leat: LeatClient
+) -> None:
+    """A Leat that ignored `created_at[gte]` and `type` (LD-only filters) is caught."""
+    uuid = jane(leat)
+    leat.create_reward_reception(contact_uuid=uuid, reward_uuid=COFFEE)
+    sandbox.advance_clock(60)
+    since = datetime.now(UTC) + timedelta(seconds=30)
+    given = leat.create_credit_reception(contact_uuid=uuid, credits=3)
+    item = {"type": "credit_reception", "credits": 3}
+    old = {"uuid": "old", "type": "reward_reception", "credits": -50,
+           "created_at": "2020-01-01T00:00:00+00:00", "contact": {"uuid": uuid}}
+    other = {"uuid": "other", **item, "contact": {"uuid": NO_SUCH}}
+    mine = {"uuid": given.uuid, **item, "contact": {"uuid": uuid}}
+    sandbox.faults.set(status=200, body={"data": [mine, old, other], "meta": {}},
+                       only_paths=("/loyalty-transactions",))
+    found = leat.list_loyalty_transactions(contact_uuid=uuid, created_after=since,
+                                           kind="credit_receptions")
+    assert [t.uuid for t in found] == [given.uuid]

@@ -235,7 +235,7 @@ class LeatClient:
         shop_uuid: str | None = None,
         contact_identifier_value: str | None = None,
     ) -> RewardReception:
-        """Spend points on a reward (1017 too few points, 1018 out of stock, 6003 unknown)."""
+        """Spend points on a reward (1017 too few points, 1018 no stock, 1019 claim limit)."""
         body = {
             "contact_uuid": contact_uuid,
             "reward_uuid": reward_uuid,
@@ -280,7 +280,15 @@ class LeatClient:
                                 else created_after.astimezone(UTC).isoformat()),
         }
         data = self._get("/loyalty-transactions", params)
-        return [LoyaltyTransaction.parse(item) for item in parse_list(data)]
+        items = [LoyaltyTransaction.parse(item) for item in parse_list(data)]
+        # The filters again, on what the items carry: `sort` and `created_at[gte]` are in
+        # LD only, and an item outside what was asked must never reconcile a call.
+        return [
+            t for t in items
+            if (contact_uuid is None or t.contact_uuid in (None, contact_uuid))
+            and (kind is None or t.type.endswith(kind.removesuffix("s")))
+            and (created_after is None or t.created_at is None or t.created_at >= created_after)
+        ]
 
     # ---------------------------------------------------------------- collectable rewards
 

@@ -75,7 +75,8 @@ class Faults:
         """Replace the faults (fields not given are off); `ValueError` on a bad value.
 
         latency_s: wait this long before answering (after acting on the request).
-        status: answer every matching request with this HTTP status (500, 502, ...) unacted.
+        status: answer every matching request with this HTTP status (500, 502, ...) unacted;
+        with a `body` also a 2xx (an answer shaped otherwise than the sandbox's own).
         body: with `status`, answer this instead of Leat's error envelope: a JSON object, or
         a string sent as a plain `text/html` page (a bare 404 from a proxy, say).
         maintenance: answer 503 unacted. rate_limit_retry_after: answer 429 with
@@ -87,7 +88,7 @@ class Faults:
         """
         new = FaultSet(
             latency_s=_number("latency_s", latency_s, 0, 600),
-            status=_status(status),
+            status=_status(status, body),
             body=_body(body, status),
             maintenance=_flag("maintenance", maintenance),
             rate_limit_retry_after=_number("rate_limit_retry_after", rate_limit_retry_after,
@@ -143,10 +144,17 @@ def _flag(name: str, value: object) -> bool:
     return bool(value)
 
 
-def _status(value: object) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                              or not 400 <= value <= 599):
-        raise ValueError("status must be an HTTP status from 400 to 599")
+def _status(value: object, body: object) -> int | None:
+    """400-599; with a `body` also 200-299 (an answer Leat might give that the client must
+    not misread, e.g. a list ignoring its filters)."""
+    if value is None:
+        return None
+    low = 200 if body is not None else 400
+    if isinstance(value, bool) or not isinstance(value, int) or not (
+        low <= value <= 599 and not 300 <= value <= 399
+    ):
+        raise ValueError("status must be an HTTP status from 400 to 599 (with a body, "
+                         "200 to 299 too)")
     return value
 
 

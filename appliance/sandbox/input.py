@@ -48,9 +48,13 @@ class SandboxError(Exception):
 
 
 class Page:
-    """One page of a Laravel-paginated list: `data`, top-level `links` and a paginator `meta`."""
+    """One page of a list: `data` with Laravel's `links` and paginator `meta`, or with the
+    slim `meta{page, limit, viewing_from, viewing_to, last_page, total}` (`slim=True`) of a
+    recorded List Loyalty Transactions answer (Leat's OpenAPI file, leat-docs)."""
 
-    def __init__(self, items: list[Any], page: int, per_page: int, path: str) -> None:
+    def __init__(self, items: list[Any], page: int, per_page: int, path: str, *,
+                 slim: bool = False) -> None:
+        self.slim = slim
         self.total = len(items)
         self.last_page = max(1, -(-self.total // per_page))
         start = (page - 1) * per_page
@@ -60,6 +64,12 @@ class Page:
 
     def body(self) -> dict[str, Any]:
         """The response body."""
+        if self.slim:
+            return {"data": self.items, "meta": {
+                "page": self.page, "limit": self.per_page, "viewing_from": self.first,
+                "viewing_to": None if self.first is None else self.first + len(self.items) - 1,
+                "last_page": self.last_page, "total": self.total}}
+
         def url(page: int | None) -> str | None:
             return None if page is None else f"{self.path}?page={page}"
 

@@ -51,12 +51,13 @@ class Rewards:
         if not reward.is_active:
             raise SandboxError(1052, "Reward is not active.")
         if reward.stock is not None and reward.stock <= 0:
-            raise SandboxError(1018, "Reward is out of stock.")
+            raise SandboxError(1018, "The stock on this reward is empty.")
         if reward.claim_limit is not None and self._claims(contact.uuid, reward.uuid) >= (
             reward.claim_limit
         ):
-            # ASSUMPTION: the claim limit counts per contact, reversed receptions excluded.
-            raise SandboxError(1019, "Reward claim limit reached.")
+            # ASSUMPTION: the claim limit counts per contact ("your claim limit", LD), reversed
+            # receptions excluded.
+            raise SandboxError(1019, "You have reached your claim limit on this reward.")
         if contact.credits < reward.required_credits:
             raise SandboxError(1017, "Onvoldoende punten.|Insufficient credits.")
         now = self.world.clock()
@@ -202,10 +203,11 @@ class Rewards:
         ::list`): `contact_uuid`, `shop_uuid`, `type` (`credit_receptions` or
         `reward_receptions`), `limit` (default 10, at most 100), `page`, and (LD only) `sort`
         (`created_at` / `-created_at`) and `created_at[gt|gte|lt|lte]`.
-        ASSUMPTION: newest first without `sort` (PD: "returns the last 10"); the singular
-        type names the items carry are accepted too; an item's `contact.credit_balance` is
-        the balance now (not after that item); points booked by orders are not listed
-        (Leat lists them as points transactions, not loyalty transactions, as far as known).
+        Newest first without `sort` and each item's `contact.credit_balance` the balance now,
+        as in the recorded answer of Leat's OpenAPI file (leat-docs `leat-openapi.yaml`: ten
+        items by descending `created_at`, all with the same balance; its slim `meta`).
+        ASSUMPTION: the singular type names the items carry are accepted too; points booked
+        by orders are not listed (no source shows an order's points among them).
         """
         contact_uuid = query.text("contact_uuid", required=False)
         shop_uuid = query.text("shop_uuid", required=False)
@@ -236,7 +238,7 @@ class Rewards:
             found.reverse()
         found.sort(key=lambda r: r.created_at, reverse=sort != "CREATED_AT")
         return Page([w.reception_obj(r) for r in found], page, limit,
-                    "/api/v3/oauth/clients/loyalty-transactions")
+                    "/api/v3/oauth/clients/loyalty-transactions", slim=True)
 
 
 MAX_TRANSACTIONS: Final = 100
