@@ -1,7 +1,7 @@
 """`leat-scanner demo`: sample codes replayed through the whole scan path, events printed.
 
 With no config file the demo starts its own Mosquitto on a free loopback port and its own
-Leat sandbox (appliance/leat/sandbox.py, seeded with the demo contacts, giftcards and
+Leat sandbox (appliance/sandbox/, seeded with the demo contacts, giftcards and
 vouchers); with `--config` it uses the configured broker and Leat account. Frames (loyalty
 cards, a giftcard, a voucher, a phone in dark mode, a Loyalty Token URL, empty frames) are
 generated into a temporary folder and replayed as the camera would deliver them; LED/buzzer
