@@ -24,7 +24,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from appliance.config import CameraConfig
-from appliance.errors import CameraError
+from appliance.errors import CameraError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,14 @@ class PicameraSource:
                 )
             camera: _Camera = picamera2.Picamera2(camera_num=0)
         except (RuntimeError, IndexError, OSError) as exc:
+            # picamera2 replaces every failure of its __init__ with RuntimeError("Camera
+            # __init__ sequence did not complete."), raised inside its `except` (picamera2.py,
+            # Picamera2.__init__): the reason ("Device or resource busy") is in __context__.
+            cause = exc.__context__
+            detail = f"{exc}" if cause is None else f"{exc} {type(cause).__name__}: {cause}"
             raise CameraError(
                 f"cannot open the camera: is the ribbon cable seated, or is another program "
-                f"using it? (picamera2: {exc})"
+                f"using it? (picamera2: {detail})"
             ) from exc
         self._camera = camera
         try:
@@ -380,9 +385,9 @@ def _load_gray(path: Path) -> npt.NDArray[np.uint8]:
 def open_source(cfg: CameraConfig) -> FrameSource:
     """The frame source `cfg.source` names."""
     if cfg.source == "replay":
-        if cfg.replay_path is None:
-            raise CameraError(
-                'camera.source = "replay" needs camera.replay_path (a PNG/JPEG file or a folder)'
+        if cfg.replay_path is None:  # a config problem: retrying cannot fix it
+            raise ConfigError(
+                ['camera.replay_path: camera.source = "replay" needs a PNG/JPEG file or a folder']
             )
         return ReplaySource([cfg.replay_path], fps=cfg.fps, loop=cfg.replay_loop)
     return PicameraSource(cfg)

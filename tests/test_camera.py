@@ -16,7 +16,7 @@ from PIL import Image
 
 from appliance.camera import BUFFER_COUNT, PicameraSource, ReplaySource, open_source
 from appliance.config import CameraConfig
-from appliance.errors import CameraError
+from appliance.errors import CameraError, ConfigError
 
 TEXT = "LEAT-4711-CARD"
 
@@ -179,9 +179,20 @@ def test_picamera_no_camera_raises_camera_error() -> None:
 
 
 def test_picamera_busy_camera_raises_chained_camera_error() -> None:
-    with pytest.raises(CameraError, match="Device or resource busy") as caught:
+    with pytest.raises(CameraError, match="another program") as caught:
         open_camera(World([qr_image()], busy=True))
-    assert isinstance(caught.value.__cause__, RuntimeError)
+    # picamera2 itself only says its __init__ failed; the reason is in the context
+    cause = caught.value.__cause__
+    assert isinstance(cause, RuntimeError)
+    assert str(cause) == "Camera __init__ sequence did not complete."
+    assert "RuntimeError: Failed to acquire camera: Device or resource busy" in str(caught.value)
+
+
+def test_picamera_missing_camera_number_reads_like_picamera2() -> None:
+    world = World([qr_image()], cameras=1)
+    module = make_module(world)
+    with pytest.raises(RuntimeError, match=r"^Camera __init__ sequence did not complete\.$"):
+        module.Picamera2(camera_num=1)  # type: ignore[attr-defined]
 
 
 def test_picamera_bad_configuration_closes_the_camera() -> None:
@@ -378,7 +389,8 @@ def test_open_source_replay(tmp_path: Path) -> None:
 
 
 def test_open_source_replay_needs_a_path() -> None:
-    with pytest.raises(CameraError, match=r"needs camera\.replay_path"):
+    # a config problem (exit 2), not a camera failure the daemon would retry
+    with pytest.raises(ConfigError, match=r"camera\.replay_path"):
         open_source(CameraConfig(source="replay"))
 
 

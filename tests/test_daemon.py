@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -205,33 +206,196 @@ def test_daemon_full_queue_is_refused_visibly_not_dropped(tmp_path: Path) -> Non
     assert feedback.signals.count(Signal.BUSY) == service.stats.busy_total
 
 
-class FailingSource:
+class FlakySource:
+    """Fails `failures` reads with CameraError, then plays `frames` once."""
+
+    def __init__(self, frames: Path, failures: int) -> None:
+        self.inner = ReplaySource([frames], fps=0)
+        self.failures = failures
+        self.reads = 0
+
     def read(self) -> Frame | None:
         from appliance.errors import CameraError
 
-        raise CameraError("no camera found")
+        self.reads += 1
+        if self.reads <= self.failures:
+            raise CameraError("no frame from the camera for 2.1 s: is the ribbon cable seated?")
+        return self.inner.read()
 
     def close(self) -> None: ...
 
 
-def test_daemon_camera_failure_exits_1_and_reports_state(tmp_path: Path) -> None:
-    bus, feedback = BlockingBus(), RecordingFeedback()
-    bus.release.set()
-    states: list[Mapping[str, Any]] = []
-    bus.set_state = states.append  # type: ignore[method-assign]
-    service = ScanService(
+class StateBus(BlockingBus):
+    """Records states; `fail_states` first set_state calls raise like a broken broker."""
+
+    def __init__(self, fail_states: int = 0) -> None:
+        super().__init__()
+        self.release.set()
+        self.states: list[Mapping[str, Any]] = []
+        self.fail_states = fail_states
+        self.changed = threading.Condition()
+
+    def set_state(self, payload: Mapping[str, Any]) -> None:
+        if self.fail_states > 0:
+            self.fail_states -= 1
+            raise RuntimeError("state publish failed")
+        with self.changed:
+            self.states.append(payload)
+            self.changed.notify_all()
+
+    def wait_states(
+        self, predicate: Callable[[list[Mapping[str, Any]]], bool], timeout: float
+    ) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: predicate(self.states), timeout)
+
+
+def scan_service(source: Any, bus: BlockingBus, feedback: Any, **options: Any) -> ScanService:
+    return ScanService(
         device_id="t",
-        source=FailingSource(),
+        source=source,
         decoder=Decoder(DecodeConfig()),
         debouncer=Debouncer(DebounceConfig()),
         handler=ScanHandler("t", Classifier(CodesConfig()), bus.publish_event),
         bus=bus,
         feedback=feedback,
+        **options,
     )
-    assert service.run(threading.Event()) == 1
-    assert Signal.OFFLINE in feedback.signals
-    assert states[-1]["camera"] == {"ok": False, "fps": 0.0, "error": "no camera found"}
-    validate("state", states[-1])
+
+
+def test_daemon_failing_camera_is_degraded_retried_and_recovers(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    bus, feedback = StateBus(), RecordingFeedback()
+    source = FlakySource(frames, failures=3)
+    # a 60 s interval: every state below was published because the health changed
+    service = scan_service(source, bus, feedback, state_interval_s=60.0,
+                           camera_retry_s=(0.05, 0.2))
+    assert service.run(threading.Event()) == 0  # the replay ended: no exit 1 for the camera
+
+    assert source.reads > 3
+    cameras = [state["camera"] for state in bus.states]
+    failed = {"ok": False, "fps": 0.0,
+              "error": "no frame from the camera for 2.1 s: is the ribbon cable seated?"}
+    assert failed in cameras
+    assert cameras[-1]["ok"] is True and cameras[-1]["error"] is None
+    assert service.stats.scans_total > 0  # scanning resumed after the failures
+    # OFFLINE once for the outage (not per retry), then READY when frames came back
+    assert feedback.signals.count(Signal.OFFLINE) == 1
+    assert feedback.signals.index(Signal.READY, feedback.signals.index(Signal.OFFLINE))
+    for state in bus.states:
+        validate("state", state)
+
+
+def test_daemon_camera_that_fails_to_open_is_reopened_with_backoff(tmp_path: Path) -> None:
+    import time
+
+    from appliance.errors import CameraError
+
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    attempts: list[float] = []
+
+    def reopen() -> ReplaySource:
+        attempts.append(time.monotonic())
+        if len(attempts) < 4:
+            raise CameraError("cannot open the camera (picamera2: Camera __init__ sequence ...)")
+        return ReplaySource([frames], fps=0)
+
+    bus, feedback = StateBus(), RecordingFeedback()
+    service = scan_service(None, bus, feedback, reopen=reopen, camera_error="busy",
+                           camera_retry_s=(0.1, 0.4), state_interval_s=60.0)
+    assert service.state()["camera"]["ok"] is False
+    assert service.run(threading.Event()) == 0
+    assert len(attempts) == 4
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    # 1 s doubling to 60 s, scaled: 0.1, 0.2, 0.4 here
+    assert gaps[0] >= 0.1 and gaps[1] >= 0.2 and gaps[2] >= 0.4
+    assert feedback.signals[0] is Signal.OFFLINE
+    assert bus.states[-1]["camera"]["ok"] is True
+    assert service.stats.scans_total > 0
+
+
+def test_daemon_state_publisher_survives_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    bus = StateBus(fail_states=3)
+    source = ReplaySource([frames], fps=50, loop=True)
+    service = scan_service(source, bus, RecordingFeedback(), state_interval_s=0.01,
+                           state_check_s=0.01)
+    stop = threading.Event()
+    runner = threading.Thread(target=service.run, args=(stop,))
+    with caplog.at_level("ERROR"):
+        runner.start()
+        try:
+            assert bus.wait_states(lambda states: len(states) >= 3, timeout=10)
+        finally:
+            stop.set()
+            runner.join(10)
+    assert bus.fail_states == 0  # the three failures happened, and it kept publishing
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["state: cannot publish: RuntimeError: state publish failed"]  # once
+
+
+def test_daemon_unreadable_outbox_is_reported_in_state(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    from appliance.leat.sandbox import LeatSandbox
+    from appliance.outbox import Outbox
+
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    with LeatSandbox() as sandbox:
+        cfg = leat_config(broker, frames, sandbox, tmp_path)
+        service = build(cfg, feedback=RecordingFeedback())
+        outbox = Outbox(tmp_path / "state" / "outbox.sqlite3")
+        outbox.close()  # any read now fails, as a damaged or vanished store would
+        state = service.state(outbox)
+    assert state["outbox"]["depth"] is None
+    assert "closed database" in state["outbox"]["error"]
+    validate("state", state)
+
+
+def test_daemon_stalled_thread_stops_the_watchdog_and_says_which(tmp_path: Path) -> None:
+    from notify import NotifySocket
+    from PIL import Image
+
+    from appliance.sdnotify import Notifier
+
+    path = tmp_path / "001.png"
+    Image.fromarray(render_code("LC-STALL0001")).save(path)
+    bus = BlockingBus()  # the worker blocks in publish until released: a stall
+    with NotifySocket(tmp_path) as manager:
+        service = scan_service(
+            ReplaySource([path], fps=20, loop=True), bus, RecordingFeedback(),
+            notifier=Notifier(manager.address, watchdog_s=0.4), stall_after_s=0.6,
+        )
+        stop = threading.Event()
+        runner = threading.Thread(target=service.run, args=(stop,))
+        runner.start()
+        try:
+            manager.wait_for(lambda ms: any("READY" in m for m in ms))
+            manager.wait_for(lambda ms: any("STALLED worker" in m.get("STATUS", "") for m in ms))
+            pings = manager.count("WATCHDOG")
+            # stalled for 2 s now: 10 ping intervals of 0.2 s without a ping
+            manager.wait_for(lambda ms: "STALLED worker (2 s" in ms[-1].get("STATUS", ""))
+            stalled_at = len(manager.messages)
+            bus.release.set()
+            messages = manager.wait_for(
+                lambda ms: any("WATCHDOG" in m for m in ms[stalled_at:])
+                and "STALLED" not in ms[-1].get("STATUS", ""),
+            )
+        finally:
+            stop.set()
+            runner.join(10)
+        manager.wait_for(lambda ms: any("STOPPING" in m for m in ms))
+    stalled = [i for i, m in enumerate(messages) if "STALLED worker" in m.get("STATUS", "")]
+    resumed = next(i for i, m in enumerate(messages) if i > stalled[0] and "WATCHDOG" in m)
+    assert pings >= 1  # it pinged while healthy
+    assert all("WATCHDOG" not in m for m in messages[stalled[0]:resumed])
+    assert not runner.is_alive()
 
 
 def test_daemon_sigterm_publishes_offline_and_exits_0(broker: Mosquitto, tmp_path: Path) -> None:
@@ -281,7 +445,7 @@ enabled = false
 
 
 @pytest.mark.parametrize("config_text", ['[camera]\nsource = "replay"\n'])
-def test_daemon_replay_without_path_is_a_clear_error(tmp_path: Path, config_text: str) -> None:
+def test_daemon_replay_without_path_is_a_config_error(tmp_path: Path, config_text: str) -> None:
     cfg_path = tmp_path / "config.toml"
     cfg_path.write_text(config_text + '[feedback]\nenabled = false\n', encoding="utf-8")
     proc = subprocess.run(
@@ -291,8 +455,8 @@ def test_daemon_replay_without_path_is_a_clear_error(tmp_path: Path, config_text
         timeout=30,
         check=False,
     )
-    assert proc.returncode == 1
-    assert "replay_path" in proc.stderr
+    assert proc.returncode == 2  # restarting cannot fix it (RestartPreventExitStatus=2)
+    assert "camera.replay_path" in proc.stderr
 
 
 def leat_config(broker: Mosquitto, frames: Path, sandbox: Any, tmp_path: Path) -> Config:
