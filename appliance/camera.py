@@ -9,6 +9,7 @@ done. `ReplaySource` plays PNG/JPEG files decoded once at construction.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import threading
@@ -303,7 +304,7 @@ class ReplaySource:
     ) -> None:
         if fps < 0:
             raise CameraError(f"replay fps must be 0 (as fast as possible) or more, not {fps}")
-        self._images = [_load_gray(path) for path in _image_files(paths)]
+        self._images = _load_all(_image_files(paths))
         self._interval = 1.0 / fps if fps else 0.0
         self._loop = loop
         self._clock = clock
@@ -357,6 +358,22 @@ def _image_files(paths: Sequence[Path]) -> list[Path]:
     if not files:
         raise CameraError("replay: no image files given")
     return files
+
+
+def _load_all(files: Sequence[Path]) -> list[npt.NDArray[np.uint8]]:
+    """Every file decoded; identical files (same bytes) share one read-only array, so a
+    long replay of mostly empty frames costs the memory of its distinct images only."""
+    decoded: dict[bytes, npt.NDArray[np.uint8]] = {}
+    images = []
+    for path in files:
+        try:
+            digest = hashlib.sha256(path.read_bytes()).digest()
+        except OSError as exc:
+            raise CameraError(f"{path}: cannot read ({exc})") from exc
+        if digest not in decoded:
+            decoded[digest] = _load_gray(path)
+        images.append(decoded[digest])
+    return images
 
 
 def _load_gray(path: Path) -> npt.NDArray[np.uint8]:

@@ -398,3 +398,19 @@ def test_open_source_picamera_without_picamera2(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "picamera2", None)
     with pytest.raises(CameraError, match="picamera2 is not installed"):
         open_source(CameraConfig(source="picamera"))
+
+
+def test_replay_identical_files_share_one_image(tmp_path: Path) -> None:
+    from PIL import Image
+
+    blank = np.full((36, 64), 200, dtype=np.uint8)
+    for i in range(3):
+        Image.fromarray(blank).save(tmp_path / f"{i:03}.png")
+    Image.fromarray(qr_image()).save(tmp_path / "003.png")
+    source = ReplaySource([tmp_path], fps=0)
+    frames = [source.read() for _ in range(4)]
+    assert all(frame is not None for frame in frames)
+    pixels = [frame.pixels for frame in frames if frame is not None]
+    assert pixels[0] is pixels[1] is pixels[2]  # decoded once, one array in memory
+    assert pixels[3] is not pixels[0]
+    assert source.read() is None

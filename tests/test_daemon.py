@@ -511,3 +511,147 @@ def test_daemon_publishes_identifications_from_leat(
     # the identification expires (MQTT v5 message expiry)
     expiring = [m for m in messages if m.topic.endswith("/events/identification")]
     assert all(m.properties.MessageExpiryInterval <= 60 for m in expiring)
+
+
+# --- `leat-scanner run` under a (simulated) systemd: a real notify socket -----------------
+
+
+def run_config(tmp_path: Path, broker: Mosquitto, camera: str, extra: str = "") -> Path:
+    cfg_path = tmp_path / "config.toml"
+    cfg_path.write_text(
+        f"""
+[device]
+id = "test-counter"
+state_dir = "{tmp_path / 'state'}"
+[camera]
+{camera}
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return cfg_path
+
+
+def start_run(cfg_path: Path, env: Mapping[str, str]) -> subprocess.Popen[str]:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("LEAT_SCANNER_", "NOTIFY_SOCKET", "WATCHDOG_", "GPIOZERO_"))}
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance", "run", "--config", str(cfg_path)],
+        env=clean | dict(env),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_run(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM, then the exit; returns stderr (kills the process if it does not stop)."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return stderr
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_run_notifies_ready_watchdog_status_and_stopping(
+    broker: Mosquitto, tmp_path: Path, abstract: bool
+) -> None:
+    from notify import NotifySocket
+
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    # feedback stays enabled: off a Pi the pins are simulated, and the log says so
+    cfg = run_config(tmp_path, broker,
+                     f'source = "replay"\nreplay_path = "{frames}"\nreplay_loop = true\nfps = 15')
+    with NotifySocket(tmp_path, abstract=abstract) as manager:
+        proc = start_run(cfg, manager.environment(watchdog_s=1.0))
+        try:
+            manager.wait_for(lambda ms: manager.count("WATCHDOG") >= 3, timeout=30)
+        finally:
+            stderr = stop_run(proc)
+        messages = manager.wait_for(lambda ms: "STOPPING" in ms[-1])
+    assert proc.returncode == 0, stderr
+    assert messages[0]["READY"] == "1"  # before any ping
+    assert messages[0]["STATUS"].startswith("scanning")
+    assert messages[-1] == {"STOPPING": "1", "STATUS": "stopping"}
+    assert all(m.get("WATCHDOG", "1") == "1" for m in messages)
+    assert "simulated with gpiozero's MockFactory" in stderr
+
+
+def test_run_with_a_failing_camera_is_ready_degraded_and_serves_orders(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    from notify import NotifySocket
+    from test_orders import order_body, request
+
+    from appliance.leat.sandbox import LeatSandbox
+
+    token = tmp_path / "leat-token"
+    token.touch(mode=0o600)
+    with LeatSandbox() as sandbox, NotifySocket(tmp_path) as manager:
+        token.write_text(sandbox.personal_access_token, encoding="utf-8")
+        cfg = run_config(
+            tmp_path, broker, f'source = "replay"\nreplay_path = "{tmp_path / "no-camera"}"',
+            f'[feedback]\nenabled = false\n[leat]\nbase_url = "{sandbox.url}"\n'
+            f'token_file = "{token}"\nshop_uuid = "{DEMO_SHOP_UUID}"\n',
+        )
+        with Subscriber(broker, f"{BASE}/#") as pos:
+            pos.wait_subscribed()
+            proc = start_run(cfg, manager.environment(watchdog_s=2.0))
+            try:
+                ready = manager.wait_for(bool, timeout=20)[0]
+                pos.wait_message(f"{BASE}/availability", b"online", timeout=20)
+                pos.publish(f"{BASE}/request/order.create",
+                            request(order=order_body("degraded-1"), transaction="t-1"))
+                reply = pos.wait_message(f"{BASE}/response/order.create", timeout=20)
+                manager.wait_for(lambda ms: manager.count("WATCHDOG") >= 1, timeout=10)
+            finally:
+                stderr = stop_run(proc)
+            assert proc.returncode == 0, stderr  # a camera failure is not a crash
+            messages = pos.wait_for(lambda ms: payloads(list(ms), "availability")[-1:]
+                                    == ["offline"])
+    assert ready["READY"] == "1"
+    assert ready["STATUS"].startswith("DEGRADED camera:")
+    assert json.loads(reply.payload)["status"] == "ok"
+    states = payloads(messages, "state")
+    assert states[0]["camera"]["ok"] is False
+    assert "no-camera" in states[0]["camera"]["error"]
+    for state in states:
+        validate("state", state)
+    assert "camera failed" in stderr
+
+
+def test_run_with_lgpio_failing_at_import_scans_without_feedback(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    # lgpio as it fails when the working directory is read-only (gpiozero issue 1106)
+    fake = tmp_path / "fake-lgpio"
+    fake.mkdir()
+    (fake / "lgpio.py").write_text(
+        "raise FileNotFoundError(2, 'No such file or directory', '.lgd-nfy-3')\n",
+        encoding="utf-8",
+    )
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    cfg = run_config(tmp_path, broker,
+                     f'source = "replay"\nreplay_path = "{frames}"\nreplay_loop = true\nfps = 20')
+    with Subscriber(broker, f"{BASE}/#") as sub:
+        sub.wait_subscribed()
+        proc = start_run(cfg, {"GPIOZERO_PIN_FACTORY": "lgpio", "PYTHONPATH": str(fake)})
+        try:
+            messages = sub.wait_for(
+                lambda ms: len(payloads(list(ms), "events/scan")) >= 2
+                and bool(payloads(list(ms), "state")), timeout=30)
+        finally:
+            stderr = stop_run(proc)
+    assert proc.returncode == 0, stderr
+    feedback = payloads(messages, "state")[0]["feedback"]
+    assert feedback["ok"] is False and feedback["pins"] is None
+    assert ".lgd-nfy-3" in feedback["error"]
+    assert "ERROR appliance.feedback: LED/buzzer feedback failed" in stderr
