@@ -655,3 +655,15 @@ def test_run_with_lgpio_failing_at_import_scans_without_feedback(
     assert feedback["ok"] is False and feedback["pins"] is None
     assert ".lgd-nfy-3" in feedback["error"]
     assert "ERROR appliance.feedback: LED/buzzer feedback failed" in stderr
+
+
+def test_dev_example_runs_the_device_off_the_pi() -> None:
+    from appliance import config
+    from appliance.leat.sandbox import LeatSandbox
+
+    dev = Path(__file__).parents[1] / "appliance" / "examples" / "dev.toml"
+    cfg = config.load(dev)
+    assert cfg.camera.source == "replay" and cfg.camera.replay_loop
+    assert cfg.leat.shop_uuid == DEMO_SHOP_UUID
+    # the recipe's token is the sandbox's own
+    assert f"  {LeatSandbox().personal_access_token} \\\n" in dev.read_text()
