@@ -371,6 +371,7 @@ def test_daemon_stalled_thread_stops_the_watchdog_and_says_which(tmp_path: Path)
         service = scan_service(
             ReplaySource([path], fps=20, loop=True), bus, RecordingFeedback(),
             notifier=Notifier(manager.address, watchdog_s=0.4), stall_after_s=0.6,
+            state_check_s=0.05,  # every other thread beats well within 0.6 s
         )
         stop = threading.Event()
         runner = threading.Thread(target=service.run, args=(stop,))
@@ -379,6 +380,8 @@ def test_daemon_stalled_thread_stops_the_watchdog_and_says_which(tmp_path: Path)
             manager.wait_for(lambda ms: any("READY" in m for m in ms))
             manager.wait_for(lambda ms: any("STALLED worker" in m.get("STATUS", "") for m in ms))
             pings = manager.count("WATCHDOG")
+            statuses = [m["STATUS"] for m in manager.messages if "STATUS" in m]
+            assert all(s.count("STALLED") == s.count("STALLED worker") for s in statuses)
             # stalled for 2 s now: 10 ping intervals of 0.2 s without a ping
             manager.wait_for(lambda ms: "STALLED worker (2 s" in ms[-1].get("STATUS", ""))
             stalled_at = len(manager.messages)
