@@ -670,3 +670,23 @@ def test_dev_example_runs_the_device_off_the_pi() -> None:
     assert cfg.leat.shop_uuid == DEMO_SHOP_UUID
     # the recipe's token is the sandbox's own
     assert f"  {LeatSandbox().personal_access_token} \\\n" in dev.read_text()
+
+
+def test_run_is_ready_without_waiting_for_the_broker(broker: Mosquitto, tmp_path: Path) -> None:
+    from notify import NotifySocket
+
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    cfg = run_config(tmp_path, broker,
+                     f'source = "replay"\nreplay_path = "{frames}"\nreplay_loop = true',
+                     "[feedback]\nenabled = false\n")
+    broker.stop()  # the broker is down for the whole run
+    with NotifySocket(tmp_path) as manager:
+        proc = start_run(cfg, manager.environment(watchdog_s=1.0))
+        try:
+            messages = manager.wait_for(lambda ms: manager.count("WATCHDOG") >= 1, timeout=20)
+        finally:
+            stderr = stop_run(proc)
+    assert proc.returncode == 0, stderr
+    assert messages[0]["READY"] == "1"
+    assert "MQTT disconnected" in messages[0]["STATUS"]
