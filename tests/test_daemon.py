@@ -630,8 +630,9 @@ def test_run_with_a_failing_camera_is_ready_degraded_and_serves_orders(
     assert "camera failed" in stderr
 
 
-def test_run_with_lgpio_failing_at_import_scans_without_feedback(
-    broker: Mosquitto, tmp_path: Path
+@pytest.mark.parametrize("case", ["lgpio-fails-at-import", "no-pin-factory"])
+def test_run_with_failing_pins_scans_without_feedback(
+    broker: Mosquitto, tmp_path: Path, case: str
 ) -> None:
     # lgpio as it fails when the working directory is read-only (gpiozero issue 1106)
     fake = tmp_path / "fake-lgpio"
@@ -640,13 +641,17 @@ def test_run_with_lgpio_failing_at_import_scans_without_feedback(
         "raise FileNotFoundError(2, 'No such file or directory', '.lgd-nfy-3')\n",
         encoding="utf-8",
     )
+    env = {"GPIOZERO_PIN_FACTORY": "lgpio", "PYTHONPATH": str(fake)}
+    expected = ".lgd-nfy-3"
+    if case == "no-pin-factory":  # gpiozero finds no such factory: BadPinFactory
+        env, expected = {"GPIOZERO_PIN_FACTORY": "none-installed"}, "BadPinFactory"
     frames = tmp_path / "frames"
     write_demo_frames(frames)
     cfg = run_config(tmp_path, broker,
                      f'source = "replay"\nreplay_path = "{frames}"\nreplay_loop = true\nfps = 20')
     with Subscriber(broker, f"{BASE}/#") as sub:
         sub.wait_subscribed()
-        proc = start_run(cfg, {"GPIOZERO_PIN_FACTORY": "lgpio", "PYTHONPATH": str(fake)})
+        proc = start_run(cfg, env)
         try:
             messages = sub.wait_for(
                 lambda ms: len(payloads(list(ms), "events/scan")) >= 2
@@ -656,7 +661,7 @@ def test_run_with_lgpio_failing_at_import_scans_without_feedback(
     assert proc.returncode == 0, stderr
     feedback = payloads(messages, "state")[0]["feedback"]
     assert feedback["ok"] is False and feedback["pins"] is None
-    assert ".lgd-nfy-3" in feedback["error"]
+    assert expected in feedback["error"]
     assert "ERROR appliance.feedback: LED/buzzer feedback failed" in stderr
 
 
