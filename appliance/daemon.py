@@ -608,6 +608,9 @@ def build(
             camera_error = str(exc)
             log.error("camera failed: %s (retrying in the background; orders are served)",
                       camera_error)
+        except BaseException:  # a config problem (ConfigError): exit 2, pins released
+            feedback.close()
+            raise
     resolver = forwarder = None
     if leat_configured(config):
         resolver, forwarder = _leat_parts(config, bus)
