@@ -9,6 +9,7 @@ done. `ReplaySource` plays PNG/JPEG files decoded once at construction.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import threading
@@ -24,7 +25,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from appliance.config import CameraConfig
-from appliance.errors import CameraError
+from appliance.errors import CameraError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,14 @@ class PicameraSource:
                 )
             camera: _Camera = picamera2.Picamera2(camera_num=0)
         except (RuntimeError, IndexError, OSError) as exc:
+            # picamera2 replaces every failure of its __init__ with RuntimeError("Camera
+            # __init__ sequence did not complete."), raised inside its `except` (picamera2.py,
+            # Picamera2.__init__): the reason ("Device or resource busy") is in __context__.
+            cause = exc.__context__
+            detail = f"{exc}" if cause is None else f"{exc} {type(cause).__name__}: {cause}"
             raise CameraError(
                 f"cannot open the camera: is the ribbon cable seated, or is another program "
-                f"using it? (picamera2: {exc})"
+                f"using it? (picamera2: {detail})"
             ) from exc
         self._camera = camera
         try:
@@ -298,7 +304,7 @@ class ReplaySource:
     ) -> None:
         if fps < 0:
             raise CameraError(f"replay fps must be 0 (as fast as possible) or more, not {fps}")
-        self._images = [_load_gray(path) for path in _image_files(paths)]
+        self._images = _load_all(_image_files(paths))
         self._interval = 1.0 / fps if fps else 0.0
         self._loop = loop
         self._clock = clock
@@ -354,6 +360,22 @@ def _image_files(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
+def _load_all(files: Sequence[Path]) -> list[npt.NDArray[np.uint8]]:
+    """Every file decoded; identical files (same bytes) share one read-only array, so a
+    long replay of mostly empty frames costs the memory of its distinct images only."""
+    decoded: dict[bytes, npt.NDArray[np.uint8]] = {}
+    images = []
+    for path in files:
+        try:
+            digest = hashlib.sha256(path.read_bytes()).digest()
+        except OSError as exc:
+            raise CameraError(f"{path}: cannot read ({exc})") from exc
+        if digest not in decoded:
+            decoded[digest] = _load_gray(path)
+        images.append(decoded[digest])
+    return images
+
+
 def _load_gray(path: Path) -> npt.NDArray[np.uint8]:
     """`path` decoded (PNG or JPEG only) to a read-only contiguous grayscale array."""
     try:
@@ -380,9 +402,9 @@ def _load_gray(path: Path) -> npt.NDArray[np.uint8]:
 def open_source(cfg: CameraConfig) -> FrameSource:
     """The frame source `cfg.source` names."""
     if cfg.source == "replay":
-        if cfg.replay_path is None:
-            raise CameraError(
-                'camera.source = "replay" needs camera.replay_path (a PNG/JPEG file or a folder)'
+        if cfg.replay_path is None:  # a config problem: retrying cannot fix it
+            raise ConfigError(
+                ['camera.replay_path: camera.source = "replay" needs a PNG/JPEG file or a folder']
             )
         return ReplaySource([cfg.replay_path], fps=cfg.fps, loop=cfg.replay_loop)
     return PicameraSource(cfg)

@@ -24,16 +24,27 @@ the blinks and a pattern can end in READY. (gpiozero's own `blink()` runs one th
 device and cannot chain "three blinks, then steady green".) `show()` is non-blocking: it
 stops the running pattern (its waits are on an Event, so this is immediate) and starts the
 new one. `show()` and `close()` are safe to call from any thread.
+
+Failures (issue 7): LEDs that fail must never stop the scanning. `open_feedback` turns any
+pin factory failure (gpiozero's `BadPinFactory`, lgpio failing at import because it cannot
+create its `.lgd-nfy*` pipe in the working directory: gpiozero issue 1106, lg issues 12
+and 22; a pin in use) into `NullFeedback` with an ERROR in the log, and a pin that fails
+later is reported too; both show in `state.feedback` through `FeedbackState`. Off a
+Raspberry Pi (a laptop), gpiozero's `MockFactory` stands in for the pins, and the log says
+so.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import warnings
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from appliance.config import FeedbackConfig
@@ -49,6 +60,7 @@ OFFLINE_BEEP_S: Final = 0.8
 OFFLINE_BLINK_S: Final = 1.0  # on, then off for as long
 BUSY_FLASH_S: Final = 0.15  # each colour
 STOP_TIMEOUT_S: Final = 2.0  # a pattern thread only ever waits on its stop Event
+BOARD_MODEL: Final = Path("/proc/device-tree/model")  # "Raspberry Pi 5 Model B Rev 1.0"
 
 
 class Signal(StrEnum):
@@ -138,6 +150,38 @@ class FeedbackLike(Protocol):
         """Switch everything off and release the hardware; idempotent."""
 
 
+class FeedbackState:
+    """What is known about the LEDs and buzzer, for `state.feedback`; thread-safe.
+
+    `pins` names the gpiozero pin factory in use ("lgpio", "mock", ...), None when there
+    is none; `error` is why there is no (working) feedback. A failure is kept until the
+    process restarts: a technician should see it even if a later pattern played.
+    """
+
+    def __init__(self, pins: str | None, error: str | None = None) -> None:
+        self._lock = threading.Lock()
+        self.pins = pins
+        self._error = error
+
+    @property
+    def error(self) -> str | None:
+        """The first failure, or None."""
+        with self._lock:
+            return self._error
+
+    def failed(self, error: str) -> None:
+        """Record a failure of the pins (the first one is kept and logged as an ERROR)."""
+        with self._lock:
+            first, self._error = self._error is None, self._error or error
+        if first:
+            log.error("LED/buzzer feedback failed: %s (scanning continues without it)", error)
+
+    def payload(self) -> dict[str, Any]:
+        """The `state.feedback` object."""
+        with self._lock:
+            return {"ok": self._error is None, "error": self._error, "pins": self.pins}
+
+
 class _Run:
     """One playing pattern: its thread, its stop flag and its 'played once' flag."""
 
@@ -157,9 +201,11 @@ class Feedback:
         buzzer: OutputLike,
         *,
         time_scale: float = 1.0,
+        state: FeedbackState | None = None,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
+        self.state = state if state is not None else FeedbackState(None)
         self._green, self._red, self._buzzer = green, red, buzzer
         self._time_scale = time_scale  # < 1 speeds every pattern up (tests)
         self._lock = threading.Lock()
@@ -191,7 +237,8 @@ class Feedback:
             cfg.buzzer_pin,
             "high" if cfg.buzzer_active_high else "low",
         )
-        return cls(*built, time_scale=time_scale)
+        factory = getattr(built[0], "pin_factory", None)
+        return cls(*built, time_scale=time_scale, state=FeedbackState(factory_name(factory)))
 
     def show(self, signal: Signal) -> None:
         """Start `signal`'s pattern in the background, replacing the running one."""
@@ -258,8 +305,9 @@ class Feedback:
                     if self._apply(step, stop):
                         return
                 shown.set()
-        except Exception:  # top of a thread: log, never die silently
-            log.exception("feedback pattern %s failed", signal.value)
+        except Exception as exc:  # top of a thread: the pins failed (OSError, lgpio.error...)
+            log.debug("feedback pattern %s failed", signal.value, exc_info=True)
+            self.state.failed(f"pattern {signal.value}: {type(exc).__name__}: {exc}")
 
     def _apply(self, step: Step, stop: threading.Event) -> bool:
         """Set the three outputs, then hold; True when asked to stop."""
@@ -285,3 +333,67 @@ class NullFeedback:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def factory_name(factory: Any) -> str | None:
+    """A pin factory's short name: LGPIOFactory -> "lgpio", MockFactory -> "mock"."""
+    if factory is None:
+        return None
+    name = type(factory).__name__
+    return (name[: -len("Factory")] if name.endswith("Factory") else name).lower() or None
+
+
+def on_raspberry_pi(model_file: Path = BOARD_MODEL) -> bool:
+    """True on a Raspberry Pi (its device tree names the board)."""
+    try:
+        return model_file.read_bytes().startswith(b"Raspberry Pi")
+    except OSError:
+        return False
+
+
+def open_feedback(
+    cfg: FeedbackConfig,
+    pin_factory: Any = None,
+    *,
+    on_pi: bool | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[FeedbackLike, FeedbackState]:
+    """The LEDs and buzzer the config asks for, and their state; never raises.
+
+    With `pin_factory` None, gpiozero picks one (`$GPIOZERO_PIN_FACTORY`, else lgpio, then
+    the others). If that fails on a machine that is not a Raspberry Pi and no factory was
+    named, gpiozero's `MockFactory` simulates the pins (development). Any other failure
+    gives `NullFeedback` and `FeedbackState.error`: the device scans on without feedback.
+    """
+    if not cfg.enabled:
+        return NullFeedback(), FeedbackState(None)
+    environ = os.environ if environ is None else environ
+    try:
+        with warnings.catch_warnings():
+            # gpiozero warns once per factory it falls back from; the outcome is logged below
+            warnings.simplefilter("ignore")
+            feedback = Feedback.from_config(cfg, pin_factory)
+    except Exception as exc:  # BadPinFactory, ImportError/OSError from lgpio, pin in use...
+        error = f"{type(exc).__name__}: {exc}"
+        named = pin_factory is not None or bool(environ.get("GPIOZERO_PIN_FACTORY"))
+        if not named and not (on_raspberry_pi() if on_pi is None else on_pi):
+            from gpiozero.pins.mock import MockFactory
+
+            log.warning("no GPIO on this machine (not a Raspberry Pi; gpiozero: %s): the LEDs "
+                        "and buzzer are simulated with gpiozero's MockFactory", error)
+            simulated = Feedback.from_config(cfg, MockFactory())
+            return simulated, simulated.state
+        state = FeedbackState(None)
+        state.failed(f"no pin factory: {error}")
+        return NullFeedback(), state
+    return _opened(feedback)
+
+
+def _opened(feedback: Feedback) -> tuple[Feedback, FeedbackState]:
+    pins = feedback.state.pins
+    if pins == "mock":
+        log.warning("LED and buzzer feedback is simulated (gpiozero MockFactory): "
+                    "nothing lights up on this machine")
+    else:
+        log.info("LED and buzzer feedback on gpiozero's %s pins", pins)
+    return feedback, feedback.state

@@ -156,6 +156,7 @@ class Forwarder:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         wake: threading.Event | None = None,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -172,6 +173,7 @@ class Forwarder:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._wake = wake
+        self.heartbeat = heartbeat or _nothing  # "still making progress": the daemon's watchdog
         # Loop-thread state (workers only return verdicts).
         self._reachable: bool | None = None
         self._failures = 0  # consecutive unreachable outcomes
@@ -205,6 +207,7 @@ class Forwarder:
             if recovered:
                 log.info("forwarder: %d interrupted item(s) will be looked up first", recovered)
             while not stop.is_set():
+                self.heartbeat()
                 if self._wake is not None:
                     self._wake.clear()  # before reading the queue: no lost wake-ups
                 attempted = 0
@@ -277,6 +280,7 @@ class Forwarder:
             fill()
             while in_flight:
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                self.heartbeat()
                 finished = []
                 for future in done:
                     item, probe = in_flight.pop(future)
@@ -337,13 +341,15 @@ class Forwarder:
 
     def _sleep(self, stop: threading.Event, delay: float) -> None:
         """Wait `delay` s, or less when `stop` or `wake` is set."""
-        if self._wake is None:
-            stop.wait(delay)
-            return
         deadline = time.monotonic() + delay
         while not stop.is_set():
+            self.heartbeat()
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._wake.wait(min(remaining, STOP_POLL_S)):
+            if remaining <= 0:
+                return
+            if self._wake is None:
+                stop.wait(min(remaining, STOP_POLL_S))
+            elif self._wake.wait(min(remaining, STOP_POLL_S)):
                 return
 
     # ----------------------------------------------------------------------- one attempt
@@ -635,6 +641,10 @@ class Forwarder:
         """The worker threads (Leat calls only)."""
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="forwarder") as pool:
             yield pool
+
+
+def _nothing() -> None:
+    """The default heartbeat."""
 
 
 @contextmanager

@@ -150,10 +150,15 @@ class FakePicamera2:
     def __init__(self, camera_num: int = 0, verbose_console: Any = None, tuning: Any = None,
                  allocator: Any = None) -> None:
         self.world.calls.append(("Picamera2", camera_num))
-        if camera_num >= len(self.global_camera_info()):
-            raise IndexError("list index out of range")  # what picamera2 raises, no camera
-        if self.world.busy:
-            raise RuntimeError("Failed to acquire camera: Device or resource busy")
+        # picamera2.py, Picamera2.__init__: any failure while opening is logged and replaced
+        # by this RuntimeError, raised inside the `except`, so the reason is its __context__.
+        try:
+            if camera_num >= len(self.global_camera_info()):
+                raise IndexError("list index out of range")  # cameras[camera_num], no camera
+            if self.world.busy:  # libcamera's acquire(), another process holds the camera
+                raise RuntimeError("Failed to acquire camera: Device or resource busy")
+        except Exception:
+            raise RuntimeError("Camera __init__ sequence did not complete.")  # noqa: B904
         self.is_open = True
         self.started = False
         self.camera_config: dict[str, Any] = {}

@@ -16,7 +16,7 @@ from PIL import Image
 
 from appliance.camera import BUFFER_COUNT, PicameraSource, ReplaySource, open_source
 from appliance.config import CameraConfig
-from appliance.errors import CameraError
+from appliance.errors import CameraError, ConfigError
 
 TEXT = "LEAT-4711-CARD"
 
@@ -179,9 +179,20 @@ def test_picamera_no_camera_raises_camera_error() -> None:
 
 
 def test_picamera_busy_camera_raises_chained_camera_error() -> None:
-    with pytest.raises(CameraError, match="Device or resource busy") as caught:
+    with pytest.raises(CameraError, match="another program") as caught:
         open_camera(World([qr_image()], busy=True))
-    assert isinstance(caught.value.__cause__, RuntimeError)
+    # picamera2 itself only says its __init__ failed; the reason is in the context
+    cause = caught.value.__cause__
+    assert isinstance(cause, RuntimeError)
+    assert str(cause) == "Camera __init__ sequence did not complete."
+    assert "RuntimeError: Failed to acquire camera: Device or resource busy" in str(caught.value)
+
+
+def test_picamera_missing_camera_number_reads_like_picamera2() -> None:
+    world = World([qr_image()], cameras=1)
+    module = make_module(world)
+    with pytest.raises(RuntimeError, match=r"^Camera __init__ sequence did not complete\.$"):
+        module.Picamera2(camera_num=1)  # type: ignore[attr-defined]
 
 
 def test_picamera_bad_configuration_closes_the_camera() -> None:
@@ -378,7 +389,8 @@ def test_open_source_replay(tmp_path: Path) -> None:
 
 
 def test_open_source_replay_needs_a_path() -> None:
-    with pytest.raises(CameraError, match=r"needs camera\.replay_path"):
+    # a config problem (exit 2), not a camera failure the daemon would retry
+    with pytest.raises(ConfigError, match=r"camera\.replay_path"):
         open_source(CameraConfig(source="replay"))
 
 
@@ -386,3 +398,19 @@ def test_open_source_picamera_without_picamera2(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "picamera2", None)
     with pytest.raises(CameraError, match="picamera2 is not installed"):
         open_source(CameraConfig(source="picamera"))
+
+
+def test_replay_identical_files_share_one_image(tmp_path: Path) -> None:
+    from PIL import Image
+
+    blank = np.full((36, 64), 200, dtype=np.uint8)
+    for i in range(3):
+        Image.fromarray(blank).save(tmp_path / f"{i:03}.png")
+    Image.fromarray(qr_image()).save(tmp_path / "003.png")
+    source = ReplaySource([tmp_path], fps=0)
+    frames = [source.read() for _ in range(4)]
+    assert all(frame is not None for frame in frames)
+    pixels = [frame.pixels for frame in frames if frame is not None]
+    assert pixels[0] is pixels[1] is pixels[2]  # decoded once, one array in memory
+    assert pixels[3] is not pixels[0]
+    assert source.read() is None

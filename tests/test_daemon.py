@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -205,33 +206,199 @@ def test_daemon_full_queue_is_refused_visibly_not_dropped(tmp_path: Path) -> Non
     assert feedback.signals.count(Signal.BUSY) == service.stats.busy_total
 
 
-class FailingSource:
+class FlakySource:
+    """Fails `failures` reads with CameraError, then plays `frames` once."""
+
+    def __init__(self, frames: Path, failures: int) -> None:
+        self.inner = ReplaySource([frames], fps=0)
+        self.failures = failures
+        self.reads = 0
+
     def read(self) -> Frame | None:
         from appliance.errors import CameraError
 
-        raise CameraError("no camera found")
+        self.reads += 1
+        if self.reads <= self.failures:
+            raise CameraError("no frame from the camera for 2.1 s: is the ribbon cable seated?")
+        return self.inner.read()
 
     def close(self) -> None: ...
 
 
-def test_daemon_camera_failure_exits_1_and_reports_state(tmp_path: Path) -> None:
-    bus, feedback = BlockingBus(), RecordingFeedback()
-    bus.release.set()
-    states: list[Mapping[str, Any]] = []
-    bus.set_state = states.append  # type: ignore[method-assign]
-    service = ScanService(
+class StateBus(BlockingBus):
+    """Records states; `fail_states` first set_state calls raise like a broken broker."""
+
+    def __init__(self, fail_states: int = 0) -> None:
+        super().__init__()
+        self.release.set()
+        self.states: list[Mapping[str, Any]] = []
+        self.fail_states = fail_states
+        self.changed = threading.Condition()
+
+    def set_state(self, payload: Mapping[str, Any]) -> None:
+        if self.fail_states > 0:
+            self.fail_states -= 1
+            raise RuntimeError("state publish failed")
+        with self.changed:
+            self.states.append(payload)
+            self.changed.notify_all()
+
+    def wait_states(
+        self, predicate: Callable[[list[Mapping[str, Any]]], bool], timeout: float
+    ) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: predicate(self.states), timeout)
+
+
+def scan_service(source: Any, bus: BlockingBus, feedback: Any, **options: Any) -> ScanService:
+    return ScanService(
         device_id="t",
-        source=FailingSource(),
+        source=source,
         decoder=Decoder(DecodeConfig()),
         debouncer=Debouncer(DebounceConfig()),
         handler=ScanHandler("t", Classifier(CodesConfig()), bus.publish_event),
         bus=bus,
         feedback=feedback,
+        **options,
     )
-    assert service.run(threading.Event()) == 1
-    assert Signal.OFFLINE in feedback.signals
-    assert states[-1]["camera"] == {"ok": False, "fps": 0.0, "error": "no camera found"}
-    validate("state", states[-1])
+
+
+def test_daemon_failing_camera_is_degraded_retried_and_recovers(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    bus, feedback = StateBus(), RecordingFeedback()
+    source = FlakySource(frames, failures=3)
+    # a 60 s interval: every state below was published because the health changed
+    service = scan_service(source, bus, feedback, state_interval_s=60.0,
+                           camera_retry_s=(0.05, 0.2))
+    assert service.run(threading.Event()) == 0  # the replay ended: no exit 1 for the camera
+
+    assert source.reads > 3
+    cameras = [state["camera"] for state in bus.states]
+    failed = {"ok": False, "fps": 0.0,
+              "error": "no frame from the camera for 2.1 s: is the ribbon cable seated?"}
+    assert failed in cameras
+    assert cameras[-1]["ok"] is True and cameras[-1]["error"] is None
+    assert service.stats.scans_total > 0  # scanning resumed after the failures
+    # OFFLINE once for the outage (not per retry), then READY when frames came back
+    assert feedback.signals.count(Signal.OFFLINE) == 1
+    assert feedback.signals.index(Signal.READY, feedback.signals.index(Signal.OFFLINE))
+    for state in bus.states:
+        validate("state", state)
+
+
+def test_daemon_camera_that_fails_to_open_is_reopened_with_backoff(tmp_path: Path) -> None:
+    import time
+
+    from appliance.errors import CameraError
+
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    attempts: list[float] = []
+
+    def reopen() -> ReplaySource:
+        attempts.append(time.monotonic())
+        if len(attempts) < 4:
+            raise CameraError("cannot open the camera (picamera2: Camera __init__ sequence ...)")
+        return ReplaySource([frames], fps=0)
+
+    bus, feedback = StateBus(), RecordingFeedback()
+    service = scan_service(None, bus, feedback, reopen=reopen, camera_error="busy",
+                           camera_retry_s=(0.1, 0.4), state_interval_s=60.0)
+    assert service.state()["camera"]["ok"] is False
+    assert service.run(threading.Event()) == 0
+    assert len(attempts) == 4
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    # 1 s doubling to 60 s, scaled: 0.1, 0.2, 0.4 here
+    assert gaps[0] >= 0.1 and gaps[1] >= 0.2 and gaps[2] >= 0.4
+    assert feedback.signals[0] is Signal.OFFLINE
+    assert bus.states[-1]["camera"]["ok"] is True
+    assert service.stats.scans_total > 0
+
+
+def test_daemon_state_publisher_survives_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    bus = StateBus(fail_states=3)
+    source = ReplaySource([frames], fps=50, loop=True)
+    service = scan_service(source, bus, RecordingFeedback(), state_interval_s=0.01,
+                           state_check_s=0.01)
+    stop = threading.Event()
+    runner = threading.Thread(target=service.run, args=(stop,))
+    with caplog.at_level("ERROR"):
+        runner.start()
+        try:
+            assert bus.wait_states(lambda states: len(states) >= 3, timeout=10)
+        finally:
+            stop.set()
+            runner.join(10)
+    assert bus.fail_states == 0  # the three failures happened, and it kept publishing
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["state: cannot publish: RuntimeError: state publish failed"]  # once
+
+
+def test_daemon_unreadable_outbox_is_reported_in_state(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    from appliance.outbox import Outbox
+    from appliance.sandbox.server import LeatSandbox
+
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    with LeatSandbox() as sandbox:
+        cfg = leat_config(broker, frames, sandbox, tmp_path)
+        service = build(cfg, feedback=RecordingFeedback())
+        outbox = Outbox(tmp_path / "state" / "outbox.sqlite3")
+        outbox.close()  # any read now fails, as a damaged or vanished store would
+        state = service.state(outbox)
+    assert state["outbox"]["depth"] is None
+    assert "closed database" in state["outbox"]["error"]
+    validate("state", state)
+
+
+def test_daemon_stalled_thread_stops_the_watchdog_and_says_which(tmp_path: Path) -> None:
+    from notify import NotifySocket
+    from PIL import Image
+
+    from appliance.sdnotify import Notifier
+
+    path = tmp_path / "001.png"
+    Image.fromarray(render_code("LC-STALL0001")).save(path)
+    bus = BlockingBus()  # the worker blocks in publish until released: a stall
+    with NotifySocket(tmp_path) as manager:
+        service = scan_service(
+            ReplaySource([path], fps=20, loop=True), bus, RecordingFeedback(),
+            notifier=Notifier(manager.address, watchdog_s=0.4), stall_after_s=0.6,
+            state_check_s=0.05,  # every other thread beats well within 0.6 s
+        )
+        stop = threading.Event()
+        runner = threading.Thread(target=service.run, args=(stop,))
+        runner.start()
+        try:
+            manager.wait_for(lambda ms: any("READY" in m for m in ms))
+            manager.wait_for(lambda ms: any("STALLED worker" in m.get("STATUS", "") for m in ms))
+            pings = manager.count("WATCHDOG")
+            statuses = [m["STATUS"] for m in manager.messages if "STATUS" in m]
+            assert all(s.count("STALLED") == s.count("STALLED worker") for s in statuses)
+            # stalled for 2 s now: 10 ping intervals of 0.2 s without a ping
+            manager.wait_for(lambda ms: "STALLED worker (2 s" in ms[-1].get("STATUS", ""))
+            stalled_at = len(manager.messages)
+            bus.release.set()
+            messages = manager.wait_for(
+                lambda ms: any("WATCHDOG" in m for m in ms[stalled_at:])
+                and "STALLED" not in ms[-1].get("STATUS", ""),
+            )
+        finally:
+            stop.set()
+            runner.join(10)
+        manager.wait_for(lambda ms: any("STOPPING" in m for m in ms))
+    stalled = [i for i, m in enumerate(messages) if "STALLED worker" in m.get("STATUS", "")]
+    resumed = next(i for i, m in enumerate(messages) if i > stalled[0] and "WATCHDOG" in m)
+    assert pings >= 1  # it pinged while healthy
+    assert all("WATCHDOG" not in m for m in messages[stalled[0]:resumed])
+    assert not runner.is_alive()
 
 
 def test_daemon_sigterm_publishes_offline_and_exits_0(broker: Mosquitto, tmp_path: Path) -> None:
@@ -281,7 +448,7 @@ enabled = false
 
 
 @pytest.mark.parametrize("config_text", ['[camera]\nsource = "replay"\n'])
-def test_daemon_replay_without_path_is_a_clear_error(tmp_path: Path, config_text: str) -> None:
+def test_daemon_replay_without_path_is_a_config_error(tmp_path: Path, config_text: str) -> None:
     cfg_path = tmp_path / "config.toml"
     cfg_path.write_text(config_text + '[feedback]\nenabled = false\n', encoding="utf-8")
     proc = subprocess.run(
@@ -291,7 +458,7 @@ def test_daemon_replay_without_path_is_a_clear_error(tmp_path: Path, config_text
         timeout=30,
         check=False,
     )
-    assert proc.returncode == 2  # a config problem (`check` reports it too): no restart loop
+    assert proc.returncode == 2  # restarting cannot fix it (RestartPreventExitStatus=2)
     assert "camera.replay_path" in proc.stderr
 
 
@@ -347,3 +514,184 @@ def test_daemon_publishes_identifications_from_leat(
     # the identification expires (MQTT v5 message expiry)
     expiring = [m for m in messages if m.topic.endswith("/events/identification")]
     assert all(m.properties.MessageExpiryInterval <= 60 for m in expiring)
+
+
+# --- `leat-scanner run` under a (simulated) systemd: a real notify socket -----------------
+
+
+def run_config(tmp_path: Path, broker: Mosquitto, camera: str, extra: str = "") -> Path:
+    cfg_path = tmp_path / "config.toml"
+    cfg_path.write_text(
+        f"""
+[device]
+id = "test-counter"
+state_dir = "{tmp_path / 'state'}"
+[camera]
+{camera}
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return cfg_path
+
+
+def start_run(cfg_path: Path, env: Mapping[str, str]) -> subprocess.Popen[str]:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("LEAT_SCANNER_", "NOTIFY_SOCKET", "WATCHDOG_", "GPIOZERO_"))}
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance", "run", "--config", str(cfg_path)],
+        env=clean | dict(env),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_run(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM, then the exit; returns stderr (kills the process if it does not stop)."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return stderr
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_run_notifies_ready_watchdog_status_and_stopping(
+    broker: Mosquitto, tmp_path: Path, abstract: bool
+) -> None:
+    from notify import NotifySocket
+
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    # feedback stays enabled: off a Pi the pins are simulated, and the log says so
+    cfg = run_config(tmp_path, broker,
+                     f'source = "replay"\nreplay_path = "{frames}"\nreplay_loop = true\nfps = 15')
+    with NotifySocket(tmp_path, abstract=abstract) as manager:
+        proc = start_run(cfg, manager.environment(watchdog_s=1.0))
+        try:
+            manager.wait_for(lambda ms: manager.count("WATCHDOG") >= 3, timeout=30)
+        finally:
+            stderr = stop_run(proc)
+        messages = manager.wait_for(lambda ms: "STOPPING" in ms[-1])
+    assert proc.returncode == 0, stderr
+    assert messages[0]["READY"] == "1"  # before any ping
+    assert messages[0]["STATUS"].startswith("scanning")
+    assert messages[-1] == {"STOPPING": "1", "STATUS": "stopping"}
+    assert all(m.get("WATCHDOG", "1") == "1" for m in messages)
+    assert "simulated with gpiozero's MockFactory" in stderr
+
+
+def test_run_with_a_failing_camera_is_ready_degraded_and_serves_orders(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    from notify import NotifySocket
+    from test_orders import order_body, request
+
+    from appliance.sandbox.server import LeatSandbox
+
+    token = tmp_path / "leat-token"
+    token.touch(mode=0o600)
+    with LeatSandbox() as sandbox, NotifySocket(tmp_path) as manager:
+        token.write_text(sandbox.personal_access_token, encoding="utf-8")
+        cfg = run_config(
+            tmp_path, broker, f'source = "replay"\nreplay_path = "{tmp_path / "no-camera"}"',
+            f'[feedback]\nenabled = false\n[leat]\nbase_url = "{sandbox.url}"\n'
+            f'token_file = "{token}"\nshop_uuid = "{DEMO_SHOP_UUID}"\n',
+        )
+        with Subscriber(broker, f"{BASE}/#") as pos:
+            pos.wait_subscribed()
+            proc = start_run(cfg, manager.environment(watchdog_s=2.0))
+            try:
+                ready = manager.wait_for(bool, timeout=20)[0]
+                pos.wait_message(f"{BASE}/availability", b"online", timeout=20)
+                pos.publish(f"{BASE}/request/order.create",
+                            request(order=order_body("degraded-1"), transaction="t-1"))
+                reply = pos.wait_message(f"{BASE}/response/order.create", timeout=20)
+                manager.wait_for(lambda ms: manager.count("WATCHDOG") >= 1, timeout=10)
+            finally:
+                stderr = stop_run(proc)
+            assert proc.returncode == 0, stderr  # a camera failure is not a crash
+            messages = pos.wait_for(lambda ms: payloads(list(ms), "availability")[-1:]
+                                    == ["offline"])
+    assert ready["READY"] == "1"
+    assert ready["STATUS"].startswith("DEGRADED camera:")
+    assert json.loads(reply.payload)["status"] == "ok"
+    states = payloads(messages, "state")
+    assert states[0]["camera"]["ok"] is False
+    assert "no-camera" in states[0]["camera"]["error"]
+    for state in states:
+        validate("state", state)
+    assert "camera failed" in stderr
+
+
+@pytest.mark.parametrize("case", ["lgpio-fails-at-import", "no-pin-factory"])
+def test_run_with_failing_pins_scans_without_feedback(
+    broker: Mosquitto, tmp_path: Path, case: str
+) -> None:
+    # lgpio as it fails when the working directory is read-only (gpiozero issue 1106)
+    fake = tmp_path / "fake-lgpio"
+    fake.mkdir()
+    (fake / "lgpio.py").write_text(
+        "raise FileNotFoundError(2, 'No such file or directory', '.lgd-nfy-3')\n",
+        encoding="utf-8",
+    )
+    env = {"GPIOZERO_PIN_FACTORY": "lgpio", "PYTHONPATH": str(fake)}
+    expected = ".lgd-nfy-3"
+    if case == "no-pin-factory":  # gpiozero finds no such factory: BadPinFactory
+        env, expected = {"GPIOZERO_PIN_FACTORY": "none-installed"}, "BadPinFactory"
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    cfg = run_config(tmp_path, broker,
+                     f'source = "replay"\nreplay_path = "{frames}"\nreplay_loop = true\nfps = 20')
+    with Subscriber(broker, f"{BASE}/#") as sub:
+        sub.wait_subscribed()
+        proc = start_run(cfg, env)
+        try:
+            messages = sub.wait_for(
+                lambda ms: len(payloads(list(ms), "events/scan")) >= 2
+                and bool(payloads(list(ms), "state")), timeout=30)
+        finally:
+            stderr = stop_run(proc)
+    assert proc.returncode == 0, stderr
+    feedback = payloads(messages, "state")[0]["feedback"]
+    assert feedback["ok"] is False and feedback["pins"] is None
+    assert expected in feedback["error"]
+    assert "ERROR appliance.feedback: LED/buzzer feedback failed" in stderr
+
+
+def test_dev_example_runs_the_device_off_the_pi() -> None:
+    from appliance import config
+    from appliance.sandbox.server import LeatSandbox
+
+    dev = Path(__file__).parents[1] / "appliance" / "examples" / "dev.toml"
+    cfg = config.load(dev)
+    assert cfg.camera.source == "replay" and cfg.camera.replay_loop
+    assert cfg.leat.shop_uuid == DEMO_SHOP_UUID
+    # the recipe's token is the sandbox's own
+    assert f"  {LeatSandbox().personal_access_token} \\\n" in dev.read_text()
+
+
+def test_run_is_ready_without_waiting_for_the_broker(broker: Mosquitto, tmp_path: Path) -> None:
+    from notify import NotifySocket
+
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    cfg = run_config(tmp_path, broker,
+                     f'source = "replay"\nreplay_path = "{frames}"\nreplay_loop = true',
+                     "[feedback]\nenabled = false\n")
+    broker.stop()  # the broker is down for the whole run
+    with NotifySocket(tmp_path) as manager:
+        proc = start_run(cfg, manager.environment(watchdog_s=1.0))
+        try:
+            messages = manager.wait_for(lambda ms: manager.count("WATCHDOG") >= 1, timeout=20)
+        finally:
+            stderr = stop_run(proc)
+    assert proc.returncode == 0, stderr
+    assert messages[0]["READY"] == "1"
+    assert "MQTT disconnected" in messages[0]["STATUS"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
@@ -22,6 +23,8 @@ from appliance.feedback import (
     Feedback,
     NullFeedback,
     Signal,
+    on_raspberry_pi,
+    open_feedback,
 )
 
 WAIT_S = 10.0  # generous upper bound; waits return as soon as the pattern has played
@@ -218,3 +221,100 @@ def test_null_feedback_accepts_every_signal(caplog: pytest.LogCaptureFixture) ->
     assert [r.getMessage() for r in caplog.records] == [
         f"feedback disabled; signal {s.value}" for s in Signal
     ]
+
+
+# --- pin failures never stop the device (issue 7) ---------------------------------------
+
+
+def _error_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_open_feedback_on_a_pi_without_pin_factory_gives_no_feedback_and_says_why(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This machine has no GPIO: gpiozero's own default search fails (BadPinFactory), as
+    # on a Pi 5 whose lgpio cannot start. A Pi must not fake its LEDs: no feedback.
+    monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
+    with caplog.at_level(logging.INFO, logger="appliance.feedback"):
+        feedback, state = open_feedback(FeedbackConfig(), on_pi=True)
+    assert isinstance(feedback, NullFeedback)
+    payload = state.payload()
+    assert payload["ok"] is False and payload["pins"] is None
+    assert "BadPinFactory" in payload["error"]
+    [error] = _error_lines(caplog)
+    assert "scanning continues without it" in error
+    feedback.show(Signal.ACCEPTED)  # still usable by the scan path
+    feedback.close()
+
+
+def test_open_feedback_with_a_named_factory_that_fails_gives_no_feedback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "no-such-factory")
+    feedback, state = open_feedback(FeedbackConfig(), on_pi=False)  # named: never simulated
+    assert isinstance(feedback, NullFeedback)
+    assert state.payload()["ok"] is False
+    assert "no-such-factory" in str(state.error)
+
+
+def test_open_feedback_off_a_pi_simulates_the_pins_and_says_so(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
+    with caplog.at_level(logging.INFO, logger="appliance.feedback"):
+        feedback, state = open_feedback(FeedbackConfig(), on_pi=False)
+    try:
+        assert isinstance(feedback, Feedback)
+        assert state.payload() == {"ok": True, "error": None, "pins": "mock"}
+        assert any("simulated with gpiozero's MockFactory" in r.getMessage()
+                   for r in caplog.records if r.levelno == logging.WARNING)
+        feedback.show(Signal.READY)
+        assert feedback.wait(WAIT_S)
+    finally:
+        feedback.close()
+
+
+def test_open_feedback_disabled_is_ok_without_pins() -> None:
+    feedback, state = open_feedback(FeedbackConfig(enabled=False))
+    assert isinstance(feedback, NullFeedback)
+    assert state.payload() == {"ok": True, "error": None, "pins": None}
+
+
+def test_open_feedback_names_the_injected_factory(factory: MockFactory) -> None:
+    feedback, state = open_feedback(FeedbackConfig(), factory)
+    feedback.close()
+    assert state.payload() == {"ok": True, "error": None, "pins": "mock"}
+
+
+class BrokenPin:
+    """An output whose pin fails, as lgpio does when the chip goes away."""
+
+    def on(self) -> None:
+        raise OSError(5, "Input/output error")
+
+    def off(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def test_feedback_pin_failure_while_running_is_reported_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    feedback = Feedback(BrokenPin(), BrokenPin(), BrokenPin(), time_scale=FAST)
+    with caplog.at_level(logging.ERROR, logger="appliance.feedback"):
+        feedback.show(Signal.READY)
+        feedback.show(Signal.DENIED)
+        feedback.close()
+    assert feedback.state.payload()["ok"] is False
+    assert "OSError" in str(feedback.state.error)
+    assert len(_error_lines(caplog)) == 1
+
+
+def test_on_raspberry_pi_reads_the_device_tree_model(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    assert on_raspberry_pi(model) is False  # no device tree: a laptop
+    model.write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\0")
+    assert on_raspberry_pi(model) is True
+    model.write_bytes(b"Some other board\0")
+    assert on_raspberry_pi(model) is False

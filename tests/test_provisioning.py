@@ -454,7 +454,12 @@ def test_unit_has_the_expected_keys() -> None:
     assert service["ConfigurationDirectory"] == ["leat-scanner"]
     assert service["Restart"] == ["on-failure"]
     assert service["RestartSec"] == ["5"]
-    assert service["Type"] == ["simple"]
+    assert service["Type"] == ["notify"]
+    assert service["NotifyAccess"] == ["main"]
+    assert service["WatchdogSec"] == ["30"]
+    # lgpio's .lgd-nfy* pipe goes to a writable directory (gpiozero issue 1106)
+    assert service["WorkingDirectory"] == ["/var/lib/leat-scanner"]
+    assert service["Environment"] == ["LG_WD=/var/lib/leat-scanner"]
     assert service["SupplementaryGroups"] == ["video gpio"]
     assert "network-online.target" in unit["Unit"]["Wants"][0]
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
