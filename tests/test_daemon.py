@@ -600,7 +600,7 @@ def test_run_with_a_failing_camera_is_ready_degraded_and_serves_orders(
     with LeatSandbox() as sandbox, NotifySocket(tmp_path) as manager:
         token.write_text(sandbox.personal_access_token, encoding="utf-8")
         cfg = run_config(
-            tmp_path, broker, f'source = "replay"\nreplay_path = "{tmp_path / "no-camera"}"',
+            tmp_path, broker, 'source = "picamera"',  # no picamera2 here: it cannot open
             f'[feedback]\nenabled = false\n[leat]\nbase_url = "{sandbox.url}"\n'
             f'token_file = "{token}"\nshop_uuid = "{DEMO_SHOP_UUID}"\n',
         )
@@ -624,7 +624,7 @@ def test_run_with_a_failing_camera_is_ready_degraded_and_serves_orders(
     assert json.loads(reply.payload)["status"] == "ok"
     states = payloads(messages, "state")
     assert states[0]["camera"]["ok"] is False
-    assert "no-camera" in states[0]["camera"]["error"]
+    assert "picamera2" in states[0]["camera"]["error"]
     for state in states:
         validate("state", state)
     assert "camera failed" in stderr
