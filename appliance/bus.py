@@ -2,7 +2,17 @@
 
 Threads: paho runs its own network thread (`loop_start`); every callback, including the
 handlers given to `MqttBus.subscribe`, runs on it, so handlers must be quick and must not
-block on the bus. Public methods are safe to call from any thread.
+block on the bus. Work that can take time (parsing, validating, a SQLite commit) belongs to
+a `Service` given to `MqttBus.serve`: its `on_message` only queues or refuses on paho's
+thread, its own worker does the rest; the bus starts it and, on `stop()`, lets it answer
+what it holds before going offline. Public methods are safe to call from any thread.
+
+Size: the broker provisioned with the device refuses packets over
+`BROKER_MAX_PACKET_BYTES` (mosquitto `max_packet_size`), well above the request limit
+(`appliance.orders`), so that the device itself answers a too large request. The device
+also tells the broker the largest packet it takes (MQTT v5 Maximum Packet Size,
+`MAX_PACKET_BYTES`): a broker without a limit of its own then drops a huge message for us
+instead of making us read it (MQTT 5.0 §3.1.2.11.4).
 
 Connection: `start()` never blocks on the broker. paho connects in the background and
 reconnects by itself (1 s, doubling up to 30 s). On every successful (re)connect the bus
@@ -26,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -44,6 +54,8 @@ ONLINE = "online"
 OFFLINE = "offline"
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
+BROKER_MAX_PACKET_BYTES: Final = 1024 * 1024  # the broker's max_packet_size (provisioned)
+MAX_PACKET_BYTES: Final = BROKER_MAX_PACKET_BYTES + 64 * 1024  # what we take: that, forwarded
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,29 @@ class Message:
 
 
 Handler = Callable[[Message], None]
+
+
+class Service(Protocol):
+    """Requests served off paho's network thread (`appliance.orders.OrderRequests`)."""
+
+    def on_message(self, message: Message) -> None:
+        """Called on paho's thread: queue the message for the worker, or refuse it at once."""
+
+    def start(self) -> None:
+        """Start the worker."""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Answer what is queued, then end the worker."""
+
+
+class _NotConnectedFilter(logging.Filter):
+    """Drops paho's "Client is not connected" ERROR, logged on every reconnect attempt while
+    the broker is away (paho-mqtt 2.2 `Client._loop`, run by `loop_forever` after each failed
+    `reconnect()`); the bus logs one warning per outage instead (`MqttBus._problem`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for that one message."""
+        return not str(record.msg).startswith("Client is not connected")
 
 
 @dataclass(frozen=True)
@@ -101,6 +136,7 @@ class MqttBus:
         self._connected = threading.Event()
         self._state: bytes | None = None
         self._handlers: dict[str, Handler] = {}
+        self._services: list[Service] = []
         self._expiring: deque[_Expiring] = deque()
         self._last_problem: str | None = None
         self._started = False
@@ -112,7 +148,10 @@ class MqttBus:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
         )
-        client.enable_logger(log.getChild("paho"))
+        paho_log = log.getChild("paho")
+        if not any(isinstance(f, _NotConnectedFilter) for f in paho_log.filters):
+            paho_log.addFilter(_NotConnectedFilter())
+        client.enable_logger(paho_log)
         client.max_queued_messages_set(self._max_queued)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.will_set(self.topic("availability"), OFFLINE, qos=1, retain=True)
@@ -161,6 +200,8 @@ class MqttBus:
                 raise BusError("the MQTT bus was stopped and cannot be started again")
             if self._started:
                 return
+            for service in self._services:
+                service.start()
             try:
                 self._client.connect_async(
                     self._cfg.host,
@@ -175,25 +216,32 @@ class MqttBus:
         log.info("MQTT: connecting to %s:%d as %s", self._cfg.host, self._cfg.port, self._base)
 
     def _session(self) -> dict[str, Any]:
-        """A persistent MQTT v5 session when `session_expiry_s` > 0: the broker keeps our
-        subscriptions and holds QoS 1 requests sent while we restart (systemd restarts us
-        within seconds), so a POS request published in that gap is not lost."""
+        """CONNECT options: the largest packet we take (`MAX_PACKET_BYTES`), and a persistent
+        MQTT v5 session when `session_expiry_s` > 0: the broker keeps our subscriptions and
+        holds QoS 1 requests sent while we restart (systemd restarts us within seconds), so
+        a POS request published in that gap is not lost."""
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.MaximumPacketSize = MAX_PACKET_BYTES
         expiry = self._cfg.session_expiry_s
         if expiry <= 0:
-            return {"clean_start": True}
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            return {"clean_start": True, "properties": properties}
         properties.SessionExpiryInterval = expiry
         return {"clean_start": False, "properties": properties}
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Publish retained "offline" (waiting up to `timeout` s for it), then disconnect."""
+        """Let the services answer what they hold, publish retained "offline" (waiting up to
+        `timeout` s for it), then disconnect."""
         with self._lock:
             if self._stopping:
                 return
             self._stopping = True
-            was_started, was_connected = self._started, self.connected
+            was_started = self._started
+            services = list(self._services)
         if not was_started:
             return
+        for service in services:
+            service.stop(timeout)
+        was_connected = self.connected
         reason = None
         if was_connected and not self._publish_offline(timeout):
             # let the broker publish our Last Will ("offline", retained) instead
@@ -256,6 +304,16 @@ class MqttBus:
             self._handlers[topic] = handler
             if self.connected:
                 self._client.subscribe(topic, options=SubscribeOptions(qos=1))
+
+    def serve(self, subtopic: str, service: Service) -> None:
+        """Subscribe `service.on_message` to `<base>/<subtopic>`; the bus starts `service`
+        with itself and stops it (answering what it holds) before going offline."""
+        with self._lock:
+            self._services.append(service)
+            started = self._started and not self._stopping
+        if started:
+            service.start()
+        self.subscribe(subtopic, service.on_message)
 
     def publish_response(
         self, topic: str, payload: Mapping[str, Any], correlation_data: bytes | None = None

@@ -5,7 +5,7 @@ Threads (DESIGN.md "Concurrency"):
   (a full queue is refused visibly with BUSY feedback, never dropped silently);
 - worker: classify -> publish -> feedback, one scan at a time;
 - forwarder (when Leat is configured): drains the order outbox to Leat (`forwarder.py`);
-  POS order requests are answered on paho's thread (`orders.py`), which wakes it;
+  POS order requests are answered on their own worker (`orders.py`), which wakes it;
 - main (`run`): publishes the retained state every `state_interval_s` and waits for stop.
 One `threading.Event` stops everything; loops wait with `stop.wait(t)`.
 """
@@ -324,6 +324,10 @@ def build(
     resolver = forwarder = None
     if leat_configured(config):
         resolver, forwarder = _leat_parts(config, bus)
+    else:  # every POS request is answered `not_configured`
+        bus.serve("request/+", OrderRequests(
+            None, bus.publish_response, base_topic=config.base_topic, shop_uuid=None
+        ))
     handler = ScanHandler(
         config.device.id,
         classifier,
@@ -381,5 +385,5 @@ def _leat_parts(config: Config, bus: MqttBus) -> tuple[Resolver, Forwarder]:
         wake=wake,
         claim_url=forwarder.claim_url if token is not None else None,
     )
-    bus.subscribe("request/+", requests.on_message)
+    bus.serve("request/+", requests)
     return resolver, forwarder
