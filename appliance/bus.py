@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import threading
 import time
 from collections import deque
@@ -139,6 +140,7 @@ class MqttBus:
         self._services: list[Service] = []
         self._expiring: deque[_Expiring] = deque()
         self._last_problem: str | None = None
+        self._lost_at: float | None = None  # when the connection was lost (clock)
         self._started = False
         self._stopping = False
         self._client = self._make_client(client_id, password)
@@ -173,6 +175,7 @@ class MqttBus:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_socket_open = _no_delay
         return client
 
     @property
@@ -384,6 +387,7 @@ class MqttBus:
                 if self._stopping:
                     return
                 self._last_problem = None
+                lost_at, self._lost_at = self._lost_at, None
                 # Subscribe first: the broker handles our packets in order, so once "online"
                 # is seen, the subscriptions are in place.
                 if self._handlers:
@@ -398,12 +402,17 @@ class MqttBus:
                     remaining = item.deadline - self._clock()
                     self._publish(item.topic, item.data, properties=_expiry(remaining))
                 self._connected.set()
-            log.info("MQTT: connected to %s:%d", self._cfg.host, self._cfg.port)
+            if lost_at is None:
+                log.info("MQTT: connected to %s:%d", self._cfg.host, self._cfg.port)
+            else:
+                log.info("MQTT: reconnected to %s:%d after %.0f s", self._cfg.host,
+                         self._cfg.port, self._clock() - lost_at)
         except Exception:
             log.exception("MQTT: failed to set up the connection")
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._problem(f"cannot reach broker {self._cfg.host}:{self._cfg.port}; retrying")
+        if self._lost_at is None:  # during an outage, "connection lost" said it already
+            self._problem(f"cannot reach broker {self._cfg.host}:{self._cfg.port}; retrying")
 
     def _on_disconnect(
         self,
@@ -416,6 +425,7 @@ class MqttBus:
         was_connected = self._connected.is_set()
         self._connected.clear()
         if was_connected and not self._stopping:
+            self._lost_at = self._clock()
             self._problem(f"connection lost ({reason_code.getName()}); reconnecting")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -437,6 +447,15 @@ class MqttBus:
                 handler(message)
             except Exception:
                 log.exception("MQTT: handler for %s failed", msg.topic)
+
+
+def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """Send each packet at once: paho leaves Nagle's algorithm on, which with the peer's
+    delayed ACK held a reply or an event back ~40 ms whenever an earlier one was unacked."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket (e.g. a websocket wrapper)
+        log.debug("MQTT: cannot set TCP_NODELAY on %r", sock)
 
 
 def _expiry(seconds: float) -> Properties:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import getpass
 import logging
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -66,6 +65,7 @@ class LocalMosquitto:
         lines = [
             f"listener {self.port} {self.host}",
             "persistence false",
+            "set_tcp_nodelay true",  # as provisioned: no Nagle delay on forwarded messages
             # A client sending a larger packet is disconnected; v5 clients are told the limit
             # in CONNACK (mosquitto.conf(5)). 0: no limit.
             f"max_packet_size {max_packet_size}" if max_packet_size else "",
@@ -126,16 +126,6 @@ class LocalMosquitto:
             if READY_LINE in line:
                 self._ready.set()
         self._ready.set()  # EOF: the process ended; start() then reports its log
-
-    def pause(self) -> None:
-        """Freeze the broker (SIGSTOP): connections stay open, nothing is answered."""
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """Let a paused broker go on (SIGCONT)."""
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop the broker gracefully (SIGTERM)."""
