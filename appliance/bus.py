@@ -251,6 +251,11 @@ class MqttBus:
             reason = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
         self._client.disconnect(reasoncode=reason)
         self._client.loop_stop()
+        # paho 2.2 closes the socket pair that wakes its network thread only in
+        # Client.__del__ (`_reset_sockets`), i.e. whenever the garbage collector gets to it.
+        reset = getattr(self._client, "_reset_sockets", None)
+        if reset is not None:
+            reset()
         self._connected.clear()
         log.info("MQTT: disconnected")
 

@@ -26,8 +26,10 @@ from test_orders import claim, order_body
 
 from appliance import contract
 from appliance.bus import BROKER_MAX_PACKET_BYTES, MAX_PACKET_BYTES, MqttBus
-from appliance.config import MqttConfig
+from appliance.config import Config, MqttConfig
+from appliance.daemon import build
 from appliance.orders import ERRORS, MAX_REQUEST_BYTES, OrderRequests
+from appliance.samples import write_demo_frames
 
 DEVICE = "till-9"
 BASE = f"leat-scanner/{DEVICE}"
@@ -368,3 +370,38 @@ def test_hostile_provisioned_broker_takes_more_than_a_request_and_less_than_the_
     assert MAX_REQUEST_BYTES < limit < MAX_PACKET_BYTES
     assert "message_size_limit" not in settings  # its PUBACK 0x95 breaks paho publishers
     assert settings["set_tcp_nodelay"] == "true"
+
+
+def test_hostile_device_without_leat_answers_every_request_not_configured(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    config = Config.model_validate({
+        "device": {"id": DEVICE, "state_dir": str(tmp_path / "state")},
+        "camera": {"source": "replay", "replay_path": str(frames / "000-empty.png"),
+                   "replay_loop": True, "fps": 5},
+        "mqtt": {"host": broker.host, "port": broker.port},
+        "feedback": {"enabled": False},
+    })
+    stop = threading.Event()
+    with Subscriber(broker, "pos/#", f"{BASE}/availability") as pos:
+        pos.wait_subscribed()
+        service = build(config)
+        runner = threading.Thread(target=service.run, args=(stop,))
+        runner.start()
+        try:
+            pos.wait_message(f"{BASE}/availability", b"online")
+            body = {"transaction": "t-1", "customer": {"identifier": "LC-1"},
+                    "order": order_body()}
+            pos.publish(REQUEST, json.dumps(body).encode(), v5(POS_REPLY, b"a"))
+            pos.publish(f"{BASE}/request/order.return", b"not even json", v5(POS_REPLY, b"b"))
+            pos.wait_for(lambda ms: sum(m.topic == POS_REPLY for m in ms) == 2)
+        finally:
+            stop.set()
+            runner.join(30)
+        answers = {m.properties.CorrelationData: json.loads(m.payload) for m in pos.on(POS_REPLY)}
+    assert {k: a["error"]["code"] for k, a in answers.items()} == {
+        b"a": "not_configured", b"b": "not_configured"
+    }
+    assert answers[b"a"]["transaction"] == "t-1"
