@@ -67,7 +67,10 @@ ERRORS: Final = (
 Reply = Callable[[str, Mapping[str, Any], bytes | None], None]
 """Publishes a response: (absolute topic, payload, correlation data)."""
 
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # a JSON string, linear
+# A JSON string, or an unterminated one up to the end: possessive, so it never backtracks,
+# and a string that does not end swallows the rest, so no later quote starts a new scan
+# (a plain string pattern was quadratic on '"\\"\\"\\"...').
+_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 

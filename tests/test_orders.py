@@ -638,3 +638,30 @@ def test_orders_full_backlog_answers_busy_at_once_and_stop_answers_the_rest(
     handler.on_message(Message(f"{BASE}/request/order.create", request(order=order_body())))
     assert replies.sent[-1][1]["error"]["code"] == "busy"  # after stop: refused, not lost
     assert len(stored(outbox_path)) == 2
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'"\\' * 87_000,  # a plain JSON-string regex rescanned from every quote: ~80 s
+        b'\\"' * 130_000,
+        b'"' + b"\\\\" * 130_000,
+        b'"\\"\\' * 65_000,
+        b'{"a":"' + b'[\\"' * 87_000,
+        b'{"order": "' + b"a@" * 130_000 + b'"}',
+        b"[" * 262_000,
+    ],
+)
+def test_orders_hostile_payloads_are_refused_in_linear_time(
+    handler: OrderRequests, payload: bytes
+) -> None:
+    answered: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def run() -> None:
+        answered.append(handler.handle("order.create", payload))
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(10), "a hostile payload took over 10 s"
+    assert answered[0]["error"]["code"] in ("invalid_json", "too_deep", "invalid_request")
