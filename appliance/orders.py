@@ -23,6 +23,7 @@ import logging
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from itertools import accumulate
 from pathlib import Path
@@ -114,6 +115,7 @@ class OrderRequests:
         self._lock = threading.Lock()
         self._closed = False
         self._worker: threading.Thread | None = None
+        self._busy_since: float | None = None
         self._local = threading.local()  # each thread's own Outbox (SQLite connection)
 
     # ------------------------------------------------------------------ lifecycle
@@ -137,15 +139,29 @@ class OrderRequests:
                 log.warning("requests: the worker did not take its stop within %.1f s", timeout)
             worker.join(timeout)
 
+    @property
+    def busy_since(self) -> float | None:
+        """`time.monotonic()` when the worker took the request it is on; None while idle (a
+        watchdog can call a request that takes minutes a stall)."""
+        return self._busy_since
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for the worker."""
+        return self._jobs.qsize()
+
     def _work(self) -> None:
         try:
             while (job := self._jobs.get()) is not None:
                 message, topic = job
+                self._busy_since = time.monotonic()
                 try:
                     response = self.handle(_verb(message.topic), message.payload)
                     self._send(topic, response, message)
                 except Exception:  # top of a thread loop: serve the next request
                     log.exception("requests: answering %s failed", _clip(message.topic, 64))
+                finally:
+                    self._busy_since = None
         finally:
             outbox: Outbox | None = getattr(self._local, "outbox", None)
             if outbox is not None:

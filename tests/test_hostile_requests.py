@@ -177,6 +177,8 @@ def test_hostile_slow_request_never_holds_paho_thread(
             pos.wait_for(lambda ms: sum(m.topic.endswith("/events/scan") for m in ms) == 10,
                          timeout=5)
             assert not release.is_set()
+            assert device.requests.busy_since is not None  # what a watchdog can look at
+            assert device.requests.waiting == 2
             release.set()
             pos.wait_for(lambda ms: sum(m.topic == POS_REPLY for m in ms) == 4, timeout=10)
             answers = {m.properties.CorrelationData: json.loads(m.payload)["status"]
