@@ -132,12 +132,19 @@ class OrderRequests:
         with self._lock:
             self._closed = True
             worker = self._worker
-        if worker is not None:
-            try:
-                self._jobs.put(None, timeout=timeout)
-            except queue.Full:
-                log.warning("requests: the worker did not take its stop within %.1f s", timeout)
-            worker.join(timeout)
+        if worker is None:  # never started: answer what waits here
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    return
+                if job is not None:
+                    self._answer(*job)
+        try:
+            self._jobs.put(None, timeout=timeout)
+        except queue.Full:
+            log.warning("requests: the worker did not take its stop within %.1f s", timeout)
+        worker.join(timeout)
 
     @property
     def busy_since(self) -> float | None:
@@ -153,19 +160,20 @@ class OrderRequests:
     def _work(self) -> None:
         try:
             while (job := self._jobs.get()) is not None:
-                message, topic = job
-                self._busy_since = time.monotonic()
-                try:
-                    response = self.handle(_verb(message.topic), message.payload)
-                    self._send(topic, response, message)
-                except Exception:  # top of a thread loop: serve the next request
-                    log.exception("requests: answering %s failed", _clip(message.topic, 64))
-                finally:
-                    self._busy_since = None
+                self._answer(*job)
         finally:
             outbox: Outbox | None = getattr(self._local, "outbox", None)
             if outbox is not None:
                 outbox.close()
+
+    def _answer(self, message: Message, topic: str) -> None:
+        self._busy_since = time.monotonic()
+        try:
+            self._send(topic, self.handle(_verb(message.topic), message.payload), message)
+        except Exception:  # top of a thread loop: serve the next request
+            log.exception("requests: answering %s failed", _clip(message.topic, 64))
+        finally:
+            self._busy_since = None
 
     # ------------------------------------------------------------------ paho's thread
 
@@ -184,14 +192,16 @@ class OrderRequests:
             with self._lock:
                 closed = self._closed
             try:
-                if closed:
-                    raise queue.Full
-                self._jobs.put_nowait((message, topic))
-                return
+                if not closed:
+                    self._jobs.put_nowait((message, topic))
+                    return
             except queue.Full:
-                refusal = RequestError(
-                    "busy", "the device is answering other requests; send it again shortly"
-                )
+                pass
+            refusal = RequestError(
+                "busy",
+                "the device is " + ("stopping" if closed else "answering other requests")
+                + "; send it again shortly",
+            )
         log.info("request %s refused: %s (%s)", _clip(verb, 64), refusal.code, refusal)
         self._send(topic, _response(None, error=refusal), message)
 

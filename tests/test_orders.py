@@ -665,3 +665,15 @@ def test_orders_hostile_payloads_are_refused_in_linear_time(
     threading.Thread(target=run, daemon=True).start()
     assert done.wait(10), "a hostile payload took over 10 s"
     assert answered[0]["error"]["code"] in ("invalid_json", "too_deep", "invalid_request")
+
+
+def test_orders_stop_without_a_worker_answers_what_waits(outbox_path: Path) -> None:
+    replies = Replies()
+    handler = OrderRequests(outbox_path, replies, base_topic=BASE, shop_uuid=SHOP)
+    handler.on_message(Message(f"{BASE}/request/order.create", b"[]"))
+    assert replies.sent == []
+    handler.stop()
+    [(_, response, _)] = replies.sent
+    assert response["error"]["code"] == "invalid_json"
+    handler.on_message(Message(f"{BASE}/request/order.create", b"[]"))
+    assert "stopping" in replies.sent[-1][1]["error"]["message"]
