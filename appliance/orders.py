@@ -270,8 +270,8 @@ class OrderRequests:
             return _response(transaction, error=RequestError("internal", "internal error"))
         if self._wake is not None:
             self._wake.set()
-        log.info("%s %s stored (outbox id %d%s)%s", kind.value, verb, item.id,
-                 "" if created else ", duplicate", f"; {len(warnings)} warning(s)" * bool(warnings))
+        log.info("%s %s stored (outbox id %d%s); %d warning(s)", kind.value, verb, item.id,
+                 "" if created else ", duplicate", len(warnings))
         return _response(transaction, data={
             "outbox_id": item.id,
             "kind": item.kind.value,
