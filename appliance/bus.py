@@ -90,14 +90,26 @@ class Service(Protocol):
         """Answer what is queued, then end the worker."""
 
 
-class _NotConnectedFilter(logging.Filter):
-    """Drops paho's "Client is not connected" ERROR, logged on every reconnect attempt while
-    the broker is away (paho-mqtt 2.2 `Client._loop`, run by `loop_forever` after each failed
-    `reconnect()`); the bus logs one warning per outage instead (`MqttBus._problem`)."""
+class _PahoOutageFilter(logging.Filter):
+    """Drops what paho logs at ERROR about an outage the bus reports itself, once:
+    "failed to receive on socket: <error>" when the connection breaks (paho-mqtt 2.2
+    `Client._packet_read`; `on_disconnect` then only says "Unspecified error"), and "Client is
+    not connected" on every reconnect attempt while the broker is away (`Client._loop`, run
+    by `loop_forever` after each failed `reconnect()`). The socket error's text is kept for
+    the bus's one warning (`MqttBus._on_disconnect`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.socket_error: str | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """False for that one message."""
-        return not str(record.msg).startswith("Client is not connected")
+        """False for those two messages."""
+        message = str(record.msg)
+        if message.startswith("failed to receive on socket"):
+            args = record.args if isinstance(record.args, tuple) else ()
+            self.socket_error = str(args[0]) if args else message
+            return False
+        return not message.startswith("Client is not connected")
 
 
 @dataclass(frozen=True)
@@ -150,9 +162,12 @@ class MqttBus:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
         )
-        paho_log = log.getChild("paho")
-        if not any(isinstance(f, _NotConnectedFilter) for f in paho_log.filters):
-            paho_log.addFilter(_NotConnectedFilter())
+        paho_log = log.getChild(f"paho.{client_id}")  # one per connection: its own filter
+        outage = next((f for f in paho_log.filters if isinstance(f, _PahoOutageFilter)), None)
+        if outage is None:
+            outage = _PahoOutageFilter()
+            paho_log.addFilter(outage)
+        self._outage = outage
         client.enable_logger(paho_log)
         client.max_queued_messages_set(self._max_queued)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
@@ -429,9 +444,14 @@ class MqttBus:
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        socket_error, self._outage.socket_error = self._outage.socket_error, None
+        if flags.is_disconnect_packet_from_server:
+            detail = f"the broker said {reason_code.getName()}"
+        else:  # paho says "Unspecified error" for every broken connection
+            detail = socket_error or "the connection closed"
         if was_connected and not self._stopping:
             self._lost_at = self._clock()
-            self._problem(f"connection lost ({reason_code.getName()}); reconnecting")
+            self._problem(f"connection lost ({detail}); reconnecting")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         props = msg.properties
