@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import re
 import threading
@@ -51,7 +52,7 @@ VERBS: Mapping[str, tuple[str, Kind]] = {
     "order.return": ("return_request", Kind.RETURN),
 }
 ERRORS: Final = (
-    "invalid_json",  # not UTF-8 JSON, or not an object, or a lone surrogate in a string
+    "invalid_json",  # not UTF-8 JSON, not an object, a lone surrogate, NaN or Infinity
     "invalid_request",  # unknown verb, or the schema refused it (the message says where)
     "too_large",  # over MAX_REQUEST_BYTES, checked before decoding
     "too_deep",  # nested deeper than MAX_DEPTH, checked before parsing
@@ -354,7 +355,7 @@ def parse(payload: bytes) -> dict[str, Any]:
 
     The nesting is measured in linear time before `json.loads` recurses, and every string
     must be valid Unicode (JSON allows a lone surrogate escape such as "\\ud800", which no
-    reply or database could then encode).
+    reply or database could then encode), and every number finite.
     """
     try:
         text = payload.decode("utf-8")
@@ -364,7 +365,7 @@ def parse(payload: bytes) -> dict[str, Any]:
     if depth > MAX_DEPTH:
         raise RequestError("too_deep", f"nested {depth} deep; at most {MAX_DEPTH}")
     try:
-        request = json.loads(text)
+        request = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
     except RecursionError:  # cannot happen below MAX_DEPTH; never an `internal` error
         raise RequestError("too_deep", f"nested too deep; at most {MAX_DEPTH}") from None
     except ValueError as exc:
@@ -378,6 +379,19 @@ def parse(payload: bytes) -> dict[str, Any]:
             "invalid_json", "a string holds a lone surrogate (e.g. \\ud800): not valid Unicode"
         ) from None
     return request
+
+
+def _not_a_number(name: str) -> float:
+    """json.loads takes NaN and Infinity, which are not JSON, would pass every minimum and
+    maximum of the schema (all comparisons with NaN are false) and could not be sent on."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
 
 
 def nesting(text: str) -> int:

@@ -677,3 +677,17 @@ def test_orders_stop_without_a_worker_answers_what_waits(outbox_path: Path) -> N
     assert response["error"]["code"] == "invalid_json"
     handler.on_message(Message(f"{BASE}/request/order.create", b"[]"))
     assert "stopping" in replies.sent[-1][1]["error"]["message"]
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999"])
+def test_orders_numbers_that_are_not_json_are_refused(
+    handler: OrderRequests, outbox_path: Path, number: bytes
+) -> None:
+    # NaN passes every minimum and maximum of the schema (comparisons with NaN are false)
+    body = json.dumps({"customer": {"contact_uuid": "c-1"}, "order": order_body()})
+    payload = body.replace('"applied_to": "ORDER"', '"applied_to": "ORDER", "value": 0').encode()
+    assert handler.handle("order.create", payload)["status"] == "ok"  # the field is fine
+    payload = payload.replace(b'"value": 0', b'"value": ' + number)
+    response = handler.handle("order.create", payload.replace(b"pos-1001", b"pos-2002"))
+    assert response["error"]["code"] == "invalid_json"
+    assert len(stored(outbox_path)) == 1
