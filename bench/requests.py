@@ -128,6 +128,8 @@ def main() -> None:
                 "250 kB field": json.dumps({"order": {**order_body(), "reference": "a@" * 125_000}}
                                            ).encode(),
                 "1000-deep JSON": b'{"order":' + b"[" * 1000 + b"]" * 1000 + b"}",
+                "50,000 bad lines": json.dumps({"order": {**order_body(), "line_items": [[]]
+                                                          * 50_000}}).encode(),
                 "lone surrogate": b'{"transaction": "\\ud800", "order": {}}',
             }
             for name, payload in hostile.items():
