@@ -2,7 +2,17 @@
 
 Threads: paho runs its own network thread (`loop_start`); every callback, including the
 handlers given to `MqttBus.subscribe`, runs on it, so handlers must be quick and must not
-block on the bus. Public methods are safe to call from any thread.
+block on the bus. Work that can take time (parsing, validating, a SQLite commit) belongs to
+a `Service` given to `MqttBus.serve`: its `on_message` only queues or refuses on paho's
+thread, its own worker does the rest; the bus starts it and, on `stop()`, lets it answer
+what it holds before going offline. Public methods are safe to call from any thread.
+
+Size: the broker provisioned with the device refuses packets over
+`BROKER_MAX_PACKET_BYTES` (mosquitto `max_packet_size`), well above the request limit
+(`appliance.orders`), so that the device itself answers a too large request. The device
+also tells the broker the largest packet it takes (MQTT v5 Maximum Packet Size,
+`MAX_PACKET_BYTES`): a broker without a limit of its own then drops a huge message for us
+instead of making us read it (MQTT 5.0 §3.1.2.11.4).
 
 Connection: `start()` never blocks on the broker. paho connects in the background and
 reconnects by itself (1 s, doubling up to 30 s). On every successful (re)connect the bus
@@ -21,12 +31,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -44,6 +55,8 @@ ONLINE = "online"
 OFFLINE = "offline"
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
+BROKER_MAX_PACKET_BYTES: Final = 1024 * 1024  # the broker's max_packet_size (provisioned)
+MAX_PACKET_BYTES: Final = BROKER_MAX_PACKET_BYTES + 64 * 1024  # what we take: that, forwarded
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,41 @@ class Message:
 
 
 Handler = Callable[[Message], None]
+
+
+class Service(Protocol):
+    """Requests served off paho's network thread (`appliance.orders.OrderRequests`)."""
+
+    def on_message(self, message: Message) -> None:
+        """Called on paho's thread: queue the message for the worker, or refuse it at once."""
+
+    def start(self) -> None:
+        """Start the worker."""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Answer what is queued, then end the worker."""
+
+
+class _PahoOutageFilter(logging.Filter):
+    """Drops what paho logs at ERROR about an outage the bus reports itself, once:
+    "failed to receive on socket: <error>" when the connection breaks (paho-mqtt 2.2
+    `Client._packet_read`; `on_disconnect` then only says "Unspecified error"), and "Client is
+    not connected" on every reconnect attempt while the broker is away (`Client._loop`, run
+    by `loop_forever` after each failed `reconnect()`). The socket error's text is kept for
+    the bus's one warning (`MqttBus._on_disconnect`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.socket_error: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for those two messages."""
+        message = str(record.msg)
+        if message.startswith("failed to receive on socket"):
+            args = record.args if isinstance(record.args, tuple) else ()
+            self.socket_error = str(args[0]) if args else message
+            return False
+        return not message.startswith("Client is not connected")
 
 
 @dataclass(frozen=True)
@@ -101,8 +149,10 @@ class MqttBus:
         self._connected = threading.Event()
         self._state: bytes | None = None
         self._handlers: dict[str, Handler] = {}
+        self._services: list[Service] = []
         self._expiring: deque[_Expiring] = deque()
         self._last_problem: str | None = None
+        self._lost_at: float | None = None  # when the connection was lost (clock)
         self._started = False
         self._stopping = False
         self._client = self._make_client(client_id, password)
@@ -112,7 +162,13 @@ class MqttBus:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
         )
-        client.enable_logger(log.getChild("paho"))
+        paho_log = log.getChild(f"paho.{client_id}")  # one per connection: its own filter
+        outage = next((f for f in paho_log.filters if isinstance(f, _PahoOutageFilter)), None)
+        if outage is None:
+            outage = _PahoOutageFilter()
+            paho_log.addFilter(outage)
+        self._outage = outage
+        client.enable_logger(paho_log)
         client.max_queued_messages_set(self._max_queued)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.will_set(self.topic("availability"), OFFLINE, qos=1, retain=True)
@@ -134,6 +190,7 @@ class MqttBus:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_socket_open = _no_delay
         return client
 
     @property
@@ -161,6 +218,8 @@ class MqttBus:
                 raise BusError("the MQTT bus was stopped and cannot be started again")
             if self._started:
                 return
+            for service in self._services:
+                service.start()
             try:
                 self._client.connect_async(
                     self._cfg.host,
@@ -175,31 +234,43 @@ class MqttBus:
         log.info("MQTT: connecting to %s:%d as %s", self._cfg.host, self._cfg.port, self._base)
 
     def _session(self) -> dict[str, Any]:
-        """A persistent MQTT v5 session when `session_expiry_s` > 0: the broker keeps our
-        subscriptions and holds QoS 1 requests sent while we restart (systemd restarts us
-        within seconds), so a POS request published in that gap is not lost."""
+        """CONNECT options: the largest packet we take (`MAX_PACKET_BYTES`), and a persistent
+        MQTT v5 session when `session_expiry_s` > 0: the broker keeps our subscriptions and
+        holds QoS 1 requests sent while we restart (systemd restarts us within seconds), so
+        a POS request published in that gap is not lost."""
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.MaximumPacketSize = MAX_PACKET_BYTES
         expiry = self._cfg.session_expiry_s
         if expiry <= 0:
-            return {"clean_start": True}
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            return {"clean_start": True, "properties": properties}
         properties.SessionExpiryInterval = expiry
         return {"clean_start": False, "properties": properties}
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Publish retained "offline" (waiting up to `timeout` s for it), then disconnect."""
+        """Let the services answer what they hold, publish retained "offline" (waiting up to
+        `timeout` s for it), then disconnect."""
         with self._lock:
             if self._stopping:
                 return
             self._stopping = True
-            was_started, was_connected = self._started, self.connected
+            was_started = self._started
+            services = list(self._services)
         if not was_started:
             return
+        for service in services:
+            service.stop(timeout)
+        was_connected = self.connected
         reason = None
         if was_connected and not self._publish_offline(timeout):
             # let the broker publish our Last Will ("offline", retained) instead
             reason = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
         self._client.disconnect(reasoncode=reason)
         self._client.loop_stop()
+        # paho 2.2 closes the socket pair that wakes its network thread only in
+        # Client.__del__ (`_reset_sockets`), i.e. whenever the garbage collector gets to it.
+        reset = getattr(self._client, "_reset_sockets", None)
+        if reset is not None:
+            reset()
         self._connected.clear()
         log.info("MQTT: disconnected")
 
@@ -256,6 +327,16 @@ class MqttBus:
             self._handlers[topic] = handler
             if self.connected:
                 self._client.subscribe(topic, options=SubscribeOptions(qos=1))
+
+    def serve(self, subtopic: str, service: Service) -> None:
+        """Subscribe `service.on_message` to `<base>/<subtopic>`; the bus starts `service`
+        with itself and stops it (answering what it holds) before going offline."""
+        with self._lock:
+            self._services.append(service)
+            started = self._started and not self._stopping
+        if started:
+            service.start()
+        self.subscribe(subtopic, service.on_message)
 
     def publish_response(
         self, topic: str, payload: Mapping[str, Any], correlation_data: bytes | None = None
@@ -326,6 +407,7 @@ class MqttBus:
                 if self._stopping:
                     return
                 self._last_problem = None
+                lost_at, self._lost_at = self._lost_at, None
                 # Subscribe first: the broker handles our packets in order, so once "online"
                 # is seen, the subscriptions are in place.
                 if self._handlers:
@@ -340,12 +422,17 @@ class MqttBus:
                     remaining = item.deadline - self._clock()
                     self._publish(item.topic, item.data, properties=_expiry(remaining))
                 self._connected.set()
-            log.info("MQTT: connected to %s:%d", self._cfg.host, self._cfg.port)
+            if lost_at is None:
+                log.info("MQTT: connected to %s:%d", self._cfg.host, self._cfg.port)
+            else:
+                log.info("MQTT: reconnected to %s:%d after %.0f s", self._cfg.host,
+                         self._cfg.port, self._clock() - lost_at)
         except Exception:
             log.exception("MQTT: failed to set up the connection")
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._problem(f"cannot reach broker {self._cfg.host}:{self._cfg.port}; retrying")
+        if self._lost_at is None:  # during an outage, "connection lost" said it already
+            self._problem(f"cannot reach broker {self._cfg.host}:{self._cfg.port}; retrying")
 
     def _on_disconnect(
         self,
@@ -357,8 +444,14 @@ class MqttBus:
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        socket_error, self._outage.socket_error = self._outage.socket_error, None
+        if flags.is_disconnect_packet_from_server:
+            detail = f"the broker said {reason_code.getName()}"
+        else:  # paho says "Unspecified error" for every broken connection
+            detail = socket_error or "the connection closed"
         if was_connected and not self._stopping:
-            self._problem(f"connection lost ({reason_code.getName()}); reconnecting")
+            self._lost_at = self._clock()
+            self._problem(f"connection lost ({detail}); reconnecting")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         props = msg.properties
@@ -379,6 +472,15 @@ class MqttBus:
                 handler(message)
             except Exception:
                 log.exception("MQTT: handler for %s failed", msg.topic)
+
+
+def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """Send each packet at once: paho leaves Nagle's algorithm on, which with the peer's
+    delayed ACK held a reply or an event back ~40 ms whenever an earlier one was unacked."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket (e.g. a websocket wrapper)
+        log.debug("MQTT: cannot set TCP_NODELAY on %r", sock)
 
 
 def _expiry(seconds: float) -> Properties:

@@ -7,7 +7,7 @@ Threads (DESIGN.md "Concurrency"):
   OFFLINE feedback) and is retried with backoff (1 s doubling to 60 s); nothing else stops;
 - worker: classify -> publish -> feedback, one scan at a time;
 - forwarder (when Leat is configured): drains the order outbox to Leat (`forwarder.py`);
-  POS order requests are answered on paho's thread (`orders.py`), which wakes it;
+  POS order requests are answered on their own worker (`orders.py`), which wakes it;
 - state: publishes the retained state when it changes (at most once a second) and every
   `state_interval_s`; an error is logged once and reported, never fatal;
 - main (`run`): the supervisor. It tells systemd READY=1 once the threads run (never
@@ -99,6 +99,7 @@ class Heartbeats:
         self._clock = clock
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
+        self._busy_since: dict[str, Callable[[], float | None]] = {}
 
     def beat(self, name: str) -> None:
         """`name` made progress now (and is supervised from now on)."""
@@ -110,11 +111,21 @@ class Heartbeats:
         with self._lock:
             self._last.pop(name, None)
 
+    def watch(self, name: str, busy_since: Callable[[], float | None]) -> None:
+        """Supervise a worker by when it took its current job (None while idle)."""
+        with self._lock:
+            self._busy_since[name] = busy_since
+
     def stalled(self, limit_s: float) -> dict[str, float]:
         """The supervised threads without progress for more than `limit_s`: name -> seconds."""
         now = self._clock()
         with self._lock:
-            return {name: now - at for name, at in self._last.items() if now - at > limit_s}
+            last = dict(self._last)
+            for name, busy_since in self._busy_since.items():
+                since = busy_since()
+                if since is not None:
+                    last[name] = since
+        return {name: now - at for name, at in last.items() if now - at > limit_s}
 
 
 class ScanService:
@@ -626,7 +637,12 @@ def build(
             log.error("outbox unusable, orders are refused until a technician acts: %s",
                       exc.reason)
             outbox_damaged = exc.reason
-        resolver, forwarder = _leat_parts(config, bus)
+        resolver, forwarder, requests = _leat_parts(config, bus)
+    else:  # every POS request is answered `not_configured`
+        requests = OrderRequests(
+            None, bus.publish_response, base_topic=config.base_topic, shop_uuid=None
+        )
+    bus.serve("request/+", requests)
     handler = ScanHandler(
         config.device.id,
         classifier,
@@ -636,6 +652,7 @@ def build(
         identification_ttl_s=config.leat.identification_ttl_s,
     )
     heartbeats = Heartbeats()
+    heartbeats.watch("requests", lambda: requests.busy_since)  # the POS request worker
     if forwarder is not None:
         forwarder.heartbeat = lambda: heartbeats.beat("forwarder")
     return ScanService(
@@ -658,7 +675,7 @@ def build(
     )
 
 
-def _leat_parts(config: Config, bus: MqttBus) -> tuple[Resolver, Forwarder]:
+def _leat_parts(config: Config, bus: MqttBus) -> tuple[Resolver, Forwarder, OrderRequests]:
     """Everything that talks to Leat, over one client: scan resolution, and orders
     (requests answered from the bus, stored in the outbox, forwarded by the forwarder)."""
     from appliance.leat.client import LeatClient  # httpx only when Leat is configured
@@ -693,5 +710,4 @@ def _leat_parts(config: Config, bus: MqttBus) -> tuple[Resolver, Forwarder]:
         wake=wake,
         claim_url=forwarder.claim_url if token is not None else None,
     )
-    bus.subscribe("request/+", requests.on_message)
-    return resolver, forwarder
+    return resolver, forwarder, requests

@@ -1,6 +1,7 @@
 """A private Mosquitto on a free loopback port: for the demo (no broker configured), the
 tests and the benchmarks. Persistence is off, so a restarted broker has forgotten retained
-messages, as a real one without persistence would."""
+messages, as a real one without persistence would. Its packet size limit is the one
+provisioning sets (systemd/mosquitto-leat.conf)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
+from appliance.bus import BROKER_MAX_PACKET_BYTES
 from appliance.errors import BusError
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,13 @@ class LocalMosquitto:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, users: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        users: dict[str, str] | None = None,
+        *,
+        max_packet_size: int = BROKER_MAX_PACKET_BYTES,
+    ) -> None:
         binary = _which("mosquitto")
         if binary is None:
             raise MosquittoMissingError(INSTALL_HINT)
@@ -57,6 +65,10 @@ class LocalMosquitto:
         lines = [
             f"listener {self.port} {self.host}",
             "persistence false",
+            "set_tcp_nodelay true",  # as provisioned: no Nagle delay on forwarded messages
+            # A client sending a larger packet is disconnected; v5 clients are told the limit
+            # in CONNACK (mosquitto.conf(5)). 0: no limit.
+            f"max_packet_size {max_packet_size}" if max_packet_size else "",
             f"user {getpass.getuser()}",  # as root, mosquitto would switch to user mosquitto
             "log_dest stderr",
             "log_type error",

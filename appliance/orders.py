@@ -1,23 +1,34 @@
 """POS requests over MQTT: `request/order.create` and `request/order.return`.
 
-Each request is validated (JSON, its contract schema, Leat's amount rules), stored durably in
+Each request is validated (JSON, its contract schema, Leat's line amounts), stored durably in
 the outbox, and only then answered `ok` (the SQLite commit is fsync'd first), so an `ok`
 means the order is safe on the device whatever happens next. A bad request gets an `error`
-reply naming the problem, and nothing is stored. The same request again gets the same reply
-(`duplicate: true`) and no second order; a different body under the same external_identifier
-is a `conflict`.
+reply naming the problem (`ERRORS`), and nothing is stored. The same request again gets the
+same reply (`duplicate: true`) and no second order; a different body under the same
+external_identifier is a `conflict`.
 
-Runs on paho's network thread; each thread has its own Outbox (SQLite connection).
+Threads: `on_message` runs on paho's network thread and does only what costs nothing (the
+reply topic, the size before any decoding) before queueing the request for this service's
+own worker thread (`MqttBus.serve` starts and stops it); when `backlog` requests already
+wait, it answers `busy` at once. paho acknowledges a QoS 1 request when it arrives, so every
+request is answered or refused, never dropped: `stop()` answers what is queued. (paho's
+manual acks would let the broker redeliver instead, and would redeliver forever a request
+that kills the process.) The worker has its own Outbox (SQLite connection).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import queue
+import re
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from jsonschema import ValidationError
 from jsonschema.exceptions import best_match
@@ -31,88 +42,239 @@ from appliance.outbox_guard import OutboxDamaged
 log = logging.getLogger(__name__)
 
 RESPONSE_SCHEMA = "leat-scanner/response/1"
-MAX_REQUEST_BYTES = 256 * 1024
+MAX_REQUEST_BYTES: Final = 256 * 1024
+MAX_DEPTH: Final = 32  # a real order nests 7 deep
+MAX_TOPIC_BYTES: Final = 512
+MAX_MESSAGE_CHARS: Final = 300  # of an error message: never echo a whole field
+BACKLOG: Final = 8  # requests waiting for the worker; more are answered `busy`
+DEVICES_ROOT: Final = "leat-scanner"  # the default topic space of every device
 VERBS: Mapping[str, tuple[str, Kind]] = {
     "order.create": ("order_request", Kind.ORDER),
     "order.return": ("return_request", Kind.RETURN),
 }
+ERRORS: Final = (
+    "invalid_json",  # not UTF-8 JSON, not an object, a lone surrogate, NaN or Infinity
+    "invalid_request",  # unknown verb, or the schema refused it (the message says where)
+    "too_large",  # over MAX_REQUEST_BYTES, checked before decoding
+    "too_deep",  # nested deeper than MAX_DEPTH, checked before parsing
+    "nested_sub_lines",  # a sub-line with sub-lines: Leat's orders have one level
+    "invalid_response_topic",  # answered on the default topic instead
+    "amounts_inconsistent",  # a line's total is not price x quantity - discount_amount
+    "conflict",  # another body under the same external_identifier
+    "outbox_full",
+    "storage_damaged",  # the outbox was found damaged: nothing is stored until repaired
+    "busy",  # BACKLOG requests already wait: send it again shortly
+    "not_configured",  # no Leat configured, or an anonymous order without token settings
+    "internal",
+)
 
 Reply = Callable[[str, Mapping[str, Any], bytes | None], None]
 """Publishes a response: (absolute topic, payload, correlation data)."""
 
+# A JSON string, or an unterminated one up to the end: possessive, so it never backtracks,
+# and a string that does not end swallows the rest, so no later quote starts a new scan
+# (a plain string pattern was quadratic on '"\\"\\"\\"...').
+_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
 
 class RequestError(Exception):
-    """A request we refuse; `code` is the contract's error code."""
+    """A request we refuse; `code` is the contract's error code (one of `ERRORS`)."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(_clip(message))
         self.code = code
 
 
 class OrderRequests:
-    """Validates, stores and answers POS order requests."""
+    """Validates, stores and answers POS order requests on a worker thread of its own.
+
+    `outbox_path` None means Leat is not configured: every request is answered
+    `not_configured`. Anonymous orders (no customer) are accepted only with `claim_url`,
+    which makes the Loyalty Token URL they are delivered with.
+    """
 
     def __init__(
         self,
-        outbox_path: Path,
+        outbox_path: Path | None,
         reply: Reply,
         *,
         base_topic: str,
         shop_uuid: str | None,
         wake: threading.Event | None = None,
         claim_url: Callable[[Item], str | None] | None = None,
+        backlog: int = BACKLOG,
     ) -> None:
         self._path = outbox_path
         self._reply = reply
-        self._base = base_topic
+        self._base = base_topic.rstrip("/")
+        parent = self._base.rpartition("/")[0] or self._base
+        self._protected = (parent, DEVICES_ROOT)  # device topic spaces, ours included
         self._shop_uuid = shop_uuid
         self._wake = wake
         self._claim_url = claim_url
-        self._local = threading.local()
+        self._jobs: queue.Queue[tuple[Message, str] | None] = queue.Queue(maxsize=backlog)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._worker: threading.Thread | None = None
+        self._busy_since: float | None = None
+        self._local = threading.local()  # each thread's own Outbox (SQLite connection)
 
-    def _outbox(self) -> Outbox:
-        outbox: Outbox | None = getattr(self._local, "outbox", None)
-        if outbox is None:
-            outbox = self._local.outbox = Outbox(self._path)
-        return outbox
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the worker thread (once)."""
+        with self._lock:
+            if self._worker is None and not self._closed:
+                self._worker = threading.Thread(target=self._work, name="requests", daemon=True)
+                self._worker.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Answer the requests already queued, then end the worker; later ones get `busy`."""
+        with self._lock:
+            self._closed = True
+            worker = self._worker
+        if worker is None:  # never started: answer what waits here
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    return
+                if job is not None:
+                    self._answer(*job)
+        try:
+            self._jobs.put(None, timeout=timeout)
+        except queue.Full:
+            log.warning("requests: the worker did not take its stop within %.1f s", timeout)
+        worker.join(timeout)
+
+    @property
+    def busy_since(self) -> float | None:
+        """`time.monotonic()` when the worker took the request it is on; None while idle (a
+        watchdog can call a request that takes minutes a stall)."""
+        return self._busy_since
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for the worker."""
+        return self._jobs.qsize()
+
+    def _work(self) -> None:
+        try:
+            while (job := self._jobs.get()) is not None:
+                self._answer(*job)
+        finally:
+            outbox: Outbox | None = getattr(self._local, "outbox", None)
+            if outbox is not None:
+                outbox.close()
+
+    def _answer(self, message: Message, topic: str) -> None:
+        self._busy_since = time.monotonic()
+        try:
+            self._send(topic, self.handle(_verb(message.topic), message.payload), message)
+        except Exception:  # top of a thread loop: serve the next request
+            log.exception("requests: answering %s failed", _clip(message.topic, 64))
+        finally:
+            self._busy_since = None
+
+    # ------------------------------------------------------------------ paho's thread
 
     def on_message(self, message: Message) -> None:
-        """Bus handler for `request/+`: answer on the response topic."""
-        verb = message.topic.rsplit("/", 1)[-1]
-        response = self.handle(verb, message.payload)
-        topic = message.response_topic or f"{self._base}/response/{verb}"
-        if any(c in topic for c in "#+\0"):
-            log.warning("request %s named an invalid response topic; using the default", verb)
-            topic = f"{self._base}/response/{verb}"
-        self._reply(topic, response, message.correlation_data)
+        """Bus handler for `request/+` (paho's thread): refuse at the door or queue."""
+        verb = _verb(message.topic)
+        topic, problem = self.reply_topic(message.response_topic, verb)
+        refusal = None
+        if problem is not None:
+            refusal = RequestError("invalid_response_topic", problem)
+        elif len(message.payload) > MAX_REQUEST_BYTES:
+            refusal = RequestError(
+                "too_large", f"{len(message.payload)} bytes; at most {MAX_REQUEST_BYTES}"
+            )
+        else:
+            with self._lock:
+                closed = self._closed
+            try:
+                if not closed:
+                    self._jobs.put_nowait((message, topic))
+                    return
+            except queue.Full:
+                pass
+            refusal = RequestError(
+                "busy",
+                "the device is " + ("stopping" if closed else "answering other requests")
+                + "; send it again shortly",
+            )
+        log.info("request %s refused: %s (%s)", _clip(verb, 64), refusal.code, refusal)
+        self._send(topic, _response(None, error=refusal), message)
+
+    def reply_topic(self, requested: str | None, verb: str) -> tuple[str, str | None]:
+        """Where to answer, and why the requested response topic is refused (None if not).
+
+        No response topic (MQTT 3.1.1): `<base>/response/<verb>`. A POS-chosen topic
+        elsewhere is honoured, as MQTT v5 intends; never a device's topic space
+        (`leat-scanner/...` and the parent of our base topic) other than our own
+        `response/` subtree, never wildcards, NUL, `$` topics, empty or over-long topics.
+        """
+        default = f"{self._base}/response/{verb}"
+        if requested is None:
+            return default, None
+        problem = None
+        if not requested:
+            problem = "the response topic is empty"
+        elif len(requested.encode("utf-8", "replace")) > MAX_TOPIC_BYTES:
+            problem = f"the response topic is longer than {MAX_TOPIC_BYTES} bytes"
+        elif any(c in requested for c in "#+\0"):
+            problem = "the response topic holds a wildcard or NUL"
+        elif requested.startswith("$"):
+            problem = "the response topic is a broker topic ($...)"
+        elif not _under(requested, f"{self._base}/response") and any(
+            _under(requested, root) for root in self._protected
+        ):
+            problem = (
+                "the response topic is in a device's topic space; use your own topic or "
+                f"{self._base}/response/..."
+            )
+        return (default, problem) if problem else (requested, None)
+
+    def _send(self, topic: str, response: Mapping[str, Any], message: Message) -> None:
+        try:
+            self._reply(topic, response, message.correlation_data)
+        except Exception:  # the bus refused (queue full): log it, keep serving
+            log.exception("requests: could not publish the reply to %s", _clip(topic, 64))
+
+    # ------------------------------------------------------------------ the work
 
     def handle(self, verb: str, payload: bytes) -> dict[str, Any]:
         """Process one request payload; returns the response (never raises)."""
         transaction: str | None = None
         try:
-            if verb not in VERBS:
-                raise RequestError("invalid_request", f"unknown request {verb!r}")
             if len(payload) > MAX_REQUEST_BYTES:
                 raise RequestError(
-                    "invalid_request",
-                    f"payload too large ({len(payload)} > {MAX_REQUEST_BYTES} bytes)",
+                    "too_large", f"{len(payload)} bytes; at most {MAX_REQUEST_BYTES}"
                 )
-            request = _parse(payload)
-            if isinstance(request.get("transaction"), str):
-                transaction = request["transaction"][:128]
+            if self._path is None:
+                transaction = _transaction_of(payload)
+                raise RequestError("not_configured", "Leat is not configured on this device")
+            if verb not in VERBS:
+                raise RequestError("invalid_request", f"unknown request {verb!r}")
+            request = parse(payload)
+            transaction = _transaction(request)
             schema_name, kind = VERBS[verb]
+            if kind is Kind.ORDER:
+                _refuse_nested_sub_lines(request)
             _check_schema(schema_name, request)
-            item, created = self._store(kind, request)
+            item, created, warnings = self._store(kind, request)
         except RequestError as exc:
-            log.info("request %s refused: %s (%s)", verb, exc.code, exc)
-            return _response(transaction, error={"code": exc.code, "message": str(exc)})
+            log.info("request %s refused: %s (%s)", _clip(verb, 64), exc.code, exc)
+            return _response(transaction, error=exc)
         except Exception:  # a handler must answer, whatever happened
-            log.exception("request %s failed", verb)
-            return _response(transaction, error={"code": "internal", "message": "internal error"})
+            log.exception("request %s failed", _clip(verb, 64))
+            return _response(transaction, error=RequestError("internal", "internal error"))
         if self._wake is not None:
             self._wake.set()
-        log.info("%s %s stored (outbox id %d%s)", kind.value, verb, item.id,
-                 "" if created else ", duplicate")
+        log.info("%s %s stored (outbox id %d%s); %d warning(s)", kind.value, verb, item.id,
+                 "" if created else ", duplicate", len(warnings))
         return _response(transaction, data={
             "outbox_id": item.id,
             "kind": item.kind.value,
@@ -120,26 +282,37 @@ class OrderRequests:
             "state": item.state.value,
             "duplicate": not created,
             "claim_url": self._claim(item),
+            "warnings": warnings,
         })
 
-    def _store(self, kind: Kind, request: Mapping[str, Any]) -> tuple[Item, bool]:
+    def _open(self) -> Outbox:
+        outbox: Outbox | None = getattr(self._local, "outbox", None)
+        if outbox is None:
+            assert self._path is not None
+            outbox = self._local.outbox = Outbox(self._path)
+        return outbox
+
+    def _store(self, kind: Kind, request: Mapping[str, Any]) -> tuple[Item, bool, list[str]]:
+        warnings: list[str] = []
         try:
             if kind is Kind.ORDER:
                 order = dict(request["order"])
-                check_amounts(order)
                 customer = request.get("customer") or {}
+                if not customer:
+                    self._check_anonymous(order)
+                warnings = check_amounts(order)
                 if self._shop_uuid is not None:
                     order["business_profile"] = {"uuid": self._shop_uuid}
                 if "contact_uuid" in customer:
                     order["contact"] = {"uuid": customer["contact_uuid"]}
-                enqueued = self._outbox().enqueue(
+                enqueued = self._open().enqueue(
                     kind, order["external_identifier"], order,
                     customer_identifier=customer.get("identifier"),
                     transaction=request.get("transaction"),
                 )
             else:
                 body = request["return"]
-                enqueued = self._outbox().enqueue(
+                enqueued = self._open().enqueue(
                     kind, body["external_identifier"], body,
                     order_external_identifier=body["order"]["external_identifier"],
                     transaction=request.get("transaction"),
@@ -152,7 +325,23 @@ class OrderRequests:
             raise RequestError("storage_damaged", str(exc)) from exc
         except OutboxError as exc:
             raise RequestError("internal", f"could not store the request: {exc}") from exc
-        return enqueued.item, enqueued.created
+        return enqueued.item, enqueued.created, warnings
+
+    def _check_anonymous(self, order: Mapping[str, Any]) -> None:
+        """An order without a customer earns its points through a Loyalty Token claim URL:
+        refuse what the forwarder could never deliver."""
+        if self._claim_url is None:
+            raise RequestError(
+                "not_configured",
+                "an order without a customer needs the Loyalty Token settings on the device "
+                "([leat] portal_url and the account secret); send a customer",
+            )
+        if order["total_order_amount"] <= 0:
+            raise RequestError(
+                "invalid_request",
+                "order/total_order_amount: an order without a customer needs a positive "
+                "total for its Loyalty Token",
+            )
 
     def _claim(self, item: Item) -> str | None:
         anonymous = (
@@ -165,14 +354,82 @@ class OrderRequests:
         return self._claim_url(item)
 
 
-def _parse(payload: bytes) -> dict[str, Any]:
+def parse(payload: bytes) -> dict[str, Any]:
+    """A request payload as a JSON object; RequestError (`invalid_json`, `too_deep`) if not.
+
+    The nesting is measured in linear time before `json.loads` recurses, and every string
+    must be valid Unicode (JSON allows a lone surrogate escape such as "\\ud800", which no
+    reply or database could then encode), and every number finite.
+    """
     try:
-        request = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RequestError("invalid_json", f"not UTF-8 JSON: {exc}") from None
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError("invalid_json", f"not UTF-8: {exc}") from None
+    depth = nesting(text)
+    if depth > MAX_DEPTH:
+        raise RequestError("too_deep", f"nested {depth} deep; at most {MAX_DEPTH}")
+    try:
+        request = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
+    except RecursionError:  # cannot happen below MAX_DEPTH; never an `internal` error
+        raise RequestError("too_deep", f"nested too deep; at most {MAX_DEPTH}") from None
+    except ValueError as exc:
+        raise RequestError("invalid_json", f"not JSON: {exc}") from None
     if not isinstance(request, dict):
         raise RequestError("invalid_json", "the payload must be a JSON object")
+    try:
+        json.dumps(request, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(
+            "invalid_json", "a string holds a lone surrogate (e.g. \\ud800): not valid Unicode"
+        ) from None
     return request
+
+
+def _not_a_number(name: str) -> float:
+    """json.loads takes NaN and Infinity, which are not JSON, would pass every minimum and
+    maximum of the schema (all comparisons with NaN are false) and could not be sent on."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def nesting(text: str) -> int:
+    """How deep the arrays and objects of JSON `text` nest (strings skipped); linear time."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(accumulate(_STEP[c] for c in brackets), default=0)
+
+
+def _transaction(request: Mapping[str, Any]) -> str | None:
+    value = request.get("transaction")
+    return value[:128] if isinstance(value, str) else None
+
+
+def _transaction_of(payload: bytes) -> str | None:
+    """The transaction of a request we refuse before validating it, if it has a readable one."""
+    try:
+        return _transaction(parse(payload))
+    except RequestError:
+        return None
+
+
+def _refuse_nested_sub_lines(request: Mapping[str, Any]) -> None:
+    """Leat's order lines have sub-lines, and sub-lines have none (leat-api.md §7.1)."""
+    order = request.get("order")
+    lines = order.get("line_items") if isinstance(order, dict) else None
+    for index, line in enumerate(lines if isinstance(lines, list) else []):
+        subs = line.get("sub_line_items") if isinstance(line, dict) else None
+        for sub_index, sub in enumerate(subs if isinstance(subs, list) else []):
+            if isinstance(sub, dict) and "sub_line_items" in sub:
+                raise RequestError(
+                    "nested_sub_lines",
+                    f"order/line_items/{index}/sub_line_items/{sub_index}/sub_line_items: "
+                    "a sub-line cannot have sub-lines (Leat's orders have one level)",
+                )
 
 
 def _check_schema(name: str, request: Mapping[str, Any]) -> None:
@@ -184,33 +441,55 @@ def _check_schema(name: str, request: Mapping[str, Any]) -> None:
         raise RequestError("invalid_request", f"{where}: {error.message}") from None
 
 
-def check_amounts(order: Mapping[str, Any]) -> None:
-    """Leat's amount rules (leat-api.md §7.1); raises RequestError naming the first mismatch."""
+def check_amounts(order: Mapping[str, Any]) -> list[str]:
+    """Check the amounts as Leat defines them; return what looks inconsistent, as warnings.
+
+    A line (or sub-line) whose total_amount is not price x quantity - discount_amount is
+    malformed (Leat's own definition of a line, leat-api.md §7.1): RequestError. The order
+    totals never refuse an order: Leat computes points from the lines, charges and discounts,
+    calls the totals "mainly for visual and reference purposes", and its sources disagree on
+    whether line discounts count again (its documented example: order_amount 3175, a 225
+    discount applied to a line, charges 381, total 3331). They are named as warnings instead.
+    """
     seen: set[str] = set()
-    lines_total = 0
-    for index, line in enumerate(order["line_items"]):
-        lines_total += _check_line(line, f"order/line_items/{index}", seen)
-        for sub_index, sub in enumerate(line.get("sub_line_items", [])):
-            lines_total += _check_line(
-                sub, f"order/line_items/{index}/sub_line_items/{sub_index}", seen
-            )
-    if "order_amount" in order and order["order_amount"] != lines_total:
-        raise RequestError(
-            "amounts_inconsistent",
-            f"order/order_amount is {order['order_amount']} but the line and sub-line totals "
-            f"add up to {lines_total}",
-        )
-    order_discounts = sum(
-        d["amount"] for d in order.get("applied_discounts", []) if d["applied_to"] == "ORDER"
+    lines_total = sum(
+        _check_line(line, where, seen) for line, where in _lines(order["line_items"])
     )
-    charges = sum(c["total_amount"] for c in order.get("charges", []))
-    expected = lines_total - order_discounts + charges
-    if order["total_order_amount"] != expected:
-        raise RequestError(
-            "amounts_inconsistent",
-            f"order/total_order_amount is {order['total_order_amount']} but lines {lines_total} "
-            f"- order discounts {order_discounts} + charges {charges} = {expected}",
+    warnings = []
+    if "order_amount" in order and order["order_amount"] != lines_total:
+        warnings.append(
+            f"order/order_amount is {order['order_amount']} but the line and sub-line totals "
+            f"add up to {lines_total}"
         )
+    discounts = order.get("applied_discounts", [])
+    order_level = sum(d["amount"] for d in discounts if d["applied_to"] == "ORDER")
+    every = sum(d["amount"] for d in discounts)
+    charges = sum(c["total_amount"] for c in order.get("charges", []))
+    candidates = {lines_total - order_level + charges, lines_total - every + charges}
+    if order["total_order_amount"] not in candidates:
+        warnings.append(
+            f"order/total_order_amount is {order['total_order_amount']} but lines "
+            f"{lines_total} - discounts + charges {charges} = "
+            + " or ".join(str(c) for c in sorted(candidates))
+        )
+    if "total_discount_amount" in order:
+        line_discounts = sum(
+            line.get("discount_amount", 0) for line, _ in _lines(order["line_items"])
+        )
+        if order["total_discount_amount"] not in {every, every + line_discounts}:
+            warnings.append(
+                f"order/total_discount_amount is {order['total_discount_amount']} but the "
+                f"applied discounts add up to {every} (and the line discounts to "
+                f"{line_discounts})"
+            )
+    return warnings
+
+
+def _lines(lines: list[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], str]]:
+    for index, line in enumerate(lines):
+        yield line, f"order/line_items/{index}"
+        for sub_index, sub in enumerate(line.get("sub_line_items", [])):
+            yield sub, f"order/line_items/{index}/sub_line_items/{sub_index}"
 
 
 def _check_line(line: Mapping[str, Any], where: str, seen: set[str]) -> int:
@@ -218,26 +497,44 @@ def _check_line(line: Mapping[str, Any], where: str, seen: set[str]) -> int:
     if ident in seen:
         raise RequestError("invalid_request", f"{where}: external_identifier {ident!r} repeated")
     seen.add(ident)
-    expected = line["price"] * line["quantity"] - line.get("discount_amount", 0)
+    discount = line.get("discount_amount", 0)
+    expected = line["price"] * line["quantity"] - discount
     if line["total_amount"] != expected:
         raise RequestError(
             "amounts_inconsistent",
             f"{where}/total_amount is {line['total_amount']} but price {line['price']} x "
-            f"quantity {line['quantity']} - discount {line.get('discount_amount', 0)} = {expected}",
+            f"quantity {line['quantity']} - discount_amount {discount} = {expected}",
         )
     return int(line["total_amount"])
+
+
+def _under(topic: str, root: str) -> bool:
+    """True when `topic` is `root` or below it (by whole topic levels)."""
+    return topic == root or topic.startswith(root + "/")
+
+
+def _verb(topic: str) -> str:
+    return topic.rsplit("/", 1)[-1]
+
+
+def _clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` cut to `limit` characters, as valid Unicode (a reply must always encode)."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > limit:
+        text = text[:limit] + f"... ({len(text) - limit} more characters)"
+    return text
 
 
 def _response(
     transaction: str | None,
     *,
     data: dict[str, Any] | None = None,
-    error: dict[str, str] | None = None,
+    error: RequestError | None = None,
 ) -> dict[str, Any]:
     return {
         "schema": RESPONSE_SCHEMA,
         "status": "error" if error is not None else "ok",
         "data": data,
-        "error": error,
+        "error": None if error is None else {"code": error.code, "message": str(error)},
         "transaction": transaction,
     }

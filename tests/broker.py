@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,6 +40,7 @@ class Subscriber:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_socket_open = _no_delay  # as the device: no ~40 ms Nagle wait per ack
         self._client.connect_async(broker.host, broker.port)
         self._client.loop_start()
 
@@ -115,3 +117,7 @@ class Subscriber:
         """Disconnect and stop the network thread."""
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -413,3 +413,78 @@ def test_broker_missing_mosquitto_reports_bootstrap(
     monkeypatch.setattr(localbroker, "_which", lambda name: None)
     with pytest.raises(broker_module.MosquittoMissingError, match="run scripts/bootstrap"):
         Mosquitto(tmp_path)
+
+
+class _Counting(logging.Handler):
+    """Counts records whose message contains `text`; `wait(n)` for n of them."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.text = text
+        self.count = 0
+        self._condition = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            with self._condition:
+                self.count += 1
+                self._condition.notify_all()
+
+    def wait(self, n: int, timeout: float = 15.0) -> bool:
+        with self._condition:
+            return self._condition.wait_for(lambda: self.count >= n, timeout)
+
+
+@pytest.mark.parametrize("end", ["kill", "stop"])
+def test_bus_outage_is_one_warning_not_an_error_per_retry(
+    broker: Mosquitto, make_bus: MakeBus, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, end: str,
+) -> None:
+    monkeypatch.setattr("appliance.bus.RECONNECT_MIN_S", 0.02)
+    monkeypatch.setattr("appliance.bus.RECONNECT_MAX_S", 0.05)
+    paho_log = logging.getLogger("appliance.bus.paho")
+    retries = _Counting("Connection failed, retrying")  # paho's DEBUG line per attempt
+    paho_log.addHandler(retries)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="appliance.bus.paho"):
+            bus = make_bus(broker)
+            bus.start()
+            assert bus.wait_connected(10)
+            getattr(broker, end)()  # a crash (kill -9) or a restart (SIGTERM) of the broker
+            assert retries.wait(8)  # paho logged "Client is not connected" at ERROR each time
+            broker.start()
+            assert bus.wait_connected(10)
+    finally:
+        paho_log.removeHandler(retries)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("MQTT: connection lost")
+    assert "Unspecified error" not in warnings[0]  # paho's socket error says what happened
+
+
+def test_bus_unacknowledged_offline_falls_back_to_the_last_will(
+    broker: Mosquitto, make_bus: MakeBus
+) -> None:
+    bus = make_bus(broker)
+    bus.start()
+    assert bus.wait_connected(10)
+    with Subscriber(broker, AVAILABILITY) as sub:
+        sub.wait_message(AVAILABILITY, b"online")
+        # No time to wait for the broker's ack of "offline": the bus must then disconnect
+        # asking for its Last Will (reason 0x04), a second "offline" from the broker itself.
+        bus.stop(timeout=0)
+        offline = sub.wait_for(lambda ms: [m.payload for m in ms].count(b"offline") == 2)
+    assert [m.payload for m in offline] == [b"online", b"offline", b"offline"]
+    assert all(m.retain for m in offline[1:])
+
+
+def test_bus_clean_stop_then_crash_still_leaves_offline(
+    broker: Mosquitto, make_bus: MakeBus
+) -> None:
+    first = make_bus(broker)
+    first.start()
+    assert first.wait_connected(10)
+    first.stop()  # a clean "offline"; the broker drops that connection's Will
+    test_bus_last_will_publishes_offline_when_process_dies(broker)  # same topics, new process

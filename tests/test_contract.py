@@ -142,3 +142,24 @@ def test_contract_asyncapi_references_existing_schemas() -> None:
     assert referenced == set(contract.names())
     for topic in ("availability", "info", "state", "events/scan"):
         assert f'address: "leat-scanner/{{device_id}}/{topic}"' in text
+
+
+def test_contract_every_request_error_code_is_documented() -> None:
+    from appliance.orders import ERRORS
+
+    enum = contract.schema("response")["properties"]["error"]["anyOf"][1]["properties"]["code"]
+    assert tuple(enum["enum"]) == ERRORS
+    asyncapi = ASYNCAPI.read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for code in ERRORS:
+        assert f"- `{code}`" in asyncapi, code
+        assert f"| `{code}` |" in readme, code
+        assert code in enum["description"], code
+
+
+def test_contract_order_request_sub_lines_have_no_sub_lines() -> None:
+    line = contract.schema("order_request")["$defs"]["line"]
+    sub_line = contract.schema("order_request")["$defs"]["sub_line"]
+    assert line["properties"]["sub_line_items"]["items"]["$ref"] == "#/$defs/sub_line"
+    assert "sub_line_items" not in sub_line["properties"]
+    assert sub_line["additionalProperties"] is False

@@ -21,7 +21,7 @@ from appliance import contract
 from appliance.camera import Frame, ReplaySource
 from appliance.codes import Classifier
 from appliance.config import CodesConfig, Config, DebounceConfig, DecodeConfig
-from appliance.daemon import ScanService, build
+from appliance.daemon import Heartbeats, ScanService, build
 from appliance.debounce import Debouncer
 from appliance.decode import Decoder
 from appliance.feedback import Feedback, Signal
@@ -399,6 +399,24 @@ def test_daemon_stalled_thread_stops_the_watchdog_and_says_which(tmp_path: Path)
     assert pings >= 1  # it pinged while healthy
     assert all("WATCHDOG" not in m for m in messages[stalled[0]:resumed])
     assert not runner.is_alive()
+
+
+def test_heartbeats_call_a_busy_request_worker_stalled() -> None:
+    """The POS request worker is watched by when it took its request, not by beats."""
+    now = [100.0]
+    busy_since: list[float | None] = [None]
+    heartbeats = Heartbeats(clock=lambda: now[0])
+    heartbeats.watch("requests", lambda: busy_since[0])
+    heartbeats.beat("worker")
+    now[0] = 105.0
+    assert heartbeats.stalled(20.0) == {}
+    busy_since[0] = 106.0  # took a request ...
+    now[0] = 130.0  # ... and is still on it 24 s later; the scan worker is stalled too
+    assert heartbeats.stalled(20.0) == {"requests": 24.0, "worker": 30.0}
+    busy_since[0] = None  # idle again: never a stall, however long
+    heartbeats.beat("worker")
+    now[0] = 1000.0
+    assert heartbeats.stalled(20.0) == {"worker": 870.0}
 
 
 def test_daemon_sigterm_publishes_offline_and_exits_0(broker: Mosquitto, tmp_path: Path) -> None:
