@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,17 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("LEAT_SCANNER_") or name.lower() in PROXY_VARIABLES:
             monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """`cli.main` points the root logger at the stderr pytest captured for that test: give
+    later tests back the handlers and level they had (no 'Logging error' on a closed stream)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def _mosquitto(workdir: Path, users: dict[str, str] | None = None) -> Mosquitto:

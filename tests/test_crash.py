@@ -162,7 +162,8 @@ def test_fresh_starts_serve_at_once_and_a_damaged_outbox_keeps_the_device_up(
                 pos.wait_for(lambda ms, n=onlines: sum(
                     m.topic == f"{BASE}/availability" and m.payload == b"online" for m in ms
                 ) >= n, timeout=20)
-                body = {"transaction": transaction, "order": order_body(f"fresh-{transaction}")}
+                body = {"transaction": transaction, "customer": {"identifier": "LC-7F3K9Q2M"},
+                        "order": order_body(f"fresh-{transaction}")}
                 pos.publish(f"{BASE}/request/order.create", json.dumps(body).encode())
                 ms = pos.wait_for(lambda ms: any(
                     json.loads(m.payload).get("transaction") == transaction
@@ -179,7 +180,8 @@ def test_fresh_starts_serve_at_once_and_a_damaged_outbox_keeps_the_device_up(
         for run in range(3):
             (tmp_path / f"device-{run}").mkdir()
             config = write_config(tmp_path / f"device-{run}", broker, sandbox)
-            assert serve_one(config, f"start-{run}")["status"] == "ok"
+            reply = serve_one(config, f"start-{run}")
+            assert reply["status"] == "ok", reply
 
         outbox = tmp_path / "device-2" / "state" / "outbox.sqlite3"
         os.truncate(outbox, 0)

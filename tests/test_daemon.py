@@ -629,7 +629,8 @@ def test_run_with_a_failing_camera_is_ready_degraded_and_serves_orders(
                 ready = manager.wait_for(bool, timeout=20)[0]
                 pos.wait_message(f"{BASE}/availability", b"online", timeout=20)
                 pos.publish(f"{BASE}/request/order.create",
-                            request(order=order_body("degraded-1"), transaction="t-1"))
+                            request(order=order_body("degraded-1"), transaction="t-1",
+                                    customer={"identifier": "LC-7F3K9Q2M"}))
                 reply = pos.wait_message(f"{BASE}/response/order.create", timeout=20)
                 manager.wait_for(lambda ms: manager.count("WATCHDOG") >= 1, timeout=10)
             finally:

@@ -8,7 +8,6 @@ import json
 import threading
 from pathlib import Path
 
-from appliance.leat.sandbox import LeatSandbox
 from broker import Mosquitto, Subscriber
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -20,6 +19,7 @@ from appliance.config import MqttConfig
 from appliance.forwarder import Forwarder
 from appliance.leat.client import LeatClient
 from appliance.orders import OrderRequests
+from appliance.sandbox.server import LeatSandbox
 
 SHOP = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"
 JANE_CARD = "LC-7F3K9Q2M"  # a sandbox contact with 1250 points

@@ -257,7 +257,7 @@ def test_damaged_outbox_answers_storage_damaged_and_stores_nothing(path: Path) -
     replies: list[dict[str, Any]] = []
     requests = OrderRequests(path, lambda t, p, c: replies.append(dict(p)),
                              base_topic="b", shop_uuid=None)
-    request = {"order": order_body("POS-1")}
+    request = {"customer": {"contact_uuid": "c-1"}, "order": order_body("POS-1")}
     response = requests.handle("order.create", json.dumps(request).encode())
     assert response["status"] == "error"
     assert response["error"]["code"] == "storage_damaged"
@@ -269,13 +269,7 @@ def test_damaged_outbox_answers_storage_damaged_and_stores_nothing(path: Path) -
 
 
 def run_cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        code = cli.main(list(argv))
-    finally:  # cli.main logs to this test's captured stderr: leave no handler behind
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    code = cli.main(list(argv))  # conftest's restore_logging undoes its logging set-up
     out, err = capsys.readouterr()
     return code, out, err
 
