@@ -1,4 +1,5 @@
-"""The durable outbox: orders and returns the POS handed us, until Leat has them.
+"""The durable outbox: orders, returns and give-back commands the POS handed us, until Leat
+has them.
 
 Durability. One SQLite file (sqlite-utils over our own `sqlite3` connection) in WAL mode
 with `synchronous=FULL`: when `enqueue()` returns, the row is committed and the WAL is
@@ -23,6 +24,12 @@ Returns. A return is due only once its order is DELIVERED here. When its order i
 return is made DEAD too (error `ORDER_NOT_DELIVERED`), and `retry()` of the order revives
 those returns with it. A return whose order is not in the outbox at all (sent before the
 outbox saw it, or pruned after delivery) is not held back: Leat decides.
+
+Commands. A give-back POS command (`appliance.commands_durable`: reverse, release,
+collect-reverse) is kind COMMAND, keyed by its `request_id`, its body `{"verb", "args"}`. It
+belongs to no order and is never held back. An outbox made before commands existed is
+rebuilt once by `prepare` to take them, keeping every row, id and its mark
+(`outbox_guard.migrate`).
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ class Kind(StrEnum):
 
     ORDER = "order"
     RETURN = "return"
+    COMMAND = "command"  # a give-back POS command: external_identifier is its request_id
 
 
 class OutboxFull(OutboxError):
@@ -275,9 +283,10 @@ class Outbox:
 
     @staticmethod
     def _ready(conn: sqlite3.Connection) -> bool:
-        """WAL is set and the schema has outbox_meta (a per-thread open never changes them)."""
+        """WAL is set and the schema is current, with outbox_meta (a per-thread open never
+        changes them: `prepare` does, under the directory lock)."""
         mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-        return mode == "wal" and guard.read_meta(conn) is not None
+        return mode == "wal" and guard.read_meta(conn) is not None and guard.current(conn)
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -371,7 +380,7 @@ class Outbox:
         kind = Kind(kind)
         if not isinstance(external_identifier, str) or not external_identifier:
             raise OutboxError("external_identifier must be a non-empty string")
-        if kind is Kind.ORDER and order_external_identifier is not None:
+        if kind is not Kind.RETURN and order_external_identifier is not None:
             raise OutboxError("only a return belongs to an order (order_external_identifier)")
         text = canonical_json(body)
         self._check_damage()
@@ -468,7 +477,7 @@ class Outbox:
             rows = conn.execute(
                 """SELECT * FROM outbox AS r
                 WHERE r.state = 'pending' AND r.next_attempt_at <= ?
-                  AND (r.kind = 'order' OR r.order_external_identifier IS NULL
+                  AND (r.kind != 'return' OR r.order_external_identifier IS NULL
                        OR NOT EXISTS (SELECT 1 FROM outbox AS o
                                       WHERE o.kind = 'order'
                                         AND o.external_identifier = r.order_external_identifier

@@ -357,6 +357,23 @@ def test_return_of_dead_order_dies_and_revives_with_it(box: Outbox) -> None:
     assert [i.id for i in box.due()] == [order.id]
 
 
+def test_command_is_idempotent_on_its_request_id_and_never_held_back(box: Outbox) -> None:
+    body = {"verb": "voucher.release", "args": {"voucher_uuid": "v-1", "release_key": "k"}}
+    order = box.enqueue(Kind.ORDER, "A-1", order_body("A-1")).item
+    box.enqueue(Kind.RETURN, "R-1", {}, order_external_identifier="A-1")
+    box.mark_dead(order.id, code=1003, message="invalid")  # its return dies with it
+    first = box.enqueue(Kind.COMMAND, "REQ-1", body, transaction="T-1")
+    again = box.enqueue(Kind.COMMAND, "REQ-1", body, transaction="T-1")
+    assert first.created and not again.created and again.item.id == first.item.id
+    assert (first.item.kind, first.item.transaction) == (Kind.COMMAND, "T-1")
+    with pytest.raises(OutboxConflict, match=f"item {first.item.id}"):
+        box.enqueue(Kind.COMMAND, "REQ-1", {**body, "verb": "voucher.reverse"})
+    with pytest.raises(OutboxError, match="only a return belongs to an order"):
+        box.enqueue(Kind.COMMAND, "REQ-2", body, order_external_identifier="A-1")
+    assert [i.id for i in box.due()] == [first.item.id]  # the dead order holds nothing back
+    assert box.find(Kind.COMMAND, "REQ-1") == first.item
+
+
 def test_corrupted_row_is_outbox_error_and_dead_in_due(box: Outbox, path: Path) -> None:
     good = box.enqueue(Kind.ORDER, "A-1", {"ok": 1}).item
     bad = box.enqueue(Kind.ORDER, "A-2", {"ok": 2}).item
