@@ -30,8 +30,11 @@ Verb by verb (args as stored; uuids are Leat's):
 - `voucher.reverse` {redemption_uuid? | voucher_uuid?, code?}: `POST /vouchers/{uuid}/reverse`,
   by the redemption uuid (Leat 2026) and, on 80004, the voucher uuid (`LeatClient`). When
   ambiguous and the code is known, the voucher's status tells: not REDEEMED means done.
-  Leat refuses reversing a redemption twice (1003 in the sandbox), so a repeat by redemption
-  uuid cannot undo twice; "already" in an ambiguous repeat's refusal is delivered.
+  REDEEMED (maybe redeemed again since) means send: Leat refuses reversing a redemption
+  twice, so a repeat by redemption uuid cannot undo the newer redemption, and its 1003
+  ("not active", ASSUMPTION: the sandbox's answer) means ours was reversed: delivered.
+  By voucher uuid alone a REDEEMED voucher is sent again (Leat cannot say whose
+  redemption it reverses: pass the redemption uuid).
 
 A refusal of an attempt that never reached Leat before is final: DEAD with Leat's code and
 message (not found, wrong release key, ...). A refusal that is not Leat's error envelope
@@ -54,6 +57,7 @@ GIVE_BACK_VERBS: Final = frozenset(
 SCHEMA: Final = "leat-scanner/command/1"
 MAX_ARG_LENGTH: Final = 255
 _ALREADY = re.compile(r"\balready\b", re.I)
+INVALID_INPUT: Final = 1003
 
 # verb -> (required args, optional args); every arg is a non-empty string.
 _ARGS: Final[Mapping[str, tuple[frozenset[str], frozenset[str]]]] = {
@@ -117,12 +121,21 @@ def execute(
         state = settled(client, args)
         if state is False:
             raise  # Leat says the goal does not hold yet, so its refusal is final
-        if state is True or _says_already(exc):
+        if state is True or _says_already(exc) or _repeat_refused_as_done(verb, args, exc):
             return {**_done(client, verb, args), "already": True}
         raise Unexplained(
             f"{verb}: Leat refused a repeat ({exc.code}) and whether the first attempt took "
             "effect cannot be asked"
         ) from exc
+
+
+def _repeat_refused_as_done(verb: str, args: Mapping[str, Any], exc: LeatRejected) -> bool:
+    """A refusal of the repeat that itself says the goal holds: reversing a voucher
+    redemption Leat knows (else 80004) that is no longer active is 1003 (ASSUMPTION: the
+    sandbox's answer; Leat documents 1003 and 80004 for reverse)."""
+    return verb == "voucher.reverse" and bool(args.get("redemption_uuid")) and (
+        exc.code == INVALID_INPUT
+    )
 
 
 def _says_already(exc: LeatRejected) -> bool:
@@ -205,8 +218,15 @@ def _released(client: LeatClient, args: Mapping[str, Any]) -> bool | None:
 
 
 def _unredeemed(client: LeatClient, args: Mapping[str, Any]) -> bool | None:
+    """True: the voucher is not redeemed now. A redeemed one tells nothing about our
+    redemption when it may have been redeemed again since (None), only when the reversal
+    goes by the voucher uuid (False: send)."""
     status = _voucher_status(client, args)
-    return None if status is None else status != "REDEEMED"
+    if status is None:
+        return None
+    if status != "REDEEMED":
+        return True
+    return None if args.get("redemption_uuid") else False
 
 
 _SETTLED: Final[Mapping[str, Callable[[LeatClient, Mapping[str, Any]], bool | None]]] = {
