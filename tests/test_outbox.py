@@ -619,6 +619,29 @@ def test_cli_show_masks_only_contact_email(box: Outbox, filled: dict[str, int]) 
     assert stored.body["contact"]["email"] == "jan@example.com"  # only the display is masked
 
 
+def test_cli_lists_and_shows_a_command_by_its_verb_key_masked(box: Outbox, clock: Clock) -> None:
+    args = {"voucher_uuid": "v-1", "release_key": "KEY-SECRET-123", "code": "SPRING-2X7Q"}
+    item = box.enqueue(Kind.COMMAND, "REQ-7", {"verb": "voucher.release", "args": args},
+                       transaction="T-7").item
+    box.claim(item.id)
+    box.mark_retry(item.id, delay_s=60, error="timeout", ambiguous=True)
+    code, out = cli(box, "list")
+    assert code == 0
+    assert out.splitlines()[1].split()[:5] == ["1", "voucher.release", "REQ-7", "pending", "?"]
+    code, out = cli(box, "show", str(item.id))
+    assert code == 0
+    assert out.splitlines()[0] == "item 1: voucher.release REQ-7"
+    assert "request id:   REQ-7" in out
+    assert "Leat is asked whether it took effect" in out
+    assert "KEY-SECRET-123" not in out and '"release_key": "KEY-…"' in out
+    code, out = cli(box, "show", str(item.id), "--json")
+    data = json.loads(out)
+    assert (data["kind"], data["verb"]) == ("command", "voucher.release")
+    assert data["body"]["args"]["release_key"] == "KEY-…"
+    stored = box.get(item.id)
+    assert stored is not None and stored.body["args"] == args  # only the display is masked
+
+
 def test_cli_unknown_id_exits_1(box: Outbox, capsys: pytest.CaptureFixture[str]) -> None:
     for action in ("show", "retry", "drop"):
         code, _ = cli(box, action, "42", *(["--yes"] if action == "drop" else []))
