@@ -25,6 +25,12 @@ posted again and Leat's duplicate answer counts as delivered (ASSUMPTION, as the
 answers: 400, 1003 "The external identifier has already been taken."). The outbox makes a
 return due only after its order is delivered.
 
+Commands. A give-back POS command (kind COMMAND: reverse, release, collect-reverse) is run
+by `commands_durable.execute()`, told whether an earlier attempt may have reached Leat; it
+settles that through what Leat can be asked (see that module) and raises
+`commands_durable.Unexplained` when it cannot tell, which is held like an order Leat's
+answer about which was not understood. Its final outcome goes out on `events/command`.
+
 Customers. A scanned `customer_identifier` is resolved at send time (so a card scanned while
 offline still earns points); an unknown, inactive or unlinked card is DEAD. An order with no
 customer at all never calls Leat: it gets a Loyalty Token claim URL (leat-api.md §8.2).
