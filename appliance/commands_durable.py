@@ -27,6 +27,8 @@ Verb by verb (args as stored; uuids are Leat's):
   When ambiguous and the code is known, `GET /vouchers/find` tells: not LOCKED means the lock
   is gone (ours released it, or Leat let it lapse after its hour): done; LOCKED means send,
   and a refusal then (a wrong key: 1003) is final. Without the code, an ambiguous 1003 is kept.
+  A lock lapses by itself, so a release refused after an outage of over an hour is asked
+  about the same way (not LOCKED: done) rather than failed.
 - `voucher.reverse` {redemption_uuid? | voucher_uuid?, code?}: `POST /vouchers/{uuid}/reverse`,
   by the redemption uuid (Leat 2026) and, on 80004, the voucher uuid (`LeatClient`). When
   ambiguous and the code is known, the voucher's status tells: not REDEEMED means done.
@@ -58,6 +60,9 @@ SCHEMA: Final = "leat-scanner/command/1"
 MAX_ARG_LENGTH: Final = 255
 _ALREADY = re.compile(r"\balready\b", re.I)
 INVALID_INPUT: Final = 1003
+# Goals Leat reaches by itself: a lock lapses after an hour, so a release refused after a
+# long outage is asked about even when no attempt reached Leat before.
+_LAPSES: Final = frozenset({"voucher.release"})
 
 # verb -> (required args, optional args); every arg is a non-empty string.
 _ARGS: Final[Mapping[str, tuple[frozenset[str], frozenset[str]]]] = {
@@ -116,13 +121,15 @@ def execute(
             raise Unexplained(
                 f"{verb}: Leat answered HTTP {exc.status_code} without an error code"
             ) from exc
-        if not ambiguous:
+        if not ambiguous and verb not in _LAPSES:
             raise
         state = settled(client, args)
-        if state is False:
-            raise  # Leat says the goal does not hold yet, so its refusal is final
-        if state is True or _says_already(exc) or _repeat_refused_as_done(verb, args, exc):
+        if state is True or (
+            ambiguous and (_says_already(exc) or _repeat_refused_as_done(verb, args, exc))
+        ):
             return {**_done(client, verb, args), "already": True}
+        if state is False or not ambiguous:
+            raise  # Leat says the goal does not hold yet, so its refusal is final
         raise Unexplained(
             f"{verb}: Leat refused a repeat ({exc.code}) and whether the first attempt took "
             "effect cannot be asked"

@@ -222,6 +222,23 @@ def test_release_with_a_wrong_key_is_dead_and_the_voucher_stays_locked(
     assert one_event(events, "failed")["error"]["leat_code"] == 1003
 
 
+def test_release_after_the_lock_lapsed_in_an_outage_is_done_not_failed(
+    forwarder: Forwarder, outbox: Outbox, client: LeatClient, sandbox: LeatSandbox,
+    events: Events, clock: Clock,
+) -> None:
+    voucher = client.find_voucher("SPRING-2X7Q")
+    lock = client.lock_voucher(voucher.uuid)
+    assert lock.release_key
+    stored = command(outbox, "V-7", "voucher.release", voucher_uuid=voucher.uuid,
+                     release_key=lock.release_key, code="SPRING-2X7Q")
+    sandbox.advance_clock(3601)  # Leat was away for over an hour: the lock lapsed
+    assert forwarder.drain_once() == 1
+    assert calls(sandbox, f"/{voucher.uuid}/release") == 1  # refused: not locked (1003)
+    assert item(outbox, stored.id).state is State.DELIVERED
+    data = one_event(events, "ok")["data"]
+    assert (data["already"], data["status"]) == (True, "ACTIVE")
+
+
 def test_stored_command_with_bad_args_is_dead_without_calling_leat(
     forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, events: Events
 ) -> None:
