@@ -39,18 +39,21 @@ Verb by verb (args as stored; uuids are Leat's):
   redemption it reverses: pass the redemption uuid).
 
 A refusal of an attempt that never reached Leat before is final: DEAD with Leat's code and
-message (not found, wrong release key, ...). A refusal that is not Leat's error envelope
+message (not found, wrong release key, ...). A read that Leat refuses decides nothing (the
+command is not failed by a check), and a read that fails after the command is found done
+only leaves that value (the balance, the status) null. A refusal that is not Leat's error envelope
 (code 0, e.g. a proxy's 404 page) is never final: kept, with the alert.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
-from appliance.errors import LeatRejected, LeatUnavailable
+from appliance.errors import LeatError, LeatRejected, LeatUnavailable
 from appliance.leat.client import LeatClient
 
 GIVE_BACK_VERBS: Final = frozenset(
@@ -111,7 +114,15 @@ def execute(
     `LeatClient` raises when Leat is unreachable (keep it, retry).
     """
     validate_args(verb, args)
-    settled = _SETTLED[verb]
+
+    def settled(client: LeatClient, args: Mapping[str, Any]) -> bool | None:
+        """Whether the goal holds in Leat now; None when Leat cannot say (a refused read
+        never decides anything; an unreachable Leat raises: try again later)."""
+        try:
+            return _SETTLED[verb](client, args)
+        except LeatRejected:
+            return None
+
     if ambiguous and settled(client, args) is True:
         return {**_done(client, verb, args), "already": True}
     try:
@@ -251,13 +262,15 @@ def _done(client: LeatClient, verb: str, args: Mapping[str, Any]) -> dict[str, A
         balance = None
         contact = args.get("contact_uuid")
         if contact:
-            with _read_only():
+            with contextlib.suppress(LeatError):  # done either way; the balance is extra
                 balance = client.get_credit_balance(contact)
         return {"reception_uuid": args["reception_uuid"], "credit_reception_uuid": None,
                 "credits": None, "new_balance": balance}
     if verb == "reward.collect_reverse":
         return {"redemption_uuid": args["redemption_uuid"], "status": "REVERSED"}
-    status = _voucher_status(client, args)
+    status = None
+    with contextlib.suppress(LeatError):  # done either way; the status is extra
+        status = _voucher_status(client, args)
     if verb == "voucher.release":
         return {"voucher_uuid": args["voucher_uuid"], "status": status}
     return {"voucher_uuid": args.get("voucher_uuid"),

@@ -390,6 +390,29 @@ def test_lost_answer_that_leat_cannot_be_asked_about_is_held_never_dead_assumpti
     assert not collected(client)
 
 
+def test_a_refused_check_decides_nothing(
+    forwarder: Forwarder, outbox: Outbox, client: LeatClient, sandbox: LeatSandbox,
+    events: Events, clock: Clock,
+) -> None:
+    redemption = client.collect_reward(CROISSANT_WAITING).uuid
+    held = command(outbox, "C-4", "reward.collect_reverse", redemption_uuid=redemption,
+                   collectable_uuid=CROISSANT_WAITING, contact_uuid=UNKNOWN)  # list: 55031
+    reception = redeem_coffee(client)
+    done = command(outbox, "R-5", "reward.reverse", reception_uuid=reception,
+                   contact_uuid=UNKNOWN)  # its balance cannot be read: 55031
+    sandbox.faults.set(drop_after_receive=True, only_paths=("/collectable-rewards",
+                                                            REVERSE_RECEPTION), times=2)
+    assert forwarder.drain_once() == 2
+    for _ in range(3):
+        clock.advance(400)
+        forwarder.drain_once()
+    assert (item(outbox, held.id).state, item(outbox, held.id).ambiguous) == (
+        State.PENDING, True)  # never dead by a refused check
+    assert item(outbox, done.id).state is State.DELIVERED
+    assert one_event(events, "ok")["data"]["new_balance"] is None
+    assert client.get_credit_balance(JANE) == 1250
+
+
 def test_a_proxy_page_instead_of_leats_error_is_held_not_dead(
     forwarder: Forwarder, outbox: Outbox, client: LeatClient, sandbox: LeatSandbox,
     events: Events, clock: Clock,
