@@ -7,6 +7,7 @@ Tests named `..._assumption` rely on sandbox answers the Leat sources leave open
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -16,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broker import Mosquitto, Subscriber
 from test_forwarder import SHOP, Clock, _child, calls, drain_all
 
 from appliance import commands_durable, contract
+from appliance.bus import MqttBus
 from appliance.commands_durable import GIVE_BACK_VERBS, validate_args
+from appliance.config import MqttConfig
 from appliance.forwarder import Forwarder
 from appliance.leat.client import LeatClient
 from appliance.outbox import Item, Kind, Outbox, State
@@ -486,3 +490,29 @@ def test_kill_9_while_reversals_are_queued_gives_each_back_exactly_once(
 def test_module_schema_name_matches_the_contract() -> None:
     assert contract.schema("command_event")["properties"]["schema"]["const"] == (
         commands_durable.SCHEMA)
+
+
+def test_the_outcome_reaches_the_pos_over_mqtt_qos_1(
+    broker: Mosquitto, path: Path, client: LeatClient
+) -> None:
+    base = "leat-scanner/till-5"
+    bus = MqttBus(MqttConfig(host=broker.host, port=broker.port), base, "till-5", None, {})
+    reception = redeem_coffee(client)
+    with Outbox(path) as box, Subscriber(broker, f"{base}/events/command") as pos:
+        command(box, "M-1", "reward.reverse", reception_uuid=reception, contact_uuid=JANE)
+        forwarder = Forwarder(path, client, bus.publish_event, device_id="till-5",
+                              shop_uuid=SHOP)
+        bus.start()
+        try:
+            assert bus.wait_connected(10)
+            pos.wait_subscribed()
+            assert forwarder.drain_once() == 1
+            [message] = pos.wait_for(lambda ms: len(ms) == 1)
+        finally:
+            bus.stop()
+    assert (message.qos, message.retain) == (1, False)
+    payload = json.loads(message.payload)
+    contract.validate("command_event", payload)
+    assert (payload["request_id"], payload["status"], payload["transaction"]) == (
+        "M-1", "ok", "tx-M-1")
+    assert payload["data"]["new_balance"] == 1250
