@@ -467,6 +467,7 @@ def test_kill_9_while_reversals_are_queued_gives_each_back_exactly_once(
     ]
     # The sandbox acts first and then waits, so most kills land between Leat and SQLite.
     sandbox.faults.set(latency_s=0.1, only_paths=(REVERSE_RECEPTION,))
+    progress = []
     for _ in range(6):
         child = _child(path, sandbox, "run")
         assert child.stdout is not None
@@ -477,6 +478,8 @@ def test_kill_9_while_reversals_are_queued_gives_each_back_exactly_once(
             child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=10) == -signal.SIGKILL
         child.stdout.close()
+        progress.append(client.get_credit_balance(JANE))
+    assert progress[0] < 1250  # killed while there was work to do
     sandbox.faults.clear()
     child = _child(path, sandbox, "finish")
     out, _ = child.communicate(timeout=30)
@@ -485,6 +488,7 @@ def test_kill_9_while_reversals_are_queued_gives_each_back_exactly_once(
     assert all(item(outbox, s.id).state is State.DELIVERED for s in stored)
     back = client.list_loyalty_transactions(contact_uuid=JANE, kind="credit_receptions")
     assert sorted(t.credits or 0 for t in back) == [COFFEE_CREDITS] * 8
+    assert calls(sandbox, "/reverse") > 8  # some kills came after Leat acted: repeated, once
 
 
 def test_module_schema_name_matches_the_contract() -> None:
