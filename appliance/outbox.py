@@ -27,9 +27,12 @@ outbox saw it, or pruned after delivery) is not held back: Leat decides.
 
 Commands. A give-back POS command (`appliance.commands_durable`: reverse, release,
 collect-reverse) is kind COMMAND, keyed by its `request_id`, its body `{"verb", "args"}`. It
-belongs to no order and is never held back. An outbox made before commands existed is
-rebuilt once by `prepare` to take them, keeping every row, id and its mark
-(`outbox_guard.migrate`).
+belongs to no order, but waits for an older command on the same Leat object that is still
+PENDING or SENDING (the same reward reception or collectable, the same voucher): Leat
+refuses reversing a reception whose collection is not reversed yet, so "reverse the
+collection, then the reception" must reach Leat in that order. An outbox made before
+commands existed is rebuilt once by `prepare` to take them, keeping every row, id and its
+mark (`outbox_guard.migrate`).
 """
 
 from __future__ import annotations
@@ -142,6 +145,34 @@ def backoff_delay(
 
 
 _RNG = random.Random()
+
+
+def _subject(table: str) -> str:
+    """SQL for the Leat object a command acts on (NULL: none known; an unreadable body too):
+    a reward reception (`reception_uuid`, or `collectable_uuid`, the same uuid) or a voucher."""
+    body = f"{table}.body"
+    return (f"(CASE WHEN json_valid({body}) THEN coalesce("
+            f"json_extract({body}, '$.args.reception_uuid'), "
+            f"json_extract({body}, '$.args.collectable_uuid'), "
+            f"json_extract({body}, '$.args.voucher_uuid')) END)")
+
+
+# PENDING and due; a return not before its order is delivered; a command not before older
+# unfinished commands on the same Leat object (constants only).
+_DUE: Final = (
+    """SELECT * FROM outbox AS r
+    WHERE r.state = 'pending' AND r.next_attempt_at <= ?
+      AND (r.kind != 'return' OR r.order_external_identifier IS NULL
+           OR NOT EXISTS (SELECT 1 FROM outbox AS o
+                          WHERE o.kind = 'order'
+                            AND o.external_identifier = r.order_external_identifier
+                            AND o.state != 'delivered'))
+      AND (r.kind != 'command' OR NOT EXISTS (
+           SELECT 1 FROM outbox AS c
+           WHERE c.kind = 'command' AND c.id < r.id AND c.state IN ('pending', 'sending')
+             AND """  # noqa: S608
+    + _subject("c") + " = " + _subject("r") + "))\n    ORDER BY r.id LIMIT ?"
+)
 
 
 def _item(row: sqlite3.Row) -> Item:
@@ -466,7 +497,8 @@ class Outbox:
     # -- the forwarder side ----------------------------------------------------------------
 
     def due(self, now: float | None = None, limit: int = 16) -> list[Item]:
-        """PENDING items whose time has come, oldest first; a return only after its order.
+        """PENDING items whose time has come, oldest first; a return only after its order,
+        a command only after older unfinished commands on the same Leat object.
 
         Returns whose order is DEAD are made DEAD here; a row that cannot be read back is
         made DEAD (logged) rather than blocking the queue.
@@ -475,14 +507,7 @@ class Outbox:
         self._kill_orphaned_returns()
         with self._read() as conn:
             rows = conn.execute(
-                """SELECT * FROM outbox AS r
-                WHERE r.state = 'pending' AND r.next_attempt_at <= ?
-                  AND (r.kind != 'return' OR r.order_external_identifier IS NULL
-                       OR NOT EXISTS (SELECT 1 FROM outbox AS o
-                                      WHERE o.kind = 'order'
-                                        AND o.external_identifier = r.order_external_identifier
-                                        AND o.state != 'delivered'))
-                ORDER BY r.id LIMIT ?""",
+                _DUE,
                 (now, limit),
             ).fetchall()
         items: list[Item] = []

@@ -188,6 +188,25 @@ def test_voucher_reverse_makes_it_usable_again(
     assert (data["reversed_uuid"], data["status"]) == (redeemed.redemption_uuid, "ACTIVE")
 
 
+def test_undo_collect_then_reception_reaches_leat_in_that_order(
+    forwarder: Forwarder, outbox: Outbox, client: LeatClient, sandbox: LeatSandbox,
+    events: Events,
+) -> None:
+    croissant = next(r for r in client.list_rewards() if r.pre_redeemable)
+    reception = client.create_reward_reception(contact_uuid=JANE, reward_uuid=croissant.uuid)
+    redemption = client.collect_reward(reception.uuid).uuid
+    assert client.get_credit_balance(JANE) == 1250 - croissant.required_credits
+    # The seeds' "Option 2" undone after a failed payment: the collection, then the points.
+    command(outbox, "U-1", "reward.collect_reverse", redemption_uuid=redemption,
+            collectable_uuid=reception.uuid, contact_uuid=JANE)
+    command(outbox, "U-2", "reward.reverse", reception_uuid=reception.uuid, contact_uuid=JANE)
+    sandbox.faults.set(latency_s=0.2, only_paths=("/collectable-rewards",))  # the slower one
+    assert forwarder.drain_once() == 2
+    assert [e["status"] for e in events.items] == ["ok", "ok"]
+    assert [e["request_id"] for e in events.items] == ["U-1", "U-2"]
+    assert client.get_credit_balance(JANE) == 1250
+
+
 # ------------------------------------------------------------------- final refusals: DEAD
 
 

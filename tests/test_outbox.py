@@ -374,6 +374,28 @@ def test_command_is_idempotent_on_its_request_id_and_never_held_back(box: Outbox
     assert box.find(Kind.COMMAND, "REQ-1") == first.item
 
 
+def test_command_waits_for_an_older_unfinished_command_on_the_same_object(box: Outbox) -> None:
+    def add(request_id: str, verb: str, **args: str) -> int:
+        return box.enqueue(Kind.COMMAND, request_id, {"verb": verb, "args": args}).item.id
+
+    uncollect = add("Q-1", "reward.collect_reverse", redemption_uuid="red-1",
+                    collectable_uuid="rec-1")
+    reverse = add("Q-2", "reward.reverse", reception_uuid="rec-1")
+    other = add("Q-3", "reward.reverse", reception_uuid="rec-2")
+    release = add("Q-4", "voucher.release", voucher_uuid="v-1", release_key="k")
+    unredeem = add("Q-5", "voucher.reverse", voucher_uuid="v-1")
+    loose = add("Q-6", "reward.collect_reverse", redemption_uuid="red-9")  # no object known
+    box.connection.execute("UPDATE outbox SET body = '{broken' WHERE id = ?", (loose,))
+    box.connection.commit()
+    assert [i.id for i in box.due()] == [uncollect, other, release]  # broken: made dead
+    assert box.claim(uncollect) is not None
+    assert [i.id for i in box.due()] == [other, release]  # still waits while it is sending
+    box.mark_delivered(uncollect, {})
+    box.claim(release)
+    box.mark_dead(release, code=1003, message="wrong key")
+    assert [i.id for i in box.due()] == [reverse, other, unredeem]
+
+
 def test_corrupted_row_is_outbox_error_and_dead_in_due(box: Outbox, path: Path) -> None:
     good = box.enqueue(Kind.ORDER, "A-1", {"ok": 1}).item
     bad = box.enqueue(Kind.ORDER, "A-2", {"ok": 2}).item
