@@ -595,7 +595,7 @@ class Forwarder:
             self._alert = None
             return
         reason = self._held.get(item.id) or next(iter(self._held.values()))
-        self._alert = f"{len(self._held)} order(s) held, never given up: {reason}"
+        self._alert = f"{len(self._held)} item(s) held, never given up: {reason}"
 
     def _retry(self, outbox: Outbox, item: Item, probe: bool, verdict: _Verdict) -> None:
         """Back to PENDING: its own backoff, or at most probe_max_s after a failed probe."""
