@@ -25,6 +25,12 @@ posted again and Leat's duplicate answer counts as delivered (ASSUMPTION, as the
 answers: 400, 1003 "The external identifier has already been taken."). The outbox makes a
 return due only after its order is delivered.
 
+Commands. A give-back POS command (kind COMMAND: reverse, release, collect-reverse) is run
+by `commands_durable.execute()`, told whether an earlier attempt may have reached Leat; it
+settles that through what Leat can be asked (see that module) and raises
+`commands_durable.Unexplained` when it cannot tell, which is held like an order Leat's
+answer about which was not understood. Its final outcome goes out on `events/command`.
+
 Customers. A scanned `customer_identifier` is resolved at send time (so a card scanned while
 offline still earns points); an unknown, inactive or unlinked card is DEAD. An order with no
 customer at all never calls Leat: it gets a Loyalty Token claim URL (leat-api.md §8.2).
@@ -70,7 +76,7 @@ from typing import Any, Final
 
 from jsonschema import ValidationError
 
-from appliance import contract
+from appliance import commands_durable, contract
 from appliance.errors import (
     BusError,
     LeatAuthError,
@@ -121,16 +127,25 @@ class _Verdict:
     ambiguous: bool = False
     auth: bool = False
     unexplained: bool = False  # Leat's answer was not understood: keep it, raise the alert
+    reason: str = "leat_rejected"  # a command's error code when DEAD (events/command)
 
 
 class _Dead(Exception):
     """Give the item up: DEAD with this code and message (`leat`: Leat said so)."""
 
-    def __init__(self, code: int | None, message: str, *, leat: bool | None = None) -> None:
+    def __init__(
+        self,
+        code: int | None,
+        message: str,
+        *,
+        leat: bool | None = None,
+        reason: str = "leat_rejected",
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.leat = leat
+        self.reason = reason
 
 
 class _Unexplained(Exception):
@@ -357,11 +372,15 @@ class Forwarder:
     def _call(self, item: Item) -> _Verdict:
         """Forward one claimed item to Leat (on a worker thread: no SQLite here)."""
         try:
-            send = self._send_return if item.kind is Kind.RETURN else self._send_order
+            send = {Kind.RETURN: self._send_return, Kind.COMMAND: self._send_command}.get(
+                item.kind, self._send_order
+            )
             result = send(item)
         except _Dead as dead:
-            return _Verdict(State.DEAD, dead.leat, code=dead.code, message=dead.message)
-        except _Unexplained as exc:
+            return _Verdict(
+                State.DEAD, dead.leat, code=dead.code, message=dead.message, reason=dead.reason
+            )
+        except (_Unexplained, commands_durable.Unexplained) as exc:
             return _Verdict(State.PENDING, True, message=str(exc), ambiguous=True, unexplained=True)
         except LeatRejected as exc:
             return _Verdict(State.DEAD, True, code=exc.code, message=exc.leat_message)
@@ -441,6 +460,19 @@ class Forwarder:
             "new_balance": result.new_balance,
         }
 
+    def _send_command(self, item: Item) -> dict[str, Any]:
+        """Execute one give-back command (`commands_durable`, which settles ambiguity)."""
+        verb, args = item.body.get("verb"), item.body.get("args")
+        if not isinstance(verb, str) or not isinstance(args, Mapping):
+            raise _Dead(None, "invalid command: body needs verb and args", reason="internal")
+        try:
+            data = commands_durable.execute(self._client, verb, args, ambiguous=item.ambiguous)
+        except ValueError as exc:
+            raise _Dead(None, f"invalid command: {exc}", reason="invalid_request") from exc
+        if data.get("already"):
+            log.info("command %d (%s) had taken effect already; not sent again", item.id, verb)
+        return {"verb": verb, "data": data}
+
     def _find(self, item: Item) -> str | None:
         """The Leat uuid of an ambiguous order, None when Leat says it has none;
         `_Unexplained` when Leat's answer is neither (undocumented, so never taken as no)."""
@@ -517,12 +549,21 @@ class Forwarder:
                 result = verdict.result or {}
                 done = outbox.mark_delivered(item.id, result)
                 log.info("%s %d delivered", item.kind, item.id)
-                self._announce(done, "delivered", result, None)
+                if item.kind is Kind.COMMAND:
+                    self._announce_command(done, result.get("data"), None)
+                else:
+                    self._announce(done, "delivered", result, None)
             elif verdict.state is State.DEAD:
                 done = outbox.mark_dead(item.id, code=verdict.code, message=verdict.message)
                 log.warning("%s %d is dead (code %s)", item.kind, item.id, verdict.code)
                 error = {"code": verdict.code, "message": verdict.message}
-                self._announce(done, "dead", {}, error)
+                if item.kind is Kind.COMMAND:
+                    failed: dict[str, Any] = {"code": verdict.reason, "message": verdict.message}
+                    if verdict.code is not None:
+                        failed["leat_code"] = verdict.code
+                    self._announce_command(done, None, failed)
+                else:
+                    self._announce(done, "dead", {}, error)
             else:
                 self._retry(outbox, item, probe, verdict)
         except OutboxError:  # left SENDING: recover() makes it ambiguous after a restart
@@ -554,7 +595,7 @@ class Forwarder:
             self._alert = None
             return
         reason = self._held.get(item.id) or next(iter(self._held.values()))
-        self._alert = f"{len(self._held)} order(s) held, never given up: {reason}"
+        self._alert = f"{len(self._held)} item(s) held, never given up: {reason}"
 
     def _retry(self, outbox: Outbox, item: Item, probe: bool, verdict: _Verdict) -> None:
         """Back to PENDING: its own backoff, or at most probe_max_s after a failed probe."""
@@ -615,6 +656,33 @@ class Forwarder:
             self._publish("order", payload)
         except BusError as exc:
             log.warning("order event for %s %d not published: %s", item.kind, item.id, exc)
+
+    def _announce_command(
+        self, item: Item, data: object, error: Mapping[str, Any] | None
+    ) -> None:
+        """Publish a command's final outcome on `events/command`; a bus failure is logged."""
+        verb = item.body.get("verb")
+        payload = {
+            "schema": commands_durable.SCHEMA,
+            "event_id": str(uuid.uuid4()),
+            "device_id": self.device_id,
+            "timestamp": ScanHandler.iso(self._clock()),
+            "request_id": item.external_identifier,
+            "verb": verb if isinstance(verb, str) else "",
+            "transaction": item.transaction,
+            "status": "ok" if error is None else "failed",
+            "data": dict(data) if isinstance(data, Mapping) else None,
+            "error": None if error is None else dict(error),
+        }
+        try:
+            contract.validate("command_event", payload)
+        except ValidationError as exc:
+            log.error("command event for %d breaks the contract: %s", item.id, exc.message)
+            return
+        try:
+            self._publish("command", payload)
+        except BusError as exc:
+            log.warning("command event for %d not published: %s", item.id, exc)
 
     # --------------------------------------------------------------------------- plumbing
 

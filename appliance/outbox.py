@@ -1,4 +1,5 @@
-"""The durable outbox: orders and returns the POS handed us, until Leat has them.
+"""The durable outbox: orders, returns and give-back commands the POS handed us, until Leat
+has them.
 
 Durability. One SQLite file (sqlite-utils over our own `sqlite3` connection) in WAL mode
 with `synchronous=FULL`: when `enqueue()` returns, the row is committed and the WAL is
@@ -23,6 +24,15 @@ Returns. A return is due only once its order is DELIVERED here. When its order i
 return is made DEAD too (error `ORDER_NOT_DELIVERED`), and `retry()` of the order revives
 those returns with it. A return whose order is not in the outbox at all (sent before the
 outbox saw it, or pruned after delivery) is not held back: Leat decides.
+
+Commands. A give-back POS command (`appliance.commands_durable`: reverse, release,
+collect-reverse) is kind COMMAND, keyed by its `request_id`, its body `{"verb", "args"}`. It
+belongs to no order, but waits for an older command on the same Leat object that is still
+PENDING or SENDING (the same reward reception or collectable, the same voucher): Leat
+refuses reversing a reception whose collection is not reversed yet, so "reverse the
+collection, then the reception" must reach Leat in that order. An outbox made before
+commands existed is rebuilt once by `prepare` to take them, keeping every row, id and its
+mark (`outbox_guard.migrate`).
 """
 
 from __future__ import annotations
@@ -66,6 +76,7 @@ class Kind(StrEnum):
 
     ORDER = "order"
     RETURN = "return"
+    COMMAND = "command"  # a give-back POS command: external_identifier is its request_id
 
 
 class OutboxFull(OutboxError):
@@ -134,6 +145,34 @@ def backoff_delay(
 
 
 _RNG = random.Random()
+
+
+def _subject(table: str) -> str:
+    """SQL for the Leat object a command acts on (NULL: none known; an unreadable body too):
+    a reward reception (`reception_uuid`, or `collectable_uuid`, the same uuid) or a voucher."""
+    body = f"{table}.body"
+    return (f"(CASE WHEN json_valid({body}) THEN coalesce("
+            f"json_extract({body}, '$.args.reception_uuid'), "
+            f"json_extract({body}, '$.args.collectable_uuid'), "
+            f"json_extract({body}, '$.args.voucher_uuid')) END)")
+
+
+# PENDING and due; a return not before its order is delivered; a command not before older
+# unfinished commands on the same Leat object (constants only).
+_DUE: Final = (
+    """SELECT * FROM outbox AS r
+    WHERE r.state = 'pending' AND r.next_attempt_at <= ?
+      AND (r.kind != 'return' OR r.order_external_identifier IS NULL
+           OR NOT EXISTS (SELECT 1 FROM outbox AS o
+                          WHERE o.kind = 'order'
+                            AND o.external_identifier = r.order_external_identifier
+                            AND o.state != 'delivered'))
+      AND (r.kind != 'command' OR NOT EXISTS (
+           SELECT 1 FROM outbox AS c
+           WHERE c.kind = 'command' AND c.id < r.id AND c.state IN ('pending', 'sending')
+             AND """  # noqa: S608
+    + _subject("c") + " = " + _subject("r") + "))\n    ORDER BY r.id LIMIT ?"
+)
 
 
 def _item(row: sqlite3.Row) -> Item:
@@ -275,9 +314,10 @@ class Outbox:
 
     @staticmethod
     def _ready(conn: sqlite3.Connection) -> bool:
-        """WAL is set and the schema has outbox_meta (a per-thread open never changes them)."""
+        """WAL is set and the schema is current, with outbox_meta (a per-thread open never
+        changes them: `prepare` does, under the directory lock)."""
         mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-        return mode == "wal" and guard.read_meta(conn) is not None
+        return mode == "wal" and guard.read_meta(conn) is not None and guard.current(conn)
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -371,7 +411,7 @@ class Outbox:
         kind = Kind(kind)
         if not isinstance(external_identifier, str) or not external_identifier:
             raise OutboxError("external_identifier must be a non-empty string")
-        if kind is Kind.ORDER and order_external_identifier is not None:
+        if kind is not Kind.RETURN and order_external_identifier is not None:
             raise OutboxError("only a return belongs to an order (order_external_identifier)")
         text = canonical_json(body)
         self._check_damage()
@@ -457,7 +497,8 @@ class Outbox:
     # -- the forwarder side ----------------------------------------------------------------
 
     def due(self, now: float | None = None, limit: int = 16) -> list[Item]:
-        """PENDING items whose time has come, oldest first; a return only after its order.
+        """PENDING items whose time has come, oldest first; a return only after its order,
+        a command only after older unfinished commands on the same Leat object.
 
         Returns whose order is DEAD are made DEAD here; a row that cannot be read back is
         made DEAD (logged) rather than blocking the queue.
@@ -466,14 +507,7 @@ class Outbox:
         self._kill_orphaned_returns()
         with self._read() as conn:
             rows = conn.execute(
-                """SELECT * FROM outbox AS r
-                WHERE r.state = 'pending' AND r.next_attempt_at <= ?
-                  AND (r.kind = 'order' OR r.order_external_identifier IS NULL
-                       OR NOT EXISTS (SELECT 1 FROM outbox AS o
-                                      WHERE o.kind = 'order'
-                                        AND o.external_identifier = r.order_external_identifier
-                                        AND o.state != 'delivered'))
-                ORDER BY r.id LIMIT ?""",
+                _DUE,
                 (now, limit),
             ).fetchall()
         items: list[Item] = []

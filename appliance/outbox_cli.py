@@ -3,11 +3,13 @@
 `list` prints an aligned table (or one JSON object per line with `--json`); `show` prints
 one item with its body pretty-printed. Both open the file read-only and never create one (a
 missing outbox is an error). Bodies are shown as the POS sent them, except that a
-`contact.email` is masked. `drop` only acts with `--yes` (it prints what it would remove
-otherwise). Unknown ids and refused transitions print an error and exit 1. `repair` says
-why a damaged outbox refuses orders; with `--accept-loss` it makes it usable again
-(`outbox_guard.repair`). Run as root, the files are given back to the state directory's
-owner afterwards, so the service user can still write them.
+`contact.email` and a command's `release_key` are masked. A give-back command (kind
+`command`) is listed under its verb, keyed by the POS's request_id. `drop` only acts with
+`--yes` (it prints what it would remove otherwise). Unknown ids and refused transitions
+print an error and exit 1. `repair` says why a damaged outbox refuses orders; with
+`--accept-loss` it makes it usable again (`outbox_guard.repair`). Run as root, the files
+are given back to the state directory's owner afterwards, so the service user can still
+write them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, TextIO
 from appliance import outbox_guard
 from appliance.config import DEFAULT_PATH
 from appliance.errors import OutboxError
-from appliance.outbox import Item, Outbox, State
+from appliance.outbox import Item, Kind, Outbox, State
 from appliance.privacy import mask_email
 
 log = logging.getLogger(__name__)
@@ -172,7 +174,7 @@ def _row(item: Item, now: float) -> tuple[str, ...]:
     if len(error) > ERROR_WIDTH:
         error = error[: ERROR_WIDTH - 1] + "…"
     return (
-        str(item.id), str(item.kind), item.external_identifier,
+        str(item.id), kind_label(item), item.external_identifier,
         str(item.state) + (" ?" if item.ambiguous else ""), str(item.attempts),
         duration(now - item.created_at), next_in, error or "-",
     )
@@ -187,10 +189,13 @@ def _show(args: argparse.Namespace, outbox: Outbox, out: TextIO) -> int:
         print(json.dumps(data, sort_keys=True, ensure_ascii=False), file=out)
         return 0
     now = outbox.now()
-    print(f"item {item.id}: {item.kind} {item.external_identifier}", file=out)
+    command = item.kind is Kind.COMMAND
+    print(f"item {item.id}: {kind_label(item)} {item.external_identifier}", file=out)
+    lookup = ("Leat is asked whether it took effect before sending again" if command
+              else "look up before re-posting")
     lines = [
-        ("state", str(item.state) + (" (ambiguous: look up before re-posting)"
-                                     if item.ambiguous else "")),
+        ("state", str(item.state) + (f" (ambiguous: {lookup})" if item.ambiguous else "")),
+        ("request id", item.external_identifier if command else None),
         ("order", item.order_external_identifier),
         ("customer", item.customer_identifier),
         ("transaction", item.transaction),
@@ -227,14 +232,33 @@ def _drop(args: argparse.Namespace, outbox: Outbox, out: TextIO) -> int:
     return 0
 
 
+def kind_label(item: Item) -> str:
+    """`order`, `return`, or a command's verb (`command` when it has none)."""
+    verb = item.body.get("verb")
+    if item.kind is Kind.COMMAND and isinstance(verb, str) and verb:
+        return verb
+    return str(item.kind)
+
+
+def mask_key(key: str) -> str:
+    """A release key shown by its first 4 characters only (it unlocks a voucher)."""
+    return key[:4] + "…" if len(key) > 4 else "…"
+
+
 def as_json(item: Item) -> dict[str, Any]:
-    """The item as a JSON-ready dict, with `body.contact.email` masked."""
+    """The item as a JSON-ready dict, `body.contact.email` and a command's
+    `args.release_key` masked."""
     body = dict(item.body)
     contact = body.get("contact")
     if isinstance(contact, dict) and isinstance(contact.get("email"), str):
         body["contact"] = {**contact, "email": mask_email(contact["email"])}
+    args = body.get("args")
+    if isinstance(args, dict) and isinstance(args.get("release_key"), str):
+        body["args"] = {**args, "release_key": mask_key(args["release_key"])}
+    verb = body.get("verb") if item.kind is Kind.COMMAND else None
     return {
-        "id": item.id, "kind": str(item.kind), "external_identifier": item.external_identifier,
+        "id": item.id, "kind": str(item.kind), "verb": verb if isinstance(verb, str) else None,
+        "external_identifier": item.external_identifier,
         "order_external_identifier": item.order_external_identifier, "body": body,
         "customer_identifier": item.customer_identifier, "transaction": item.transaction,
         "state": str(item.state), "attempts": item.attempts,

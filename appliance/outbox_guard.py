@@ -52,10 +52,11 @@ MAX_FLAG_BYTES: Final = 4096
 
 # Plain DDL rather than sqlite-utils' create(): it cannot express the CHECK constraints that
 # keep a bad write from ever reaching the file.
-SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS outbox (
+KINDS: Final = ("order", "return", "command")
+_TABLE: Final = """
+CREATE TABLE IF NOT EXISTS {name} (
     id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL CHECK (kind IN ('order', 'return')),
+    kind TEXT NOT NULL CHECK (kind IN ('order', 'return', 'command')),
     external_identifier TEXT NOT NULL CHECK (length(external_identifier) > 0),
     order_external_identifier TEXT,
     body TEXT NOT NULL,
@@ -71,15 +72,59 @@ CREATE TABLE IF NOT EXISTS outbox (
     error_code INTEGER,
     error_message TEXT
 );
+"""
+_COLUMNS: Final = (
+    "id, kind, external_identifier, order_external_identifier, body, customer_identifier, "
+    "pos_transaction, state, attempts, next_attempt_at, created_at, updated_at, ambiguous, "
+    "result, error_code, error_message"
+)
+_INDEXES: Final = """
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_kind_external ON outbox (kind, external_identifier);
 CREATE INDEX IF NOT EXISTS outbox_state_next ON outbox (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_state_updated ON outbox (state, updated_at);
+"""
+SCHEMA: Final = _TABLE.format(name="outbox") + _INDEXES + """
 CREATE TABLE IF NOT EXISTS outbox_meta (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     identity TEXT NOT NULL,
     stored INTEGER NOT NULL CHECK (stored >= 0)
 );
 """
+# Rebuilds an outbox made before commands (its CHECK allowed only 'order' and 'return'): SQLite
+# cannot change a CHECK in place (https://www.sqlite.org/lang_altertable.html#otheralter, the
+# "12 steps"), so the rows move to a new table with the same ids; `outbox_meta` and the mark
+# (identity, stored, last id) stay as they are and still describe the database.
+_MIGRATE_COMMANDS: Final = (
+    "BEGIN IMMEDIATE;"  # noqa: S608 (constants only)
+    + _TABLE.format(name="outbox_new")
+    + f"INSERT INTO outbox_new ({_COLUMNS}) SELECT {_COLUMNS} FROM outbox ORDER BY id;"  # noqa: S608
+    + "DROP TABLE outbox;"
+    + "ALTER TABLE outbox_new RENAME TO outbox;"
+    + _INDEXES
+    + "COMMIT;"
+)
+
+
+def current(conn: sqlite3.Connection) -> bool:
+    """True when the outbox table takes every kind (False: it needs `migrate`; no table: True)."""
+    row = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").fetchone()
+    return row is None or "'command'" in str(row[0])
+
+
+def migrate(conn: sqlite3.Connection) -> bool:
+    """Bring an older outbox table up to the current schema, keeping every row and its id;
+    True when it did. One transaction: a crash leaves the old table or the new one whole."""
+    if current(conn):
+        return False
+    try:
+        conn.executescript(_MIGRATE_COMMANDS)
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+    log.info("outbox: table rebuilt to take commands (every row kept)")
+    return True
 
 
 class OutboxDamaged(OutboxError):
@@ -403,6 +448,7 @@ def _settle(conn: sqlite3.Connection, path: Path) -> Mark:
         if str(mode).lower() != "wal":
             raise OutboxError(f"cannot switch {path} to WAL (journal_mode={mode})")
     conn.execute("PRAGMA synchronous = FULL")
+    migrate(conn)
     conn.executescript(SCHEMA)
     with conn:
         conn.execute("INSERT OR IGNORE INTO outbox_meta (id, identity, stored) "

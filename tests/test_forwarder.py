@@ -722,7 +722,7 @@ def test_forwarder_unexplained_find_keeps_the_order_pending_with_an_alert(
         assert held is not None
         assert (held.state, held.ambiguous) == (State.PENDING, True)
         assert forwarder.alert is not None
-        assert "1 order(s) held" in forwarder.alert
+        assert "1 item(s) held" in forwarder.alert
         assert forwarder.reachable is True  # Leat answered; it is not an outage
         clock.advance(400)
     state_payload = {  # what the daemon's `state` shows (contract: state.schema.json)
@@ -753,7 +753,7 @@ def test_forwarder_alert_survives_an_outage_and_counts_items(
     sandbox.faults.set(status=404, body="Not Found", only_paths=(FIND,))
     assert forwarder.drain_once() == 2
     assert forwarder.alert is not None
-    assert forwarder.alert.startswith("2 order(s) held")
+    assert forwarder.alert.startswith("2 item(s) held")
     sandbox.faults.set(outage=True)  # Leat unreachable: nothing was understood or resolved
     clock.advance(400)
     forwarder.drain_once()

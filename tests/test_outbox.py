@@ -357,6 +357,45 @@ def test_return_of_dead_order_dies_and_revives_with_it(box: Outbox) -> None:
     assert [i.id for i in box.due()] == [order.id]
 
 
+def test_command_is_idempotent_on_its_request_id_and_never_held_back(box: Outbox) -> None:
+    body = {"verb": "voucher.release", "args": {"voucher_uuid": "v-1", "release_key": "k"}}
+    order = box.enqueue(Kind.ORDER, "A-1", order_body("A-1")).item
+    box.enqueue(Kind.RETURN, "R-1", {}, order_external_identifier="A-1")
+    box.mark_dead(order.id, code=1003, message="invalid")  # its return dies with it
+    first = box.enqueue(Kind.COMMAND, "REQ-1", body, transaction="T-1")
+    again = box.enqueue(Kind.COMMAND, "REQ-1", body, transaction="T-1")
+    assert first.created and not again.created and again.item.id == first.item.id
+    assert (first.item.kind, first.item.transaction) == (Kind.COMMAND, "T-1")
+    with pytest.raises(OutboxConflict, match=f"item {first.item.id}"):
+        box.enqueue(Kind.COMMAND, "REQ-1", {**body, "verb": "voucher.reverse"})
+    with pytest.raises(OutboxError, match="only a return belongs to an order"):
+        box.enqueue(Kind.COMMAND, "REQ-2", body, order_external_identifier="A-1")
+    assert [i.id for i in box.due()] == [first.item.id]  # the dead order holds nothing back
+    assert box.find(Kind.COMMAND, "REQ-1") == first.item
+
+
+def test_command_waits_for_an_older_unfinished_command_on_the_same_object(box: Outbox) -> None:
+    def add(request_id: str, verb: str, **args: str) -> int:
+        return box.enqueue(Kind.COMMAND, request_id, {"verb": verb, "args": args}).item.id
+
+    uncollect = add("Q-1", "reward.collect_reverse", redemption_uuid="red-1",
+                    collectable_uuid="rec-1")
+    reverse = add("Q-2", "reward.reverse", reception_uuid="rec-1")
+    other = add("Q-3", "reward.reverse", reception_uuid="rec-2")
+    release = add("Q-4", "voucher.release", voucher_uuid="v-1", release_key="k")
+    unredeem = add("Q-5", "voucher.reverse", voucher_uuid="v-1")
+    loose = add("Q-6", "reward.collect_reverse", redemption_uuid="red-9")  # no object known
+    box.connection.execute("UPDATE outbox SET body = '{broken' WHERE id = ?", (loose,))
+    box.connection.commit()
+    assert [i.id for i in box.due()] == [uncollect, other, release]  # broken: made dead
+    assert box.claim(uncollect) is not None
+    assert [i.id for i in box.due()] == [other, release]  # still waits while it is sending
+    box.mark_delivered(uncollect, {})
+    box.claim(release)
+    box.mark_dead(release, code=1003, message="wrong key")
+    assert [i.id for i in box.due()] == [reverse, other, unredeem]
+
+
 def test_corrupted_row_is_outbox_error_and_dead_in_due(box: Outbox, path: Path) -> None:
     good = box.enqueue(Kind.ORDER, "A-1", {"ok": 1}).item
     bad = box.enqueue(Kind.ORDER, "A-2", {"ok": 2}).item
@@ -600,6 +639,29 @@ def test_cli_show_masks_only_contact_email(box: Outbox, filled: dict[str, int]) 
     stored = box.get(filled["pending"])
     assert stored is not None
     assert stored.body["contact"]["email"] == "jan@example.com"  # only the display is masked
+
+
+def test_cli_lists_and_shows_a_command_by_its_verb_key_masked(box: Outbox, clock: Clock) -> None:
+    args = {"voucher_uuid": "v-1", "release_key": "KEY-SECRET-123", "code": "SPRING-2X7Q"}
+    item = box.enqueue(Kind.COMMAND, "REQ-7", {"verb": "voucher.release", "args": args},
+                       transaction="T-7").item
+    box.claim(item.id)
+    box.mark_retry(item.id, delay_s=60, error="timeout", ambiguous=True)
+    code, out = cli(box, "list")
+    assert code == 0
+    assert out.splitlines()[1].split()[:5] == ["1", "voucher.release", "REQ-7", "pending", "?"]
+    code, out = cli(box, "show", str(item.id))
+    assert code == 0
+    assert out.splitlines()[0] == "item 1: voucher.release REQ-7"
+    assert "request id:   REQ-7" in out
+    assert "Leat is asked whether it took effect" in out
+    assert "KEY-SECRET-123" not in out and '"release_key": "KEY-…"' in out
+    code, out = cli(box, "show", str(item.id), "--json")
+    data = json.loads(out)
+    assert (data["kind"], data["verb"]) == ("command", "voucher.release")
+    assert data["body"]["args"]["release_key"] == "KEY-…"
+    stored = box.get(item.id)
+    assert stored is not None and stored.body["args"] == args  # only the display is masked
 
 
 def test_cli_unknown_id_exits_1(box: Outbox, capsys: pytest.CaptureFixture[str]) -> None:

@@ -485,3 +485,94 @@ def test_damage_is_logged_at_error(path: Path, caplog: pytest.LogCaptureFixture)
         Outbox.prepare(path)
     assert any(r.levelno == logging.ERROR and "empty (0 bytes)" in r.getMessage()
                for r in caplog.records)
+
+
+# -- commands: an outbox made before them is rebuilt in place -----------------------------
+
+OLD_SCHEMA = outbox_guard.SCHEMA.replace("('order', 'return', 'command')", "('order', 'return')")
+
+
+def old_outbox(path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """An outbox as the code before commands made it (its schema, its mark), holding an order
+    in every state and a return; its rows."""
+    assert OLD_SCHEMA != outbox_guard.SCHEMA
+    with monkeypatch.context() as old:
+        old.setattr(outbox_guard, "SCHEMA", OLD_SCHEMA)
+        old.setattr(outbox_guard, "current", lambda conn: True)
+        fill(path, 4)
+        with Outbox(path, min_free_bytes=0) as box:
+            box.enqueue(Kind.RETURN, "R-1", {"r": 1}, order_external_identifier="A-0",
+                        transaction="T-9")
+            for item_id in (1, 2, 3):
+                assert box.claim(item_id) is not None
+            box.mark_delivered(1, {"points": 25})
+            box.mark_dead(2, code=1003, message="refused")
+            box.mark_retry(3, delay_s=5, error="timeout", ambiguous=True)
+            with pytest.raises(sqlite3.IntegrityError):  # the old CHECK refuses a command
+                box.connection.execute(
+                    "INSERT INTO outbox (kind, external_identifier, body, state, "
+                    "next_attempt_at, created_at, updated_at) "
+                    "VALUES ('command', 'X', '{}', 'pending', 0, 0, 0)")
+    return rows(path)
+
+
+def rows(path: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT * FROM outbox ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_outbox_from_before_commands_is_migrated_keeping_every_row(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = old_outbox(path, monkeypatch)
+    mark = MarkFile(outbox_guard.mark_path(path)).read()
+    assert mark is not None and mark.stored == 5
+    with Outbox(path, min_free_bytes=0) as box:  # not current: prepare() rebuilds it
+        assert box.damage() is None
+        assert rows(path) == before  # every row, id and column as it was
+        added = box.enqueue(Kind.COMMAND, "REQ-1", {"verb": "voucher.release", "args": {}})
+        assert added.item.id == 6 and added.created
+        assert [i.state for i in box.items()] == [
+            "delivered", "dead", "pending", "pending", "pending", "pending"]
+        assert box.find(Kind.RETURN, "R-1") is not None
+        with pytest.raises(sqlite3.IntegrityError):  # the new CHECK still guards the kinds
+            box.connection.execute(
+                "INSERT INTO outbox (kind, external_identifier, body, state, "
+                "next_attempt_at, created_at, updated_at) "
+                "VALUES ('coupon', 'X', '{}', 'pending', 0, 0, 0)")
+    assert MarkFile(outbox_guard.mark_path(path)).read() == Mark(mark.identity, 6, 6)
+    conn = sqlite3.connect(path)
+    try:
+        indexes = {r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox'")}
+        assert {"outbox_kind_external", "outbox_state_next", "outbox_state_updated"} <= indexes
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+    Outbox.prepare(path)  # again: current, nothing to do
+    assert len(rows(path)) == 6
+
+
+def test_migration_that_fails_leaves_the_old_table_whole(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = old_outbox(path, monkeypatch)
+    broken = outbox_guard._MIGRATE_COMMANDS.replace("DROP TABLE outbox;", "DROP TABLE nope;")
+    monkeypatch.setattr(outbox_guard, "_MIGRATE_COMMANDS", broken)
+    with pytest.raises(OutboxError):
+        Outbox.prepare(path)
+    assert rows(path) == before
+    conn = sqlite3.connect(path)
+    try:
+        assert not outbox_guard.current(conn)
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'outbox_new'"
+                            ).fetchone() is None
+    finally:
+        conn.close()
+    monkeypatch.undo()
+    with Outbox(path, min_free_bytes=0) as box:
+        assert box.depth() == 3
+    assert rows(path) == before
