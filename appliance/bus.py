@@ -16,8 +16,10 @@ instead of making us read it (MQTT 5.0 §3.1.2.11.4).
 
 Connection: `start()` never blocks on the broker. paho connects in the background and
 reconnects by itself (1 s, doubling up to 30 s). On every successful (re)connect the bus
-re-subscribes its handlers and republishes retained `availability` ("online"), `info` and
-the latest `state`, since a broker restarted without persistence forgets retained messages.
+re-subscribes its handlers and republishes retained `info`, the latest `state` and then
+`availability` ("online"), in that order (a broker handles one client's packets in order),
+since a broker restarted without persistence forgets retained messages, and a POS that
+reads the capabilities when "online" arrives must find this run's `info` already there.
 A refused connection (bad credentials, not authorised) is never reported as connected.
 
 Queueing: QoS 1 events published while disconnected wait in paho's in-memory queue, bounded
@@ -408,14 +410,15 @@ class MqttBus:
                     return
                 self._last_problem = None
                 lost_at, self._lost_at = self._lost_at, None
-                # Subscribe first: the broker handles our packets in order, so once "online"
-                # is seen, the subscriptions are in place.
+                # The broker handles our packets in order, so once "online" is seen, the
+                # subscriptions are in place and `info` and `state` are current: a POS that
+                # reads the capabilities on "online" never sees the previous run's.
                 if self._handlers:
                     client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._handlers])
-                self._publish_status("availability", ONLINE)
                 self._publish_status("info", self._info)
                 if self._state is not None:
                     self._publish_status("state", self._state)
+                self._publish_status("availability", ONLINE)
                 self._drop_expired()
                 while self._expiring:
                     item = self._expiring.popleft()
