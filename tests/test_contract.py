@@ -284,11 +284,18 @@ def test_asyncapi_describes_mqtt5_request_fields_as_bindings() -> None:
     assert request["responseTopic"]["maxLength"] == MAX_TOPIC_BYTES
     assert "correlationData" in components["messageBindings"]["response"]["mqtt"]
     assert "messageExpiryInterval" in components["operationBindings"]["request"]["mqtt"]
-    for name in ("orderRequest", "returnRequest", "response"):
-        message = components["messages"][name]
-        kind = "response" if name == "response" else "request"
-        assert message["bindings"] == {"$ref": f"#/components/messageBindings/{kind}"}
-        assert message["correlationId"] == {"$ref": "#/components/correlationIds/request"}
+    bindings = {"response": [document["channels"]["responses"]], "request": [
+        c for c in document["channels"].values() if c["address"].startswith(f"{PREFIX}request/")
+    ]}
+    for kind, channels in bindings.items():  # every request message, and the response
+        for channel in channels:
+            for ref in channel["messages"].values():
+                message = _pointer(document, ref["$ref"])
+                assert isinstance(message, dict)
+                assert message["bindings"] == {"$ref": f"#/components/messageBindings/{kind}"}
+                assert message["correlationId"] == {
+                    "$ref": "#/components/correlationIds/request"
+                }
     reply = components["replies"]["response"]
     assert reply["address"]["location"] == "$message.header#/responseTopic"
     identification = document["operations"]["publishIdentification"]["bindings"]["mqtt"]
