@@ -250,6 +250,8 @@ def test_asyncapi_and_readme_list_every_topic_the_code_publishes() -> None:
     assert "response/{verb}" in addresses
     for topic in ("request/<verb>", "response/<verb>", "events/command"):
         assert f"| `{topic}` |" in readme, topic
+    # a POS learns how to receive the events/* it missed while away
+    assert "persistent session" in readme and "clean start false" in readme
 
 
 def test_asyncapi_verb_enum_is_the_device_verb_table() -> None:
