@@ -9,7 +9,7 @@ what it holds before going offline. Public methods are safe to call from any thr
 
 Size: the broker provisioned with the device refuses packets over
 `BROKER_MAX_PACKET_BYTES` (mosquitto `max_packet_size`), well above the request limit
-(`appliance.orders`), so that the device itself answers a too large request. The device
+(`appliance.pos.intake`), so that the device itself answers a too large request. The device
 also tells the broker the largest packet it takes (MQTT v5 Maximum Packet Size,
 `MAX_PACKET_BYTES`): a broker without a limit of its own then drops a huge message for us
 instead of making us read it (MQTT 5.0 §3.1.2.11.4).
@@ -78,7 +78,7 @@ Handler = Callable[[Message], None]
 
 
 class Service(Protocol):
-    """Requests served off paho's network thread (`appliance.orders.OrderRequests`)."""
+    """Requests served off paho's network thread (`appliance.pos.intake.OrderRequests`)."""
 
     def on_message(self, message: Message) -> None:
         """Called on paho's thread: queue the message for the worker, or refuse it at once."""

@@ -7,7 +7,7 @@ Threads (DESIGN.md "Concurrency"):
   OFFLINE feedback) and is retried with backoff (1 s doubling to 60 s); nothing else stops;
 - worker: classify -> publish -> feedback, one scan at a time;
 - forwarder (when Leat is configured): drains the order outbox to Leat (`forwarder.py`);
-  POS order requests are answered on their own worker (`orders.py`), which wakes it;
+  POS order requests are answered on their own worker (`pos/intake.py`), which wakes it;
 - state: publishes the retained state when it changes (at most once a second) and every
   `state_interval_s`; an error is logged once and reported, never fatal;
 - main (`run`): the supervisor. It tells systemd READY=1 once the threads run (never
@@ -37,10 +37,10 @@ from appliance.decode import Decoder, Scan
 from appliance.errors import CameraError
 from appliance.feedback import FeedbackLike, FeedbackState, Signal, open_feedback
 from appliance.forwarder import Forwarder, TokenSettings
-from appliance.orders import OrderRequests
 from appliance.outbox import Outbox, outbox_state
 from appliance.outbox_guard import OutboxDamaged
 from appliance.pipeline import ScanHandler
+from appliance.pos.intake import OrderRequests
 from appliance.resolve import Resolver
 from appliance.sdnotify import Notifier
 

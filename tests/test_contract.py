@@ -145,7 +145,7 @@ def test_contract_asyncapi_references_existing_schemas() -> None:
 
 
 def test_contract_every_request_error_code_is_documented() -> None:
-    from appliance.orders import ERRORS
+    from appliance.pos.errors import ERRORS
 
     enum = contract.schema("response")["properties"]["error"]["anyOf"][1]["properties"]["code"]
     assert tuple(enum["enum"]) == ERRORS
