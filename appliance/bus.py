@@ -36,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import paho.mqtt.client as mqtt
@@ -68,6 +68,10 @@ class Message:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
+    # MQTT v5 message expiry: the broker sends the lifetime left (MQTT 5.0 §3.3.2.3.3), so
+    # the request expires `expiry_s` after `received_at` (time.monotonic()).
+    expiry_s: int | None = None
+    received_at: float = field(default_factory=time.monotonic, compare=False)
 
     def json(self) -> Any:
         """The payload decoded as UTF-8 JSON (raises ValueError when it is not)."""
@@ -461,6 +465,7 @@ class MqttBus:
             response_topic=getattr(props, "ResponseTopic", None),
             correlation_data=getattr(props, "CorrelationData", None),
             user_properties=tuple(getattr(props, "UserProperty", ())),
+            expiry_s=getattr(props, "MessageExpiryInterval", None),
         )
         with self._lock:
             items = list(self._handlers.items())

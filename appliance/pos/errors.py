@@ -19,6 +19,12 @@ ERRORS: Final = (
     "busy",  # BACKLOG requests already wait: send it again shortly
     "not_configured",  # no Leat configured, or an anonymous order without token settings
     "internal",
+    "offline",  # a command: Leat not reachable or not within the deadline; nothing was taken
+    "leat_rejected",  # a command: Leat refused (its code and message)
+    "expired",  # a value-taking command that arrived after its expiry: never run late
+    "not_applied",  # Leat's answer was lost, and Leat shows the call did not happen
+    "release_key_lost",  # voucher.lock happened but its answer (the release key) was lost
+    "unknown",  # status unknown: the outcome follows on events/command
 )
 
 

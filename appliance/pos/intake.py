@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from jsonschema import ValidationError
 from jsonschema.exceptions import best_match
@@ -39,7 +39,11 @@ from appliance.errors import OutboxError
 from appliance.outbox import Item, Kind, Outbox, OutboxConflict, OutboxFull
 from appliance.outbox_guard import OutboxDamaged
 from appliance.pos.amounts import check_amounts
+from appliance.pos.commands import VERBS as COMMANDS
 from appliance.pos.errors import RequestError, clip
+
+if TYPE_CHECKING:
+    from appliance.pos.runner import Commands  # imports httpx: only with Leat
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,7 @@ class OrderRequests:
         wake: threading.Event | None = None,
         claim_url: Callable[[Item], str | None] | None = None,
         backlog: int = BACKLOG,
+        commands: Commands | None = None,
     ) -> None:
         self._path = outbox_path
         self._reply = reply
@@ -91,6 +96,7 @@ class OrderRequests:
         self._shop_uuid = shop_uuid
         self._wake = wake
         self._claim_url = claim_url
+        self._commands = commands
         self._jobs: queue.Queue[tuple[Message, str] | None] = queue.Queue(maxsize=backlog)
         self._lock = threading.Lock()
         self._closed = False
@@ -104,6 +110,8 @@ class OrderRequests:
         """Start the worker thread (once)."""
         with self._lock:
             if self._worker is None and not self._closed:
+                if self._commands is not None:
+                    self._commands.resume()
                 self._worker = threading.Thread(target=self._work, name="requests", daemon=True)
                 self._worker.start()
 
@@ -125,6 +133,8 @@ class OrderRequests:
         except queue.Full:
             log.warning("requests: the worker did not take its stop within %.1f s", timeout)
         worker.join(timeout)
+        if self._commands is not None:
+            self._commands.close()
 
     @property
     def busy_since(self) -> float | None:
@@ -149,7 +159,8 @@ class OrderRequests:
     def _answer(self, message: Message, topic: str) -> None:
         self._busy_since = time.monotonic()
         try:
-            self._send(topic, self.handle(_verb(message.topic), message.payload), message)
+            self._send(topic, self.handle(_verb(message.topic), message.payload, message),
+                       message)
         except Exception:  # top of a thread loop: serve the next request
             log.exception("requests: answering %s failed", clip(message.topic, 64))
         finally:
@@ -222,8 +233,10 @@ class OrderRequests:
 
     # ------------------------------------------------------------------ the work
 
-    def handle(self, verb: str, payload: bytes) -> dict[str, Any]:
-        """Process one request payload; returns the response (never raises)."""
+    def handle(self, verb: str, payload: bytes, message: Message | None = None
+               ) -> dict[str, Any]:
+        """Process one request payload; returns the response (never raises). `message`
+        (its arrival and MQTT v5 expiry) times a command."""
         transaction: str | None = None
         try:
             if len(payload) > MAX_REQUEST_BYTES:
@@ -233,6 +246,8 @@ class OrderRequests:
             if self._path is None:
                 transaction = _transaction_of(payload)
                 raise RequestError("not_configured", "Leat is not configured on this device")
+            if verb in COMMANDS:
+                return self._command(verb, payload, message)
             if verb not in VERBS:
                 raise RequestError("invalid_request", f"unknown request {verb!r}")
             request = parse(payload)
@@ -261,6 +276,26 @@ class OrderRequests:
             "claim_url": self._claim(item),
             "warnings": warnings,
         })
+
+    def _command(self, verb: str, payload: bytes, message: Message | None) -> dict[str, Any]:
+        """A command (`commands.VERBS`): validated here, run by `runner.Commands`."""
+        request = parse(payload)
+        transaction = _transaction(request)
+        try:
+            if self._commands is None:
+                raise RequestError("not_configured", "commands need Leat configured")
+            _check_schema(COMMANDS[verb].schema, request)
+        except RequestError as exc:
+            log.info("command %s refused: %s (%s)", clip(verb, 64), exc.code, exc)
+            response = _response(transaction, error=exc)
+            request_id = request.get("request_id")
+            return {**response, "request_id": request_id if isinstance(request_id, str)
+                    and len(request_id) <= 128 else None}
+        received = message.received_at if message is not None else time.monotonic()
+        return self._commands.handle(
+            verb, request, received_at=received,
+            expiry_s=message.expiry_s if message is not None else None,
+        )
 
     def _open(self) -> Outbox:
         outbox: Outbox | None = getattr(self._local, "outbox", None)
