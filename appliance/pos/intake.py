@@ -238,6 +238,7 @@ class OrderRequests:
         """Process one request payload; returns the response (never raises). `message`
         (its arrival and MQTT v5 expiry) times a command."""
         transaction: str | None = None
+        echo: dict[str, Any] = {}  # an order's optional request_id, echoed
         try:
             if len(payload) > MAX_REQUEST_BYTES:
                 raise RequestError(
@@ -252,6 +253,8 @@ class OrderRequests:
                 raise RequestError("invalid_request", f"unknown request {verb!r}")
             request = parse(payload)
             transaction = _transaction(request)
+            if isinstance(request.get("request_id"), str):
+                echo = {"request_id": request["request_id"][:128]}
             schema_name, kind = VERBS[verb]
             if kind is Kind.ORDER:
                 _refuse_nested_sub_lines(request)
@@ -259,15 +262,16 @@ class OrderRequests:
             item, created, warnings = self._store(kind, request)
         except RequestError as exc:
             log.info("request %s refused: %s (%s)", clip(verb, 64), exc.code, exc)
-            return _response(transaction, error=exc)
+            return {**_response(transaction, error=exc), **echo}
         except Exception:  # a handler must answer, whatever happened
             log.exception("request %s failed", clip(verb, 64))
-            return _response(transaction, error=RequestError("internal", "internal error"))
+            return {**_response(transaction, error=RequestError("internal", "internal error")),
+                    **echo}
         if self._wake is not None:
             self._wake.set()
         log.info("%s %s stored (outbox id %d%s); %d warning(s)", kind.value, verb, item.id,
                  "" if created else ", duplicate", len(warnings))
-        return _response(transaction, data={
+        return {**_response(transaction, data={
             "outbox_id": item.id,
             "kind": item.kind.value,
             "external_identifier": item.external_identifier,
@@ -275,7 +279,7 @@ class OrderRequests:
             "duplicate": not created,
             "claim_url": self._claim(item),
             "warnings": warnings,
-        })
+        }), **echo}
 
     def _command(self, verb: str, payload: bytes, message: Message | None) -> dict[str, Any]:
         """A command (`commands.VERBS`): validated here, run by `runner.Commands`."""

@@ -99,7 +99,7 @@ class Commands:
         outbox: Outbox | None = getattr(self._local, "outbox", None)
         if outbox is not None:
             outbox.close()
-        self._resolver.close()
+        # not self._resolver.close(): it would close the client the forwarder shares
 
     # ------------------------------------------------------------------ one request
 
