@@ -9,7 +9,7 @@ what it holds before going offline. Public methods are safe to call from any thr
 
 Size: the broker provisioned with the device refuses packets over
 `BROKER_MAX_PACKET_BYTES` (mosquitto `max_packet_size`), well above the request limit
-(`appliance.orders`), so that the device itself answers a too large request. The device
+(`appliance.pos.intake`), so that the device itself answers a too large request. The device
 also tells the broker the largest packet it takes (MQTT v5 Maximum Packet Size,
 `MAX_PACKET_BYTES`): a broker without a limit of its own then drops a huge message for us
 instead of making us read it (MQTT 5.0 §3.1.2.11.4).
@@ -38,7 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import paho.mqtt.client as mqtt
@@ -70,6 +70,10 @@ class Message:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
+    # MQTT v5 message expiry: the broker sends the lifetime left (MQTT 5.0 §3.3.2.3.3), so
+    # the request expires `expiry_s` after `received_at` (time.monotonic()).
+    expiry_s: int | None = None
+    received_at: float = field(default_factory=time.monotonic, compare=False)
 
     def json(self) -> Any:
         """The payload decoded as UTF-8 JSON (raises ValueError when it is not)."""
@@ -80,7 +84,7 @@ Handler = Callable[[Message], None]
 
 
 class Service(Protocol):
-    """Requests served off paho's network thread (`appliance.orders.OrderRequests`)."""
+    """Requests served off paho's network thread (`appliance.pos.intake.OrderRequests`)."""
 
     def on_message(self, message: Message) -> None:
         """Called on paho's thread: queue the message for the worker, or refuse it at once."""
@@ -464,6 +468,7 @@ class MqttBus:
             response_topic=getattr(props, "ResponseTopic", None),
             correlation_data=getattr(props, "CorrelationData", None),
             user_properties=tuple(getattr(props, "UserProperty", ())),
+            expiry_s=getattr(props, "MessageExpiryInterval", None),
         )
         with self._lock:
             items = list(self._handlers.items())

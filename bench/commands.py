@@ -187,15 +187,11 @@ def bench_seed(runs: int) -> dict[str, Any]:
 
 
 def known_verbs() -> set[str]:
-    """The verbs the device answers: the order verbs, and the command verbs when present."""
-    from appliance.orders import VERBS as ORDER_VERBS
+    """The verbs the device answers: the order verbs and the command verbs."""
+    from appliance.pos.commands import VERBS as COMMAND_VERBS
+    from appliance.pos.intake import VERBS as ORDER_VERBS
 
-    verbs = set(ORDER_VERBS)
-    try:
-        from appliance.pos.commands import VERBS as COMMAND_VERBS
-    except ImportError:
-        return verbs
-    return verbs | set(COMMAND_VERBS)
+    return set(ORDER_VERBS) | set(COMMAND_VERBS)
 
 
 def _rid(verb: str, n: int, ctx: Context) -> str:

@@ -149,7 +149,7 @@ def test_contract_asyncapi_references_existing_schemas() -> None:
 
 
 def test_contract_every_request_error_code_is_documented() -> None:
-    from appliance.orders import ERRORS
+    from appliance.pos.errors import ERRORS
 
     enum = contract.schema("response")["properties"]["error"]["anyOf"][1]["properties"]["code"]
     assert tuple(enum["enum"]) == ERRORS
@@ -255,7 +255,10 @@ def test_asyncapi_and_readme_list_every_topic_the_code_publishes() -> None:
 
 
 def test_asyncapi_verb_enum_is_the_device_verb_table() -> None:
-    from appliance.orders import VERBS
+    from appliance.pos.commands import VERBS as COMMAND_VERBS
+    from appliance.pos.intake import VERBS as ORDER_VERBS
+
+    VERBS = {**ORDER_VERBS, **COMMAND_VERBS}  # noqa: N806
 
     document = _asyncapi()
     verb = document["components"]["parameters"]["verb"]
@@ -277,7 +280,7 @@ def test_asyncapi_verb_enum_is_the_device_verb_table() -> None:
 
 
 def test_asyncapi_describes_mqtt5_request_fields_as_bindings() -> None:
-    from appliance.orders import MAX_TOPIC_BYTES
+    from appliance.pos.intake import MAX_TOPIC_BYTES
 
     document = _asyncapi()
     components = document["components"]
