@@ -153,7 +153,8 @@ def test_contact_lookup_create_finds_or_creates_by_email(device: Device) -> None
 def test_voucher_validate_names_the_voucher_and_its_own_contact(device: Device) -> None:
     reply = device.send("voucher.validate", request_id="v-1", code="WELCOME-JANE")
     assert reply["data"]["status"] == "ok" and reply["data"]["voucher"]["valid"] is True
-    assert reply["data"]["contact_uuid"] == JANE
+    assert reply["data"]["voucher"]["contact_uuid"] == JANE
+    assert device.calls("GET", "/vouchers/find") == 1
     used = device.send("voucher.validate", request_id="v-2", code="USED-2025")
     assert used["data"]["status"] == "redeemed" and used["data"]["voucher"]["valid"] is False
 
