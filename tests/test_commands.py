@@ -207,6 +207,27 @@ def test_reward_redeem_names_leats_rejection(
     assert reply["error"]["leat_code"] == leat_code
 
 
+def test_reward_redeem_names_no_stock_and_the_claim_limit(tmp_path: Path) -> None:
+    seed = json.loads((ROOT / "appliance" / "sandbox" / "seed.json").read_text("utf-8"))
+    for reward in seed["rewards"]:
+        if reward["uuid"] == LUNCH:
+            reward.update(required_credits=10, stock=0)
+        if reward["uuid"] == COFFEE:
+            reward["claim_limit"] = 1
+    with LeatSandbox(seed) as server:
+        dev = Device(server, tmp_path / "state")
+        try:
+            empty = dev.send("reward.redeem", **redeem("s-1", reward=LUNCH))
+            assert empty["error"]["leat_code"] == 1018
+            assert dev.send("reward.redeem", **redeem("s-2"))["status"] == "ok"
+            limit = dev.send("reward.redeem", **redeem("s-3"))
+            assert limit["error"]["code"] == "leat_rejected"
+            assert limit["error"]["leat_code"] == 1019
+            assert dev.balance(JANE) == 1200
+        finally:
+            dev.close()
+
+
 def test_reward_redeem_offline_is_named_within_the_deadline_and_may_be_sent_again(
     sandbox: LeatSandbox, tmp_path: Path
 ) -> None:
@@ -292,6 +313,8 @@ def test_value_taking_command_past_its_expiry_is_refused_unsent(device: Device) 
     past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     body = {**redeem("r-past"), "expires_at": past}
     assert device.send("reward.redeem", **body)["error"]["code"] == "expired"
+    nanos = {**redeem("r-nanos"), "expires_at": "2020-01-01T00:00:00.123456789z"}
+    assert device.send("reward.redeem", **nanos)["error"]["code"] == "expired"
     assert device.calls("POST", "/reward-receptions") == 0
     fresh = Message(topic="t", payload=b"", expiry_s=30, received_at=time.monotonic() - 6)
     assert device.send("reward.redeem", fresh, **redeem("r-ok"))["status"] == "ok"
@@ -332,6 +355,17 @@ def test_voucher_lock_then_redeem_with_the_remembered_release_key(device: Device
     twice = device.send("voucher.redeem", request_id="vr-2", code="SPRING-2X7Q",
                         contact_uuid=JANE)
     assert twice["error"]["leat_code"] == 80005
+
+
+def test_voucher_redeem_of_a_voucher_locked_elsewhere_is_refused(device: Device) -> None:
+    other = device.client.lock_voucher("d0d0d0d0-0000-4d00-8000-000000000001")  # another till
+    assert other.release_key
+    wrong = device.send("voucher.redeem", request_id="vw-1", code="SPRING-2X7Q",
+                        contact_uuid=JANE, release_key="not-the-key")
+    assert wrong["error"]["code"] == "leat_rejected" and wrong["error"]["leat_code"] == 80017
+    right = device.send("voucher.redeem", request_id="vw-2", code="SPRING-2X7Q",
+                        contact_uuid=JANE, release_key=other.release_key)
+    assert right["status"] == "ok"
 
 
 @pytest.mark.parametrize(("code", "leat_code"), [("USED-2025", 80005), ("OLD-2024", 80006)])

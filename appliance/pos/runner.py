@@ -10,6 +10,7 @@ a small pool so the worker can answer at the deadline while a slow call finishes
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -344,6 +345,12 @@ def _expiry(received_at: float, expiry_s: float | None, expires_at: str | None,
     if expiry_s is not None:
         candidates.append(received_at + expiry_s)
     if expires_at is not None:
-        left = (datetime.fromisoformat(expires_at) - datetime.now(UTC)).total_seconds()
+        left = (_instant(expires_at) - datetime.now(UTC)).total_seconds()
         candidates.append(time.monotonic() + left)
     return min(candidates) if candidates else received_at + default_s
+
+
+def _instant(text: str) -> datetime:
+    """An RFC 3339 date-time the schema accepted (which allows more than the 6 fraction
+    digits `fromisoformat` reads: they are cut)."""
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text).replace("z", "Z"))
