@@ -6,6 +6,7 @@ against its own."""
 from __future__ import annotations
 
 import json
+import random
 import socket
 import threading
 import time
@@ -436,3 +437,45 @@ def test_readme_rules_table_is_the_one_in_pos_commands() -> None:
     assert table == rules_table()
     for verb in VERBS:
         assert f"| `{verb}` |" in table
+
+
+TEMPLATES: dict[str, dict[str, Any]] = {
+    "contact.lookup": {"identifier": "LC-7F3K9Q2M"},
+    "order.get": {"external_identifier": "pos-1"},
+    "points.preview": {"unit_value": 10},
+    "voucher.validate": {"code": "SPRING-2X7Q"},
+    "reward.redeem": {"contact_uuid": JANE, "reward_uuid": COFFEE},
+    "reward.collect": {"contact_uuid": JANE, "collectable_uuid": JANE_COLLECTABLE},
+    "voucher.lock": {"code": "SPRING-2X7Q"},
+    "voucher.redeem": {"code": "WELCOME-JANE", "contact_uuid": JANE},
+    "reward.reverse": {"reception_uuid": COFFEE},
+    "reward.collect_reverse": {"redemption_uuid": COFFEE},
+    "voucher.release": {"voucher_uuid": COFFEE, "release_key": "k"},
+    "voucher.reverse": {"voucher_uuid": COFFEE},
+}
+
+
+def test_hostile_commands_get_one_named_reply_never_internal(device: Device) -> None:
+    rng = random.Random(20261202)
+    junk: list[Any] = [None, True, -1, 1.5, 10**30, "", "x" * 3000, [], {}, "\u202e", "\u0000",
+                       "not-a-uuid", "2026-13-01T00:00:00Z", "../../x", "a@b"]
+    assert set(TEMPLATES) == set(VERBS)
+    codes: dict[str, int] = {}
+    for n in range(300):
+        verb = rng.choice(list(TEMPLATES))
+        body: dict[str, Any] = {"request_id": f"fz-{n}", **TEMPLATES[verb]}
+        mutation = rng.randrange(6)
+        if mutation == 0:
+            body[rng.choice(list(body))] = rng.choice(junk)
+        elif mutation == 1:
+            del body[rng.choice(list(body))]
+        elif mutation == 2:
+            body[rng.choice(["extra", "expires_at", "transaction", "create", "order"])] = (
+                rng.choice(junk))
+        elif mutation == 3:
+            body["request_id"] = rng.choice(["", "x" * 129, "a b", "\u00e9", "ok-id"])
+        reply = device.send(verb, bad=True, **body)
+        code = reply["status"] if reply["error"] is None else reply["error"]["code"]
+        codes[code] = codes.get(code, 0) + 1
+        assert code != "internal", (verb, body, reply)
+    assert codes.get("invalid_request", 0) > 20 and codes.get("ok", 0) > 20, codes
