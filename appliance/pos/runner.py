@@ -260,8 +260,8 @@ class Commands:
             return reply.error("not_configured", f"{verb} needs the durable command outbox, "
                                "which this build does not have")
         try:
-            _validate_give_back(verb, args)
             stored = verbs.give_back_args(ctx, verb, args)
+            _validate_give_back(verb, stored)
             enqueued = ctx.outbox().enqueue(
                 kind, reply.request_id, {"verb": verb, "args": stored},
                 transaction=reply.transaction,
