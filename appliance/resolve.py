@@ -340,6 +340,7 @@ def voucher_block(voucher: Any, valid: bool) -> dict[str, Any]:
         "name": voucher.name,
         "expires_at": _iso(voucher.expiration_date),
         "valid": valid,
+        "contact_uuid": voucher.contact.uuid if voucher.contact is not None else None,
         "redemptions_remaining": voucher.redemptions_remaining,
         "promotion": promotion.name if promotion is not None else None,
         "attributes": _scalars(promotion.attributes if promotion is not None else {}),

@@ -6,6 +6,7 @@ against its own."""
 from __future__ import annotations
 
 import json
+import random
 import socket
 import threading
 import time
@@ -153,7 +154,8 @@ def test_contact_lookup_create_finds_or_creates_by_email(device: Device) -> None
 def test_voucher_validate_names_the_voucher_and_its_own_contact(device: Device) -> None:
     reply = device.send("voucher.validate", request_id="v-1", code="WELCOME-JANE")
     assert reply["data"]["status"] == "ok" and reply["data"]["voucher"]["valid"] is True
-    assert reply["data"]["contact_uuid"] == JANE
+    assert reply["data"]["voucher"]["contact_uuid"] == JANE
+    assert device.calls("GET", "/vouchers/find") == 1
     used = device.send("voucher.validate", request_id="v-2", code="USED-2025")
     assert used["data"]["status"] == "redeemed" and used["data"]["voucher"]["valid"] is False
 
@@ -204,6 +206,27 @@ def test_reward_redeem_names_leats_rejection(
     assert reply["status"] == "error"
     assert reply["error"]["code"] == "leat_rejected"
     assert reply["error"]["leat_code"] == leat_code
+
+
+def test_reward_redeem_names_no_stock_and_the_claim_limit(tmp_path: Path) -> None:
+    seed = json.loads((ROOT / "appliance" / "sandbox" / "seed.json").read_text("utf-8"))
+    for reward in seed["rewards"]:
+        if reward["uuid"] == LUNCH:
+            reward.update(required_credits=10, stock=0)
+        if reward["uuid"] == COFFEE:
+            reward["claim_limit"] = 1
+    with LeatSandbox(seed) as server:
+        dev = Device(server, tmp_path / "state")
+        try:
+            empty = dev.send("reward.redeem", **redeem("s-1", reward=LUNCH))
+            assert empty["error"]["leat_code"] == 1018
+            assert dev.send("reward.redeem", **redeem("s-2"))["status"] == "ok"
+            limit = dev.send("reward.redeem", **redeem("s-3"))
+            assert limit["error"]["code"] == "leat_rejected"
+            assert limit["error"]["leat_code"] == 1019
+            assert dev.balance(JANE) == 1200
+        finally:
+            dev.close()
 
 
 def test_reward_redeem_offline_is_named_within_the_deadline_and_may_be_sent_again(
@@ -291,6 +314,8 @@ def test_value_taking_command_past_its_expiry_is_refused_unsent(device: Device) 
     past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     body = {**redeem("r-past"), "expires_at": past}
     assert device.send("reward.redeem", **body)["error"]["code"] == "expired"
+    nanos = {**redeem("r-nanos"), "expires_at": "2020-01-01T00:00:00.123456789z"}
+    assert device.send("reward.redeem", **nanos)["error"]["code"] == "expired"
     assert device.calls("POST", "/reward-receptions") == 0
     fresh = Message(topic="t", payload=b"", expiry_s=30, received_at=time.monotonic() - 6)
     assert device.send("reward.redeem", fresh, **redeem("r-ok"))["status"] == "ok"
@@ -331,6 +356,17 @@ def test_voucher_lock_then_redeem_with_the_remembered_release_key(device: Device
     twice = device.send("voucher.redeem", request_id="vr-2", code="SPRING-2X7Q",
                         contact_uuid=JANE)
     assert twice["error"]["leat_code"] == 80005
+
+
+def test_voucher_redeem_of_a_voucher_locked_elsewhere_is_refused(device: Device) -> None:
+    other = device.client.lock_voucher("d0d0d0d0-0000-4d00-8000-000000000001")  # another till
+    assert other.release_key
+    wrong = device.send("voucher.redeem", request_id="vw-1", code="SPRING-2X7Q",
+                        contact_uuid=JANE, release_key="not-the-key")
+    assert wrong["error"]["code"] == "leat_rejected" and wrong["error"]["leat_code"] == 80017
+    right = device.send("voucher.redeem", request_id="vw-2", code="SPRING-2X7Q",
+                        contact_uuid=JANE, release_key=other.release_key)
+    assert right["status"] == "ok"
 
 
 @pytest.mark.parametrize(("code", "leat_code"), [("USED-2025", 80005), ("OLD-2024", 80006)])
@@ -401,3 +437,45 @@ def test_readme_rules_table_is_the_one_in_pos_commands() -> None:
     assert table == rules_table()
     for verb in VERBS:
         assert f"| `{verb}` |" in table
+
+
+TEMPLATES: dict[str, dict[str, Any]] = {
+    "contact.lookup": {"identifier": "LC-7F3K9Q2M"},
+    "order.get": {"external_identifier": "pos-1"},
+    "points.preview": {"unit_value": 10},
+    "voucher.validate": {"code": "SPRING-2X7Q"},
+    "reward.redeem": {"contact_uuid": JANE, "reward_uuid": COFFEE},
+    "reward.collect": {"contact_uuid": JANE, "collectable_uuid": JANE_COLLECTABLE},
+    "voucher.lock": {"code": "SPRING-2X7Q"},
+    "voucher.redeem": {"code": "WELCOME-JANE", "contact_uuid": JANE},
+    "reward.reverse": {"reception_uuid": COFFEE},
+    "reward.collect_reverse": {"redemption_uuid": COFFEE},
+    "voucher.release": {"voucher_uuid": COFFEE, "release_key": "k"},
+    "voucher.reverse": {"voucher_uuid": COFFEE},
+}
+
+
+def test_hostile_commands_get_one_named_reply_never_internal(device: Device) -> None:
+    rng = random.Random(20261202)
+    junk: list[Any] = [None, True, -1, 1.5, 10**30, "", "x" * 3000, [], {}, "\u202e", "\u0000",
+                       "not-a-uuid", "2026-13-01T00:00:00Z", "../../x", "a@b"]
+    assert set(TEMPLATES) == set(VERBS)
+    codes: dict[str, int] = {}
+    for n in range(300):
+        verb = rng.choice(list(TEMPLATES))
+        body: dict[str, Any] = {"request_id": f"fz-{n}", **TEMPLATES[verb]}
+        mutation = rng.randrange(6)
+        if mutation == 0:
+            body[rng.choice(list(body))] = rng.choice(junk)
+        elif mutation == 1:
+            del body[rng.choice(list(body))]
+        elif mutation == 2:
+            body[rng.choice(["extra", "expires_at", "transaction", "create", "order"])] = (
+                rng.choice(junk))
+        elif mutation == 3:
+            body["request_id"] = rng.choice(["", "x" * 129, "a b", "\u00e9", "ok-id"])
+        reply = device.send(verb, bad=True, **body)
+        code = reply["status"] if reply["error"] is None else reply["error"]["code"]
+        codes[code] = codes.get(code, 0) + 1
+        assert code != "internal", (verb, body, reply)
+    assert codes.get("invalid_request", 0) > 20 and codes.get("ok", 0) > 20, codes

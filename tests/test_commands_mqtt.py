@@ -91,7 +91,7 @@ def test_commands_over_mqtt_answer_on_the_response_topic_with_correlation_data(
     assert by_correlation[b"c1"]["status"] == "ok"
     assert by_correlation[b"c1"]["data"]["points"] == 1200
     assert by_correlation[b"c2"]["data"] == by_correlation[b"c1"]["data"]
-    assert by_correlation[b"c3"]["data"]["contact_uuid"] == JANE
+    assert by_correlation[b"c3"]["data"]["voucher"]["contact_uuid"] == JANE
     assert sum(1 for m, p in sandbox.requests() if m == "POST" and p.endswith(
         "/reward-receptions")) == 1
     assert seen and all(m.expiry_s is not None and 0 < m.expiry_s <= 60 for m in seen)

@@ -9,7 +9,9 @@ a small pool so the worker can answer at the deadline while a slow call finishes
 
 from __future__ import annotations
 
+import importlib
 import logging
+import re
 import threading
 import time
 import uuid
@@ -259,6 +261,7 @@ class Commands:
                                "which this build does not have")
         try:
             stored = verbs.give_back_args(ctx, verb, args)
+            _validate_give_back(verb, stored)
             enqueued = ctx.outbox().enqueue(
                 kind, reply.request_id, {"verb": verb, "args": stored},
                 transaction=reply.transaction,
@@ -344,6 +347,25 @@ def _expiry(received_at: float, expiry_s: float | None, expires_at: str | None,
     if expiry_s is not None:
         candidates.append(received_at + expiry_s)
     if expires_at is not None:
-        left = (datetime.fromisoformat(expires_at) - datetime.now(UTC)).total_seconds()
+        left = (_instant(expires_at) - datetime.now(UTC)).total_seconds()
         candidates.append(time.monotonic() + left)
     return min(candidates) if candidates else received_at + default_s
+
+
+def _instant(text: str) -> datetime:
+    """An RFC 3339 date-time the schema accepted (which allows more than the 6 fraction
+    digits `fromisoformat` reads: they are cut)."""
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text).replace("z", "Z"))
+
+
+def _validate_give_back(verb: str, args: Mapping[str, Any]) -> None:
+    """What the schema cannot say about a give-back command, as the durable executor checks
+    it (`appliance.commands_durable.validate_args`, when that module is present)."""
+    try:
+        durable = importlib.import_module("appliance.commands_durable")
+    except ImportError:  # TODO(durable): always present once the durable branch is merged
+        return
+    try:
+        durable.validate_args(verb, dict(args))
+    except ValueError as exc:
+        raise RequestError("invalid_request", str(exc)) from None
