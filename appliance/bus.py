@@ -9,15 +9,17 @@ what it holds before going offline. Public methods are safe to call from any thr
 
 Size: the broker provisioned with the device refuses packets over
 `BROKER_MAX_PACKET_BYTES` (mosquitto `max_packet_size`), well above the request limit
-(`appliance.orders`), so that the device itself answers a too large request. The device
+(`appliance.pos.intake`), so that the device itself answers a too large request. The device
 also tells the broker the largest packet it takes (MQTT v5 Maximum Packet Size,
 `MAX_PACKET_BYTES`): a broker without a limit of its own then drops a huge message for us
 instead of making us read it (MQTT 5.0 §3.1.2.11.4).
 
 Connection: `start()` never blocks on the broker. paho connects in the background and
 reconnects by itself (1 s, doubling up to 30 s). On every successful (re)connect the bus
-re-subscribes its handlers and republishes retained `availability` ("online"), `info` and
-the latest `state`, since a broker restarted without persistence forgets retained messages.
+re-subscribes its handlers and republishes retained `info`, the latest `state` and then
+`availability` ("online"), in that order (a broker handles one client's packets in order),
+since a broker restarted without persistence forgets retained messages, and a POS that
+reads the capabilities when "online" arrives must find this run's `info` already there.
 A refused connection (bad credentials, not authorised) is never reported as connected.
 
 Queueing: QoS 1 events published while disconnected wait in paho's in-memory queue, bounded
@@ -36,7 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import paho.mqtt.client as mqtt
@@ -68,6 +70,10 @@ class Message:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
+    # MQTT v5 message expiry: the broker sends the lifetime left (MQTT 5.0 §3.3.2.3.3), so
+    # the request expires `expiry_s` after `received_at` (time.monotonic()).
+    expiry_s: int | None = None
+    received_at: float = field(default_factory=time.monotonic, compare=False)
 
     def json(self) -> Any:
         """The payload decoded as UTF-8 JSON (raises ValueError when it is not)."""
@@ -78,7 +84,7 @@ Handler = Callable[[Message], None]
 
 
 class Service(Protocol):
-    """Requests served off paho's network thread (`appliance.orders.OrderRequests`)."""
+    """Requests served off paho's network thread (`appliance.pos.intake.OrderRequests`)."""
 
     def on_message(self, message: Message) -> None:
         """Called on paho's thread: queue the message for the worker, or refuse it at once."""
@@ -408,14 +414,15 @@ class MqttBus:
                     return
                 self._last_problem = None
                 lost_at, self._lost_at = self._lost_at, None
-                # Subscribe first: the broker handles our packets in order, so once "online"
-                # is seen, the subscriptions are in place.
+                # The broker handles our packets in order, so once "online" is seen, the
+                # subscriptions are in place and `info` and `state` are current: a POS that
+                # reads the capabilities on "online" never sees the previous run's.
                 if self._handlers:
                     client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._handlers])
-                self._publish_status("availability", ONLINE)
                 self._publish_status("info", self._info)
                 if self._state is not None:
                     self._publish_status("state", self._state)
+                self._publish_status("availability", ONLINE)
                 self._drop_expired()
                 while self._expiring:
                     item = self._expiring.popleft()
@@ -461,6 +468,7 @@ class MqttBus:
             response_topic=getattr(props, "ResponseTopic", None),
             correlation_data=getattr(props, "CorrelationData", None),
             user_properties=tuple(getattr(props, "UserProperty", ())),
+            expiry_s=getattr(props, "MessageExpiryInterval", None),
         )
         with self._lock:
             items = list(self._handlers.items())

@@ -161,6 +161,7 @@ class LeatConfig(Section):
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
     resolve_deadline_s: Annotated[float, Field(gt=0, le=30)] = 1.5  # then: verified = false
     identification_ttl_s: Annotated[int, Field(ge=1, le=3600)] = 60  # MQTT message expiry
+    command_deadline_s: Annotated[float, Field(gt=0, le=60)] = 5.0  # value-taking commands
 
 
 class LoggingConfig(Section):

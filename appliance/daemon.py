@@ -7,7 +7,7 @@ Threads (DESIGN.md "Concurrency"):
   OFFLINE feedback) and is retried with backoff (1 s doubling to 60 s); nothing else stops;
 - worker: classify -> publish -> feedback, one scan at a time;
 - forwarder (when Leat is configured): drains the order outbox to Leat (`forwarder.py`);
-  POS order requests are answered on their own worker (`orders.py`), which wakes it;
+  POS order requests are answered on their own worker (`pos/intake.py`), which wakes it;
 - state: publishes the retained state when it changes (at most once a second) and every
   `state_interval_s`; an error is logged once and reported, never fatal;
 - main (`run`): the supervisor. It tells systemd READY=1 once the threads run (never
@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from appliance import CONTRACT_VERSION, __version__
@@ -37,10 +38,11 @@ from appliance.decode import Decoder, Scan
 from appliance.errors import CameraError
 from appliance.feedback import FeedbackLike, FeedbackState, Signal, open_feedback
 from appliance.forwarder import Forwarder, TokenSettings
-from appliance.orders import OrderRequests
 from appliance.outbox import Outbox, outbox_state
 from appliance.outbox_guard import OutboxDamaged
 from appliance.pipeline import ScanHandler
+from appliance.pos.intake import OrderRequests
+from appliance.pos.ledger import Ledger
 from appliance.resolve import Resolver
 from appliance.sdnotify import Notifier
 
@@ -637,6 +639,7 @@ def build(
             log.error("outbox unusable, orders are refused until a technician acts: %s",
                       exc.reason)
             outbox_damaged = exc.reason
+        Ledger.prepare(ledger_path(config))  # the command ledger, before its threads
         resolver, forwarder, requests = _leat_parts(config, bus)
     else:  # every POS request is answered `not_configured`
         requests = OrderRequests(
@@ -679,6 +682,7 @@ def _leat_parts(config: Config, bus: MqttBus) -> tuple[Resolver, Forwarder, Orde
     """Everything that talks to Leat, over one client: scan resolution, and orders
     (requests answered from the bus, stored in the outbox, forwarded by the forwarder)."""
     from appliance.leat.client import LeatClient  # httpx only when Leat is configured
+    from appliance.pos.runner import Commands
 
     leat = config.leat
     client = LeatClient.from_config(leat)
@@ -702,6 +706,15 @@ def _leat_parts(config: Config, bus: MqttBus) -> tuple[Resolver, Forwarder, Orde
         token=token,
         wake=wake,
     )
+    commands = Commands(
+        client,
+        ledger_path(config),
+        config.outbox_path,
+        bus.publish_event,
+        device_id=config.device.id,
+        deadline_s=leat.command_deadline_s,
+        wake=wake,
+    )
     requests = OrderRequests(
         config.outbox_path,
         bus.publish_response,
@@ -709,5 +722,11 @@ def _leat_parts(config: Config, bus: MqttBus) -> tuple[Resolver, Forwarder, Orde
         shop_uuid=leat.shop_uuid,
         wake=wake,
         claim_url=forwarder.claim_url if token is not None else None,
+        commands=commands,
     )
     return resolver, forwarder, requests
+
+
+def ledger_path(config: Config) -> Path:
+    """The command ledger (request_id -> outcome), next to the outbox in the state dir."""
+    return config.outbox_path.with_name("commands.sqlite3")

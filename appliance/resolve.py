@@ -187,7 +187,25 @@ class Resolver:
                 "inactive", True,
                 {"code": 60011, "message": "identifier not linked to a contact"},
             )
-        uuid = identifier.contact.uuid
+        return self._contact(identifier.contact.uuid, clock)
+
+    def resolve_contact(self, uuid: str) -> Resolution:
+        """The contact block of `uuid` (as a card identifies it); `offline` on Leat trouble."""
+        return self._guarded(lambda clock: self._contact(uuid, clock), "contact")
+
+    def resolve_voucher(self, code: str) -> Resolution:
+        """The voucher block of `code` (as a scan identifies it); `offline` on Leat trouble."""
+        return self._guarded(lambda clock: self._voucher(code, clock), "voucher")
+
+    def _guarded(self, flow: Callable[[_Clock], Resolution], what: str) -> Resolution:
+        clock = _Clock(self._clock() + self._deadline_s, self._clock)
+        try:
+            return flow(clock)
+        except (_Deadline, LeatAuthError, LeatUnavailable) as exc:
+            log.warning("Leat unavailable for a %s (%s)", what, exc or "deadline")
+            return OFFLINE
+
+    def _contact(self, uuid: str, clock: _Clock) -> Resolution:
         calls: dict[str, Future[Any]] = {
             "contact": self._pool.submit(self._client.get_contact, uuid),
             "rewards": self._pool.submit(
@@ -271,23 +289,7 @@ class Resolver:
                 ), clock)
             except LeatRejected as exc:
                 status, reason = STATUS_BY_CODE.get(exc.code, "inactive"), _reason(exc)
-        promotion = voucher.promotion
-        return Resolution(
-            status,
-            True,
-            reason,
-            voucher={
-                "uuid": voucher.uuid,
-                "code": voucher.code,
-                "status": str(voucher.status),
-                "name": voucher.name,
-                "expires_at": _iso(expires),
-                "valid": status == "ok",
-                "redemptions_remaining": voucher.redemptions_remaining,
-                "promotion": promotion.name if promotion is not None else None,
-                "attributes": _scalars(promotion.attributes if promotion is not None else {}),
-            },
-        )
+        return Resolution(status, True, reason, voucher=voucher_block(voucher, status == "ok"))
 
     def _token(self, code: Code) -> Resolution:
         params = dict(parse_qsl(urlsplit(code.text).query))
@@ -326,6 +328,23 @@ class Resolver:
         except LeatError as exc:
             log.warning("Leat %s failed: %s", what, exc)
         return None
+
+
+def voucher_block(voucher: Any, valid: bool) -> dict[str, Any]:
+    """The `voucher` block of an identification (and of the voucher commands' replies)."""
+    promotion = voucher.promotion
+    return {
+        "uuid": voucher.uuid,
+        "code": voucher.code,
+        "status": str(voucher.status),
+        "name": voucher.name,
+        "expires_at": _iso(voucher.expiration_date),
+        "valid": valid,
+        "contact_uuid": voucher.contact.uuid if voucher.contact is not None else None,
+        "redemptions_remaining": voucher.redemptions_remaining,
+        "promotion": promotion.name if promotion is not None else None,
+        "attributes": _scalars(promotion.attributes if promotion is not None else {}),
+    }
 
 
 def _refused(exc: LeatRejected) -> Resolution:

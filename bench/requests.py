@@ -41,7 +41,7 @@ from appliance.bus import MqttBus
 from appliance.config import MqttConfig
 from appliance.localbroker import LocalMosquitto
 from appliance.logs import RedactingFilter
-from appliance.orders import OrderRequests
+from appliance.pos.intake import OrderRequests
 
 BASE = "leat-scanner/bench"
 REPLIES = "pos/bench/replies"

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import broker as broker_module
+import paho.mqtt.client as mqtt
 import pytest
 from broker import Mosquitto, Subscriber, free_port
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -119,6 +121,41 @@ def test_bus_publishes_online_and_info_retained_after_connect(
     assert online.retain
     assert info.retain
     assert json.loads(info.payload) == INFO
+
+
+def _status_order(messages: list[Any]) -> list[str]:
+    """The status topics (last level) in the order they arrived, e.g. ["info", "state", ...]."""
+    return [m.topic.rsplit("/", 1)[1] for m in messages
+            if m.topic in (AVAILABILITY, f"{BASE}/info", f"{BASE}/state")]
+
+
+def test_bus_publishes_info_and_state_before_online_on_connect_and_reconnect(
+    broker: Mosquitto, make_bus: MakeBus
+) -> None:
+    # issue 8 item 6: a POS reading the capabilities when "online" arrives must find this
+    # run's info (and state) already there, on the first connect and on every reconnect
+    bus = make_bus(broker)
+    bus.set_state(STATE)
+    with Subscriber(broker, f"{BASE}/#").wait_subscribed() as sub:  # live, in arrival order
+        bus.start()
+        sub.wait_message(AVAILABILITY, b"online")
+        assert _status_order(sub.messages) == ["info", "state", "availability"]
+        seen = len(sub.messages)
+        # Another client taking over the device's client id closes the device's connection
+        # (MQTT 5.0 §3.1.4-3); the broker publishes its Last Will, then the bus reconnects.
+        intruder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-0",
+                               protocol=MQTTProtocolVersion.MQTTv5)
+        intruder.connect(broker.host, broker.port)
+        intruder.loop_start()
+        try:
+            sub.wait_message(AVAILABILITY, b"offline")
+        finally:
+            intruder.disconnect()
+            intruder.loop_stop()
+        sub.wait_for(lambda ms: any(m.payload == b"online" for m in ms[seen:]))
+        again = _status_order(sub.messages[seen:])
+    assert again == ["availability", "info", "state", "availability"], again
+    assert [m.payload for m in sub.on(AVAILABILITY)] == [b"online", b"offline", b"online"]
 
 
 def test_bus_start_returns_without_broker_and_connects_when_it_starts(

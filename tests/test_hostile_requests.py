@@ -28,7 +28,8 @@ from appliance import contract
 from appliance.bus import BROKER_MAX_PACKET_BYTES, MAX_PACKET_BYTES, MqttBus
 from appliance.config import Config, MqttConfig
 from appliance.daemon import build
-from appliance.orders import ERRORS, MAX_REQUEST_BYTES, OrderRequests
+from appliance.pos.errors import ERRORS
+from appliance.pos.intake import MAX_REQUEST_BYTES, OrderRequests
 from appliance.samples import write_demo_frames
 
 DEVICE = "till-9"

@@ -18,7 +18,7 @@ from appliance.bus import MqttBus
 from appliance.config import MqttConfig
 from appliance.forwarder import Forwarder
 from appliance.leat.client import LeatClient
-from appliance.orders import OrderRequests
+from appliance.pos.intake import OrderRequests
 from appliance.sandbox.server import LeatSandbox
 
 SHOP = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"

@@ -18,8 +18,10 @@ from paho.mqtt.properties import Properties
 from appliance import contract
 from appliance.bus import Message, MqttBus, encode
 from appliance.config import MqttConfig
-from appliance.orders import MAX_REQUEST_BYTES, OrderRequests, RequestError, check_amounts
 from appliance.outbox import Item, Kind, Outbox, State
+from appliance.pos.amounts import check_amounts
+from appliance.pos.errors import RequestError
+from appliance.pos.intake import MAX_REQUEST_BYTES, OrderRequests
 
 SHOP = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"
 BASE = "leat-scanner/till-1"

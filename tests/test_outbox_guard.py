@@ -22,9 +22,9 @@ from test_orders import order_body
 
 from appliance import cli, outbox_guard
 from appliance.errors import OutboxError
-from appliance.orders import OrderRequests
 from appliance.outbox import Kind, Outbox, outbox_state
 from appliance.outbox_guard import Mark, MarkFile, OutboxDamaged, OutboxNotWritable
+from appliance.pos.intake import OrderRequests
 
 SERVICE_UID = 4242  # the service user of these tests (no passwd entry needed)
 ORDERS = 40

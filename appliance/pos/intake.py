@@ -25,10 +25,10 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from jsonschema import ValidationError
 from jsonschema.exceptions import best_match
@@ -38,6 +38,12 @@ from appliance.bus import Message
 from appliance.errors import OutboxError
 from appliance.outbox import Item, Kind, Outbox, OutboxConflict, OutboxFull
 from appliance.outbox_guard import OutboxDamaged
+from appliance.pos.amounts import check_amounts
+from appliance.pos.commands import VERBS as COMMANDS
+from appliance.pos.errors import RequestError, clip
+
+if TYPE_CHECKING:
+    from appliance.pos.runner import Commands  # imports httpx: only with Leat
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +51,12 @@ RESPONSE_SCHEMA = "leat-scanner/response/1"
 MAX_REQUEST_BYTES: Final = 256 * 1024
 MAX_DEPTH: Final = 32  # a real order nests 7 deep
 MAX_TOPIC_BYTES: Final = 512
-MAX_MESSAGE_CHARS: Final = 300  # of an error message: never echo a whole field
 BACKLOG: Final = 8  # requests waiting for the worker; more are answered `busy`
 DEVICES_ROOT: Final = "leat-scanner"  # the default topic space of every device
 VERBS: Mapping[str, tuple[str, Kind]] = {
     "order.create": ("order_request", Kind.ORDER),
     "order.return": ("return_request", Kind.RETURN),
 }
-ERRORS: Final = (
-    "invalid_json",  # not UTF-8 JSON, not an object, a lone surrogate, NaN or Infinity
-    "invalid_request",  # unknown verb, or the schema refused it (the message says where)
-    "too_large",  # over MAX_REQUEST_BYTES, checked before decoding
-    "too_deep",  # nested deeper than MAX_DEPTH, checked before parsing
-    "nested_sub_lines",  # a sub-line with sub-lines: Leat's orders have one level
-    "invalid_response_topic",  # answered on the default topic instead
-    "amounts_inconsistent",  # a line's total is not price x quantity - discount_amount
-    "conflict",  # another body under the same external_identifier
-    "outbox_full",
-    "storage_damaged",  # the outbox was found damaged: nothing is stored until repaired
-    "busy",  # BACKLOG requests already wait: send it again shortly
-    "not_configured",  # no Leat configured, or an anonymous order without token settings
-    "internal",
-)
-
 Reply = Callable[[str, Mapping[str, Any], bytes | None], None]
 """Publishes a response: (absolute topic, payload, correlation data)."""
 
@@ -77,14 +66,6 @@ Reply = Callable[[str, Mapping[str, Any], bytes | None], None]
 _STRING = re.compile(r'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
-
-
-class RequestError(Exception):
-    """A request we refuse; `code` is the contract's error code (one of `ERRORS`)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(_clip(message))
-        self.code = code
 
 
 class OrderRequests:
@@ -105,6 +86,7 @@ class OrderRequests:
         wake: threading.Event | None = None,
         claim_url: Callable[[Item], str | None] | None = None,
         backlog: int = BACKLOG,
+        commands: Commands | None = None,
     ) -> None:
         self._path = outbox_path
         self._reply = reply
@@ -114,6 +96,7 @@ class OrderRequests:
         self._shop_uuid = shop_uuid
         self._wake = wake
         self._claim_url = claim_url
+        self._commands = commands
         self._jobs: queue.Queue[tuple[Message, str] | None] = queue.Queue(maxsize=backlog)
         self._lock = threading.Lock()
         self._closed = False
@@ -127,6 +110,8 @@ class OrderRequests:
         """Start the worker thread (once)."""
         with self._lock:
             if self._worker is None and not self._closed:
+                if self._commands is not None:
+                    self._commands.resume()
                 self._worker = threading.Thread(target=self._work, name="requests", daemon=True)
                 self._worker.start()
 
@@ -148,6 +133,8 @@ class OrderRequests:
         except queue.Full:
             log.warning("requests: the worker did not take its stop within %.1f s", timeout)
         worker.join(timeout)
+        if self._commands is not None:
+            self._commands.close()
 
     @property
     def busy_since(self) -> float | None:
@@ -172,9 +159,10 @@ class OrderRequests:
     def _answer(self, message: Message, topic: str) -> None:
         self._busy_since = time.monotonic()
         try:
-            self._send(topic, self.handle(_verb(message.topic), message.payload), message)
+            self._send(topic, self.handle(_verb(message.topic), message.payload, message),
+                       message)
         except Exception:  # top of a thread loop: serve the next request
-            log.exception("requests: answering %s failed", _clip(message.topic, 64))
+            log.exception("requests: answering %s failed", clip(message.topic, 64))
         finally:
             self._busy_since = None
 
@@ -205,7 +193,7 @@ class OrderRequests:
                 "the device is " + ("stopping" if closed else "answering other requests")
                 + "; send it again shortly",
             )
-        log.info("request %s refused: %s (%s)", _clip(verb, 64), refusal.code, refusal)
+        log.info("request %s refused: %s (%s)", clip(verb, 64), refusal.code, refusal)
         self._send(topic, _response(None, error=refusal), message)
 
     def reply_topic(self, requested: str | None, verb: str) -> tuple[str, str | None]:
@@ -241,13 +229,16 @@ class OrderRequests:
         try:
             self._reply(topic, response, message.correlation_data)
         except Exception:  # the bus refused (queue full): log it, keep serving
-            log.exception("requests: could not publish the reply to %s", _clip(topic, 64))
+            log.exception("requests: could not publish the reply to %s", clip(topic, 64))
 
     # ------------------------------------------------------------------ the work
 
-    def handle(self, verb: str, payload: bytes) -> dict[str, Any]:
-        """Process one request payload; returns the response (never raises)."""
+    def handle(self, verb: str, payload: bytes, message: Message | None = None
+               ) -> dict[str, Any]:
+        """Process one request payload; returns the response (never raises). `message`
+        (its arrival and MQTT v5 expiry) times a command."""
         transaction: str | None = None
+        echo: dict[str, Any] = {}  # an order's optional request_id, echoed
         try:
             if len(payload) > MAX_REQUEST_BYTES:
                 raise RequestError(
@@ -256,26 +247,31 @@ class OrderRequests:
             if self._path is None:
                 transaction = _transaction_of(payload)
                 raise RequestError("not_configured", "Leat is not configured on this device")
+            if verb in COMMANDS:
+                return self._command(verb, payload, message)
             if verb not in VERBS:
                 raise RequestError("invalid_request", f"unknown request {verb!r}")
             request = parse(payload)
             transaction = _transaction(request)
+            if isinstance(request.get("request_id"), str):
+                echo = {"request_id": request["request_id"][:128]}
             schema_name, kind = VERBS[verb]
             if kind is Kind.ORDER:
                 _refuse_nested_sub_lines(request)
             _check_schema(schema_name, request)
             item, created, warnings = self._store(kind, request)
         except RequestError as exc:
-            log.info("request %s refused: %s (%s)", _clip(verb, 64), exc.code, exc)
-            return _response(transaction, error=exc)
+            log.info("request %s refused: %s (%s)", clip(verb, 64), exc.code, exc)
+            return {**_response(transaction, error=exc), **echo}
         except Exception:  # a handler must answer, whatever happened
-            log.exception("request %s failed", _clip(verb, 64))
-            return _response(transaction, error=RequestError("internal", "internal error"))
+            log.exception("request %s failed", clip(verb, 64))
+            return {**_response(transaction, error=RequestError("internal", "internal error")),
+                    **echo}
         if self._wake is not None:
             self._wake.set()
         log.info("%s %s stored (outbox id %d%s); %d warning(s)", kind.value, verb, item.id,
                  "" if created else ", duplicate", len(warnings))
-        return _response(transaction, data={
+        return {**_response(transaction, data={
             "outbox_id": item.id,
             "kind": item.kind.value,
             "external_identifier": item.external_identifier,
@@ -283,7 +279,27 @@ class OrderRequests:
             "duplicate": not created,
             "claim_url": self._claim(item),
             "warnings": warnings,
-        })
+        }), **echo}
+
+    def _command(self, verb: str, payload: bytes, message: Message | None) -> dict[str, Any]:
+        """A command (`commands.VERBS`): validated here, run by `runner.Commands`."""
+        request = parse(payload)
+        transaction = _transaction(request)
+        try:
+            if self._commands is None:
+                raise RequestError("not_configured", "commands need Leat configured")
+            _check_schema(COMMANDS[verb].schema, request)
+        except RequestError as exc:
+            log.info("command %s refused: %s (%s)", clip(verb, 64), exc.code, exc)
+            response = _response(transaction, error=exc)
+            request_id = request.get("request_id")
+            return {**response, "request_id": request_id if isinstance(request_id, str)
+                    and len(request_id) <= 128 else None}
+        received = message.received_at if message is not None else time.monotonic()
+        return self._commands.handle(
+            verb, request, received_at=received,
+            expiry_s=message.expiry_s if message is not None else None,
+        )
 
     def _open(self) -> Outbox:
         outbox: Outbox | None = getattr(self._local, "outbox", None)
@@ -441,73 +457,6 @@ def _check_schema(name: str, request: Mapping[str, Any]) -> None:
         raise RequestError("invalid_request", f"{where}: {error.message}") from None
 
 
-def check_amounts(order: Mapping[str, Any]) -> list[str]:
-    """Check the amounts as Leat defines them; return what looks inconsistent, as warnings.
-
-    A line (or sub-line) whose total_amount is not price x quantity - discount_amount is
-    malformed (Leat's own definition of a line, leat-api.md §7.1): RequestError. The order
-    totals never refuse an order: Leat computes points from the lines, charges and discounts,
-    calls the totals "mainly for visual and reference purposes", and its sources disagree on
-    whether line discounts count again (its documented example: order_amount 3175, a 225
-    discount applied to a line, charges 381, total 3331). They are named as warnings instead.
-    """
-    seen: set[str] = set()
-    lines_total = sum(
-        _check_line(line, where, seen) for line, where in _lines(order["line_items"])
-    )
-    warnings = []
-    if "order_amount" in order and order["order_amount"] != lines_total:
-        warnings.append(
-            f"order/order_amount is {order['order_amount']} but the line and sub-line totals "
-            f"add up to {lines_total}"
-        )
-    discounts = order.get("applied_discounts", [])
-    order_level = sum(d["amount"] for d in discounts if d["applied_to"] == "ORDER")
-    every = sum(d["amount"] for d in discounts)
-    charges = sum(c["total_amount"] for c in order.get("charges", []))
-    candidates = {lines_total - order_level + charges, lines_total - every + charges}
-    if order["total_order_amount"] not in candidates:
-        warnings.append(
-            f"order/total_order_amount is {order['total_order_amount']} but lines "
-            f"{lines_total} - discounts + charges {charges} = "
-            + " or ".join(str(c) for c in sorted(candidates))
-        )
-    if "total_discount_amount" in order:
-        line_discounts = sum(
-            line.get("discount_amount", 0) for line, _ in _lines(order["line_items"])
-        )
-        if order["total_discount_amount"] not in {every, every + line_discounts}:
-            warnings.append(
-                f"order/total_discount_amount is {order['total_discount_amount']} but the "
-                f"applied discounts add up to {every} (and the line discounts to "
-                f"{line_discounts})"
-            )
-    return warnings
-
-
-def _lines(lines: list[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], str]]:
-    for index, line in enumerate(lines):
-        yield line, f"order/line_items/{index}"
-        for sub_index, sub in enumerate(line.get("sub_line_items", [])):
-            yield sub, f"order/line_items/{index}/sub_line_items/{sub_index}"
-
-
-def _check_line(line: Mapping[str, Any], where: str, seen: set[str]) -> int:
-    ident = line["external_identifier"]
-    if ident in seen:
-        raise RequestError("invalid_request", f"{where}: external_identifier {ident!r} repeated")
-    seen.add(ident)
-    discount = line.get("discount_amount", 0)
-    expected = line["price"] * line["quantity"] - discount
-    if line["total_amount"] != expected:
-        raise RequestError(
-            "amounts_inconsistent",
-            f"{where}/total_amount is {line['total_amount']} but price {line['price']} x "
-            f"quantity {line['quantity']} - discount_amount {discount} = {expected}",
-        )
-    return int(line["total_amount"])
-
-
 def _under(topic: str, root: str) -> bool:
     """True when `topic` is `root` or below it (by whole topic levels)."""
     return topic == root or topic.startswith(root + "/")
@@ -515,14 +464,6 @@ def _under(topic: str, root: str) -> bool:
 
 def _verb(topic: str) -> str:
     return topic.rsplit("/", 1)[-1]
-
-
-def _clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """`text` cut to `limit` characters, as valid Unicode (a reply must always encode)."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    if len(text) > limit:
-        text = text[:limit] + f"... ({len(text) - limit} more characters)"
-    return text
 
 
 def _response(

@@ -1,0 +1,371 @@
+"""Runs POS commands by the rules of `commands.py`: idempotent by request_id (the ledger),
+value-taking ones online only, within the deadline and never past their expiry, ambiguous
+outcomes reconciled (in the background when it takes longer, the final outcome then
+published on `events/command`), give-back ones stored in the durable outbox.
+
+Called on the request worker thread (`intake.py`), one request at a time; Leat calls run on
+a small pool so the worker can answer at the deadline while a slow call finishes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from appliance.errors import (
+    ConfigError,
+    LeatAuthError,
+    LeatRejected,
+    LeatUnavailable,
+    OutboxError,
+)
+from appliance.outbox import Kind, Outbox, OutboxConflict, OutboxFull
+from appliance.outbox_guard import OutboxDamaged
+from appliance.pos import verbs
+from appliance.pos.commands import VERBS, Rule
+from appliance.pos.errors import RequestError, clip
+from appliance.pos.ledger import Conflict, Ledger
+from appliance.resolve import Resolver
+
+if TYPE_CHECKING:
+    from appliance.leat.client import LeatClient
+
+log = logging.getLogger(__name__)
+
+RESPONSE_SCHEMA: Final = "leat-scanner/response/1"
+EVENT_SCHEMA: Final = "leat-scanner/command/1"
+ENVELOPE: Final = frozenset({"request_id", "transaction", "expires_at"})
+RECONCILE_DELAYS_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)  # then give up
+NOT_APPLIED: Final = "not_applied"
+
+Publish = Callable[[str, Mapping[str, Any]], None]
+
+
+class Commands:
+    """The command verbs of `commands.VERBS` (the order verbs stay in `intake.py`)."""
+
+    def __init__(
+        self,
+        client: LeatClient,
+        ledger_path: Path,
+        outbox_path: Path,
+        publish_event: Publish,
+        *,
+        device_id: str,
+        deadline_s: float = 5.0,
+        wake: threading.Event | None = None,
+        reconcile_delays_s: tuple[float, ...] = RECONCILE_DELAYS_S,
+    ) -> None:
+        self._client = client
+        self._resolver = Resolver(client, shop_uuid=client.shop_uuid, deadline_s=deadline_s)
+        self._ledger = Ledger(ledger_path)
+        self._outbox_path = outbox_path
+        self._publish = publish_event
+        self._device_id = device_id
+        self._deadline_s = deadline_s
+        self._wake = wake
+        self._delays = reconcile_delays_s
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="command")
+        self._local = threading.local()
+        self._stop = threading.Event()
+        self._settling: list[threading.Thread] = []
+
+    def resume(self) -> None:
+        """Settle what a previous run left unsettled (it stopped during a value-taking call,
+        or while reconciling one): reconciled in the background, outcome on events/command."""
+        for entry in self._ledger.unsettled():
+            if VERBS[entry.verb].rule is Rule.TAKES:
+                reply = _Reply(entry.request_id, entry.transaction)
+                ctx = self._context(datetime.fromtimestamp(entry.started_at, UTC))
+                self._settle_later(_Call(entry.verb, entry.args, reply, ctx), None)
+            else:
+                self._ledger.forget(entry.request_id)
+
+    def close(self) -> None:
+        """Stop reconciling (what is unsettled is resumed on the next start)."""
+        self._stop.set()
+        for thread in list(self._settling):
+            thread.join(2.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        outbox: Outbox | None = getattr(self._local, "outbox", None)
+        if outbox is not None:
+            outbox.close()
+        # not self._resolver.close(): it would close the client the forwarder shares
+
+    # ------------------------------------------------------------------ one request
+
+    def handle(
+        self,
+        verb: str,
+        request: Mapping[str, Any],
+        *,
+        received_at: float,
+        expiry_s: float | None = None,
+    ) -> dict[str, Any]:
+        """The response to one validated command request."""
+        spec = VERBS[verb]
+        request_id: str = request["request_id"]
+        transaction = request.get("transaction")
+        args = {k: v for k, v in request.items() if k not in ENVELOPE}
+        reply = _Reply(request_id, transaction)
+        deadline = time.monotonic() + self._deadline_s  # a later expiry allows no later answer
+        if spec.rule is Rule.TAKES:
+            expires = _expiry(received_at, expiry_s, request.get("expires_at"), self._deadline_s)
+            if time.monotonic() >= expires:
+                return reply.error("expired", "the request expired before it could be run; "
+                                   "it was not sent to Leat")
+            deadline = min(deadline, expires)
+        ctx = self._context(datetime.now(UTC))
+        if spec.rule is Rule.GIVES_BACK:
+            return self._give_back(verb, args, ctx, reply)
+        try:
+            recorded = self._ledger.begin(request_id, verb, args, transaction)
+        except Conflict as exc:
+            return reply.error("conflict", str(exc))
+        if recorded is not None:
+            if recorded.response is None:
+                return reply.error("busy", "this request_id is being processed; its outcome "
+                                   "follows on events/command")
+            return {**recorded.response, "transaction": transaction}
+        call = _Call(verb, args, reply, ctx)
+        future = self._pool.submit(verbs.HANDLERS[verb], ctx, args)
+        response, settled = self._outcome(call, future, deadline)
+        if settled is None:  # nothing happened at Leat: the same request may come again
+            self._ledger.forget(request_id)
+        else:
+            self._ledger.finish(request_id, response, final=settled)
+            if not settled:
+                self._settle_later(call, future)
+        return response
+
+    def _outcome(
+        self, call: _Call, future: Future[dict[str, Any]], deadline: float
+    ) -> tuple[dict[str, Any], bool | None]:
+        """(response, True settled / False unknown / None nothing done at Leat)."""
+        rule, verb, reply = VERBS[call.verb].rule, call.verb, call.reply
+        try:
+            return reply.ok(future.result(timeout=max(deadline - time.monotonic(), 0))), True
+        except FutureTimeout:
+            if rule is Rule.READ:
+                return reply.error("offline", "Leat did not answer within the deadline"), None
+            return reply.unknown("Leat did not answer within the deadline"), False
+        except LeatRejected as exc:
+            return reply.rejected(exc), True
+        except LeatUnavailable as exc:
+            if rule is Rule.TAKES and exc.ambiguous:
+                return self._reconcile_now(call, deadline)
+            return reply.error("offline", f"Leat is not reachable: {exc}"), None
+        except (LeatAuthError, ConfigError) as exc:
+            return reply.error("not_configured", str(exc)), None
+        except RequestError as exc:
+            return reply.error(exc.code, str(exc)), None
+        except Exception:
+            log.exception("command %s failed", verb)
+            if rule is Rule.TAKES:  # it may have reached Leat: reconcile, never resend
+                return reply.unknown("the device failed during the call"), False
+            return reply.error("internal", "internal error"), None
+
+    def _reconcile_now(self, call: _Call, deadline: float) -> tuple[dict[str, Any], bool | None]:
+        verb, reply = call.verb, call.reply
+        future = self._pool.submit(verbs.RECONCILERS[verb], call.ctx, call.args)
+        try:
+            return reply.ok(future.result(timeout=max(deadline - time.monotonic(), 0))), True
+        except verbs.NotApplied as exc:
+            return reply.not_applied(str(exc)), True
+        except RequestError as exc:
+            return reply.error(exc.code, str(exc)), True
+        except LeatRejected as exc:
+            return reply.rejected(exc), True
+        except Exception as exc:  # cannot tell yet (offline, deadline, ...)
+            log.info("command %s: outcome unknown (%s); reconciling in the background",
+                     verb, type(exc).__name__)
+            return reply.unknown("Leat's answer was lost and Leat cannot tell yet"), False
+
+    # ------------------------------------------------------------------ background
+
+    def _settle_later(self, call: _Call, future: Future[dict[str, Any]] | None) -> None:
+        thread = threading.Thread(
+            target=self._settle, args=(call, future), name=f"reconcile-{call.verb}", daemon=True,
+        )
+        self._settling = [t for t in self._settling if t.is_alive()] + [thread]
+        thread.start()
+
+    def _settle(self, call: _Call, future: Future[dict[str, Any]] | None) -> None:
+        """Find the outcome (the late answer, else reconciliation, bounded), record it and
+        publish it on events/command."""
+        verb, args, reply, ctx = call.verb, call.args, call.reply, call.ctx
+        request_id = reply.request_id
+        response = None
+        if future is not None:
+            try:
+                response = reply.ok(future.result())  # the client's own timeouts bound it
+            except LeatRejected as exc:
+                response = reply.rejected(exc)
+            except Exception as exc:
+                log.info("command %s: no answer (%s); reconciling", verb, type(exc).__name__)
+        for delay in (0.0, *self._delays):
+            if response is not None or self._stop.wait(delay):
+                break
+            try:
+                response = reply.ok(verbs.RECONCILERS[verb](ctx, args))
+            except verbs.NotApplied as exc:
+                response = reply.not_applied(str(exc))
+            except RequestError as exc:
+                response = reply.error(exc.code, str(exc))
+            except LeatRejected as exc:
+                response = reply.rejected(exc)
+            except Exception as exc:
+                log.info("command %s: still unknown (%s)", verb, type(exc).__name__)
+        if response is None:
+            if not self._stop.is_set():
+                log.error("command %s %s: outcome still unknown; given up", verb,
+                          clip(request_id, 64))
+            return
+        self._ledger.finish(request_id, response)
+        self._publish("command", self._event(verb, response))
+
+    def _event(self, verb: str, response: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "schema": EVENT_SCHEMA,
+            "event_id": str(uuid.uuid4()),
+            "device_id": self._device_id,
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "request_id": response["request_id"],
+            "verb": verb,
+            "transaction": response["transaction"],
+            "status": "ok" if response["status"] == "ok" else "failed",
+            "data": response["data"],
+            "error": response["error"],
+        }
+
+    # ------------------------------------------------------------------ give back
+
+    def _give_back(
+        self, verb: str, args: dict[str, Any], ctx: verbs.Context, reply: _Reply
+    ) -> dict[str, Any]:
+        try:
+            kind = Kind("command")
+        except ValueError:  # TODO(durable): Kind.COMMAND arrives with the durable branch
+            return reply.error("not_configured", f"{verb} needs the durable command outbox, "
+                               "which this build does not have")
+        try:
+            stored = verbs.give_back_args(ctx, verb, args)
+            _validate_give_back(verb, stored)
+            enqueued = ctx.outbox().enqueue(
+                kind, reply.request_id, {"verb": verb, "args": stored},
+                transaction=reply.transaction,
+            )
+        except RequestError as exc:
+            return reply.error(exc.code, str(exc))
+        except OutboxConflict as exc:
+            return reply.error("conflict", str(exc))
+        except OutboxFull as exc:
+            return reply.error("outbox_full", str(exc))
+        except OutboxDamaged as exc:
+            return reply.error("storage_damaged", str(exc))
+        except OutboxError as exc:
+            return reply.error("internal", f"could not store the request: {exc}")
+        if self._wake is not None:
+            self._wake.set()
+        return reply.build("accepted", {
+            "request_id": reply.request_id, "outbox_id": enqueued.item.id,
+            "duplicate": not enqueued.created,
+        }, None)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _context(self, started_at: datetime) -> verbs.Context:
+        return verbs.Context(self._client, self._resolver, self._ledger, self._outbox,
+                             started_at)
+
+    def _outbox(self) -> Outbox:
+        outbox: Outbox | None = getattr(self._local, "outbox", None)
+        if outbox is None:
+            outbox = self._local.outbox = Outbox(self._outbox_path)
+        return outbox
+
+
+class _Reply:
+    """Builds the responses of one command."""
+
+    def __init__(self, request_id: str, transaction: str | None) -> None:
+        self.request_id = request_id
+        self.transaction = transaction
+
+    def build(self, status: str, data: dict[str, Any] | None, error: dict[str, Any] | None
+              ) -> dict[str, Any]:
+        return {"schema": RESPONSE_SCHEMA, "status": status, "data": data, "error": error,
+                "transaction": self.transaction, "request_id": self.request_id}
+
+    def ok(self, data: dict[str, Any]) -> dict[str, Any]:
+        return self.build("ok", data, None)
+
+    def error(self, code: str, message: str) -> dict[str, Any]:
+        return self.build("error", None, {"code": code, "message": clip(message)})
+
+    def rejected(self, exc: LeatRejected) -> dict[str, Any]:
+        return self.build("error", None, {"code": "leat_rejected", "leat_code": exc.code,
+                                          "message": clip(exc.leat_message)})
+
+    def not_applied(self, why: str) -> dict[str, Any]:
+        return self.error(NOT_APPLIED, f"Leat's answer was lost; Leat shows the call did not "
+                          f"happen ({why}): nothing was taken. Send it again with a new "
+                          "request_id")
+
+    def unknown(self, why: str) -> dict[str, Any]:
+        return self.build("unknown", None, {
+            "code": "unknown", "message": f"{why}: the device is finding out from Leat and "
+            "publishes the outcome on events/command; do not send it again"})
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One value-taking or read call: what it asks, how it is answered, its context."""
+
+    verb: str
+    args: dict[str, Any]
+    reply: _Reply
+    ctx: verbs.Context
+
+
+def _expiry(received_at: float, expiry_s: float | None, expires_at: str | None,
+            default_s: float) -> float:
+    """When a value-taking request expires (time.monotonic()): the earliest of its MQTT v5
+    message expiry and its `expires_at`; without either, the deadline after its arrival."""
+    candidates = []
+    if expiry_s is not None:
+        candidates.append(received_at + expiry_s)
+    if expires_at is not None:
+        left = (_instant(expires_at) - datetime.now(UTC)).total_seconds()
+        candidates.append(time.monotonic() + left)
+    return min(candidates) if candidates else received_at + default_s
+
+
+def _instant(text: str) -> datetime:
+    """An RFC 3339 date-time the schema accepted (which allows more than the 6 fraction
+    digits `fromisoformat` reads: they are cut)."""
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text).replace("z", "Z"))
+
+
+def _validate_give_back(verb: str, args: Mapping[str, Any]) -> None:
+    """What the schema cannot say about a give-back command, as the durable executor checks
+    it (`appliance.commands_durable.validate_args`, when that module is present)."""
+    try:
+        durable = importlib.import_module("appliance.commands_durable")
+    except ImportError:  # TODO(durable): always present once the durable branch is merged
+        return
+    try:
+        durable.validate_args(verb, dict(args))
+    except ValueError as exc:
+        raise RequestError("invalid_request", str(exc)) from None

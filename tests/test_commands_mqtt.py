@@ -1,0 +1,139 @@
+"""POS commands end to end: a real Mosquitto, the bus, the request worker, the ledger and the
+Leat sandbox over HTTP; and a device restarted during a value-taking call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from broker import Mosquitto, Subscriber
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from test_commands import COFFEE, JANE, SHOP, Device, redeem
+from test_orders import order_body
+
+from appliance import contract
+from appliance.bus import Message, MqttBus
+from appliance.config import MqttConfig
+from appliance.leat.client import LeatClient
+from appliance.outbox import Outbox
+from appliance.pos.intake import OrderRequests
+from appliance.pos.ledger import Ledger
+from appliance.pos.runner import Commands
+from appliance.sandbox.server import LeatSandbox
+
+DEVICE = "till-5"
+BASE = f"leat-scanner/{DEVICE}"
+
+
+def _props(correlation: bytes, expiry_s: int | None = None) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.ResponseTopic = "pos/till5/replies"
+    props.CorrelationData = correlation
+    if expiry_s is not None:
+        props.MessageExpiryInterval = expiry_s
+    return props
+
+
+def test_commands_over_mqtt_answer_on_the_response_topic_with_correlation_data(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    outbox, ledger = state / "outbox.sqlite3", state / "commands.sqlite3"
+    Outbox.prepare(outbox)
+    Ledger.prepare(ledger)
+    bus = MqttBus(MqttConfig(host=broker.host, port=broker.port), BASE, DEVICE, None, {"x": 1})
+    seen: list[Message] = []
+    with LeatSandbox() as sandbox, LeatClient(
+        sandbox.url, token=sandbox.personal_access_token, shop_uuid=SHOP, timeout_s=5.0
+    ) as leat, Subscriber(broker, "pos/till5/replies") as pos:
+        commands = Commands(leat, ledger, outbox, bus.publish_event, device_id=DEVICE)
+        requests = OrderRequests(outbox, bus.publish_response, base_topic=BASE,
+                                 shop_uuid=SHOP, commands=commands)
+
+        class Spy:  # the bus's Message as the intake gets it (MQTT v5 expiry included)
+            def on_message(self, message: Message) -> None:
+                seen.append(message)
+                requests.on_message(message)
+
+            def start(self) -> None:
+                requests.start()
+
+            def stop(self, timeout: float = 5.0) -> None:
+                requests.stop(timeout)
+
+        bus.serve("request/+", Spy())
+        bus.start()
+        try:
+            assert bus.wait_connected(10)
+            pos.wait_subscribed()
+            sent: list[tuple[str, Mapping[str, Any]]] = [
+                ("contact.lookup", {"request_id": "m-1", "identifier": "LC-7F3K9Q2M"}),
+                ("reward.redeem", redeem("m-2")),
+                ("reward.redeem", redeem("m-2")),  # the same request_id: one Leat call
+                ("voucher.validate", {"request_id": "m-3", "code": "WELCOME-JANE"}),
+            ]
+            for index, (verb, body) in enumerate(sent):
+                contract.validate(f"command_{verb.replace('.', '_')}", body)
+                pos.publish(f"{BASE}/request/{verb}", json.dumps(body).encode(),
+                            _props(f"c{index}".encode(), expiry_s=60))
+            replies = pos.wait_for(lambda ms: len(ms) == len(sent))
+        finally:
+            bus.stop()
+    by_correlation = {}
+    for reply in replies:
+        payload = json.loads(reply.payload)
+        contract.validate("response", payload)
+        by_correlation[reply.properties.CorrelationData] = payload
+    assert by_correlation[b"c0"]["data"]["contact"]["uuid"] == JANE
+    assert by_correlation[b"c1"]["status"] == "ok"
+    assert by_correlation[b"c1"]["data"]["points"] == 1200
+    assert by_correlation[b"c2"]["data"] == by_correlation[b"c1"]["data"]
+    assert by_correlation[b"c3"]["data"]["voucher"]["contact_uuid"] == JANE
+    assert sum(1 for m, p in sandbox.requests() if m == "POST" and p.endswith(
+        "/reward-receptions")) == 1
+    assert seen and all(m.expiry_s is not None and 0 < m.expiry_s <= 60 for m in seen)
+
+
+def test_a_call_the_device_stopped_during_is_reconciled_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    with LeatSandbox() as sandbox:
+        first = Device(sandbox, tmp_path / "state")
+        try:  # the reception happened, then the device died before recording it
+            reception = first.client.create_reward_reception(
+                contact_uuid=JANE, reward_uuid=COFFEE)
+            Ledger(tmp_path / "state" / "commands.sqlite3").begin(
+                "r-crash", "reward.redeem", {"contact_uuid": JANE, "reward_uuid": COFFEE},
+                "tx-crash")
+        finally:
+            first.close()
+        second = Device(sandbox, tmp_path / "state")
+        try:
+            second.intake.start()  # resumes what the ledger left unsettled
+            event = second.events.wait()[0]
+            assert event["status"] == "ok" and event["request_id"] == "r-crash"
+            assert event["data"]["uuid"] == reception.uuid
+            again = second.send("reward.redeem", **redeem("r-crash"))
+            assert again["data"]["uuid"] == reception.uuid
+            assert second.balance(JANE) == 1200  # spent once
+        finally:
+            second.intake.stop()
+            second.close()
+
+
+def test_order_requests_echo_an_optional_request_id(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox.sqlite3"
+    requests = OrderRequests(outbox, lambda *a: None, base_topic=BASE, shop_uuid=SHOP)
+    body = {"request_id": "ord-1", "customer": {"contact_uuid": JANE},
+            "order": order_body("pos-9")}
+    reply = requests.handle("order.create", json.dumps(body).encode())
+    contract.validate("response", reply)
+    assert reply["status"] == "ok" and reply["request_id"] == "ord-1"
+    again = requests.handle("order.create", json.dumps({**body, "request_id": "ord-2"}).encode())
+    assert again["data"]["duplicate"] is True  # the key stays external_identifier
+    without = requests.handle("order.create", json.dumps({**body, "request_id": None}).encode())
+    assert without["error"]["code"] == "invalid_request"
+
