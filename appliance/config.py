@@ -354,7 +354,7 @@ def capabilities(cfg: Config, environ: Mapping[str, str] | None = None) -> list[
     leat = cfg.leat
     found = ["scan"]
     if leat.client_id is not None or read_secret("leat-token", leat.token_file, environ):
-        found += ["identify", "orders"]
+        found += ["identify", "orders", "commands"]
         if leat.portal_url and read_secret(
             "leat-account-secret", leat.account_secret_file, environ
         ):

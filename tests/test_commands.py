@@ -479,3 +479,14 @@ def test_hostile_commands_get_one_named_reply_never_internal(device: Device) -> 
         codes[code] = codes.get(code, 0) + 1
         assert code != "internal", (verb, body, reply)
     assert codes.get("invalid_request", 0) > 20 and codes.get("ok", 0) > 20, codes
+
+
+def test_command_deadline_is_configurable_and_five_seconds_by_default() -> None:
+    from appliance.config import LeatConfig
+
+    assert LeatConfig().command_deadline_s == 5.0
+    assert LeatConfig(command_deadline_s=1.5).command_deadline_s == 1.5
+    with pytest.raises(ValueError, match="command_deadline_s"):
+        LeatConfig(command_deadline_s=0)
+    example = (ROOT / "appliance" / "examples" / "config.toml").read_text(encoding="utf-8")
+    assert "command_deadline_s = 5.0" in example

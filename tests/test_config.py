@@ -279,8 +279,8 @@ def test_capabilities_follow_the_configuration(tmp_path: Path) -> None:
     private(tmp_path / "leat-token", "pat")
     private(tmp_path / "leat-account-secret", "s3cret")
     leat = config.load(environ={"LEAT_SCANNER_FEEDBACK__ENABLED": "false"})
-    assert config.capabilities(leat, environ) == ["scan", "identify", "orders"]
+    assert config.capabilities(leat, environ) == ["scan", "identify", "orders", "commands"]
     tokens = config.load(environ={"LEAT_SCANNER_LEAT__PORTAL_URL": "https://shop.piggy.eu"})
     assert config.capabilities(tokens, environ) == [
-        "scan", "identify", "orders", "anonymous_orders", "feedback"
+        "scan", "identify", "orders", "commands", "anonymous_orders", "feedback"
     ]

@@ -158,13 +158,18 @@ class Ledger:
             ).fetchall()
         return {r[0] for r in rows if r[0]}
 
-    def remember_lock(self, voucher: str, release_key: str) -> None:
-        """Keep a lock's release key (by voucher uuid and by code)."""
+    def remember_lock(self, release_key: str, *vouchers: str) -> None:
+        """Keep a lock's release key under each of `vouchers` (its uuid, its code), at once."""
+        now = self._clock()
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO voucher_locks VALUES (?, ?, ?)",
-                (voucher, release_key, self._clock()),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO voucher_locks VALUES (?, ?, ?)",
+                    [(voucher, release_key, now) for voucher in vouchers],
+                )
+            finally:
+                self._db.execute("COMMIT")
 
     def release_key(self, voucher: str) -> str | None:
         """The release key of our lock on `voucher` (uuid or code), if we hold one."""

@@ -173,8 +173,7 @@ def voucher_lock(ctx: Context, args: Mapping[str, Any]) -> dict[str, Any]:
     uuid = args.get("voucher_uuid") or ctx.client.find_voucher(args["code"]).uuid
     lock = ctx.client.lock_voucher(uuid)
     if lock.release_key:
-        ctx.ledger.remember_lock(uuid, lock.release_key)
-        ctx.ledger.remember_lock(args["code"], lock.release_key)
+        ctx.ledger.remember_lock(lock.release_key, uuid, args["code"])
     return {
         "voucher_uuid": uuid, "code": args["code"], "status": lock.status,
         "release_key": lock.release_key,
