@@ -9,7 +9,6 @@ a small pool so the worker can answer at the deadline while a slow call finishes
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 import threading
@@ -255,15 +254,10 @@ class Commands:
         self, verb: str, args: dict[str, Any], ctx: verbs.Context, reply: _Reply
     ) -> dict[str, Any]:
         try:
-            kind = Kind("command")
-        except ValueError:  # TODO(durable): Kind.COMMAND arrives with the durable branch
-            return reply.error("not_configured", f"{verb} needs the durable command outbox, "
-                               "which this build does not have")
-        try:
             stored = verbs.give_back_args(ctx, verb, args)
             _validate_give_back(verb, stored)
             enqueued = ctx.outbox().enqueue(
-                kind, reply.request_id, {"verb": verb, "args": stored},
+                Kind.COMMAND, reply.request_id, {"verb": verb, "args": stored},
                 transaction=reply.transaction,
             )
         except RequestError as exc:
@@ -359,13 +353,11 @@ def _instant(text: str) -> datetime:
 
 
 def _validate_give_back(verb: str, args: Mapping[str, Any]) -> None:
-    """What the schema cannot say about a give-back command, as the durable executor checks
-    it (`appliance.commands_durable.validate_args`, when that module is present)."""
+    """What the schema cannot say about a give-back command, checked as the durable
+    executor checks it before running it (`commands_durable.validate_args`)."""
+    from appliance.commands_durable import validate_args  # imports the Leat client
+
     try:
-        durable = importlib.import_module("appliance.commands_durable")
-    except ImportError:  # TODO(durable): always present once the durable branch is merged
-        return
-    try:
-        durable.validate_args(verb, dict(args))
+        validate_args(verb, dict(args))
     except ValueError as exc:
         raise RequestError("invalid_request", str(exc)) from None
