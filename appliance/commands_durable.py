@@ -212,7 +212,7 @@ def _collect_reversed(client: LeatClient, args: Mapping[str, Any]) -> bool | Non
     collectable, contact = args.get("collectable_uuid"), args.get("contact_uuid")
     if not collectable or not contact:
         return None
-    with _read_only():
+    with read_only():
         items = client.list_collectable_rewards(contact)
     found = next((c for c in items if c.uuid == collectable), None)
     return None if found is None else not found.has_been_collected
@@ -223,7 +223,7 @@ def _voucher_status(client: LeatClient, args: Mapping[str, Any]) -> str | None:
     if not code:
         return None
     try:
-        with _read_only():
+        with read_only():
             voucher = client.find_voucher(code)
     except LeatRejected:
         return None  # not found by its code: nothing to tell
@@ -279,7 +279,7 @@ def _done(client: LeatClient, verb: str, args: Mapping[str, Any]) -> dict[str, A
 
 
 @contextmanager
-def _read_only() -> Iterator[None]:
+def read_only() -> Iterator[None]:
     """A failed GET changed nothing in Leat: its `LeatUnavailable` is never ambiguous."""
     try:
         yield
@@ -289,4 +289,4 @@ def _read_only() -> Iterator[None]:
         raise LeatUnavailable(str(exc), exc.retry_after, ambiguous=False) from exc
 
 
-__all__ = ["GIVE_BACK_VERBS", "SCHEMA", "Unexplained", "execute", "validate_args"]
+__all__ = ["GIVE_BACK_VERBS", "SCHEMA", "Unexplained", "execute", "read_only", "validate_args"]

@@ -477,7 +477,7 @@ class Forwarder:
         """The Leat uuid of an ambiguous order, None when Leat says it has none;
         `_Unexplained` when Leat's answer is neither (undocumented, so never taken as no)."""
         try:
-            with _read_only():
+            with commands_durable.read_only():
                 found = self._client.find_order(item.external_identifier)
         except LeatRejected as exc:
             raise _Unexplained(
@@ -489,7 +489,7 @@ class Forwarder:
     def _resolve(self, identifier: str) -> str:
         """The contact uuid of a scanned identifier; `_Dead` when it has none."""
         try:
-            with _read_only():
+            with commands_durable.read_only():
                 found = self._client.find_contact_identifier(identifier)
         except LeatRejected as exc:
             raise _Dead(
@@ -713,17 +713,6 @@ class Forwarder:
 
 def _nothing() -> None:
     """The default heartbeat."""
-
-
-@contextmanager
-def _read_only() -> Iterator[None]:
-    """A failed GET changed nothing in Leat: its `LeatUnavailable` is never ambiguous."""
-    try:
-        yield
-    except LeatUnavailable as exc:
-        if not exc.ambiguous:
-            raise
-        raise LeatUnavailable(str(exc), exc.retry_after, ambiguous=False) from exc
 
 
 def _int_or_none(value: object) -> int | None:
