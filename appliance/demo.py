@@ -6,7 +6,9 @@ vouchers); with `--config` it uses the configured broker and Leat account. Frame
 cards, a giftcard, a voucher, a phone in dark mode, a Loyalty Token URL, empty frames) are
 generated into a temporary folder and replayed as the camera would deliver them; LED/buzzer
 run on gpiozero's mock pins and each signal is printed. A subscriber prints every message as
-a POS would see it, with a readable line for each identification.
+a POS would see it, with a readable line for each identification. With the private sandbox a
+demo POS (`DemoPos`) then redeems a reward and a voucher over request/response and sends the
+order with them as linked discounts, printing a receipt line per step.
 """
 
 from __future__ import annotations
@@ -155,8 +157,10 @@ def demo_order(
 
     Each of `free_coffees` (name, offer type, offer uuid: a reward or voucher redeemed for this
     order; at most two) makes one flat white free: a line discount, also in the line's
-    discount_amount and linked to the line and to the Leat offer, as Leat's POS guide asks
-    ("applied_discounts.offer: ... Highly recommended to link if present").
+    discount_amount and linked to the line and to the Leat offer, as the create-order fields
+    of Leat's Point of Sales integration guide (docs.leat.com) ask: line-level discounts are
+    "reflected in the discount amount on the individual (sub) line item(s)" and the offer is
+    "highly recommended to link if present".
     """
     ext = external_identifier
     discounts = [
