@@ -55,12 +55,13 @@ class EchoFeedback:
 
 
 class Viewer:
-    """An MQTT subscriber printing everything under the device's base topic."""
+    """An MQTT subscriber printing everything under the device's base topic; with `run_pos`
+    it also starts the demo POS after the first card."""
 
-    def __init__(self, cfg: Config, out: TextIO, *, place_orders: bool = False) -> None:
+    def __init__(self, cfg: Config, out: TextIO, *, run_pos: bool = False) -> None:
         self._base = cfg.base_topic
         self._out = out
-        self._place_orders = place_orders
+        self._run_pos = run_pos
         self.orders_settled = threading.Event()
         self.pos = DemoPos(self._send, out)
         self._order_events = 0
@@ -115,13 +116,18 @@ class Viewer:
             self.identifications += 1
             event = json.loads(text)
             self._out.write(f"   {describe_identification(event)}\n")
-            if self._place_orders and event["kind"] == "loyalty_card":
+            if self._run_pos and event["kind"] == "loyalty_card":
                 # once, for the first card: the POS's steps wait for replies, which arrive on
                 # this (paho's) thread, so they run on their own
-                self._place_orders = False
+                self._run_pos = False
                 threading.Thread(target=self.pos.run, args=(event,), daemon=True).start()
         if topic.startswith("response/"):
-            self.pos.answered(json.loads(text))
+            try:
+                reply = json.loads(text)
+            except ValueError:
+                reply = None
+            if isinstance(reply, dict):
+                self.pos.answered(reply)
         if topic == "events/order":
             self._order_events += 1
             self._out.write(f"   {describe_order(json.loads(text))}\n")
@@ -384,7 +390,7 @@ def run_demo(
             out.write(f"== replaying {len(list(frames.iterdir()))} frames from {frames} "
                       f"at {fps:g} fps; subscribed to {cfg.base_topic}/#\n")
             private = sandbox is not None  # never place demo orders in a real Leat account
-            viewer = Viewer(cfg, out, place_orders=private)
+            viewer = Viewer(cfg, out, run_pos=private)
             try:
                 if not viewer.subscribed.wait(10):
                     raise BusError("demo viewer could not subscribe within 10 s")
