@@ -6,7 +6,9 @@ vouchers); with `--config` it uses the configured broker and Leat account. Frame
 cards, a giftcard, a voucher, a phone in dark mode, a Loyalty Token URL, empty frames) are
 generated into a temporary folder and replayed as the camera would deliver them; LED/buzzer
 run on gpiozero's mock pins and each signal is printed. A subscriber prints every message as
-a POS would see it, with a readable line for each identification.
+a POS would see it, with a readable line for each identification. With the private sandbox a
+demo POS (`DemoPos`) then redeems a reward and a voucher over request/response and sends the
+order with them as linked discounts, printing a receipt line per step.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import sys
 import tempfile
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -52,13 +55,15 @@ class EchoFeedback:
 
 
 class Viewer:
-    """An MQTT subscriber printing everything under the device's base topic."""
+    """An MQTT subscriber printing everything under the device's base topic; with `run_pos`
+    it also starts the demo POS after the first card."""
 
-    def __init__(self, cfg: Config, out: TextIO, *, place_orders: bool = False) -> None:
+    def __init__(self, cfg: Config, out: TextIO, *, run_pos: bool = False) -> None:
         self._base = cfg.base_topic
         self._out = out
-        self._place_orders = place_orders
+        self._run_pos = run_pos
         self.orders_settled = threading.Event()
+        self.pos = DemoPos(self._send, out)
         self._order_events = 0
         self.subscribed = threading.Event()
         self.offline_seen = threading.Event()
@@ -111,12 +116,18 @@ class Viewer:
             self.identifications += 1
             event = json.loads(text)
             self._out.write(f"   {describe_identification(event)}\n")
-            if self._place_orders and event["kind"] == "loyalty_card":
-                # once, for the first card; verified or not: the device resolves a scanned
-                # identifier to the contact when it sends the order
-                self._place_orders = False
-                self._order(DEMO_ORDER_ID, {"identifier": event["identifier"]})
-                self._order(DEMO_ANONYMOUS_ORDER_ID, None)
+            if self._run_pos and event["kind"] == "loyalty_card":
+                # once, for the first card: the POS's steps wait for replies, which arrive on
+                # this (paho's) thread, so they run on their own
+                self._run_pos = False
+                threading.Thread(target=self.pos.run, args=(event,), daemon=True).start()
+        if topic.startswith("response/"):
+            try:
+                reply = json.loads(text)
+            except ValueError:
+                reply = None
+            if isinstance(reply, dict):
+                self.pos.answered(reply)
         if topic == "events/order":
             self._order_events += 1
             self._out.write(f"   {describe_order(json.loads(text))}\n")
@@ -129,15 +140,9 @@ class Viewer:
             shown = text
         self._out.write(f"<- {topic}{retained}  {shown}\n")
 
-    def _order(self, external_identifier: str, customer: dict[str, str] | None) -> None:
-        """Act as the POS: hand the device a finished order (from paho's thread)."""
-        order = demo_order(external_identifier)
-        request = {"transaction": f"till-1/{external_identifier}", "customer": customer,
-                   "order": order}
-        who = customer["identifier"] if customer else "no customer"
-        self._out.write(f"-> request/order.create  {external_identifier} ({who}), "
-                        f"total {order['total_order_amount'] / 100:.2f}\n")
-        self._client.publish(f"{self._base}/request/order.create", json.dumps(request), qos=1)
+    def _send(self, verb: str, request: dict[str, Any]) -> None:
+        """Publish one POS request (QoS 1, the device's default reply topic)."""
+        self._client.publish(f"{self._base}/request/{verb}", json.dumps(request), qos=1)
 
     def close(self) -> None:
         """Disconnect."""
@@ -147,23 +152,174 @@ class Viewer:
 
 DEMO_ORDER_ID = "demo-order-0001"
 DEMO_ANONYMOUS_ORDER_ID = "demo-order-0002"
+FLAT_WHITE, CROISSANT = 350, 250  # prices in cents
+REPLY_TIMEOUT_S = 15.0  # per POS request; a command answers within its 5 s deadline
 
 
-def demo_order(external_identifier: str) -> dict[str, Any]:
-    """Two flat whites and a croissant, as Leat's create-and-process body."""
-    return {
-        "external_identifier": external_identifier,
+def demo_order(
+    external_identifier: str, free_coffees: Sequence[tuple[str, str, str]] = ()
+) -> dict[str, Any]:
+    """Two flat whites and a croissant, as Leat's create-and-process body.
+
+    Each of `free_coffees` (name, offer type, offer uuid: a reward or voucher redeemed for this
+    order; at most two) makes one flat white free: a line discount, also in the line's
+    discount_amount and linked to the line and to the Leat offer, as the create-order fields
+    of Leat's Point of Sales integration guide (docs.leat.com) ask: line-level discounts are
+    "reflected in the discount amount on the individual (sub) line item(s)" and the offer is
+    "highly recommended to link if present".
+    """
+    ext = external_identifier
+    discounts = [
+        {"external_identifier": f"{ext}-d{number}", "name": name, "amount": FLAT_WHITE,
+         "type": "ABSOLUTE", "value": FLAT_WHITE, "applied_to": "ORDER_LINES",
+         "line_items": [{"external_identifier": f"{ext}-1"}],
+         "offer": {"uuid": uuid, "type": offer_type}}
+        for number, (name, offer_type, uuid) in enumerate(free_coffees[:2], 1)
+    ]
+    off = FLAT_WHITE * len(discounts)
+    total = 2 * FLAT_WHITE - off + CROISSANT
+    order: dict[str, Any] = {
+        "external_identifier": ext,
         "status": "COMPLETED",
         "payment_status": "PAID",
-        "order_amount": 950,
-        "total_order_amount": 950,
+        "order_amount": total,
+        "total_order_amount": total,
         "line_items": [
-            {"external_identifier": f"{external_identifier}-1", "name": "Flat white",
-             "quantity": 2, "price": 350, "total_amount": 700},
-            {"external_identifier": f"{external_identifier}-2", "name": "Croissant",
-             "quantity": 1, "price": 250, "total_amount": 250},
+            {"external_identifier": f"{ext}-1", "name": "Flat white", "quantity": 2,
+             "price": FLAT_WHITE, "total_amount": 2 * FLAT_WHITE - off,
+             **({"discount_amount": off} if off else {})},
+            {"external_identifier": f"{ext}-2", "name": "Croissant",
+             "quantity": 1, "price": CROISSANT, "total_amount": CROISSANT},
         ],
     }
+    if discounts:
+        order["applied_discounts"] = discounts
+        order["total_discount_amount"] = off
+    return order
+
+
+class StepFailed(Exception):
+    """A POS request was refused, or not answered in time."""
+
+
+class DemoPos:
+    """The demo's POS, acting over MQTT request/response after the first card: it redeems a
+    reward, locks and redeems the customer's voucher, hands over the order with both as
+    discounts, then an order without a customer. Each request carries a request_id; each step
+    waits for its reply and prints a receipt line. `done` is set at the end, `failure` names
+    the step that failed (the demo then exits 1)."""
+
+    def __init__(
+        self, send: Callable[[str, dict[str, Any]], None], out: TextIO,
+        *, timeout: float = REPLY_TIMEOUT_S,
+    ) -> None:
+        self._send, self._out, self._timeout = send, out, timeout
+        self._lock = threading.Lock()
+        self._waiting: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {}
+        self.done = threading.Event()
+        self.failure: str | None = None
+        self.steps_ok = 0
+
+    def answered(self, reply: dict[str, Any]) -> None:
+        """A reply arrived (paho's thread): hand it to the step waiting for its request_id."""
+        request_id = reply.get("request_id")
+        with self._lock:
+            waiter = self._waiting.get(request_id) if isinstance(request_id, str) else None
+        if waiter is not None:
+            waiter[1].append(reply)
+            waiter[0].set()
+
+    def run(self, identification: dict[str, Any]) -> None:
+        """Serve the customer identified by `identification` (on its own thread)."""
+        try:
+            self._checkout(identification)
+        except StepFailed as exc:
+            self.failure = str(exc)
+            self._out.write(f"   POS step failed: {exc}\n")
+        finally:
+            self.done.set()
+
+    def _checkout(self, identification: dict[str, Any]) -> None:
+        contact = identification.get("contact")
+        if contact is None:
+            raise StepFailed("the first card was not identified by Leat: nothing to redeem")
+        # a pre-redeemable reward is claimed now and collected on a later visit: redeem one
+        # that is used at once (Leat's "Option 1: redeem, reverse on failure")
+        reward = next((r for r in contact["rewards"]
+                       if r["affordable"] and not r["pre_redeemable"]), None)
+        voucher = next((o for o in contact["offers"] if o["type"] == "voucher"), None)
+        if reward is None or voucher is None:
+            raise StepFailed(f"{contact['first_name']} has no affordable reward or no voucher")
+        transaction = f"till-1/{DEMO_ORDER_ID}"
+
+        self._out.write(f"-> request/reward.redeem  {reward['title']} for "
+                        f"{contact['first_name']}\n")
+        redeemed = self._request("reward.redeem", f"{DEMO_ORDER_ID}-reward", transaction, {
+            "contact_uuid": contact["uuid"], "reward_uuid": reward["uuid"],
+            "identifier": identification["identifier"],
+        })
+        credits = redeemed["credits"]
+        spent = abs(credits) if isinstance(credits, int) else reward["required_credits"]
+        self._out.write(f"   reward redeemed: {redeemed['title'] or reward['title']}, "
+                        f"-{spent} {contact['points_name']}, balance {redeemed['points']}\n")
+
+        code = voucher["code"]
+        self._out.write(f"-> request/voucher.lock  {code}\n")
+        lock = self._request("voucher.lock", f"{DEMO_ORDER_ID}-lock", transaction,
+                             {"code": code, "voucher_uuid": voucher["uuid"]})
+        self._out.write(f"   voucher locked: {code} ({lock['status']}), release key kept; "
+                        f"Leat releases it at {lock['system_release_at']}\n")
+        self._out.write(f"-> request/voucher.redeem  {code} with the lock's release key\n")
+        # the offer is in this contact's own list: the contact linked to the voucher
+        used = self._request("voucher.redeem", f"{DEMO_ORDER_ID}-voucher", transaction, {
+            "code": code, "contact_uuid": contact["uuid"], "release_key": lock["release_key"],
+        })
+        self._out.write(f"   voucher redeemed: {used['voucher']['name']} ({code}), "
+                        f"{used['voucher']['status']}\n")
+
+        free = [(reward["title"], "REWARD_REDEMPTION", redeemed["uuid"]),
+                (voucher["title"], "VOUCHER_REDEMPTION", used["redemption_uuid"] or used["uuid"])]
+        self._order(DEMO_ORDER_ID, {"identifier": identification["identifier"]}, free)
+        self._order(DEMO_ANONYMOUS_ORDER_ID, None, ())
+
+    def _order(
+        self, external_identifier: str, customer: dict[str, str] | None,
+        free: Sequence[tuple[str, str, str]],
+    ) -> None:
+        """Hand the device a finished order; its outcome follows on events/order."""
+        order = demo_order(external_identifier, free)
+        who = customer["identifier"] if customer else "no customer"
+        off = order.get("total_discount_amount", 0)
+        names = ", ".join(name for name, _, _ in free)
+        self._out.write(f"-> request/order.create  {external_identifier} ({who}), "
+                        f"total {order['total_order_amount'] / 100:.2f}"
+                        + (f" after {off / 100:.2f} off ({names})" if off else "") + "\n")
+        self._request("order.create", external_identifier, f"till-1/{external_identifier}",
+                      {"customer": customer, "order": order})
+
+    def _request(
+        self, verb: str, request_id: str, transaction: str, args: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Publish one request and wait for its reply; its `data` when ok."""
+        event = threading.Event()
+        box: list[dict[str, Any]] = []
+        with self._lock:
+            self._waiting[request_id] = (event, box)
+        try:
+            self._send(verb, {"request_id": request_id, "transaction": transaction, **args})
+            if not event.wait(self._timeout):
+                raise StepFailed(f"{verb}: no reply within {self._timeout:g} s")
+        finally:
+            with self._lock:
+                del self._waiting[request_id]
+        reply = box[0]
+        if reply["status"] != "ok":
+            error = reply.get("error") or {}
+            raise StepFailed(f"{verb}: {reply['status']}, {error.get('code')}: "
+                             f"{error.get('message')}")
+        self.steps_ok += 1
+        data: dict[str, Any] = reply["data"]
+        return data
 
 
 def describe_order(event: dict[str, Any]) -> str:
@@ -208,8 +364,11 @@ def run_demo(
     fps: float = 4.0,
     stop: threading.Event | None = None,
     out: TextIO | None = None,
+    sandbox_seed: Mapping[str, Any] | None = None,
 ) -> int:
-    """Run the demo; returns 0 when every published scan reached the subscriber."""
+    """Run the demo; returns 0 when every published scan reached the subscriber and (with
+    the private sandbox) every step of the demo POS succeeded. `sandbox_seed` replaces the
+    private sandbox's bundled demo data."""
     from gpiozero.pins.mock import MockFactory
 
     out = out or sys.stdout
@@ -219,7 +378,7 @@ def run_demo(
         frames = work / "frames"
         write_demo_frames(frames)
         broker = None if configured else LocalMosquitto(work / "broker")
-        sandbox = None if configured else LeatSandbox()
+        sandbox = None if configured else LeatSandbox(sandbox_seed)
         try:
             if broker is not None and sandbox is not None:
                 broker.start()
@@ -231,28 +390,30 @@ def run_demo(
             out.write(f"== replaying {len(list(frames.iterdir()))} frames from {frames} "
                       f"at {fps:g} fps; subscribed to {cfg.base_topic}/#\n")
             private = sandbox is not None  # never place demo orders in a real Leat account
-            viewer = Viewer(cfg, out, place_orders=private)
+            viewer = Viewer(cfg, out, run_pos=private)
             try:
                 if not viewer.subscribed.wait(10):
                     raise BusError("demo viewer could not subscribe within 10 s")
                 feedback = EchoFeedback(Feedback.from_config(cfg.feedback, MockFactory()), out)
                 service = build(cfg, feedback=feedback, stop_when_source_ends=not private)
                 if private:
-                    # the replay ends before the orders have gone round: stop when both did
+                    # the replay ends before the POS is done and its orders have gone round
                     def _stop_when_done() -> None:
                         service.source_ended.wait(120)
-                        viewer.orders_settled.wait(30)
+                        if viewer.pos.done.wait(60) and viewer.pos.failure is None:
+                            viewer.orders_settled.wait(30)
                         stop.set()
 
                     threading.Thread(target=_stop_when_done, daemon=True).start()
                 status = service.run(stop)
                 viewer.offline_seen.wait(5)
                 published = service.stats.scans_total
+                pos = f"; {viewer.pos.steps_ok} POS requests answered ok" if private else ""
                 out.write(f"== {published} scans published, {viewer.scan_events} received, "
                           f"{viewer.identifications} identifications; "
-                          f"{service.stats.rejected_total} refused\n")
-                if private and not viewer.orders_settled.is_set():
-                    out.write("== the demo orders did not come back from Leat in time\n")
+                          f"{service.stats.rejected_total} refused{pos}\n")
+                if private and (problem := _pos_problem(viewer)) is not None:
+                    out.write(f"== {problem}\n")
                     return 1
                 return status if viewer.scan_events == published else 1
             finally:
@@ -262,6 +423,17 @@ def run_demo(
                 broker.stop()
             if sandbox is not None:
                 sandbox.stop()
+
+
+def _pos_problem(viewer: Viewer) -> str | None:
+    """What went wrong with the demo POS's steps and orders, if anything."""
+    if not viewer.pos.done.is_set():
+        return "the demo POS did not finish in time"
+    if viewer.pos.failure is not None:
+        return f"the demo POS failed: {viewer.pos.failure}"
+    if not viewer.orders_settled.is_set():
+        return "the demo orders did not come back from Leat in time"
+    return None
 
 
 def _demo_config(cfg: Config, frames: Path, fps: float) -> Config:

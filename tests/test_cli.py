@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -191,14 +192,67 @@ def test_cli_demo_prints_events_as_a_subscriber_sees_them(
     summary = out.rstrip().splitlines()[-1]
     assert summary.startswith(f"== {len(scans)} scans published, {len(scans)} received")
     assert "[led/buzzer] accepted" in out
-    # the demo POS hands over two orders: one earns Jane points once, one gets a claim QR
+    assert summary.endswith("; 5 POS requests answered ok")
+    # after Jane's card the demo POS redeems a reward, locks and redeems her voucher, each
+    # request with a request_id and one reply, and prints a receipt line per step
+    requests = _messages(out, "<- request/")
+    replies = _messages(out, "<- response/")
+    assert [(verb, body["request_id"]) for verb, body in requests] == [
+        ("reward.redeem", "demo-order-0001-reward"), ("voucher.lock", "demo-order-0001-lock"),
+        ("voucher.redeem", "demo-order-0001-voucher"), ("order.create", "demo-order-0001"),
+        ("order.create", "demo-order-0002"),
+    ]
+    assert sorted((verb, reply["request_id"], reply["status"]) for verb, reply in replies) == \
+        sorted((verb, body["request_id"], "ok") for verb, body in requests)
+    data = {verb: reply["data"] for verb, reply in replies if verb != "order.create"}
+    lock, redeem = data["voucher.lock"], dict(requests)["voucher.redeem"]
+    assert redeem["release_key"] == lock["release_key"] and lock["status"] == "LOCKED"
+    assert data["voucher.redeem"]["voucher"]["status"] == "REDEEMED"
+    assert "   reward redeemed: Cup of coffee, -50 beans, balance 1200\n" in out
+    assert "   voucher locked: WELCOME-JANE (LOCKED), release key kept" in out
+    assert "   voucher redeemed: Welcome coffee (WELCOME-JANE), REDEEMED\n" in out
+    # the order carries both as discounts linked to the Leat offers, amounts consistent
+    order = dict(requests)["order.create"]["order"]  # the last: demo-order-0002, no offers
+    assert "applied_discounts" not in order and order["total_order_amount"] == 950
+    jane = requests[3][1]["order"]
+    assert [(d["offer"]["type"], d["offer"]["uuid"]) for d in jane["applied_discounts"]] == [
+        ("REWARD_REDEMPTION", data["reward.redeem"]["uuid"]),
+        ("VOUCHER_REDEMPTION", data["voucher.redeem"]["redemption_uuid"]),
+    ]
+    assert jane["line_items"][0]["discount_amount"] == jane["total_discount_amount"] == 700
+    assert jane["total_order_amount"] == jane["order_amount"] == 250
+    assert all(reply["data"]["warnings"] == [] for verb, reply in replies
+               if verb == "order.create")
+    # two orders: one earns Jane points once (on the 2.50 paid), one gets a claim QR
     orders = [json.loads(line.split("  ", 1)[1]) for line in out.splitlines()
               if line.startswith("<- events/order")]
     assert {(o["external_identifier"], o["status"]) for o in orders} == {
         ("demo-order-0001", "delivered"), ("demo-order-0002", "delivered")
     }
-    assert "reached Leat once: +9 points, new balance 1259" in out
+    assert "reached Leat once: +2 points, new balance 1202" in out
     assert "print this claim QR on the receipt" in out
+
+
+def test_demo_fails_when_a_pos_step_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from appliance.config import Config
+    from appliance.demo import run_demo
+    from appliance.sandbox.seed import BUNDLED_SEED
+
+    seed = json.loads(BUNDLED_SEED.read_text(encoding="utf-8"))
+    coffee = next(r for r in seed["rewards"] if r["title"] == "Cup of coffee")
+    coffee["stock"] = 0  # Leat refuses the reception: 1018, no stock
+    assert run_demo(Config(), configured=False, fps=40, sandbox_seed=seed) == 1
+    out = capsys.readouterr().out
+    assert "== the demo POS failed: reward.redeem: error, leat_rejected: " in out
+    assert "-> request/voucher.lock" not in out and "-> request/order.create" not in out
+
+
+def _messages(out: str, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+    """(verb, payload) of each printed message whose line starts with `prefix`."""
+    return [
+        (line.split("  ", 1)[0].removeprefix(prefix), json.loads(line.split("  ", 1)[1]))
+        for line in out.splitlines() if line.startswith(prefix)
+    ]
 
 
 def test_cli_sandbox_serves_until_sigterm() -> None:
