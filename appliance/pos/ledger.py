@@ -7,7 +7,10 @@ it). A row is `running` while its call runs, `unknown` while it is being reconci
 with the outcome any later request with the same request_id gets. Outcomes in which nothing
 happened at Leat (offline, expired, ...) are not recorded: the row is dropped, so the POS
 may send the same request again. It also remembers the release keys of the locks it took,
-so `voucher.release` and `voucher.redeem` can omit them.
+so `voucher.release` and `voucher.redeem` can omit them, and what each value-taking command
+it ran took (`taken`: the reception, collection, voucher or redemption uuid -> its contact,
+collectable and voucher code), so a give-back command that names only the uuid is stored
+with the optional args that let the durable executor settle a lost answer.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from pathlib import Path
 from typing import Any, Final
 
 KEEP_S: Final = 48 * 3600  # at least the 24 h the contract promises
+KEEP_TAKEN_S: Final = 31 * 24 * 3600  # a give-back (a return) may come weeks later
+TAKING_VERBS: Final = frozenset({"reward.redeem", "reward.collect", "voucher.lock",
+                                 "voucher.redeem"})
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
     request_id TEXT PRIMARY KEY,
@@ -40,6 +46,13 @@ CREATE TABLE IF NOT EXISTS voucher_locks (
     release_key TEXT NOT NULL,
     locked_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS taken (
+    uuid TEXT PRIMARY KEY,
+    contact_uuid TEXT,
+    collectable_uuid TEXT,
+    code TEXT,
+    taken_at REAL NOT NULL
+);
 """
 
 
@@ -55,6 +68,15 @@ class Entry:
     state: str
     response: dict[str, Any] | None
     started_at: float
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What a value-taking command of this device took, by one of its uuids."""
+
+    contact_uuid: str | None
+    collectable_uuid: str | None
+    code: str | None
 
 
 class Conflict(Exception):
@@ -84,7 +106,25 @@ class Ledger:
         db = sqlite3.connect(path, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+            had_taken = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'taken'"
+            ).fetchone()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                if had_taken is None:  # a ledger made before `taken`: fill it from its rows
+                    rows = db.execute(
+                        "SELECT verb, args, response, updated_at FROM commands "
+                        "WHERE state = 'done' AND response IS NOT NULL"
+                    ).fetchall()
+                    for verb, args, response, at in rows:
+                        _record_taken(db, verb, json.loads(args), json.loads(response), at)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
         finally:
             db.close()
 
@@ -126,14 +166,26 @@ class Ledger:
 
     def finish(self, request_id: str, response: Mapping[str, Any], *, final: bool = True
                ) -> None:
-        """Record the outcome (`done`; `unknown` while it is still being reconciled)."""
+        """Record the outcome (`done`; `unknown` while it is still being reconciled), and
+        what an ok value-taking command took, in one transaction."""
+        now = self._clock()
         with self._lock:
-            self._db.execute(
-                "UPDATE commands SET state = ?, response = ?, updated_at = ? "
-                "WHERE request_id = ?",
-                ("done" if final else "unknown", json.dumps(response), self._clock(),
-                 request_id),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "UPDATE commands SET state = ?, response = ?, updated_at = ? "
+                    "WHERE request_id = ?",
+                    ("done" if final else "unknown", json.dumps(response), now, request_id),
+                )
+                row = self._db.execute(
+                    "SELECT verb, args FROM commands WHERE request_id = ?", (request_id,)
+                ).fetchone()
+                if final and row is not None:
+                    self._db.execute("DELETE FROM taken WHERE taken_at < ?",
+                                     (now - KEEP_TAKEN_S,))
+                    _record_taken(self._db, row[0], json.loads(row[1]), response, now)
+            finally:
+                self._db.execute("COMMIT")
 
     def forget(self, request_id: str) -> None:
         """Drop a command that did nothing at Leat: the same request may be sent again."""
@@ -180,6 +232,42 @@ class Ledger:
                 "SELECT release_key FROM voucher_locks WHERE voucher = ?", (voucher,)
             ).fetchone()
         return None if row is None else str(row[0])
+
+
+    def taken(self, uuid: str) -> Taken | None:
+        """What the value-taking command that returned `uuid` (a reception, collection,
+        voucher or redemption uuid) took, if this device ran it."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT contact_uuid, collectable_uuid, code FROM taken WHERE uuid = ?", (uuid,)
+            ).fetchone()
+        return None if row is None else Taken(*row)
+
+
+def _record_taken(db: sqlite3.Connection, verb: str, args: Mapping[str, Any],
+                  response: Mapping[str, Any], at: float) -> None:
+    """Index what an ok outcome of a value-taking verb took, by each uuid a give-back
+    command may name (reward.reverse: the reception; reward.collect_reverse: the
+    collection; voucher.release / voucher.reverse: the voucher or its redemption)."""
+    data = response.get("data")
+    if verb not in TAKING_VERBS or response.get("status") != "ok" or not isinstance(data, dict):
+        return
+    contact, collectable, code = args.get("contact_uuid"), None, args.get("code")
+    uuids = [data.get("uuid")]
+    if verb == "reward.collect":
+        collectable = args.get("collectable_uuid")
+    elif verb == "voucher.lock":
+        uuids, code = [data.get("voucher_uuid")], data.get("code") or code
+    elif verb == "voucher.redeem":
+        voucher = data.get("voucher") or {}
+        uuids = [data.get("redemption_uuid"), voucher.get("uuid")]
+        code = voucher.get("code") or code
+        contact = voucher.get("contact_uuid") or contact
+    db.executemany(
+        "INSERT OR REPLACE INTO taken VALUES (?, ?, ?, ?, ?)",
+        [(u, contact, collectable, code, at) for u in dict.fromkeys(uuids)
+         if isinstance(u, str) and u],
+    )
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
