@@ -27,7 +27,7 @@ from appliance.leat.client import LeatClient
 from appliance.outbox import Kind, Outbox, State
 from appliance.pos.commands import VERBS, rules_table
 from appliance.pos.intake import OrderRequests
-from appliance.pos.ledger import Ledger
+from appliance.pos.ledger import Conflict, Ledger
 from appliance.pos.runner import Commands
 from appliance.sandbox.server import LeatSandbox
 
@@ -140,6 +140,54 @@ def test_contact_lookup_by_card_email_and_uuid_answers_the_identification_blocks
     unknown = device.send("contact.lookup", request_id="l-4", identifier="LC-NOBODY999")
     assert unknown["status"] == "ok" and unknown["data"]["status"] == "unknown"
     assert unknown["data"]["reason"]["code"] == 60003
+
+
+def test_a_read_repeated_gets_its_recorded_reply_also_after_a_restart(
+    sandbox: LeatSandbox, tmp_path: Path,
+) -> None:
+    dev = Device(sandbox, tmp_path / "state")
+    try:
+        first = dev.send("contact.lookup", request_id="l-r", contact_uuid=JANE)
+        again = dev.send("contact.lookup", request_id="l-r", contact_uuid=JANE)
+        assert again == first and dev.calls("GET", f"/contacts/{JANE}") == 1
+        other = dev.send("contact.lookup", request_id="l-r", contact_uuid=SAM)
+        assert other["error"]["code"] == "conflict"
+    finally:
+        dev.close()  # writes the reads' outcomes still held
+    dev = Device(sandbox, tmp_path / "state")
+    try:
+        assert dev.send("contact.lookup", request_id="l-r", contact_uuid=JANE) == first
+        assert dev.calls("GET", f"/contacts/{JANE}") == 1
+    finally:
+        dev.close()
+
+
+def test_a_read_writes_nothing_before_its_call_yet_a_duplicate_is_busy(tmp_path: Path) -> None:
+    path = tmp_path / "commands.sqlite3"
+    Ledger.prepare(path)
+    ledger = Ledger(path)
+    disk = sqlite3.connect(path)
+    try:
+        assert ledger.begin("q-1", "order.get", {"external_identifier": "A"}, None,
+                            durable=False) is None
+        assert disk.execute("SELECT count(*) FROM commands").fetchone() == (0,)
+        running = ledger.begin("q-1", "order.get", {"external_identifier": "A"}, None,
+                               durable=False)
+        assert running is not None and running.response is None  # -> busy
+        with pytest.raises(Conflict):
+            ledger.begin("q-1", "order.get", {"external_identifier": "B"}, None, durable=False)
+        with pytest.raises(Conflict):  # a value-taking command may not take its request_id
+            ledger.begin("q-1", "voucher.lock", {"code": "X"}, None)
+        ledger.finish("q-1", {"status": "ok", "data": {"state": "queued"}})
+        held = ledger.begin("q-1", "order.get", {"external_identifier": "A"}, None,
+                            durable=False)
+        assert held is not None and held.response == {"status": "ok",
+                                                      "data": {"state": "queued"}}
+    finally:
+        ledger.close()
+    assert disk.execute("SELECT state FROM commands WHERE request_id = 'q-1'"
+                        ).fetchone() == ("done",)
+    disk.close()
 
 
 def test_contact_lookup_create_finds_or_creates_by_email(device: Device) -> None:

@@ -4,13 +4,17 @@ Its own SQLite file in the state directory (WAL, synchronous=FULL: a recorded ou
 survives a power cut), created once by `prepare()` before any thread opens it, as the
 outbox is. One connection, guarded by a lock (the request worker and the reconcilers share
 it). A row is `running` while its call runs, `unknown` while it is being reconciled, `done`
-with the outcome any later request with the same request_id gets. Outcomes in which nothing
-happened at Leat (offline, expired, ...) are not recorded: the row is dropped, so the POS
-may send the same request again. It also remembers the release keys of the locks it took,
-so `voucher.release` and `voucher.redeem` can omit them, and what each value-taking command
-it ran took (`taken`: the reception, collection, voucher or redemption uuid -> its contact,
-collectable and voucher code), so a give-back command that names only the uuid is stored
-with the optional args that let the durable executor settle a lost answer.
+with the outcome any later request with the same request_id gets. A value-taking command's
+`running` row is on disk before its call goes to Leat. A read moves no value, so it waits
+for no disk: it is held in memory while it runs (a duplicate meanwhile gets `busy`, another
+body `conflict`), its outcome is kept in memory at once and written by a background thread
+after the reply; a power cut may lose that record, and a repeat is then asked of Leat again.
+Outcomes in which nothing happened at Leat (offline, expired, ...) are not recorded: the row
+is dropped, so the POS may send the same request again. It also remembers the release keys
+of the locks it took, so `voucher.release` and `voucher.redeem` can omit them, and what each
+value-taking command it ran took (`taken`: the reception, collection, voucher or redemption
+uuid -> its contact, collectable and voucher code), so a give-back command that names only
+the uuid is stored with the optional args that let the durable executor settle a lost answer.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -98,6 +103,8 @@ class Ledger:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._held: dict[str, Entry] = {}  # reads in flight or not yet written
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
 
     @staticmethod
     def prepare(path: Path) -> None:
@@ -129,47 +136,73 @@ class Ledger:
             db.close()
 
     def close(self) -> None:
-        """Close the connection."""
+        """Write the reads' outcomes still held, then close the connection."""
+        self._writer.shutdown(wait=True)
         with self._lock:
             self._db.close()
 
     def begin(
-        self, request_id: str, verb: str, args: Mapping[str, Any], transaction: str | None
+        self, request_id: str, verb: str, args: Mapping[str, Any], transaction: str | None,
+        *, durable: bool = True,
     ) -> Entry | None:
         """Record a new `running` command; None when new, else the entry already recorded
-        (Conflict when it is recorded with another verb or body)."""
+        (Conflict when it is recorded with another verb or body). `durable=False` (a read):
+        held in memory, nothing written before the call."""
         digest = body_hash(verb, args)
         now = self._clock()
+        new = Entry(request_id, verb, digest, dict(args), transaction, "running", None, now)
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM commands WHERE updated_at < ? AND state = 'done'",
-                                 (now - KEEP_S,))
+            entry = self._held.get(request_id)
+            if entry is None and durable:
+                entry = self._begin_durable(new)
+            elif entry is None:
                 row = self._db.execute(
                     "SELECT * FROM commands WHERE request_id = ?", (request_id,)
                 ).fetchone()
-                if row is None:
-                    self._db.execute(
-                        "INSERT INTO commands VALUES (?, ?, ?, ?, ?, 'running', NULL, ?, ?)",
-                        (request_id, verb, digest, json.dumps(args), transaction, now, now),
-                    )
-            finally:
-                self._db.execute("COMMIT")
-        if row is None:
+                entry = None if row is None else _entry(row)
+                if entry is None:
+                    self._held[request_id] = new
+        if entry is None:
             return None
-        entry = _entry(row)
         if entry.body_hash != digest:
             raise Conflict(
                 f"request_id {request_id!r} was used for another {entry.verb} request"
             )
         return entry
 
+    def _begin_durable(self, new: Entry) -> Entry | None:
+        """The recorded entry of `new.request_id`, else `new` written as `running`."""
+        now = new.started_at
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DELETE FROM commands WHERE updated_at < ? AND state = 'done'",
+                             (now - KEEP_S,))
+            row = self._db.execute(
+                "SELECT * FROM commands WHERE request_id = ?", (new.request_id,)
+            ).fetchone()
+            if row is None:
+                self._db.execute(
+                    "INSERT INTO commands VALUES (?, ?, ?, ?, ?, 'running', NULL, ?, ?)",
+                    (new.request_id, new.verb, new.body_hash, json.dumps(new.args),
+                     new.transaction, now, now),
+                )
+        finally:
+            self._db.execute("COMMIT")
+        return None if row is None else _entry(row)
+
     def finish(self, request_id: str, response: Mapping[str, Any], *, final: bool = True
                ) -> None:
         """Record the outcome (`done`; `unknown` while it is still being reconciled), and
-        what an ok value-taking command took, in one transaction."""
+        what an ok value-taking command took, in one transaction. A read's outcome is kept
+        in memory at once and written in the background."""
         now = self._clock()
         with self._lock:
+            held = self._held.get(request_id)
+            if held is not None:
+                self._held[request_id] = replace(
+                    held, state="done" if final else "unknown", response=dict(response))
+                self._writer.submit(self._write_held, request_id)
+                return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(
@@ -187,9 +220,31 @@ class Ledger:
             finally:
                 self._db.execute("COMMIT")
 
+    def _write_held(self, request_id: str) -> None:
+        """Write a read's outcome held in memory (the ledger's writer thread)."""
+        now = self._clock()
+        with self._lock:
+            entry = self._held.get(request_id)
+            if entry is None:  # forgotten meanwhile
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM commands WHERE updated_at < ? AND state = 'done'",
+                                 (now - KEEP_S,))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO commands VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (request_id, entry.verb, entry.body_hash, json.dumps(entry.args),
+                     entry.transaction, entry.state, json.dumps(entry.response),
+                     entry.started_at, now),
+                )
+            finally:
+                self._db.execute("COMMIT")
+            del self._held[request_id]
+
     def forget(self, request_id: str) -> None:
         """Drop a command that did nothing at Leat: the same request may be sent again."""
         with self._lock:
+            self._held.pop(request_id, None)
             self._db.execute("DELETE FROM commands WHERE request_id = ?", (request_id,))
 
     def unsettled(self) -> list[Entry]:
