@@ -544,6 +544,24 @@ def test_voucher_reverse_by_its_redemption_alone_settles_a_lost_answer(device: D
     assert device.calls("POST", f"/{redemption}/reverse") == 1
 
 
+def test_voucher_release_of_a_lock_of_this_device_needs_only_the_voucher_uuid(
+    device: Device,
+) -> None:
+    lock = device.send("voucher.lock", request_id="vl-rl", code="SPRING-2X7Q")
+    uuid, key = lock["data"]["voucher_uuid"], lock["data"]["release_key"]
+    reply = device.send("voucher.release", request_id="g-rl", voucher_uuid=uuid)
+    assert reply["status"] == "accepted", reply
+    with Outbox(device.outbox) as box:
+        stored = box.find(Kind.COMMAND, "g-rl")
+    assert stored is not None
+    assert stored.body["args"] == {"voucher_uuid": uuid, "release_key": key,
+                                   "code": "SPRING-2X7Q"}
+    forwarder, clock = forwarder_of(device)
+    drain_all(forwarder, clock)
+    assert settled_command(device, "g-rl")["data"]["status"] == "ACTIVE"
+    assert device.client.find_voucher("SPRING-2X7Q").status == "ACTIVE"
+
+
 def test_give_back_args_the_pos_sent_are_kept_and_unknown_uuids_get_nothing(
     device: Device,
 ) -> None:

@@ -192,9 +192,9 @@ class Ledger:
 
     def finish(self, request_id: str, response: Mapping[str, Any], *, final: bool = True
                ) -> None:
-        """Record the outcome (`done`; `unknown` while it is still being reconciled), and
-        what an ok value-taking command took, in one transaction. A read's outcome is kept
-        in memory at once and written in the background."""
+        """Record the outcome (`done`; `unknown` while it is still being reconciled), what an
+        ok value-taking command took and an ok lock's release key, in one transaction. A
+        read's outcome is kept in memory at once and written in the background."""
         now = self._clock()
         with self._lock:
             held = self._held.get(request_id)
@@ -217,6 +217,7 @@ class Ledger:
                     self._db.execute("DELETE FROM taken WHERE taken_at < ?",
                                      (now - KEEP_TAKEN_S,))
                     _record_taken(self._db, row[0], json.loads(row[1]), response, now)
+                    _record_lock(self._db, row[0], response, now)
             finally:
                 self._db.execute("COMMIT")
 
@@ -265,19 +266,6 @@ class Ledger:
             ).fetchall()
         return {r[0] for r in rows if r[0]}
 
-    def remember_lock(self, release_key: str, *vouchers: str) -> None:
-        """Keep a lock's release key under each of `vouchers` (its uuid, its code), at once."""
-        now = self._clock()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO voucher_locks VALUES (?, ?, ?)",
-                    [(voucher, release_key, now) for voucher in vouchers],
-                )
-            finally:
-                self._db.execute("COMMIT")
-
     def release_key(self, voucher: str) -> str | None:
         """The release key of our lock on `voucher` (uuid or code), if we hold one."""
         with self._lock:
@@ -323,6 +311,19 @@ def _record_taken(db: sqlite3.Connection, verb: str, args: Mapping[str, Any],
         [(u, contact, collectable, code, at) for u in dict.fromkeys(uuids)
          if isinstance(u, str) and u],
     )
+
+
+def _record_lock(db: sqlite3.Connection, verb: str, response: Mapping[str, Any],
+                 at: float) -> None:
+    """Keep an ok lock's release key under its voucher uuid and its code."""
+    data = response.get("data")
+    if verb != "voucher.lock" or response.get("status") != "ok" or not isinstance(data, dict):
+        return
+    key = data.get("release_key")
+    if isinstance(key, str) and key:
+        db.executemany("INSERT OR REPLACE INTO voucher_locks VALUES (?, ?, ?)",
+                       [(v, key, at) for v in (data.get("voucher_uuid"), data.get("code"))
+                        if isinstance(v, str) and v])
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:

@@ -169,11 +169,10 @@ def reconcile_reward_collect(ctx: Context, args: Mapping[str, Any]) -> dict[str,
 
 
 def voucher_lock(ctx: Context, args: Mapping[str, Any]) -> dict[str, Any]:
-    """Lock a voucher for an hour; the device keeps the release key."""
+    """Lock a voucher for an hour; the device keeps the release key (the ledger, with the
+    outcome, in one transaction)."""
     uuid = args.get("voucher_uuid") or ctx.client.find_voucher(args["code"]).uuid
     lock = ctx.client.lock_voucher(uuid)
-    if lock.release_key:
-        ctx.ledger.remember_lock(lock.release_key, uuid, args["code"])
     return {
         "voucher_uuid": uuid, "code": args["code"], "status": lock.status,
         "release_key": lock.release_key,
