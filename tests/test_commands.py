@@ -562,6 +562,31 @@ def test_voucher_release_of_a_lock_of_this_device_needs_only_the_voucher_uuid(
     assert device.client.find_voucher("SPRING-2X7Q").status == "ACTIVE"
 
 
+def test_option_2_undone_by_the_required_uuids_alone_reaches_leat_in_order(
+    device: Device,
+) -> None:
+    """The guides' "Option 2" after a failed payment: reverse the collection, then the
+    reception. With the collectable filled in (the reception's uuid), the outbox holds the
+    reception's reversal until the collection's is done, as Leat requires."""
+    croissant = next(r for r in device.client.list_rewards() if r.pre_redeemable)
+    redeemed = device.send("reward.redeem", **redeem("r-o2", reward=croissant.uuid))
+    reception = redeemed["data"]["uuid"]
+    collected = device.send("reward.collect", request_id="k-o2", contact_uuid=JANE,
+                            collectable_uuid=reception)
+    assert collected["status"] == "ok", collected
+    device.send("reward.collect_reverse", request_id="g-o2a",
+                redemption_uuid=collected["data"]["uuid"])
+    device.send("reward.reverse", request_id="g-o2b", reception_uuid=reception)
+    device.sandbox.faults.set(latency_s=0.2, only_paths=("/collectable-rewards",))
+    forwarder, clock = forwarder_of(device)
+    drain_all(forwarder, clock)
+    events = device.events.wait(2)
+    assert [(e["request_id"], e["status"]) for e in events] == [("g-o2a", "ok"),
+                                                                ("g-o2b", "ok")]
+    assert events[1]["data"]["new_balance"] == 1250
+    assert device.balance(JANE) == 1250
+
+
 def test_give_back_args_the_pos_sent_are_kept_and_unknown_uuids_get_nothing(
     device: Device,
 ) -> None:
