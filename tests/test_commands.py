@@ -153,7 +153,7 @@ def test_a_read_repeated_gets_its_recorded_reply_also_after_a_restart(
         other = dev.send("contact.lookup", request_id="l-r", contact_uuid=SAM)
         assert other["error"]["code"] == "conflict"
     finally:
-        dev.close()  # writes the reads' outcomes still held
+        dev.close()  # the reads' outcomes held are written by now
     dev = Device(sandbox, tmp_path / "state")
     try:
         assert dev.send("contact.lookup", request_id="l-r", contact_uuid=JANE) == first

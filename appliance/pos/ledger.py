@@ -135,6 +135,10 @@ class Ledger:
         finally:
             db.close()
 
+    def flush(self) -> None:
+        """Wait until the reads' outcomes held so far are written."""
+        self._writer.submit(lambda: None).result()
+
     def close(self) -> None:
         """Write the reads' outcomes still held, then close the connection."""
         self._writer.shutdown(wait=True)

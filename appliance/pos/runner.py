@@ -97,6 +97,7 @@ class Commands:
         for thread in list(self._settling):
             thread.join(2.0)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._ledger.flush()  # the reads' outcomes (a reconciler may still finish: kept open)
         outbox: Outbox | None = getattr(self._local, "outbox", None)
         if outbox is not None:
             outbox.close()
