@@ -169,6 +169,7 @@ class Context:
 
 
 JANE: Final = "c0a80101-1a2b-4c3d-8e4f-000000000001"  # the seed's contact with LC-7F3K9Q2M
+SAM: Final = "c0a80101-1a2b-4c3d-8e4f-000000000002"  # holds the bench's collectable rewards
 COFFEE: Final = "e1d2c3b4-0000-4a00-9000-000000000011"  # a reward of 50 points
 CROISSANT: Final = "e1d2c3b4-0000-4a00-9000-000000000012"  # pre-redeemable
 SPRING: Final = "b0b0b0b0-0000-4c00-8000-000000000001"  # a promotion
@@ -188,7 +189,9 @@ def collectable_uuid(side: str, n: int) -> str:
 
 def bench_seed(runs: int) -> dict[str, Any]:
     """The shipped seed, plus what `runs` value-taking requests use up on each side (the
-    device's and the bare calls'): points, vouchers and collectable rewards."""
+    device's and the bare calls'): points, vouchers and collectable rewards. The collectable
+    rewards are Sam's, not Jane's: Jane's lookups then list what a customer at a counter has,
+    not the bench's hundreds of croissants."""
     seed = json.loads((ROOT / "appliance" / "sandbox" / "seed.json").read_text("utf-8"))
     for contact in seed["contacts"]:
         if contact["uuid"] == JANE:
@@ -205,7 +208,7 @@ def bench_seed(runs: int) -> dict[str, Any]:
             })
             next_id += 1
             seed["collectable_rewards"].append({
-                "uuid": collectable_uuid(side, n), "contact": JANE, "reward": CROISSANT,
+                "uuid": collectable_uuid(side, n), "contact": SAM, "reward": CROISSANT,
                 "created_at": "2026-11-01T09:30:00+00:00", "expires_at": None,
             })
     return seed
@@ -283,7 +286,7 @@ CASES: list[Case] = [
     ),
     Case(
         "reward.collect", "reward.collect",
-        lambda n, ctx: {"request_id": _rid("collect", n, ctx), "contact_uuid": ctx.contact_uuid,
+        lambda n, ctx: {"request_id": _rid("collect", n, ctx), "contact_uuid": SAM,
                         "collectable_uuid": collectable_uuid("dev", n)},
         lambda leat, n, ctx: leat.collect_reward(collectable_uuid("bare", n)),
         calls=1,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -16,15 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_forwarder import Clock, drain_all
 from test_orders import Replies, order_body
 
 from appliance import contract
 from appliance.bus import Message
+from appliance.forwarder import Forwarder
 from appliance.leat.client import LeatClient
-from appliance.outbox import Kind, Outbox
+from appliance.outbox import Kind, Outbox, State
 from appliance.pos.commands import VERBS, rules_table
 from appliance.pos.intake import OrderRequests
-from appliance.pos.ledger import Ledger
+from appliance.pos.ledger import Conflict, Ledger
 from appliance.pos.runner import Commands
 from appliance.sandbox.server import LeatSandbox
 
@@ -137,6 +140,54 @@ def test_contact_lookup_by_card_email_and_uuid_answers_the_identification_blocks
     unknown = device.send("contact.lookup", request_id="l-4", identifier="LC-NOBODY999")
     assert unknown["status"] == "ok" and unknown["data"]["status"] == "unknown"
     assert unknown["data"]["reason"]["code"] == 60003
+
+
+def test_a_read_repeated_gets_its_recorded_reply_also_after_a_restart(
+    sandbox: LeatSandbox, tmp_path: Path,
+) -> None:
+    dev = Device(sandbox, tmp_path / "state")
+    try:
+        first = dev.send("contact.lookup", request_id="l-r", contact_uuid=JANE)
+        again = dev.send("contact.lookup", request_id="l-r", contact_uuid=JANE)
+        assert again == first and dev.calls("GET", f"/contacts/{JANE}") == 1
+        other = dev.send("contact.lookup", request_id="l-r", contact_uuid=SAM)
+        assert other["error"]["code"] == "conflict"
+    finally:
+        dev.close()  # the reads' outcomes held are written by now
+    dev = Device(sandbox, tmp_path / "state")
+    try:
+        assert dev.send("contact.lookup", request_id="l-r", contact_uuid=JANE) == first
+        assert dev.calls("GET", f"/contacts/{JANE}") == 1
+    finally:
+        dev.close()
+
+
+def test_a_read_writes_nothing_before_its_call_yet_a_duplicate_is_busy(tmp_path: Path) -> None:
+    path = tmp_path / "commands.sqlite3"
+    Ledger.prepare(path)
+    ledger = Ledger(path)
+    disk = sqlite3.connect(path)
+    try:
+        assert ledger.begin("q-1", "order.get", {"external_identifier": "A"}, None,
+                            durable=False) is None
+        assert disk.execute("SELECT count(*) FROM commands").fetchone() == (0,)
+        running = ledger.begin("q-1", "order.get", {"external_identifier": "A"}, None,
+                               durable=False)
+        assert running is not None and running.response is None  # -> busy
+        with pytest.raises(Conflict):
+            ledger.begin("q-1", "order.get", {"external_identifier": "B"}, None, durable=False)
+        with pytest.raises(Conflict):  # a value-taking command may not take its request_id
+            ledger.begin("q-1", "voucher.lock", {"code": "X"}, None)
+        ledger.finish("q-1", {"status": "ok", "data": {"state": "queued"}})
+        held = ledger.begin("q-1", "order.get", {"external_identifier": "A"}, None,
+                            durable=False)
+        assert held is not None and held.response == {"status": "ok",
+                                                      "data": {"state": "queued"}}
+    finally:
+        ledger.close()
+    assert disk.execute("SELECT state FROM commands WHERE request_id = 'q-1'"
+                        ).fetchone() == ("done",)
+    disk.close()
 
 
 def test_contact_lookup_create_finds_or_creates_by_email(device: Device) -> None:
@@ -419,6 +470,173 @@ def test_voucher_release_without_a_key_needs_a_lock_of_this_device(device: Devic
     assert reply["status"] == "error"
     if "COMMAND" in Kind.__members__:
         assert reply["error"]["code"] == "invalid_request"
+
+
+def forwarder_of(device: Device) -> tuple[Forwarder, Clock]:
+    """The durable executor over the device's outbox (its clock moves when a test says)."""
+    clock = Clock()
+    clock.now = time.time()
+    return Forwarder(device.outbox, device.client, device.events, device_id="till-9",
+                     shop_uuid=SHOP, clock=clock, rng=random.Random(8)), clock
+
+
+def settled_command(device: Device, request_id: str) -> Mapping[str, Any]:
+    """The one events/command of a give-back command, delivered from the outbox."""
+    with Outbox(device.outbox) as box:
+        stored = box.find(Kind.COMMAND, request_id)
+    assert stored is not None and stored.state is State.DELIVERED
+    [event] = [e for e in device.events.wait() if e["request_id"] == request_id]
+    contract.validate("command_event", event)
+    return event
+
+
+def test_reward_reverse_by_its_reception_alone_settles_a_lost_answer_with_the_balance(
+    device: Device,
+) -> None:
+    redeemed = device.send("reward.redeem", **redeem("r-rv"))
+    assert device.balance(JANE) == 1200
+    reply = device.send("reward.reverse", request_id="g-rv",
+                        reception_uuid=redeemed["data"]["uuid"])  # only the required uuid
+    assert reply["status"] == "accepted", reply
+    forwarder, clock = forwarder_of(device)
+    device.sandbox.faults.set(drop_after_receive=True, only_paths=("/reward-receptions",),
+                              times=1)
+    assert forwarder.drain_once() == 1
+    assert device.balance(JANE) == 1250  # Leat gave the points back; its answer was lost
+    drain_all(forwarder, clock)
+    event = settled_command(device, "g-rv")
+    assert event["status"] == "ok" and event["data"]["already"] is True
+    assert event["data"]["new_balance"] == 1250  # the contact the device redeemed for
+    assert device.balance(JANE) == 1250  # given back once
+
+
+def test_collect_reverse_by_its_collection_alone_settles_a_lost_answer(device: Device) -> None:
+    collected = device.send("reward.collect", request_id="k-rv", contact_uuid=JANE,
+                            collectable_uuid=JANE_COLLECTABLE)
+    redemption = collected["data"]["uuid"]
+    reply = device.send("reward.collect_reverse", request_id="g-crv",
+                        redemption_uuid=redemption)
+    assert reply["status"] == "accepted", reply
+    forwarder, clock = forwarder_of(device)
+    device.sandbox.faults.set(drop_after_receive=True, only_paths=("/collectable-rewards",),
+                              times=1)
+    assert forwarder.drain_once() == 1
+    drain_all(forwarder, clock)
+    event = settled_command(device, "g-crv")
+    assert event["status"] == "ok" and event["data"]["already"] is True
+    assert device.calls("POST", f"/{redemption}/reverse") == 1  # the list told: not resent
+
+
+def test_voucher_reverse_by_its_redemption_alone_settles_a_lost_answer(device: Device) -> None:
+    redeemed = device.send("voucher.redeem", request_id="vr-rv", code="SPRING-2X7Q",
+                           contact_uuid=JANE)
+    redemption = redeemed["data"]["redemption_uuid"]
+    reply = device.send("voucher.reverse", request_id="g-vrv", redemption_uuid=redemption)
+    assert reply["status"] == "accepted", reply
+    forwarder, clock = forwarder_of(device)
+    device.sandbox.faults.set(drop_after_receive=True, only_paths=(f"/vouchers/{redemption}",),
+                              times=1)
+    assert forwarder.drain_once() == 1
+    drain_all(forwarder, clock)
+    event = settled_command(device, "g-vrv")
+    assert event["status"] == "ok" and event["data"]["already"] is True
+    assert event["data"]["status"] == "ACTIVE"  # read back by the code the device knew
+    assert device.calls("POST", f"/{redemption}/reverse") == 1
+
+
+def test_voucher_release_of_a_lock_of_this_device_needs_only_the_voucher_uuid(
+    device: Device,
+) -> None:
+    lock = device.send("voucher.lock", request_id="vl-rl", code="SPRING-2X7Q")
+    uuid, key = lock["data"]["voucher_uuid"], lock["data"]["release_key"]
+    reply = device.send("voucher.release", request_id="g-rl", voucher_uuid=uuid)
+    assert reply["status"] == "accepted", reply
+    with Outbox(device.outbox) as box:
+        stored = box.find(Kind.COMMAND, "g-rl")
+    assert stored is not None
+    assert stored.body["args"] == {"voucher_uuid": uuid, "release_key": key,
+                                   "code": "SPRING-2X7Q"}
+    forwarder, clock = forwarder_of(device)
+    drain_all(forwarder, clock)
+    assert settled_command(device, "g-rl")["data"]["status"] == "ACTIVE"
+    assert device.client.find_voucher("SPRING-2X7Q").status == "ACTIVE"
+
+
+def test_option_2_undone_by_the_required_uuids_alone_reaches_leat_in_order(
+    device: Device,
+) -> None:
+    """The guides' "Option 2" after a failed payment: reverse the collection, then the
+    reception. With the collectable filled in (the reception's uuid), the outbox holds the
+    reception's reversal until the collection's is done, as Leat requires."""
+    croissant = next(r for r in device.client.list_rewards() if r.pre_redeemable)
+    redeemed = device.send("reward.redeem", **redeem("r-o2", reward=croissant.uuid))
+    reception = redeemed["data"]["uuid"]
+    collected = device.send("reward.collect", request_id="k-o2", contact_uuid=JANE,
+                            collectable_uuid=reception)
+    assert collected["status"] == "ok", collected
+    device.send("reward.collect_reverse", request_id="g-o2a",
+                redemption_uuid=collected["data"]["uuid"])
+    device.send("reward.reverse", request_id="g-o2b", reception_uuid=reception)
+    device.sandbox.faults.set(latency_s=0.2, only_paths=("/collectable-rewards",))
+    forwarder, clock = forwarder_of(device)
+    drain_all(forwarder, clock)
+    events = device.events.wait(2)
+    assert [(e["request_id"], e["status"]) for e in events] == [("g-o2a", "ok"),
+                                                                ("g-o2b", "ok")]
+    assert events[1]["data"]["new_balance"] == 1250
+    assert device.balance(JANE) == 1250
+
+
+def test_give_back_args_the_pos_sent_are_kept_and_unknown_uuids_get_nothing(
+    device: Device,
+) -> None:
+    redeemed = device.send("reward.redeem", **redeem("r-kp"))
+    device.send("reward.reverse", request_id="g-kp", reception_uuid=redeemed["data"]["uuid"],
+                contact_uuid=SAM)
+    device.send("reward.reverse", request_id="g-un",
+                reception_uuid="d0d0d0d0-0000-4d00-8000-0000000000aa")
+    with Outbox(device.outbox) as box:
+        kept, unknown = box.find(Kind.COMMAND, "g-kp"), box.find(Kind.COMMAND, "g-un")
+    assert kept is not None and kept.body["args"]["contact_uuid"] == SAM
+    assert unknown is not None and "contact_uuid" not in unknown.body["args"]
+
+
+def test_a_ledger_made_before_the_taken_index_is_migrated_keeping_every_row(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "commands.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE commands (request_id TEXT PRIMARY KEY, verb TEXT NOT NULL,
+            body_hash TEXT NOT NULL, args TEXT NOT NULL, transaction_id TEXT,
+            state TEXT NOT NULL CHECK (state IN ('running', 'unknown', 'done')),
+            response TEXT, started_at REAL NOT NULL, updated_at REAL NOT NULL);
+        CREATE TABLE voucher_locks (voucher TEXT PRIMARY KEY, release_key TEXT NOT NULL,
+            locked_at REAL NOT NULL);
+    """)
+    now = time.time()
+    ok = {"status": "ok", "data": {"uuid": "rec-1", "points": 1200}}
+    rows = [("r-1", "reward.redeem", {"contact_uuid": JANE, "reward_uuid": COFFEE}, "done", ok),
+            ("r-2", "reward.redeem", {"contact_uuid": SAM, "reward_uuid": COFFEE}, "running",
+             None)]
+    old.executemany("INSERT INTO commands VALUES (?, ?, 'h', ?, NULL, ?, ?, ?, ?)",
+                    [(rid, verb, json.dumps(args), state,
+                      None if out is None else json.dumps(out), now, now)
+                     for rid, verb, args, state, out in rows])
+    old.execute("INSERT INTO voucher_locks VALUES ('v-1', 'key-1', ?)", (now,))
+    old.commit()
+    old.close()
+    Ledger.prepare(path)
+    Ledger.prepare(path)  # idempotent
+    ledger = Ledger(path)
+    try:
+        taken = ledger.taken("rec-1")
+        assert taken is not None and taken.contact_uuid == JANE
+        assert [e.request_id for e in ledger.unsettled()] == ["r-2"]
+        assert ledger.results("reward.redeem") == {"rec-1"}
+        assert ledger.release_key("v-1") == "key-1"
+    finally:
+        ledger.close()
 
 
 # ---------------------------------------------------------------------------- contract

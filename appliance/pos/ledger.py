@@ -4,10 +4,17 @@ Its own SQLite file in the state directory (WAL, synchronous=FULL: a recorded ou
 survives a power cut), created once by `prepare()` before any thread opens it, as the
 outbox is. One connection, guarded by a lock (the request worker and the reconcilers share
 it). A row is `running` while its call runs, `unknown` while it is being reconciled, `done`
-with the outcome any later request with the same request_id gets. Outcomes in which nothing
-happened at Leat (offline, expired, ...) are not recorded: the row is dropped, so the POS
-may send the same request again. It also remembers the release keys of the locks it took,
-so `voucher.release` and `voucher.redeem` can omit them.
+with the outcome any later request with the same request_id gets. A value-taking command's
+`running` row is on disk before its call goes to Leat. A read moves no value, so it waits
+for no disk: it is held in memory while it runs (a duplicate meanwhile gets `busy`, another
+body `conflict`), its outcome is kept in memory at once and written by a background thread
+after the reply; a power cut may lose that record, and a repeat is then asked of Leat again.
+Outcomes in which nothing happened at Leat (offline, expired, ...) are not recorded: the row
+is dropped, so the POS may send the same request again. It also remembers the release keys
+of the locks it took, so `voucher.release` and `voucher.redeem` can omit them, and what each
+value-taking command it ran took (`taken`: the reception, collection, voucher or redemption
+uuid -> its contact, collectable and voucher code), so a give-back command that names only
+the uuid is stored with the optional args that let the durable executor settle a lost answer.
 """
 
 from __future__ import annotations
@@ -18,11 +25,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 KEEP_S: Final = 48 * 3600  # at least the 24 h the contract promises
+KEEP_TAKEN_S: Final = 31 * 24 * 3600  # a give-back (a return) may come weeks later
+TAKING_VERBS: Final = frozenset({"reward.redeem", "reward.collect", "voucher.lock",
+                                 "voucher.redeem"})
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
     request_id TEXT PRIMARY KEY,
@@ -40,6 +51,13 @@ CREATE TABLE IF NOT EXISTS voucher_locks (
     release_key TEXT NOT NULL,
     locked_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS taken (
+    uuid TEXT PRIMARY KEY,
+    contact_uuid TEXT,
+    collectable_uuid TEXT,
+    code TEXT,
+    taken_at REAL NOT NULL
+);
 """
 
 
@@ -55,6 +73,15 @@ class Entry:
     state: str
     response: dict[str, Any] | None
     started_at: float
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What a value-taking command of this device took, by one of its uuids."""
+
+    contact_uuid: str | None
+    collectable_uuid: str | None
+    code: str | None
 
 
 class Conflict(Exception):
@@ -76,6 +103,8 @@ class Ledger:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._held: dict[str, Entry] = {}  # reads in flight or not yet written
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
 
     @staticmethod
     def prepare(path: Path) -> None:
@@ -84,60 +113,143 @@ class Ledger:
         db = sqlite3.connect(path, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+            had_taken = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'taken'"
+            ).fetchone()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                if had_taken is None:  # a ledger made before `taken`: fill it from its rows
+                    rows = db.execute(
+                        "SELECT verb, args, response, updated_at FROM commands "
+                        "WHERE state = 'done' AND response IS NOT NULL"
+                    ).fetchall()
+                    for verb, args, response, at in rows:
+                        _record_taken(db, verb, json.loads(args), json.loads(response), at)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
         finally:
             db.close()
 
+    def flush(self) -> None:
+        """Wait until the reads' outcomes held so far are written."""
+        self._writer.submit(lambda: None).result()
+
     def close(self) -> None:
-        """Close the connection."""
+        """Write the reads' outcomes still held, then close the connection."""
+        self._writer.shutdown(wait=True)
         with self._lock:
             self._db.close()
 
     def begin(
-        self, request_id: str, verb: str, args: Mapping[str, Any], transaction: str | None
+        self, request_id: str, verb: str, args: Mapping[str, Any], transaction: str | None,
+        *, durable: bool = True,
     ) -> Entry | None:
         """Record a new `running` command; None when new, else the entry already recorded
-        (Conflict when it is recorded with another verb or body)."""
+        (Conflict when it is recorded with another verb or body). `durable=False` (a read):
+        held in memory, nothing written before the call."""
         digest = body_hash(verb, args)
         now = self._clock()
+        new = Entry(request_id, verb, digest, dict(args), transaction, "running", None, now)
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM commands WHERE updated_at < ? AND state = 'done'",
-                                 (now - KEEP_S,))
+            entry = self._held.get(request_id)
+            if entry is None and durable:
+                entry = self._begin_durable(new)
+            elif entry is None:
                 row = self._db.execute(
                     "SELECT * FROM commands WHERE request_id = ?", (request_id,)
                 ).fetchone()
-                if row is None:
-                    self._db.execute(
-                        "INSERT INTO commands VALUES (?, ?, ?, ?, ?, 'running', NULL, ?, ?)",
-                        (request_id, verb, digest, json.dumps(args), transaction, now, now),
-                    )
-            finally:
-                self._db.execute("COMMIT")
-        if row is None:
+                entry = None if row is None else _entry(row)
+                if entry is None:
+                    self._held[request_id] = new
+        if entry is None:
             return None
-        entry = _entry(row)
         if entry.body_hash != digest:
             raise Conflict(
                 f"request_id {request_id!r} was used for another {entry.verb} request"
             )
         return entry
 
+    def _begin_durable(self, new: Entry) -> Entry | None:
+        """The recorded entry of `new.request_id`, else `new` written as `running`."""
+        now = new.started_at
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DELETE FROM commands WHERE updated_at < ? AND state = 'done'",
+                             (now - KEEP_S,))
+            row = self._db.execute(
+                "SELECT * FROM commands WHERE request_id = ?", (new.request_id,)
+            ).fetchone()
+            if row is None:
+                self._db.execute(
+                    "INSERT INTO commands VALUES (?, ?, ?, ?, ?, 'running', NULL, ?, ?)",
+                    (new.request_id, new.verb, new.body_hash, json.dumps(new.args),
+                     new.transaction, now, now),
+                )
+        finally:
+            self._db.execute("COMMIT")
+        return None if row is None else _entry(row)
+
     def finish(self, request_id: str, response: Mapping[str, Any], *, final: bool = True
                ) -> None:
-        """Record the outcome (`done`; `unknown` while it is still being reconciled)."""
+        """Record the outcome (`done`; `unknown` while it is still being reconciled), what an
+        ok value-taking command took and an ok lock's release key, in one transaction. A
+        read's outcome is kept in memory at once and written in the background."""
+        now = self._clock()
         with self._lock:
-            self._db.execute(
-                "UPDATE commands SET state = ?, response = ?, updated_at = ? "
-                "WHERE request_id = ?",
-                ("done" if final else "unknown", json.dumps(response), self._clock(),
-                 request_id),
-            )
+            held = self._held.get(request_id)
+            if held is not None:
+                self._held[request_id] = replace(
+                    held, state="done" if final else "unknown", response=dict(response))
+                self._writer.submit(self._write_held, request_id)
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "UPDATE commands SET state = ?, response = ?, updated_at = ? "
+                    "WHERE request_id = ?",
+                    ("done" if final else "unknown", json.dumps(response), now, request_id),
+                )
+                row = self._db.execute(
+                    "SELECT verb, args FROM commands WHERE request_id = ?", (request_id,)
+                ).fetchone()
+                if final and row is not None:
+                    self._db.execute("DELETE FROM taken WHERE taken_at < ?",
+                                     (now - KEEP_TAKEN_S,))
+                    _record_taken(self._db, row[0], json.loads(row[1]), response, now)
+                    _record_lock(self._db, row[0], response, now)
+            finally:
+                self._db.execute("COMMIT")
+
+    def _write_held(self, request_id: str) -> None:
+        """Write a read's outcome held in memory (the ledger's writer thread)."""
+        now = self._clock()
+        with self._lock:
+            entry = self._held.get(request_id)
+            if entry is None:  # forgotten meanwhile
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM commands WHERE updated_at < ? AND state = 'done'",
+                                 (now - KEEP_S,))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO commands VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (request_id, entry.verb, entry.body_hash, json.dumps(entry.args),
+                     entry.transaction, entry.state, json.dumps(entry.response),
+                     entry.started_at, now),
+                )
+            finally:
+                self._db.execute("COMMIT")
+            del self._held[request_id]
 
     def forget(self, request_id: str) -> None:
         """Drop a command that did nothing at Leat: the same request may be sent again."""
         with self._lock:
+            self._held.pop(request_id, None)
             self._db.execute("DELETE FROM commands WHERE request_id = ?", (request_id,))
 
     def unsettled(self) -> list[Entry]:
@@ -158,19 +270,6 @@ class Ledger:
             ).fetchall()
         return {r[0] for r in rows if r[0]}
 
-    def remember_lock(self, release_key: str, *vouchers: str) -> None:
-        """Keep a lock's release key under each of `vouchers` (its uuid, its code), at once."""
-        now = self._clock()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO voucher_locks VALUES (?, ?, ?)",
-                    [(voucher, release_key, now) for voucher in vouchers],
-                )
-            finally:
-                self._db.execute("COMMIT")
-
     def release_key(self, voucher: str) -> str | None:
         """The release key of our lock on `voucher` (uuid or code), if we hold one."""
         with self._lock:
@@ -180,6 +279,55 @@ class Ledger:
                 "SELECT release_key FROM voucher_locks WHERE voucher = ?", (voucher,)
             ).fetchone()
         return None if row is None else str(row[0])
+
+
+    def taken(self, uuid: str) -> Taken | None:
+        """What the value-taking command that returned `uuid` (a reception, collection,
+        voucher or redemption uuid) took, if this device ran it."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT contact_uuid, collectable_uuid, code FROM taken WHERE uuid = ?", (uuid,)
+            ).fetchone()
+        return None if row is None else Taken(*row)
+
+
+def _record_taken(db: sqlite3.Connection, verb: str, args: Mapping[str, Any],
+                  response: Mapping[str, Any], at: float) -> None:
+    """Index what an ok outcome of a value-taking verb took, by each uuid a give-back
+    command may name (reward.reverse: the reception; reward.collect_reverse: the
+    collection; voucher.release / voucher.reverse: the voucher or its redemption)."""
+    data = response.get("data")
+    if verb not in TAKING_VERBS or response.get("status") != "ok" or not isinstance(data, dict):
+        return
+    contact, collectable, code = args.get("contact_uuid"), None, args.get("code")
+    uuids = [data.get("uuid")]
+    if verb == "reward.collect":
+        collectable = args.get("collectable_uuid")
+    elif verb == "voucher.lock":
+        uuids, code = [data.get("voucher_uuid")], data.get("code") or code
+    elif verb == "voucher.redeem":
+        voucher = data.get("voucher") or {}
+        uuids = [data.get("redemption_uuid"), voucher.get("uuid")]
+        code = voucher.get("code") or code
+        contact = voucher.get("contact_uuid") or contact
+    db.executemany(
+        "INSERT OR REPLACE INTO taken VALUES (?, ?, ?, ?, ?)",
+        [(u, contact, collectable, code, at) for u in dict.fromkeys(uuids)
+         if isinstance(u, str) and u],
+    )
+
+
+def _record_lock(db: sqlite3.Connection, verb: str, response: Mapping[str, Any],
+                 at: float) -> None:
+    """Keep an ok lock's release key under its voucher uuid and its code."""
+    data = response.get("data")
+    if verb != "voucher.lock" or response.get("status") != "ok" or not isinstance(data, dict):
+        return
+    key = data.get("release_key")
+    if isinstance(key, str) and key:
+        db.executemany("INSERT OR REPLACE INTO voucher_locks VALUES (?, ?, ?)",
+                       [(v, key, at) for v in (data.get("voucher_uuid"), data.get("code"))
+                        if isinstance(v, str) and v])
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:

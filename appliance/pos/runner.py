@@ -97,6 +97,7 @@ class Commands:
         for thread in list(self._settling):
             thread.join(2.0)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._ledger.flush()  # the reads' outcomes (a reconciler may still finish: kept open)
         outbox: Outbox | None = getattr(self._local, "outbox", None)
         if outbox is not None:
             outbox.close()
@@ -129,13 +130,16 @@ class Commands:
         if spec.rule is Rule.GIVES_BACK:
             return self._give_back(verb, args, ctx, reply)
         try:
-            recorded = self._ledger.begin(request_id, verb, args, transaction)
+            # a read moves no value: nothing is written before its call (ledger.py)
+            recorded = self._ledger.begin(request_id, verb, args, transaction,
+                                          durable=spec.rule is not Rule.READ)
         except Conflict as exc:
             return reply.error("conflict", str(exc))
         if recorded is not None:
             if recorded.response is None:
-                return reply.error("busy", "this request_id is being processed; its outcome "
-                                   "follows on events/command")
+                return reply.error("busy", "this request_id is being processed; " + (
+                    "send it again shortly" if spec.rule is Rule.READ
+                    else "its outcome follows on events/command"))
             return {**recorded.response, "transaction": transaction}
         call = _Call(verb, args, reply, ctx)
         future = self._pool.submit(verbs.HANDLERS[verb], ctx, args)

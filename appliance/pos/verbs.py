@@ -169,11 +169,10 @@ def reconcile_reward_collect(ctx: Context, args: Mapping[str, Any]) -> dict[str,
 
 
 def voucher_lock(ctx: Context, args: Mapping[str, Any]) -> dict[str, Any]:
-    """Lock a voucher for an hour; the device keeps the release key."""
+    """Lock a voucher for an hour; the device keeps the release key (the ledger, with the
+    outcome, in one transaction)."""
     uuid = args.get("voucher_uuid") or ctx.client.find_voucher(args["code"]).uuid
     lock = ctx.client.lock_voucher(uuid)
-    if lock.release_key:
-        ctx.ledger.remember_lock(lock.release_key, uuid, args["code"])
     return {
         "voucher_uuid": uuid, "code": args["code"], "status": lock.status,
         "release_key": lock.release_key,
@@ -235,7 +234,12 @@ RECONCILERS: Final[Mapping[str, Handler]] = {
 
 
 def give_back_args(ctx: Context, verb: str, args: Mapping[str, Any]) -> dict[str, Any]:
-    """The arguments a give-back command is stored with (a remembered release key added)."""
+    """The arguments a give-back command is stored with: a remembered release key added, and
+    the optional args the durable executor settles a lost answer with (`commands_durable`),
+    filled from what this device's own value-taking command took when the POS left them out
+    (reward.reverse: the contact, so the outcome carries the new balance;
+    reward.collect_reverse: the collectable and contact; voucher.release / voucher.reverse:
+    the code)."""
     stored = dict(args)
     if verb == "voucher.release" and "release_key" not in stored:
         key = ctx.ledger.release_key(stored["voucher_uuid"])
@@ -245,7 +249,32 @@ def give_back_args(ctx: Context, verb: str, args: Mapping[str, Any]) -> dict[str
                 "release_key: this device holds no lock on the voucher; send the release key",
             )
         stored["release_key"] = key
+    for name in _TAKEN_BY[verb]:
+        taken = ctx.ledger.taken(stored[name]) if isinstance(stored.get(name), str) else None
+        if taken is not None:
+            known = {"contact_uuid": taken.contact_uuid, "code": taken.code,
+                     "collectable_uuid": taken.collectable_uuid}
+            for arg in _FILLED[verb]:
+                if arg not in stored and known[arg]:
+                    stored[arg] = known[arg]
+            break
     return stored
+
+
+# give-back verb -> the args naming what was taken (the first one found is used)...
+_TAKEN_BY: Final[Mapping[str, tuple[str, ...]]] = {
+    "reward.reverse": ("reception_uuid",),
+    "reward.collect_reverse": ("redemption_uuid",),
+    "voucher.release": ("voucher_uuid",),
+    "voucher.reverse": ("redemption_uuid", "voucher_uuid"),
+}
+# ...and the optional args filled from it
+_FILLED: Final[Mapping[str, tuple[str, ...]]] = {
+    "reward.reverse": ("contact_uuid",),
+    "reward.collect_reverse": ("collectable_uuid", "contact_uuid"),
+    "voucher.release": ("code",),
+    "voucher.reverse": ("code",),
+}
 
 
 # --------------------------------------------------------------------------- helpers
