@@ -1,0 +1,159 @@
+"""Every POS command verb through the whole device (`daemon.build`: bus, request worker, command
+runner, ledger, outbox, forwarder) over a real Mosquitto, against the Leat sandbox over HTTP:
+the counter flows of Leat's kiosk and POS guides, each reply and event checked against its
+schema and against what the sandbox then holds."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker import Mosquitto, Subscriber
+from test_daemon import BASE, RecordingFeedback, leat_config
+from test_orders import order_body
+
+from appliance import contract
+from appliance.daemon import ScanService, build
+from appliance.samples import write_demo_frames
+from appliance.sandbox.server import LeatSandbox
+
+JANE = "c0a80101-1a2b-4c3d-8e4f-000000000001"
+COFFEE = "e1d2c3b4-0000-4a00-9000-000000000011"  # 50 points, redeemed at once
+CROISSANT_WAITING = "a5b6c7d8-0000-4b00-8000-000000000001"  # Jane's collectable reward
+JANE_POINTS = 1250
+
+
+class Pos:
+    """A POS over MQTT: sends `request/<verb>` and waits for its reply (and final event)."""
+
+    def __init__(self, sub: Subscriber) -> None:
+        self._sub = sub
+        self._ids = itertools.count(1)
+
+    def send(self, verb: str, **body: Any) -> dict[str, Any]:
+        request_id = body.setdefault("request_id", f"flow-{next(self._ids)}")
+        body.setdefault("transaction", f"till-1/{request_id}")
+        before = len(self._replies(self._sub.on(f"{BASE}/response/{verb}"), request_id))
+        self._sub.publish(f"{BASE}/request/{verb}", json.dumps(body).encode())
+        messages = self._sub.wait_for(
+            lambda ms: len(self._replies(ms, request_id)) > before, timeout=20
+        )
+        reply = self._replies([m for m in messages if m.topic == f"{BASE}/response/{verb}"],
+                              request_id)[-1]
+        contract.validate("response", reply)
+        return reply
+
+    @staticmethod
+    def _replies(messages: Sequence[Any], request_id: str) -> list[dict[str, Any]]:
+        return [p for p in (json.loads(m.payload) for m in messages
+                            if m.topic.startswith(f"{BASE}/response/"))
+                if p.get("request_id") == request_id]
+
+    def outcome(self, request_id: str) -> dict[str, Any]:
+        """The final outcome of an accepted command on `events/command`."""
+        def mine(ms: list[Any]) -> list[dict[str, Any]]:
+            return [p for p in (json.loads(m.payload) for m in ms
+                                if m.topic == f"{BASE}/events/command")
+                    if p["request_id"] == request_id]
+
+        [event] = mine(self._sub.wait_for(lambda ms: bool(mine(list(ms))), timeout=30))
+        contract.validate("command_event", event)
+        return event
+
+
+@pytest.fixture
+def counter(broker: Mosquitto, tmp_path: Path) -> Iterator[tuple[Pos, LeatSandbox]]:
+    """A running device with Leat configured, and a POS subscribed to its replies."""
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    with LeatSandbox() as sandbox, Subscriber(broker, f"{BASE}/#") as sub:
+        sub.wait_subscribed()
+        service: ScanService = build(
+            leat_config(broker, frames, sandbox, tmp_path),
+            feedback=RecordingFeedback(), stop_when_source_ends=False,
+        )
+        stop = threading.Event()
+        runner = threading.Thread(target=service.run, args=(stop,), name="device")
+        runner.start()
+        try:
+            sub.wait_message(f"{BASE}/availability", b"online", timeout=20)
+            yield Pos(sub), sandbox
+        finally:
+            stop.set()
+            runner.join(timeout=30)
+    assert not runner.is_alive()
+
+
+def test_rewards_flow_redeem_and_reverse_collect_and_undo(
+    counter: tuple[Pos, LeatSandbox],
+) -> None:
+    pos, _ = counter
+    lookup = pos.send("contact.lookup", identifier="LC-7F3K9Q2M")
+    assert lookup["status"] == "ok"
+    assert lookup["data"]["contact"]["uuid"] == JANE
+    assert lookup["data"]["contact"]["points"] == JANE_POINTS
+    preview = pos.send("points.preview", unit_value=10, contact_uuid=JANE)
+    assert preview["status"] == "ok" and isinstance(preview["data"]["points"], int)
+
+    # Option 1 of the guides: redeem at once, reverse when the sale fails
+    redeemed = pos.send("reward.redeem", contact_uuid=JANE, reward_uuid=COFFEE)
+    assert redeemed["status"] == "ok"
+    assert redeemed["data"]["points"] == JANE_POINTS - 50
+    again = pos.send("reward.redeem", request_id=redeemed["request_id"], contact_uuid=JANE,
+                     reward_uuid=COFFEE)
+    assert again["data"] == redeemed["data"]  # recorded outcome, no second reception
+    reverse = pos.send("reward.reverse", reception_uuid=redeemed["data"]["uuid"])
+    assert reverse["status"] == "accepted"
+    event = pos.outcome(reverse["request_id"])
+    assert event["status"] == "ok"
+    assert event["data"]["new_balance"] == JANE_POINTS  # given back once
+
+    # Option 2: a pre-redeemable reward is collected, and the collection undone
+    collected = pos.send("reward.collect", contact_uuid=JANE, collectable_uuid=CROISSANT_WAITING)
+    assert collected["status"] == "ok" and collected["data"]["status"] == "COLLECTED"
+    undo = pos.send("reward.collect_reverse", redemption_uuid=collected["data"]["uuid"])
+    assert undo["status"] == "accepted"
+    assert pos.outcome(undo["request_id"])["status"] == "ok"
+    refreshed = pos.send("contact.lookup", contact_uuid=JANE)
+    assert refreshed["data"]["contact"]["points"] == JANE_POINTS
+    assert CROISSANT_WAITING in {
+        o["uuid"] for o in refreshed["data"]["contact"]["offers"]
+        if o["type"] == "collectable_reward"
+    }
+
+
+def test_vouchers_flow_validate_lock_release_redeem_reverse_and_the_order(
+    counter: tuple[Pos, LeatSandbox],
+) -> None:
+    pos, sandbox = counter
+    valid = pos.send("voucher.validate", code="WELCOME-JANE")
+    assert valid["status"] == "ok"
+    assert valid["data"]["voucher"]["contact_uuid"] == JANE  # the voucher's own contact
+
+    locked = pos.send("voucher.lock", code="WELCOME-JANE")
+    assert locked["status"] == "ok" and locked["data"]["status"] == "LOCKED"
+    voucher_uuid = locked["data"]["voucher_uuid"]
+    release = pos.send("voucher.release", voucher_uuid=voucher_uuid)  # key remembered
+    assert release["status"] == "accepted"
+    assert pos.outcome(release["request_id"])["status"] == "ok"
+
+    redeemed = pos.send("voucher.redeem", code="WELCOME-JANE", contact_uuid=JANE)
+    assert redeemed["status"] == "ok"
+    assert redeemed["data"]["voucher"]["status"] == "REDEEMED"
+    reverse = pos.send("voucher.reverse", redemption_uuid=redeemed["data"]["redemption_uuid"])
+    assert reverse["status"] == "accepted"
+    assert pos.outcome(reverse["request_id"])["status"] == "ok"
+    assert pos.send("voucher.validate", code="WELCOME-JANE")["data"]["voucher"]["valid"] is True
+
+    order = pos.send("order.create", customer={"contact_uuid": JANE},
+                     order=order_body("flow-order-1"))
+    assert order["status"] == "ok"
+    state = pos.send("order.get", external_identifier="flow-order-1")
+    assert state["status"] == "ok"
+    assert state["data"]["state"] in ("queued", "delivered")
+    assert [o["external_identifier"] for o in sandbox.orders()] in ([], ["flow-order-1"])
