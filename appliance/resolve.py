@@ -243,7 +243,7 @@ class Resolver:
                 "rewards": [_reward(r, points) for r in rewards if r.is_active],
                 "offers": [
                     *(_voucher_offer(v) for v in vouchers if v.status == "ACTIVE"),
-                    *(_collectable_offer(c) for c in collectables),
+                    *(_collectable_offer(c) for c in collectables if not c.has_been_collected),
                 ],
             },
         )

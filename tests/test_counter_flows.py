@@ -24,6 +24,7 @@ from appliance.sandbox.server import LeatSandbox
 
 JANE = "c0a80101-1a2b-4c3d-8e4f-000000000001"
 COFFEE = "e1d2c3b4-0000-4a00-9000-000000000011"  # 50 points, redeemed at once
+CROISSANT = "e1d2c3b4-0000-4a00-9000-000000000012"  # 30 points, pre-redeemable
 CROISSANT_WAITING = "a5b6c7d8-0000-4b00-8000-000000000001"  # Jane's collectable reward
 JANE_POINTS = 1250
 
@@ -113,14 +114,26 @@ def test_rewards_flow_redeem_and_reverse_collect_and_undo(
     assert event["status"] == "ok"
     assert event["data"]["new_balance"] == JANE_POINTS  # given back once
 
-    # Option 2: a pre-redeemable reward is collected, and the collection undone
+    # Option 2: pre-redeem (points spent, a reward to collect), collect on success ...
+    pre = pos.send("reward.redeem", contact_uuid=JANE, reward_uuid=CROISSANT)
+    assert pre["status"] == "ok" and pre["data"]["points"] == JANE_POINTS - 30
+    offers = pos.send("contact.lookup", contact_uuid=JANE)["data"]["contact"]["offers"]
+    waiting = {o["uuid"] for o in offers if o["type"] == "collectable_reward"}
+    [new] = waiting - {CROISSANT_WAITING}
+    done = pos.send("reward.collect", contact_uuid=JANE, collectable_uuid=new)
+    assert done["status"] == "ok" and done["data"]["status"] == "COLLECTED"
+    after = pos.send("contact.lookup", contact_uuid=JANE)["data"]["contact"]
+    assert after["points"] == JANE_POINTS - 30  # collecting moves no points
+    assert new not in {o["uuid"] for o in after["offers"]}
+
+    # ... or a collection undone (the reward waits for a later visit)
     collected = pos.send("reward.collect", contact_uuid=JANE, collectable_uuid=CROISSANT_WAITING)
     assert collected["status"] == "ok" and collected["data"]["status"] == "COLLECTED"
     undo = pos.send("reward.collect_reverse", redemption_uuid=collected["data"]["uuid"])
     assert undo["status"] == "accepted"
     assert pos.outcome(undo["request_id"])["status"] == "ok"
     refreshed = pos.send("contact.lookup", contact_uuid=JANE)
-    assert refreshed["data"]["contact"]["points"] == JANE_POINTS
+    assert refreshed["data"]["contact"]["points"] == JANE_POINTS - 30
     assert CROISSANT_WAITING in {
         o["uuid"] for o in refreshed["data"]["contact"]["offers"]
         if o["type"] == "collectable_reward"
