@@ -42,7 +42,7 @@ from appliance.outbox import Outbox, outbox_state
 from appliance.outbox_guard import OutboxDamaged
 from appliance.pipeline import ScanHandler
 from appliance.pos.intake import OrderRequests
-from appliance.pos.ledger import Ledger
+from appliance.pos.ledger import Ledger, LedgerDamaged
 from appliance.resolve import Resolver
 from appliance.sdnotify import Notifier
 
@@ -149,6 +149,7 @@ class ScanService:
         forwarder: Forwarder | None = None,
         stop_when_source_ends: bool = True,
         outbox_damaged: str | None = None,
+        commands_damaged: str | None = None,
         reopen: Callable[[], FrameSource] | None = None,
         camera_error: str | None = None,
         feedback_state: FeedbackState | None = None,
@@ -163,6 +164,7 @@ class ScanService:
         again after the backoff."""
         self.device_id = device_id
         self._outbox_damaged = outbox_damaged  # then orders are refused and not forwarded
+        self._commands_damaged = commands_damaged  # then commands are refused
         self._stop_when_source_ends = stop_when_source_ends
         self.stats = Stats(camera_error=camera_error if source is None else None)
         if source is None and camera_error is None:
@@ -530,6 +532,8 @@ class ScanService:
                 state["leat"]["alert"] = self._forwarder.alert  # orders held (forwarder.py)
         if self._forwarder is not None:
             state["outbox"] = self._outbox_state(outbox)
+        if self._commands_damaged is not None:
+            state["commands"] = {"damaged": self._commands_damaged}
         return state
 
     def _outbox_state(self, outbox: Outbox | None) -> dict[str, Any]:
@@ -631,7 +635,7 @@ def build(
             feedback.close()
             raise
     resolver = forwarder = None
-    outbox_damaged = None
+    outbox_damaged = ledger_damaged = None
     if leat_configured(config):
         try:  # before any thread opens it (outbox_guard.py)
             Outbox.prepare(config.outbox_path)
@@ -639,8 +643,13 @@ def build(
             log.error("outbox unusable, orders are refused until a technician acts: %s",
                       exc.reason)
             outbox_damaged = exc.reason
-        Ledger.prepare(ledger_path(config))  # the command ledger, before its threads
-        resolver, forwarder, requests = _leat_parts(config, bus)
+        try:  # the command ledger, before its threads (pos/ledger.py)
+            Ledger.prepare(ledger_path(config))
+        except LedgerDamaged as exc:  # commands are refused storage_damaged; orders go on
+            log.error("command ledger unusable, commands are refused until a technician "
+                      "acts: %s", exc.reason)
+            ledger_damaged = exc.reason
+        resolver, forwarder, requests = _leat_parts(config, bus, ledger_damaged)
     else:  # every POS request is answered `not_configured`
         requests = OrderRequests(
             None, bus.publish_response, base_topic=config.base_topic, shop_uuid=None
@@ -670,6 +679,7 @@ def build(
         forwarder=forwarder,
         stop_when_source_ends=stop_when_source_ends,
         outbox_damaged=outbox_damaged,
+        commands_damaged=ledger_damaged,
         reopen=reopen,
         camera_error=camera_error,
         feedback_state=feedback_state if isinstance(feedback_state, FeedbackState) else None,
@@ -678,7 +688,9 @@ def build(
     )
 
 
-def _leat_parts(config: Config, bus: MqttBus) -> tuple[Resolver, Forwarder, OrderRequests]:
+def _leat_parts(
+    config: Config, bus: MqttBus, ledger_damaged: str | None = None
+) -> tuple[Resolver, Forwarder, OrderRequests]:
     """Everything that talks to Leat, over one client: scan resolution, and orders
     (requests answered from the bus, stored in the outbox, forwarded by the forwarder)."""
     from appliance.leat.client import LeatClient  # httpx only when Leat is configured
@@ -706,7 +718,7 @@ def _leat_parts(config: Config, bus: MqttBus) -> tuple[Resolver, Forwarder, Orde
         token=token,
         wake=wake,
     )
-    commands = Commands(
+    commands = None if ledger_damaged is not None else Commands(
         client,
         ledger_path(config),
         config.outbox_path,
@@ -723,6 +735,7 @@ def _leat_parts(config: Config, bus: MqttBus) -> tuple[Resolver, Forwarder, Orde
         wake=wake,
         claim_url=forwarder.claim_url if token is not None else None,
         commands=commands,
+        commands_refused=ledger_damaged,
     )
     return resolver, forwarder, requests
 

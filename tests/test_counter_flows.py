@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +21,7 @@ from test_orders import order_body
 
 from appliance import contract
 from appliance.daemon import ScanService, build
+from appliance.pos.ledger import Ledger, LedgerDamaged, identity_path
 from appliance.samples import write_demo_frames
 from appliance.sandbox.server import LeatSandbox
 
@@ -170,3 +173,88 @@ def test_vouchers_flow_validate_lock_release_redeem_reverse_and_the_order(
     assert state["status"] == "ok"
     assert state["data"]["state"] in ("queued", "delivered")
     assert [o["external_identifier"] for o in sandbox.orders()] in ([], ["flow-order-1"])
+
+
+# -- a damaged command ledger: never recreated, commands refused, orders go on ---------------
+
+
+def _record_one_redeem(path: Path) -> None:
+    """A ledger that holds a spend (what stops a retried request_id from spending twice)."""
+    Ledger.prepare(path)
+    ledger = Ledger(path)
+    try:
+        assert ledger.begin("spent-1", "reward.redeem", {"reward_uuid": COFFEE}, None) is None
+        ledger.finish("spent-1", {"status": "ok", "data": {"uuid": "r-1"}})
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("damage", ["zero-bytes", "deleted", "garbage", "swapped"])
+def test_a_damaged_ledger_is_refused_never_recreated(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "commands.sqlite3"
+    _record_one_redeem(path)
+    if damage == "zero-bytes":
+        os.truncate(path, 0)
+    elif damage == "deleted":
+        for file in tmp_path.glob("commands.sqlite3*"):
+            if not file.name.endswith(".id"):
+                file.unlink()
+    elif damage == "garbage":
+        path.write_bytes(b"\x00not a database" * 512)
+    else:  # another device's ledger copied in
+        other = tmp_path / "other" / "commands.sqlite3"
+        _record_one_redeem(other)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        shutil.copy(other, path)
+    size = path.stat().st_size if path.exists() else None
+    with pytest.raises(LedgerDamaged) as caught:
+        Ledger.prepare(path)
+    assert "commands.sqlite3" in caught.value.reason
+    assert (path.stat().st_size if path.exists() else None) == size  # left as found
+
+
+def test_a_fresh_or_older_ledger_is_adopted_and_checked_again(tmp_path: Path) -> None:
+    path = tmp_path / "commands.sqlite3"
+    _record_one_redeem(path)
+    identity_path(path).unlink()  # as a ledger made before identities
+    Ledger.prepare(path)  # adopted: the identity file is written
+    Ledger.prepare(path)  # and agrees from now on
+    assert identity_path(path).read_text(encoding="ascii")
+
+
+def test_device_with_a_damaged_ledger_refuses_commands_and_takes_orders(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    state = tmp_path / "state"
+    _record_one_redeem(state / "commands.sqlite3")
+    os.truncate(state / "commands.sqlite3", 0)
+    with LeatSandbox() as sandbox, Subscriber(broker, f"{BASE}/#") as sub:
+        sub.wait_subscribed()
+        cfg = leat_config(broker, frames, sandbox, tmp_path)
+        assert cfg.outbox_path.parent == state
+        service = build(cfg, feedback=RecordingFeedback(), stop_when_source_ends=False)
+        stop = threading.Event()
+        runner = threading.Thread(target=service.run, args=(stop,), name="device")
+        runner.start()
+        try:
+            sub.wait_message(f"{BASE}/availability", b"online", timeout=20)
+            pos = Pos(sub)
+            refused = pos.send("reward.redeem", contact_uuid=JANE, reward_uuid=COFFEE)
+            order = pos.send("order.create", customer={"contact_uuid": JANE},
+                             order=order_body("after-ledger-damage"))
+            states = sub.wait_for(lambda ms: any(
+                "commands" in json.loads(m.payload) for m in ms if m.topic == f"{BASE}/state"
+            ))
+        finally:
+            stop.set()
+            runner.join(timeout=30)
+    assert refused["status"] == "error"
+    assert refused["error"]["code"] == "storage_damaged"
+    assert order["status"] == "ok"
+    assert (state / "commands.sqlite3").stat().st_size == 0  # never silently recreated
+    [last] = [json.loads(m.payload) for m in states if m.topic == f"{BASE}/state"][-1:]
+    contract.validate("state", last)
+    assert "empty (0 bytes)" in last["commands"]["damaged"]

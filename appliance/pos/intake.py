@@ -87,7 +87,10 @@ class OrderRequests:
         claim_url: Callable[[Item], str | None] | None = None,
         backlog: int = BACKLOG,
         commands: Commands | None = None,
+        commands_refused: str | None = None,
     ) -> None:
+        """`commands_refused`: why every command is refused `storage_damaged` (a damaged
+        command ledger; orders are still taken)."""
         self._path = outbox_path
         self._reply = reply
         self._base = base_topic.rstrip("/")
@@ -97,6 +100,7 @@ class OrderRequests:
         self._wake = wake
         self._claim_url = claim_url
         self._commands = commands
+        self._commands_refused = commands_refused
         self._jobs: queue.Queue[tuple[Message, str] | None] = queue.Queue(maxsize=backlog)
         self._lock = threading.Lock()
         self._closed = False
@@ -286,6 +290,13 @@ class OrderRequests:
         request = parse(payload)
         transaction = _transaction(request)
         try:
+            if self._commands_refused is not None:
+                raise RequestError(
+                    "storage_damaged",
+                    f"the command ledger is damaged ({self._commands_refused}); commands are "
+                    "refused until a technician moves the commands.sqlite3* files aside "
+                    "(orders are still taken)",
+                )
             if self._commands is None:
                 raise RequestError("not_configured", "commands need Leat configured")
             _check_schema(COMMANDS[verb].schema, request)

@@ -15,6 +15,13 @@ of the locks it took, so `voucher.release` and `voucher.redeem` can omit them, a
 value-taking command it ran took (`taken`: the reception, collection, voucher or redemption
 uuid -> its contact, collectable and voucher code), so a give-back command that names only
 the uuid is stored with the optional args that let the durable executor settle a lost answer.
+
+Damage. The ledger is what stops a retried request_id from spending twice, so it is never
+silently recreated: `prepare()` gives a new ledger a random identity, kept in the file and in
+`commands.sqlite3.id` beside it. A ledger that is missing or empty while its identity file
+exists, fails `PRAGMA quick_check`, is not a database, or holds another identity raises
+`LedgerDamaged`; the daemon then refuses every command `storage_damaged` (orders, which the
+outbox guards, go on) until a technician moves the `commands.sqlite3*` files aside.
 """
 
 from __future__ import annotations
@@ -24,11 +31,15 @@ import json
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
+
+from appliance.errors import ApplianceError
+from appliance.outbox_guard import write_atomically
 
 KEEP_S: Final = 48 * 3600  # at least the 24 h the contract promises
 KEEP_TAKEN_S: Final = 31 * 24 * 3600  # a give-back (a return) may come weeks later
@@ -84,6 +95,19 @@ class Taken:
     code: str | None
 
 
+class LedgerDamaged(ApplianceError):
+    """The command ledger cannot be trusted; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def identity_path(path: Path) -> Path:
+    """The file beside the ledger that remembers which ledger belongs there."""
+    return path.with_name(path.name + ".id")
+
+
 class Conflict(Exception):
     """The request_id is recorded with another body."""
 
@@ -108,10 +132,33 @@ class Ledger:
 
     @staticmethod
     def prepare(path: Path) -> None:
-        """Create the file and its tables (WAL) once, before any thread opens it."""
+        """Create the file and its tables (WAL) once, before any thread opens it; check an
+        existing one (LedgerDamaged: never replaced by a new empty one)."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        id_file = identity_path(path)
+        known = id_file.read_text(encoding="ascii").strip() if id_file.exists() else None
+        size = path.stat().st_size if path.exists() else None
+        if known is not None and not size:
+            state = "missing" if size is None else "empty (0 bytes)"
+            raise LedgerDamaged(f"{path} is {state} but {id_file.name} says it held commands")
+        try:
+            identity = Ledger._prepare(path)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerDamaged(f"{path} cannot be read: {exc}") from exc
+        if known is None:
+            write_atomically(id_file, identity.encode("ascii"))
+        elif known != identity:
+            raise LedgerDamaged(f"{path} is not the ledger {id_file.name} names (another "
+                                "file, or an older copy, was put in its place)")
+
+    @staticmethod
+    def _prepare(path: Path) -> str:
+        """Schema, migration and integrity check; the ledger's identity."""
         db = sqlite3.connect(path, isolation_level=None)
         try:
+            check = db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise LedgerDamaged(f"{path} fails PRAGMA quick_check: {check}")
             db.execute("PRAGMA journal_mode=WAL")
             had_taken = db.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'taken'"
@@ -128,10 +175,16 @@ class Ledger:
                     ).fetchall()
                     for verb, args, response, at in rows:
                         _record_taken(db, verb, json.loads(args), json.loads(response), at)
+                db.execute("CREATE TABLE IF NOT EXISTS ledger_meta "
+                           "(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                db.execute("INSERT OR IGNORE INTO ledger_meta VALUES ('identity', ?)",
+                           (str(uuid.uuid4()),))
+                row = db.execute("SELECT value FROM ledger_meta WHERE key = 'identity'").fetchone()
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+            return str(row[0])
         finally:
             db.close()
 
