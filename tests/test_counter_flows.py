@@ -5,12 +5,13 @@ schema and against what the sandbox then holds."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,13 @@ class Pos:
                             if m.topic.startswith(f"{BASE}/response/"))
                 if p.get("request_id") == request_id]
 
+    def states(self, until: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """The retained `state` payloads seen, once one of them satisfies `until`."""
+        def seen(ms: Sequence[Any]) -> list[dict[str, Any]]:
+            return [json.loads(m.payload) for m in ms if m.topic == f"{BASE}/state"]
+
+        return seen(self._sub.wait_for(lambda ms: any(until(p) for p in seen(ms)), timeout=20))
+
     def outcome(self, request_id: str) -> dict[str, Any]:
         """The final outcome of an accepted command on `events/command`."""
         def mine(ms: list[Any]) -> list[dict[str, Any]]:
@@ -70,9 +78,10 @@ class Pos:
         return event
 
 
-@pytest.fixture
-def counter(broker: Mosquitto, tmp_path: Path) -> Iterator[tuple[Pos, LeatSandbox]]:
-    """A running device with Leat configured, and a POS subscribed to its replies."""
+@contextlib.contextmanager
+def running_device(broker: Mosquitto, tmp_path: Path) -> Iterator[tuple[Pos, LeatSandbox]]:
+    """A device with Leat configured (state in `tmp_path/state`), running until the block
+    ends, and a POS subscribed to everything under its base topic."""
     frames = tmp_path / "frames"
     write_demo_frames(frames)
     with LeatSandbox() as sandbox, Subscriber(broker, f"{BASE}/#") as sub:
@@ -91,6 +100,13 @@ def counter(broker: Mosquitto, tmp_path: Path) -> Iterator[tuple[Pos, LeatSandbo
             stop.set()
             runner.join(timeout=30)
     assert not runner.is_alive()
+
+
+@pytest.fixture
+def counter(broker: Mosquitto, tmp_path: Path) -> Iterator[tuple[Pos, LeatSandbox]]:
+    """A running device with Leat configured, and a POS subscribed to its replies."""
+    with running_device(broker, tmp_path) as device:
+        yield device
 
 
 def test_rewards_flow_redeem_and_reverse_collect_and_undo(
@@ -226,35 +242,18 @@ def test_a_fresh_or_older_ledger_is_adopted_and_checked_again(tmp_path: Path) ->
 def test_device_with_a_damaged_ledger_refuses_commands_and_takes_orders(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
-    frames = tmp_path / "frames"
-    write_demo_frames(frames)
     state = tmp_path / "state"
     _record_one_redeem(state / "commands.sqlite3")
     os.truncate(state / "commands.sqlite3", 0)
-    with LeatSandbox() as sandbox, Subscriber(broker, f"{BASE}/#") as sub:
-        sub.wait_subscribed()
-        cfg = leat_config(broker, frames, sandbox, tmp_path)
-        assert cfg.outbox_path.parent == state
-        service = build(cfg, feedback=RecordingFeedback(), stop_when_source_ends=False)
-        stop = threading.Event()
-        runner = threading.Thread(target=service.run, args=(stop,), name="device")
-        runner.start()
-        try:
-            sub.wait_message(f"{BASE}/availability", b"online", timeout=20)
-            pos = Pos(sub)
-            refused = pos.send("reward.redeem", contact_uuid=JANE, reward_uuid=COFFEE)
-            order = pos.send("order.create", customer={"contact_uuid": JANE},
-                             order=order_body("after-ledger-damage"))
-            states = sub.wait_for(lambda ms: any(
-                "commands" in json.loads(m.payload) for m in ms if m.topic == f"{BASE}/state"
-            ))
-        finally:
-            stop.set()
-            runner.join(timeout=30)
+    with running_device(broker, tmp_path) as (pos, _):
+        refused = pos.send("reward.redeem", contact_uuid=JANE, reward_uuid=COFFEE)
+        order = pos.send("order.create", customer={"contact_uuid": JANE},
+                         order=order_body("after-ledger-damage"))
+        states = pos.states(lambda state: "commands" in state)
     assert refused["status"] == "error"
     assert refused["error"]["code"] == "storage_damaged"
     assert order["status"] == "ok"
     assert (state / "commands.sqlite3").stat().st_size == 0  # never silently recreated
-    [last] = [json.loads(m.payload) for m in states if m.topic == f"{BASE}/state"][-1:]
+    last = states[-1]
     contract.validate("state", last)
     assert "empty (0 bytes)" in last["commands"]["damaged"]
