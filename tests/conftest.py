@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from broker import Mosquitto, MosquittoMissingError
+from fakes import SHOP, Clock
+
+from appliance.forwarder import Forwarder
+from appliance.leat.client import LeatClient
+from appliance.outbox import Outbox
+from appliance.sandbox.server import LeatSandbox
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
@@ -59,3 +66,49 @@ def auth_broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield server
     finally:
         server.stop()
+
+
+# -- Leat and the outbox, for the forwarder and command tests (a module may override any) -----
+
+
+@pytest.fixture
+def sandbox() -> Iterator[LeatSandbox]:
+    """The Leat sandbox on a free loopback port, seeded with the demo data."""
+    with LeatSandbox() as server:
+        yield server
+
+
+@pytest.fixture
+def client(sandbox: LeatSandbox) -> Iterator[LeatClient]:
+    """A LeatClient on `sandbox` with its personal access token."""
+    with LeatClient(
+        sandbox.url, token=sandbox.personal_access_token, shop_uuid=SHOP, timeout_s=5.0
+    ) as leat:
+        yield leat
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    """Where the test's outbox file goes."""
+    return tmp_path / "outbox.sqlite"
+
+
+@pytest.fixture
+def outbox(path: Path, clock: Clock) -> Iterator[Outbox]:
+    with Outbox(path, clock=clock) as box:
+        yield box
+
+
+@pytest.fixture
+def forwarder(
+    path: Path, client: LeatClient, events: Callable[..., None], clock: Clock
+) -> Forwarder:
+    """A forwarder of the test's outbox to `sandbox`, publishing to the module's `events`."""
+    return Forwarder(
+        path, client, events, device_id="till-1", shop_uuid=SHOP, clock=clock, rng=random.Random(7)
+    )

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_forwarder import Clock, drain_all
+from fakes import SHOP, Clock
+from test_forwarder import drain_all
 from test_orders import Replies, order_body
 
 from appliance import contract
@@ -31,7 +32,6 @@ from appliance.pos.ledger import Conflict, Ledger
 from appliance.pos.runner import Commands
 from appliance.sandbox.server import LeatSandbox
 
-SHOP = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"
 BASE = "leat-scanner/till-9"
 JANE = "c0a80101-1a2b-4c3d-8e4f-000000000001"  # 1250 points
 SAM = "c0a80101-1a2b-4c3d-8e4f-000000000002"  # 40 points
@@ -100,12 +100,6 @@ class Device:
     def close(self) -> None:
         self.commands.close()
         self.client.close()
-
-
-@pytest.fixture
-def sandbox() -> Iterator[LeatSandbox]:
-    with LeatSandbox() as server:
-        yield server
 
 
 @pytest.fixture

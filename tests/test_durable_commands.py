@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from broker import Mosquitto, Subscriber
-from test_forwarder import SHOP, Clock, _child, calls, drain_all
+from fakes import SHOP, Clock
+from test_forwarder import calls, drain_all, finish_without_faults, kill_9_while_working
 
 from appliance import commands_durable, contract
 from appliance.bus import MqttBus
@@ -26,6 +24,7 @@ from appliance.commands_durable import GIVE_BACK_VERBS, validate_args
 from appliance.config import MqttConfig
 from appliance.forwarder import Forwarder
 from appliance.leat.client import LeatClient
+from appliance.leat.models import Voucher, VoucherLock
 from appliance.outbox import Item, Kind, Outbox, State
 from appliance.sandbox.server import LeatSandbox
 
@@ -52,45 +51,8 @@ class Events:
 
 
 @pytest.fixture
-def sandbox() -> Iterator[LeatSandbox]:
-    with LeatSandbox() as server:
-        yield server
-
-
-@pytest.fixture
-def client(sandbox: LeatSandbox) -> Iterator[LeatClient]:
-    with LeatClient(
-        sandbox.url, token=sandbox.personal_access_token, shop_uuid=SHOP, timeout_s=5.0
-    ) as leat:
-        yield leat
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def events() -> Events:
     return Events()
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "outbox.sqlite"
-
-
-@pytest.fixture
-def outbox(path: Path, clock: Clock) -> Iterator[Outbox]:
-    with Outbox(path, clock=clock) as box:
-        yield box
-
-
-@pytest.fixture
-def forwarder(path: Path, client: LeatClient, events: Events, clock: Clock) -> Forwarder:
-    return Forwarder(
-        path, client, events, device_id="till-1", shop_uuid=SHOP, clock=clock, rng=random.Random(8)
-    )
 
 
 def command(outbox: Outbox, request_id: str, verb: str, **args: str) -> Item:
@@ -99,6 +61,18 @@ def command(outbox: Outbox, request_id: str, verb: str, **args: str) -> Item:
     return outbox.enqueue(
         Kind.COMMAND, request_id, {"verb": verb, "args": args}, transaction=f"tx-{request_id}"
     ).item
+
+
+def locked_then_released(
+    client: LeatClient, outbox: Outbox, request_id: str
+) -> tuple[Voucher, VoucherLock, Item]:
+    """The flyer voucher locked at Leat, and its release queued as the POS layer stores it."""
+    voucher = client.find_voucher("SPRING-2X7Q")
+    lock = client.lock_voucher(voucher.uuid)
+    assert lock.release_key and client.find_voucher("SPRING-2X7Q").status == "LOCKED"
+    stored = command(outbox, request_id, "voucher.release", voucher_uuid=voucher.uuid,
+                     release_key=lock.release_key, code="SPRING-2X7Q")
+    return voucher, lock, stored
 
 
 def item(outbox: Outbox, item_id: int) -> Item:
@@ -165,11 +139,7 @@ def test_collect_reverse_makes_the_reward_collectable_again(
 def test_voucher_release_frees_the_lock(
     forwarder: Forwarder, outbox: Outbox, client: LeatClient, events: Events
 ) -> None:
-    voucher = client.find_voucher("SPRING-2X7Q")
-    lock = client.lock_voucher(voucher.uuid)
-    assert lock.release_key and client.find_voucher("SPRING-2X7Q").status == "LOCKED"
-    command(outbox, "V-1", "voucher.release", voucher_uuid=voucher.uuid,
-            release_key=lock.release_key, code="SPRING-2X7Q")
+    locked_then_released(client, outbox, "V-1")
     assert forwarder.drain_once() == 1
     assert client.find_voucher("SPRING-2X7Q").status == "ACTIVE"
     assert one_event(events, "ok")["data"]["status"] == "ACTIVE"
@@ -249,11 +219,7 @@ def test_release_after_the_lock_lapsed_in_an_outage_is_done_not_failed(
     forwarder: Forwarder, outbox: Outbox, client: LeatClient, sandbox: LeatSandbox,
     events: Events, clock: Clock,
 ) -> None:
-    voucher = client.find_voucher("SPRING-2X7Q")
-    lock = client.lock_voucher(voucher.uuid)
-    assert lock.release_key
-    stored = command(outbox, "V-7", "voucher.release", voucher_uuid=voucher.uuid,
-                     release_key=lock.release_key, code="SPRING-2X7Q")
+    voucher, _, stored = locked_then_released(client, outbox, "V-7")
     sandbox.advance_clock(3601)  # Leat was away for over an hour: the lock lapsed
     assert forwarder.drain_once() == 1
     assert calls(sandbox, f"/{voucher.uuid}/release") == 1  # refused: not locked (1003)
@@ -360,11 +326,7 @@ def test_lost_answer_of_release_is_settled_by_the_voucher_status(
     forwarder: Forwarder, outbox: Outbox, client: LeatClient, sandbox: LeatSandbox,
     events: Events, clock: Clock,
 ) -> None:
-    voucher = client.find_voucher("SPRING-2X7Q")
-    lock = client.lock_voucher(voucher.uuid)
-    assert lock.release_key
-    command(outbox, "V-4", "voucher.release", voucher_uuid=voucher.uuid,
-            release_key=lock.release_key, code="SPRING-2X7Q")
+    voucher, _, _ = locked_then_released(client, outbox, "V-4")
     sandbox.faults.set(drop_after_receive=True, only_paths=(f"/vouchers/{voucher.uuid}",),
                        times=1)
     assert forwarder.drain_once() == 1
@@ -457,11 +419,7 @@ def test_interrupted_while_sending_is_settled_before_sending_again(
     path: Path, outbox: Outbox, client: LeatClient, sandbox: LeatSandbox, events: Events,
     clock: Clock,
 ) -> None:
-    voucher = client.find_voucher("SPRING-2X7Q")
-    lock = client.lock_voucher(voucher.uuid)
-    assert lock.release_key
-    stored = command(outbox, "V-6", "voucher.release", voucher_uuid=voucher.uuid,
-                     release_key=lock.release_key, code="SPRING-2X7Q")
+    voucher, lock, stored = locked_then_released(client, outbox, "V-6")
     assert outbox.claim(stored.id) is not None
     client.release_voucher(voucher.uuid, lock.release_key)  # it went out; then the crash
     assert outbox.recover() == 1
@@ -486,23 +444,10 @@ def test_kill_9_while_reversals_are_queued_gives_each_back_exactly_once(
     ]
     # The sandbox acts first and then waits, so most kills land between Leat and SQLite.
     sandbox.faults.set(latency_s=0.1, only_paths=(REVERSE_RECEPTION,))
-    progress = []
-    for _ in range(6):
-        child = _child(path, sandbox, "run")
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready"
-        try:
-            child.wait(timeout=rng.uniform(0.0, 0.15))
-        except subprocess.TimeoutExpired:
-            child.send_signal(signal.SIGKILL)
-        assert child.wait(timeout=10) == -signal.SIGKILL
-        child.stdout.close()
-        progress.append(client.get_credit_balance(JANE))
+    progress = kill_9_while_working(path, sandbox, rng, 6,
+                                    lambda: client.get_credit_balance(JANE))
     assert progress[0] < 1250  # killed while there was work to do
-    sandbox.faults.clear()
-    child = _child(path, sandbox, "finish")
-    out, _ = child.communicate(timeout=30)
-    assert child.returncode == 0, out
+    finish_without_faults(path, sandbox)
     assert client.get_credit_balance(JANE) == 1250  # each given back once, none twice
     assert all(item(outbox, s.id).state is State.DELIVERED for s in stored)
     back = client.list_loyalty_transactions(contact_uuid=JANE, kind="credit_receptions")

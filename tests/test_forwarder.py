@@ -14,12 +14,13 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from fakes import SHOP, Clock
 
 from appliance import contract
 from appliance.errors import BusError
@@ -29,7 +30,6 @@ from appliance.leat.token import verify
 from appliance.outbox import Kind, Outbox, State
 from appliance.sandbox.server import LeatSandbox
 
-SHOP = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"
 JANE = "c0a80101-1a2b-4c3d-8e4f-000000000001"
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 JANE_CARD = "LC-7F3K9Q2M"
@@ -37,19 +37,6 @@ CREATE = "/orders/create-and-process"
 RETURN = "/order-returns/create-and-process"
 FIND = "/orders/find"
 SECRET = "very_secret"
-
-
-class Clock:
-    """Wall-clock seconds that only move when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1_790_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Events:
@@ -118,45 +105,8 @@ def calls(sandbox: LeatSandbox, suffix: str, method: str | None = None) -> int:
 
 
 @pytest.fixture
-def sandbox() -> Iterator[LeatSandbox]:
-    with LeatSandbox() as server:
-        yield server
-
-
-@pytest.fixture
-def client(sandbox: LeatSandbox) -> Iterator[LeatClient]:
-    with LeatClient(
-        sandbox.url, token=sandbox.personal_access_token, shop_uuid=SHOP, timeout_s=5.0
-    ) as leat:
-        yield leat
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def events() -> Events:
     return Events()
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "outbox.sqlite"
-
-
-@pytest.fixture
-def outbox(path: Path, clock: Clock) -> Iterator[Outbox]:
-    with Outbox(path, clock=clock) as box:
-        yield box
-
-
-@pytest.fixture
-def forwarder(path: Path, client: LeatClient, events: Events, clock: Clock) -> Forwarder:
-    return Forwarder(
-        path, client, events, device_id="till-1", shop_uuid=SHOP, clock=clock, rng=random.Random(7)
-    )
 
 
 def state(outbox: Outbox, item_id: int) -> State:
@@ -620,16 +570,14 @@ def _child(path: Path, sandbox: LeatSandbox, mode: str) -> subprocess.Popen[str]
     )
 
 
-def test_forwarder_kill_9_while_draining_delivers_each_order_once(
-    path: Path, outbox: Outbox, sandbox: LeatSandbox
-) -> None:
-    rng = random.Random(20261122)
-    for n in range(20):
-        outbox.enqueue(Kind.ORDER, f"K-{n}", order(f"K-{n}"))
-    # The sandbox acts first and then waits, so most kills land between Leat and SQLite.
-    sandbox.faults.set(latency_s=0.1, only_paths=(CREATE,))
-    progress = []
-    for _ in range(10):
+def kill_9_while_working(
+    path: Path, sandbox: LeatSandbox, rng: random.Random, rounds: int,
+    progress: Callable[[], int],
+) -> list[int]:
+    """Start a forwarder process on `path` `rounds` times and `kill -9` it at a random moment
+    (most land between Leat acting and SQLite recording it); `progress()` after each kill."""
+    seen = []
+    for _ in range(rounds):
         child = _child(path, sandbox, "run")
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
@@ -639,13 +587,30 @@ def test_forwarder_kill_9_while_draining_delivers_each_order_once(
             child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=10) == -signal.SIGKILL
         child.stdout.close()
-        progress.append(len(sandbox.orders()))
-    assert progress[0] < 20  # killed while there was work to do
-    assert calls(sandbox, FIND) >= 1  # some kill left an item SENDING: looked up, not re-posted
+        seen.append(progress())
+    return seen
+
+
+def finish_without_faults(path: Path, sandbox: LeatSandbox) -> None:
+    """Clear the sandbox's faults and let one forwarder process drain the outbox to the end."""
     sandbox.faults.clear()
     child = _child(path, sandbox, "finish")
     out, _ = child.communicate(timeout=30)
     assert child.returncode == 0, out
+
+
+def test_forwarder_kill_9_while_draining_delivers_each_order_once(
+    path: Path, outbox: Outbox, sandbox: LeatSandbox
+) -> None:
+    rng = random.Random(20261122)
+    for n in range(20):
+        outbox.enqueue(Kind.ORDER, f"K-{n}", order(f"K-{n}"))
+    # The sandbox acts first and then waits, so most kills land between Leat and SQLite.
+    sandbox.faults.set(latency_s=0.1, only_paths=(CREATE,))
+    progress = kill_9_while_working(path, sandbox, rng, 10, lambda: len(sandbox.orders()))
+    assert progress[0] < 20  # killed while there was work to do
+    assert calls(sandbox, FIND) >= 1  # some kill left an item SENDING: looked up, not re-posted
+    finish_without_faults(path, sandbox)
     recorded = sorted(o["external_identifier"] for o in sandbox.orders())
     assert recorded == sorted(f"K-{n}" for n in range(20))
     assert all(o["sandbox"]["points"] == 25 for o in sandbox.orders())

@@ -518,15 +518,6 @@ NO_SUCH = "00000000-0000-4000-8000-000000000000"
 
 
 @pytest.fixture
-def sandbox() -> Iterator[Any]:
-    """A running Leat sandbox with the demo seed (fresh state for every test)."""
-    from appliance.sandbox.server import LeatSandbox
-
-    with LeatSandbox() as server:
-        yield server
-
-
-@pytest.fixture
 def leat(sandbox: Any) -> Iterator[LeatClient]:
     """A client of the sandbox with its personal access token."""
     with LeatClient(sandbox.url, token=sandbox.personal_access_token, shop_uuid=SHOP) as client:

@@ -189,11 +189,17 @@ def test_truncated_outbox_is_damage(path: Path, keep: str) -> None:
     assert_refused(path, "quick_check|not a readable SQLite database|rolled back")
 
 
-def test_rolled_back_outbox_is_damage(path: Path, tmp_path: Path) -> None:
-    fill(path, 10)
+def roll_back(path: Path, tmp_path: Path, *, kept: int, lost: int) -> None:
+    """Store `kept` orders, copy the file, store `lost` more, then restore the older copy
+    over it (a backup restored, or an SD card that lost its last writes)."""
+    fill(path, kept)
     shutil.copy(path, tmp_path / "older.sqlite3")
-    fill(path, ORDERS - 10, start=10)
-    shutil.copy(tmp_path / "older.sqlite3", path)  # an older copy restored over it
+    fill(path, lost, start=kept)
+    shutil.copy(tmp_path / "older.sqlite3", path)
+
+
+def test_rolled_back_outbox_is_damage(path: Path, tmp_path: Path) -> None:
+    roll_back(path, tmp_path, kept=10, lost=ORDERS - 10)
     assert_refused(path, f"rolled back: it has stored 10 item.*its mark says {ORDERS}")
 
 
@@ -310,10 +316,7 @@ def test_cli_config_after_the_action(
 def test_cli_list_of_a_damaged_outbox_warns(
     path: Path, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fill(path, 2)
-    shutil.copy(path, tmp_path / "older.sqlite3")
-    fill(path, 1, start=2)
-    shutil.copy(tmp_path / "older.sqlite3", path)
+    roll_back(path, tmp_path, kept=2, lost=1)
     code, out, err = run_cli("outbox", "list", "--config", str(config), capsys=capsys)
     assert code == 0
     assert "A-1" in out
@@ -325,10 +328,7 @@ def test_cli_list_of_a_damaged_outbox_warns(
 def test_cli_repair_keeps_a_readable_rolled_back_outbox(
     path: Path, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fill(path, 2)
-    shutil.copy(path, tmp_path / "older.sqlite3")
-    fill(path, 3, start=2)
-    shutil.copy(tmp_path / "older.sqlite3", path)
+    roll_back(path, tmp_path, kept=2, lost=3)
     with pytest.raises(OutboxDamaged):
         Outbox.prepare(path)
     code, out, _ = run_cli("outbox", "repair", "--config", str(config), capsys=capsys)
