@@ -3,7 +3,7 @@
 Rules, first match wins (docs/codes.md explains them for merchants):
 
 1. An http(s) URL with path `/l` and the query parameters `version`, `unique_id` and a
-   40-hex-digit `hash` is a Leat **Loyalty Token** URL (leat-api.md §8.2). When
+   40-hex-digit `hash` is a Leat **Loyalty Token** URL (Leat's Loyalty Token docs). When
    `codes.token_url_hosts` is non-empty its host must be listed (`*.example.com` allows
    subdomains); a token-shaped URL from another host is UNKNOWN, never a loyalty card.
 2. An http(s) URL with path `.../giftcard-balance` and a `hash` is Leat's own giftcard

@@ -1,6 +1,6 @@
 """Wires the real parts together and owns the threads of the long-running process.
 
-Threads (DESIGN.md "Concurrency"):
+Threads (docs/architecture.md, "Scan path"):
 - camera: read the newest frame -> decode -> debounce -> put fresh scans on a bounded queue
   (a full queue is refused visibly with BUSY feedback, never dropped silently). A camera
   that fails to open or to read is DEGRADED (in `state.camera`, the STATUS line and the

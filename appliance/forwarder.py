@@ -33,7 +33,7 @@ answer about which was not understood. Its final outcome goes out on `events/com
 
 Customers. A scanned `customer_identifier` is resolved at send time (so a card scanned while
 offline still earns points); an unknown, inactive or unlinked card is DEAD. An order with no
-customer at all never calls Leat: it gets a Loyalty Token claim URL (leat-api.md §8.2).
+customer at all never calls Leat: it gets a Loyalty Token claim URL (Leat's Loyalty Token docs).
 
 Probe mode. While Leat is reachable, due items go out `concurrency` at a time, and a failed
 item waits its own backoff (`backoff_delay`: full jitter, Retry-After as a floor). Once an

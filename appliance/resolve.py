@@ -1,10 +1,11 @@
 """Resolve a classified code through Leat into the body of an `events/identification`.
 
-Round trips (leat-api.md §4-§6): a loyalty card costs two: find the identifier, then the
-contact (balances and tier are on the contact), its rewards, its collectable rewards and its
-vouchers concurrently (and the program's name for points, once). A giftcard costs one; a
-voucher one, or two when it is linked to a contact and can be validated. A Loyalty Token URL
-costs none: its signature is checked locally when the account secret is configured.
+Round trips (Leat's contact, giftcard, voucher docs): a loyalty card costs two: find the
+identifier, then the contact (balances and tier are on the contact), its rewards, its
+collectable rewards and its vouchers concurrently (and the program's name for points, once).
+A giftcard costs one; a voucher one, or two when it is linked to a contact and can be
+validated. A Loyalty Token URL costs none: its signature is checked locally when the account
+secret is configured.
 
 A value that could be a card number or a giftcard hash (`Code.alternatives`) is asked of
 Leat rather than guessed: the identifier lookup first; only when Leat does not know the
@@ -12,7 +13,7 @@ identifier (60003), the giftcard lookup. A giftcard found so is reported with
 `Resolution.kind` GIFTCARD; unknown to both, it stays an unknown loyalty card.
 
 The whole resolution has a deadline: past it, or when Leat is unreachable, the result is
-`offline` and unverified (DESIGN.md "Offline policy"); calls still running finish in the
+`offline` and unverified (docs/architecture.md); calls still running finish in the
 background, bounded by the client's own timeouts and the pool size.
 """
 
@@ -42,7 +43,7 @@ DEFAULT_POINTS_NAME = "points"
 IDENTIFIER_NOT_FOUND = 60003
 GIFTCARD_NOT_FOUND = 5001
 
-# Leat error codes -> identification status (leat-api.md §3.2)
+# Leat error codes -> identification status (Leat's error-handling docs)
 STATUS_BY_CODE: Mapping[int, str] = {
     60003: "unknown", 60004: "inactive", 60011: "inactive", 55031: "unknown",
     80004: "unknown", 80005: "redeemed", 80006: "expired", 80012: "inactive",

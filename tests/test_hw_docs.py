@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,19 @@ def test_docs_link_only_inside_the_repository(doc: Path) -> None:
         resolved = (doc.parent / target.split("#", 1)[0]).resolve()
         assert resolved.is_relative_to(REPO), f"{target} leaves the repository"
         assert resolved.exists(), f"{target}: no such file in the repository"
+
+
+def test_sources_cite_no_file_outside_the_repository() -> None:
+    """Code, tests and docs cite Leat's own sources or docs/leat-assumptions.md, never the
+    design notes the project was started from (they are not shipped)."""
+    outside = ("leat-api.md", "../shared", "/work/shared")
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    offenders = [
+        name for name in tracked
+        if name.endswith((".py", ".md", ".yaml", ".sh", ".toml", ".json"))
+        and name != "tests/test_hw_docs.py"
+        and any(word in (REPO / name).read_text(encoding="utf-8") for word in outside)
+    ]
+    assert offenders == []

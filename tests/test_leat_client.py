@@ -1,5 +1,5 @@
 """LeatClient: every call against the sandbox over real HTTP, plus error mapping and the
-documented shape variants (leat-api.md §10) on httpx.MockTransport where the sandbox cannot
+documented shape variants (docs/leat-assumptions.md) on httpx.MockTransport where the sandbox cannot
 produce them."""
 
 from __future__ import annotations
@@ -551,7 +551,7 @@ def rejected(code: int, call: Callable[[], object]) -> LeatRejected:
 
 
 def order_body(external_identifier: str, contact_uuid: str, amount: int = 2500) -> dict[str, Any]:
-    """A minimal complete create-and-process body (leat-api.md §7.1)."""
+    """A minimal complete create-and-process body (Leat's Create Order docs)."""
     return {
         "external_identifier": external_identifier,
         "status": "COMPLETED",
@@ -758,7 +758,8 @@ def test_sandbox_orders_and_replay(leat: LeatClient) -> None:
     assert result.points is not None
     assert result.points > 0
     assert result.new_balance == 1250 + result.points
-    # ASSUMPTION (leat-api.md §7.4): the sandbox refuses a repeated external_identifier with 1003.
+    # ASSUMPTION (leat-assumptions O3): the sandbox refuses
+    # a repeated external_identifier with 1003.
     rejected(1003, lambda: leat.create_and_process_order(order_body("pos-0001", uuid)))
     found = leat.find_order("pos-0001")
     assert found is not None

@@ -309,7 +309,7 @@ def test_orders_request_sent_while_the_device_restarts_is_not_lost(
 
 
 def leat_example(applied_to: str = "LINE_ITEM") -> dict[str, Any]:
-    """Leat's documented order (leat-api.md §7.1 response): order_amount 3175, a 225 discount
+    """Leat's documented order (Leat's Create Order response): order_amount 3175, a 225 discount
     applied to a line, charges 381, total 3331 = 3175 - 225 + 381."""
     return {
         "external_identifier": "leat-doc-1",

@@ -1,6 +1,6 @@
 """The Leat sandbox over real HTTP: every route, state changes, OAuth, faults, control API.
 
-Tests named `..._assumption` pin behaviour the Leat sources leave open (leat-api.md §11);
+Tests named `..._assumption` pin behaviour the Leat sources leave open (docs/sandbox.md);
 the sandbox chose it, marked `ASSUMPTION:` in its code.
 """
 

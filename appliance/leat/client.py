@@ -4,7 +4,7 @@ Authentication is a personal access token, or else OAuth client credentials: the
 token from `POST /oauth/token` is cached until `expires_in` minus a margin, fetched again
 once when a call gets HTTP 401, and the call repeated once (a 401 means nothing was done).
 
-Errors (leat-api.md §3; Leat's `code` in the body decides, not only the status):
+Errors (docs/leat-assumptions.md, E1-E4; Leat's `code` in the body decides, not only the status):
 
     HTTP / transport                        raises
     2xx with `data`                         (the parsed result)
@@ -78,7 +78,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL: Final = "https://api.leat.com"
 API_PREFIX: Final = "/api/v3/oauth/clients"
-TOKEN_PATH: Final = "/oauth/token"  # noqa: S105 - a path; no /api prefix (leat-api.md §2.2)
+TOKEN_PATH: Final = "/oauth/token"  # noqa: S105 - a path; no /api prefix (Leat's OAuth docs)
 TOKEN_MARGIN_S: Final = 60.0  # refetch this long before `expires_in` runs out
 VOUCHER_NOT_FOUND: Final = 80004
 MAX_TRANSACTIONS_PAGE: Final = 100  # Leat's largest `limit` for loyalty transactions

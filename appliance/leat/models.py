@@ -1,4 +1,4 @@
-"""Typed, validated results of Leat API calls (leat-api.md; §10 lists the shape variants).
+"""Typed, validated results of Leat API calls (docs/leat-assumptions.md).
 
 Every value the appliance uses is read from Leat's JSON through `Fields`, which checks its
 type. A required field that is missing or of the wrong type raises

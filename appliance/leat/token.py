@@ -1,4 +1,4 @@
-"""Leat Loyalty Token URLs (v3, unit based), computed and checked locally (leat-api.md §8.2).
+"""Leat Loyalty Token URLs (v3, unit based), checked locally (Leat's Loyalty Token docs).
 
 A loyalty token is an unassigned credit reception packed into a signed URL that a customer
 opens to claim points, printed as a QR code on a receipt when nobody identified at the till.

@@ -1,4 +1,4 @@
-"""Leat's amounts on an order: a line is price x quantity - discount_amount (leat-api.md §7.1);
+"""Leat's amounts on an order: a line is price x quantity - discount_amount (Leat's order docs);
 the totals never refuse an order, they are named as warnings."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ def check_amounts(order: Mapping[str, Any]) -> list[str]:
     """Check the amounts as Leat defines them; return what looks inconsistent, as warnings.
 
     A line (or sub-line) whose total_amount is not price x quantity - discount_amount is
-    malformed (Leat's own definition of a line, leat-api.md §7.1): RequestError. The order
+    malformed (Leat's own definition of a line in its Create Order docs): RequestError. The order
     totals never refuse an order: Leat computes points from the lines, charges and discounts,
     calls the totals "mainly for visual and reference purposes", and its sources disagree on
     whether line discounts count again (its documented example: order_amount 3175, a 225

@@ -445,7 +445,7 @@ def _transaction_of(payload: bytes) -> str | None:
 
 
 def _refuse_nested_sub_lines(request: Mapping[str, Any]) -> None:
-    """Leat's order lines have sub-lines, and sub-lines have none (leat-api.md §7.1)."""
+    """Leat's order lines have sub-lines, and sub-lines have none (Leat's Create Order docs)."""
     order = request.get("order")
     lines = order.get("line_items") if isinstance(order, dict) else None
     for index, line in enumerate(lines if isinstance(lines, list) else []):

@@ -38,7 +38,7 @@ class SandboxError(Exception):
         self.code, self.message, self.errors, self.status = code, message, errors, status
 
     def body(self) -> dict[str, Any]:
-        """The error body Leat documents (leat-api.md §3.1)."""
+        """The error body Leat documents (docs/leat-assumptions.md, E1)."""
         body: dict[str, Any] = {
             "message": self.message, "code": self.code, "status_code": self.status,
         }

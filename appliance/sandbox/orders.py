@@ -4,7 +4,7 @@ Points rule (the sandbox's own; Leat's real rules are account-specific):
     eligible = sum of line_items[].total_amount + sum of sub_line_items[].total_amount
                - sum of applied_discounts[].amount whose applied_to is ORDER
     points   = max(eligible, 0) // 100   (1 point per whole currency unit; charges excluded)
-Line-level discounts are already inside the (sub) line totals (leat-api.md §7.1), so only
+Line-level discounts are already inside the (sub) line totals (Leat's Create Order docs), so only
 order-level ones are subtracted. A CANCELLED order earns 0. Points are booked when the
 order is processed. A return takes back `points * returned / eligible` (rounded down, over
 all returns of the order so far, so returning everything takes back exactly all points);
@@ -23,7 +23,7 @@ from appliance.sandbox.world import Args, World
 ORDER_STATUSES: Final = ("CREATED", "PENDING", "COMPLETED", "CANCELLED")
 PAYMENT_STATUSES: Final = ("UNPAID", "PENDING", "PAID")
 RETURN_STATUSES: Final = ("PENDING", "COMPLETED")
-# Every value any source shows (leat-api.md §10 item 5).
+# Every value any source shows (docs/leat-assumptions.md, O5).
 APPLIED_TO: Final = ("ORDER", "ORDER_LINES", "LINE_ITEM", "LINE_ITEMS", "SUB_LINE_ITEMS",
                      "CHARGES")
 DISCOUNT_TYPES: Final = ("PERCENTAGE", "ABSOLUTE")
@@ -121,7 +121,7 @@ class Orders:
         """
         ext = body.text("external_identifier")
         if ext is not None and ext in self.by_external and not simulate:
-            # ASSUMPTION (leat-api.md §7.4): a repeated external_identifier is 1003.
+            # ASSUMPTION (docs/leat-assumptions.md, O3): a repeated external_identifier is 1003.
             body.fail("external_identifier", "The external identifier has already been taken.")
         # ASSUMPTION: an order without a contact is refused (the docs mark it required).
         contact = body.obj("contact", required=not simulate)
