@@ -38,7 +38,7 @@ import struct
 import threading
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -282,13 +282,15 @@ def write_flag(path: Path, reason: str) -> None:
 # -- owners -------------------------------------------------------------------------------
 
 
-def settle_owner(path: Path) -> None:
-    """As root: give the outbox files to the state directory's owner. Otherwise refuse
-    (OutboxNotWritable) files this process cannot read and write, naming the fix."""
+def settle_owner(path: Path, files: Sequence[Path] | None = None) -> None:
+    """As root: give the outbox files (or `files` beside it) to the state directory's owner.
+    Otherwise refuse (OutboxNotWritable) files this process cannot read and write, naming
+    the fix."""
+    files = companions(path) if files is None else files
     try:
         directory = path.parent.stat()
         if os.geteuid() == 0:
-            for file in companions(path):
+            for file in files:
                 with contextlib.suppress(FileNotFoundError):  # -wal/-shm come and go
                     st = file.stat()
                     if (st.st_uid, st.st_gid) != (directory.st_uid, directory.st_gid):
@@ -297,7 +299,7 @@ def settle_owner(path: Path) -> None:
                                     _user(directory.st_uid), _user(st.st_uid))
             return
         dir_ok = os.access(path.parent, os.R_OK | os.W_OK | os.X_OK)
-        denied = [p for p in companions(path)
+        denied = [p for p in files
                   if not os.access(p, os.R_OK | os.W_OK) and p.exists()]
         if dir_ok and not denied:
             return

@@ -25,6 +25,7 @@ from appliance.errors import OutboxError
 from appliance.outbox import Kind, Outbox, outbox_state
 from appliance.outbox_guard import Mark, MarkFile, OutboxDamaged, OutboxNotWritable
 from appliance.pos.intake import OrderRequests
+from appliance.pos.ledger import Ledger, LedgerDamaged, ledger_files
 
 SERVICE_UID = 4242  # the service user of these tests (no passwd entry needed)
 ORDERS = 40
@@ -476,6 +477,31 @@ def test_sudo_outbox_list_leaves_files_the_service_user_can_write(
     for name in files(path):
         assert (state / name).stat().st_uid == SERVICE_UID, name
     assert as_service_user(lambda: fill(path, 1, start=5)) == "ok"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create files as another uid")
+def test_root_created_command_ledger_is_refused_by_the_service_user_then_fixed_by_root(
+    shared_dir: Path,
+) -> None:
+    state = shared_dir / "state"
+    state.mkdir(mode=0o750)
+    os.chown(state, SERVICE_UID, SERVICE_UID)
+    path = state / "commands.sqlite3"
+    Ledger.prepare(path)  # as root (a technician's command): given to the directory owner
+    for file in ledger_files(path):
+        if file.exists():
+            assert file.stat().st_uid == SERVICE_UID, file
+    for file in ledger_files(path):  # as if an older version, run as root, had left them
+        if file.exists():
+            os.chown(file, 0, 0)
+            file.chmod(0o644)
+
+    refused = as_service_user(lambda: Ledger.prepare(path))
+    assert refused.startswith(LedgerDamaged.__name__)
+    assert f"fix: sudo chown {SERVICE_UID}:{SERVICE_UID} {path}" in refused
+
+    Ledger.prepare(path)
+    assert as_service_user(lambda: Ledger.prepare(path)) == "ok"
 
 
 def test_damage_is_logged_at_error(path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from appliance.errors import ApplianceError
-from appliance.outbox_guard import write_atomically
+from appliance.outbox_guard import OutboxNotWritable, settle_owner, write_atomically
 
 KEEP_S: Final = 48 * 3600  # at least the 24 h the contract promises
 KEEP_TAKEN_S: Final = 31 * 24 * 3600  # a give-back (a return) may come weeks later
@@ -103,6 +104,12 @@ class LedgerDamaged(ApplianceError):
         self.reason = reason
 
 
+def ledger_files(path: Path) -> list[Path]:
+    """Every file that belongs to the ledger at `path`."""
+    return [path, *(path.with_name(path.name + s) for s in ("-wal", "-shm")),
+            identity_path(path)]
+
+
 def identity_path(path: Path) -> Path:
     """The file beside the ledger that remembers which ledger belongs there."""
     return path.with_name(path.name + ".id")
@@ -133,8 +140,22 @@ class Ledger:
     @staticmethod
     def prepare(path: Path) -> None:
         """Create the file and its tables (WAL) once, before any thread opens it; check an
-        existing one (LedgerDamaged: never replaced by a new empty one)."""
+        existing one (LedgerDamaged: never replaced by a new empty one). Run as root (a
+        technician's command), the files are given to the state directory's owner after;
+        files this process cannot write are LedgerDamaged naming the `chown` that fixes it."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            settle_owner(path, ledger_files(path))
+        except OutboxNotWritable as exc:
+            raise LedgerDamaged(exc.reason) from None
+        try:
+            Ledger._check(path)
+        finally:
+            if os.geteuid() == 0:
+                settle_owner(path, ledger_files(path))
+
+    @staticmethod
+    def _check(path: Path) -> None:
         id_file = identity_path(path)
         known = id_file.read_text(encoding="ascii").strip() if id_file.exists() else None
         size = path.stat().st_size if path.exists() else None
