@@ -25,6 +25,8 @@ ERRORS: Final = (
     "not_applied",  # Leat's answer was lost, and Leat shows the call did not happen
     "release_key_lost",  # voucher.lock happened but its answer (the release key) was lost
     "unknown",  # status unknown: the outcome follows on events/command
+    "cannot_tell",  # status unknown, final: a lost money call matches several transactions
+    "already_sold",  # giftcard.load of a card with a balance (require_unsold)
 )
 
 
