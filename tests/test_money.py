@@ -17,6 +17,7 @@ from fakes import SHOP
 from test_commands import JANE, SAM, Device
 
 from appliance import contract
+from appliance.pos.ledger import Ledger
 from appliance.sandbox.seed import BUNDLED_SEED
 from appliance.sandbox.server import LeatSandbox
 
@@ -340,3 +341,40 @@ def test_prepaid_needs_exactly_one_of_contact_and_card(device: Device) -> None:
         assert reply["error"]["code"] == "invalid_request"
     assert prepaid_txs(device) == []
 
+
+
+def test_money_calls_the_device_stopped_during_are_settled_at_the_next_start(
+    sandbox: LeatSandbox, tmp_path: Path
+) -> None:
+    """The device died after recording two payments as running: Leat booked the giftcard
+    one, never saw the prepaid one. At the next start both are settled from Leat's lists and
+    published; neither is sent again."""
+    first = Device(sandbox, tmp_path / "state")
+    try:
+        paid = first.client.create_giftcard_transaction(giftcard_uuid=GIFTCARD,
+                                                        amount_in_cents=-900)
+        ledger = Ledger(tmp_path / "state" / "commands.sqlite3")
+        body = pay("g-crash", 900)
+        ledger.begin("g-crash", "giftcard.pay", {k: v for k, v in body.items()
+                                                 if k != "request_id"}, "tx-g-crash")
+        ledger.begin("p-crash", "prepaid.pay", {"contact_uuid": JANE, "amount_in_cents": 300},
+                     None)
+        ledger.close()
+    finally:
+        first.close()
+    second = Device(sandbox, tmp_path / "state")
+    try:
+        second.intake.start()  # resumes what the ledger left unsettled
+        events = {e["request_id"]: e for e in second.events.wait(2)}
+        assert events["g-crash"]["status"] == "ok"
+        assert events["g-crash"]["data"]["uuid"] == paid.uuid
+        assert events["g-crash"]["data"]["balance_in_cents"] == 1600
+        assert events["p-crash"]["status"] == "failed"
+        assert events["p-crash"]["error"]["code"] == "not_applied"
+        for event in events.values():
+            contract.validate("command_event", event)
+        assert card_txs(second) == [-900] and prepaid_txs(second) == []
+        assert posts(second, "/giftcard-transactions") == 1  # the one made before the crash
+    finally:
+        second.intake.stop()
+        second.close()
