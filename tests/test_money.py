@@ -9,6 +9,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,11 @@ from fakes import SHOP
 from test_commands import JANE, SAM, Device
 
 from appliance import contract
+from appliance.outbox import Outbox
+from appliance.pos import money
 from appliance.pos.ledger import Ledger
+from appliance.pos.verbs import CannotTell, Context, NotApplied
+from appliance.resolve import Resolver
 from appliance.sandbox.seed import BUNDLED_SEED
 from appliance.sandbox.server import LeatSandbox
 
@@ -378,3 +383,38 @@ def test_money_calls_the_device_stopped_during_are_settled_at_the_next_start(
     finally:
         second.intake.stop()
         second.close()
+
+
+def test_a_listed_transaction_without_uuid_is_never_taken_for_not_applied(
+    sandbox: LeatSandbox, tmp_path: Path
+) -> None:
+    """Leat's list example shows items with `uuid: null`: such a match is a transaction that
+    happened, so the reconciler says cannot_tell (never not_applied, never a guess)."""
+    dev = Device(sandbox, tmp_path / "state")
+    try:
+        item: dict[str, Any] = {"id": 7, "uuid": None, "amount_in_cents": -800, "type": "STANDARD",
+                "settled": False, "card": {"id": 41651, "uuid": None},
+                "shop": {"id": 1, "uuid": SHOP, "name": "Demo Coffee Bar"},
+                "settlements": [], "created_at": datetime.now(UTC).isoformat()}
+        sandbox.faults.set(status=200, body={"data": [item], "meta": {
+            "page": 1, "limit": 100, "viewing_from": 1, "viewing_to": 1, "last_page": 1,
+            "total": 1}}, only_paths=("/giftcard-transactions",))
+        ctx = Context(dev.client, Resolver(dev.client, shop_uuid=SHOP),
+                      Ledger(tmp_path / "state" / "commands.sqlite3"), _no_outbox,
+                      datetime.now(UTC))
+        with pytest.raises(CannotTell) as unsure:
+            money.reconcile_giftcard_pay(ctx, {"giftcard_uuid": GIFTCARD,
+                                               "amount_in_cents": 800})
+        assert unsure.value.candidates == [] and unsure.value.unnamed == 1
+        sandbox.faults.set(status=200, body={"data": [], "meta": {}},
+                           only_paths=("/giftcard-transactions",))
+        with pytest.raises(NotApplied):
+            money.reconcile_giftcard_pay(ctx, {"giftcard_uuid": GIFTCARD,
+                                               "amount_in_cents": 800})
+        ctx.ledger.close()
+    finally:
+        dev.close()
+
+
+def _no_outbox() -> Outbox:
+    raise AssertionError("the money reconcilers use no outbox")
