@@ -341,7 +341,8 @@ def test_giftcard_pay_bounds_its_input(device: Device, body: dict[str, Any]) -> 
 
 
 def test_prepaid_needs_exactly_one_of_contact_and_card(device: Device) -> None:
-    for who in ({}, {"contact_uuid": JANE, "identifier": JANE_CARD}):
+    neither: dict[str, Any] = {}
+    for who in (neither, {"contact_uuid": JANE, "identifier": JANE_CARD}):
         reply = device.send("prepaid.pay", bad=True, request_id="x", amount_in_cents=1, **who)
         assert reply["error"]["code"] == "invalid_request"
     assert prepaid_txs(device) == []
