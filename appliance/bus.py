@@ -153,6 +153,7 @@ class MqttBus:
         self._clock = clock
         self._lock = threading.RLock()
         self._connected = threading.Event()
+        self._serving = threading.Event()  # connected, and the broker acked our subscriptions
         self._state: bytes | None = None
         self._handlers: dict[str, Handler] = {}
         self._services: list[Service] = []
@@ -196,6 +197,7 @@ class MqttBus:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.on_socket_open = _no_delay
         return client
 
@@ -216,6 +218,12 @@ class MqttBus:
     def wait_connected(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for a connection; True when connected."""
         return self._connected.wait(timeout)
+
+    def wait_serving(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds until connected with the `serve()` subscriptions
+        acknowledged by the broker (a request published before that, on a first connection,
+        is not delivered: the broker has no subscription for it yet); True when serving."""
+        return self._serving.wait(timeout)
 
     def start(self) -> None:
         """Connect in the background; returns at once, whether or not the broker is up."""
@@ -278,6 +286,7 @@ class MqttBus:
         if reset is not None:
             reset()
         self._connected.clear()
+        self._serving.clear()
         log.info("MQTT: disconnected")
 
     def _publish_offline(self, timeout: float) -> bool:
@@ -419,6 +428,8 @@ class MqttBus:
                 # reads the capabilities on "online" never sees the previous run's.
                 if self._handlers:
                     client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._handlers])
+                else:
+                    self._serving.set()
                 self._publish_status("info", self._info)
                 if self._state is not None:
                     self._publish_status("state", self._state)
@@ -451,6 +462,7 @@ class MqttBus:
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        self._serving.clear()
         socket_error, self._outage.socket_error = self._outage.socket_error, None
         if flags.is_disconnect_packet_from_server:
             detail = f"the broker said {reason_code.getName()}"
@@ -459,6 +471,14 @@ class MqttBus:
         if was_connected and not self._stopping:
             self._lost_at = self._clock()
             self._problem(f"connection lost ({detail}); reconnecting")
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
+                      reason_codes: list[ReasonCode], properties: Properties | None) -> None:
+        refused = [code.getName() for code in reason_codes if code.is_failure]
+        if refused:
+            self._problem(f"broker refused the request subscriptions: {', '.join(refused)}")
+            return
+        self._serving.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         props = msg.properties

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -525,3 +526,38 @@ def test_bus_clean_stop_then_crash_still_leaves_offline(
     assert first.wait_connected(10)
     first.stop()  # a clean "offline"; the broker drops that connection's Will
     test_bus_last_will_publishes_offline_when_process_dies(broker)  # same topics, new process
+
+
+class _Collect:
+    """A `Service` that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.got: queue.Queue[Message] = queue.Queue()
+
+    def on_message(self, message: Message) -> None:
+        self.got.put(message)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self, timeout: float = 5.0) -> None:
+        pass
+
+
+def test_a_request_sent_once_the_bus_serves_is_delivered_on_a_first_connection(
+    broker: Mosquitto, make_bus: MakeBus
+) -> None:
+    # CONNACK comes before the broker has our subscription: a request published between the
+    # two, on a fresh session, reaches nobody. wait_serving() waits for the SUBACK.
+    for round_ in range(5):
+        bus = make_bus(broker)
+        service = _Collect()
+        bus.serve("request/+", service)
+        assert not bus.wait_serving(0)
+        bus.start()
+        assert bus.wait_serving(10)
+        with Subscriber(broker, "pos/unused").wait_subscribed() as pos:
+            pos.publish(f"{bus.base_topic}/request/ping", b"{}", None)
+            assert service.got.get(timeout=10).topic.endswith("/request/ping"), round_
+        bus.stop()
+        assert not bus.wait_serving(0)

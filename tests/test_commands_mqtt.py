@@ -67,7 +67,7 @@ def test_commands_over_mqtt_answer_on_the_response_topic_with_correlation_data(
         bus.serve("request/+", Spy())
         bus.start()
         try:
-            assert bus.wait_connected(10)
+            assert bus.wait_serving(10)
             pos.wait_subscribed()
             sent: list[tuple[str, Mapping[str, Any]]] = [
                 ("contact.lookup", {"request_id": "m-1", "identifier": "LC-7F3K9Q2M"}),

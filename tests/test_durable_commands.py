@@ -472,7 +472,7 @@ def test_the_outcome_reaches_the_pos_over_mqtt_qos_1(
                               shop_uuid=SHOP)
         bus.start()
         try:
-            assert bus.wait_connected(10)
+            assert bus.wait_serving(10)
             pos.wait_subscribed()
             assert forwarder.drain_once() == 1
             [message] = pos.wait_for(lambda ms: len(ms) == 1)

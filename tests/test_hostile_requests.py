@@ -58,7 +58,7 @@ class Device:
                                       claim_url=claim, backlog=backlog)
         self.bus.serve("request/+", self.requests)
         self.bus.start()
-        assert self.bus.wait_connected(10)
+        assert self.bus.wait_serving(10)
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ def test_money_over_mqtt_lost_answers_are_ok_once_or_cannot_tell(
             return reply
 
         try:
-            assert bus.wait_connected(10)
+            assert bus.wait_serving(10)
             pos.wait_subscribed()
             # "online" comes after the device's own subscriptions (bus.py): it listens now
             pos.wait_message(f"{BASE}/availability", b"online")

@@ -42,7 +42,7 @@ def test_order_flow_events_order_reaches_the_pos_over_mqtt(
         forwarder = Forwarder(outbox, leat, bus.publish_event, device_id=DEVICE, shop_uuid=SHOP)
         bus.start()
         try:
-            assert bus.wait_connected(10)
+            assert bus.wait_serving(10)
             pos.wait_subscribed()
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.ResponseTopic = f"{BASE}/response/order.create"

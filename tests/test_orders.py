@@ -229,7 +229,7 @@ def test_orders_over_mqtt_v5_response_topic_and_correlation(
     bus.serve("request/+", handler)
     bus.start()
     try:
-        assert bus.wait_connected(10)
+        assert bus.wait_serving(10)
         with Subscriber(broker, "pos/replies/#", f"{BASE}/response/#") as pos:
             pos.wait_subscribed()
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -258,7 +258,7 @@ def test_orders_survive_a_broker_restart_mid_stream(broker: Mosquitto, outbox_pa
     bus.serve("request/+", handler)
     bus.start()
     try:
-        assert bus.wait_connected(10)
+        assert bus.wait_serving(10)
         for round_, ids in enumerate((["a-1", "a-2"], ["b-1", "b-2"])):
             with Subscriber(broker, f"{BASE}/response/#", f"{BASE}/availability") as pos:
                 pos.wait_subscribed()
@@ -289,7 +289,7 @@ def test_orders_request_sent_while_the_device_restarts_is_not_lost(
         )
         bus.serve("request/+", handler)
         bus.start()
-        assert bus.wait_connected(10)
+        assert bus.wait_serving(10)
         return bus
 
     device().stop()  # the device goes away; its MQTT session (and subscription) stays
