@@ -16,6 +16,7 @@ from broker import Mosquitto
 from gpiozero.pins.mock import MockFactory
 from PIL import Image
 
+from appliance.camera import Frame, FrameSource
 from appliance.config import Config
 from appliance.daemon import ScanService, build
 from appliance.feedback import Feedback
@@ -73,10 +74,11 @@ class Running:
 
 
 @contextmanager
-def running_device(cfg: Config) -> Iterator[Running]:
-    """Run the daemon and its page until the block ends."""
+def running_device(cfg: Config, source: FrameSource | None = None) -> Iterator[Running]:
+    """Run the daemon (on `source`, else the config's replay) and its page until the end."""
     pins = MockFactory()
-    service = build(cfg, feedback=Feedback.from_config(cfg.feedback, pins))
+    service = build(cfg, source=source, feedback=Feedback.from_config(cfg.feedback, pins),
+                    stop_when_source_ends=source is None)
     web = attach(cfg, service)
     stop = threading.Event()
     thread = threading.Thread(target=service.run, args=(stop,), name="daemon")
@@ -100,3 +102,33 @@ def wait_until(check: Callable[[], Any], timeout: float = 10.0, every: float = 0
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout} s: {check}")
         threading.Event().wait(every)
+
+
+class SwitchableSource:
+    """A camera stand-in paced at `fps`: shows `picture` until the test swaps it (`show`),
+    and records when it did, to time the page against the frame."""
+
+    def __init__(self, picture: Any, fps: float = 15.0) -> None:
+        self._picture = picture
+        self._interval = 1.0 / fps
+        self._sequence = 0
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self.shown_at = time.monotonic()
+
+    def show(self, picture: Any) -> float:
+        """Show `picture` from the next frame on; when (monotonic)."""
+        with self._lock:
+            self._picture = picture
+            self.shown_at = time.monotonic()
+            return self.shown_at
+
+    def read(self) -> Frame | None:
+        if self._closed.wait(self._interval):
+            return None
+        with self._lock:
+            self._sequence += 1
+            return Frame(self._picture, time.monotonic(), self._sequence)
+
+    def close(self) -> None:
+        self._closed.set()

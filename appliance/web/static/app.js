@@ -56,6 +56,7 @@ async function pollAim() {
     }
     const cam = aim.camera;
     if (cam) {
+      $("source-label").hidden = cam.source !== "replay";
       $("camera-settings").textContent =
         `camera (configured): ${cam.source}, ${cam.fps} fps, autofocus ${cam.autofocus}` +
         (cam.lens_position !== null ? ` at ${cam.lens_position} dioptres` : "") +
