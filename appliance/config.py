@@ -374,6 +374,11 @@ def validate(
     if cfg.web.enabled and cfg.web.lan and not present["web-password"]:
         problems.append("web.lan: the page on the LAN needs a password: set web.password_file "
                         "(0600) or the credential web-password")
+    has_cert = cfg.web.cert_file is not None or (
+        cfg.mqtt.tls.cert_file is not None and cfg.mqtt.tls.key_file is not None)
+    if cfg.web.enabled and cfg.web.lan and not has_cert:
+        warnings.append("web.lan: no certificate (web.cert_file, or mqtt.tls.cert_file), so "
+                        "the page and its password go over the LAN unencrypted")
     if present["leat-account-secret"] and cfg.leat.portal_url is None:
         warnings.append(
             "leat.portal_url: not set, so scanned Loyalty Tokens are verified but anonymous "
@@ -439,18 +444,22 @@ def _file_problems(cfg: Config) -> list[str]:
                   "mqtt.tls.key_file": tls.key_file}
         if (tls.cert_file is None) != (tls.key_file is None):
             problems.append("mqtt.tls: cert_file and key_file go together")
+    if cfg.web.enabled:
+        named |= {"web.cert_file": cfg.web.cert_file, "web.key_file": cfg.web.key_file}
     if cfg.camera.source == "replay" and cfg.camera.replay_path is None:
         problems.append('camera.replay_path: required with camera.source = "replay"')
     for key, path in named.items():
         if path is not None and not os.access(path, os.R_OK):
             why = "no such file" if not path.exists() else "not readable by this user"
             problems.append(f"{key}: {path}: {why}")
-    key_file = tls.key_file if tls.enabled else None
-    if key_file is not None and key_file.exists():
-        mode = key_file.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            problems.append(f"mqtt.tls.key_file: {key_file} is readable by others "
-                            f"(mode {mode & 0o777:o}); run: chmod 600 {key_file}")
+    keys = {"mqtt.tls.key_file": tls.key_file if tls.enabled else None,
+            "web.key_file": cfg.web.key_file if cfg.web.enabled else None}
+    for name, key_file in keys.items():
+        if key_file is not None and key_file.exists():
+            mode = key_file.stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                problems.append(f"{name}: {key_file} is readable by others "
+                                f"(mode {mode & 0o777:o}); run: chmod 600 {key_file}")
     return problems
 
 

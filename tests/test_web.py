@@ -217,6 +217,7 @@ def test_the_page_stays_on_loopback_unless_lan_with_a_password(tmp_path: Path) -
                                         "password_file": str(password_file(tmp_path))}})
     assert not [p for p in validate(ok, environ={}).problems if p.startswith("web")]
     assert validate(ok, environ={}).secrets["web-password"]
+    assert any("unencrypted" in w for w in validate(ok, environ={}).warnings)  # no cert
 
 
 def write_toml(tmp_path: Path, cfg: Config) -> Path:
