@@ -74,6 +74,7 @@ def test_preview_shows_the_card_read_masked_and_costs_nothing_unwatched(
         for path in ("/api/aim", "/api/health"):
             assert CARD not in web.get(path).text
         wait_until(lambda: not tap.wanted, timeout=LINGER_S + 3)  # the viewer left
+        assert tap.latest() is None  # and no frame (it may show a card) is kept
 
 
 def test_save_frame_and_test_scan_need_the_csrf_token(

@@ -139,6 +139,8 @@ class PreviewTap:
 
     def _update(self) -> None:
         self.wanted = bool(self._viewers) or self._waiting > 0
+        if not self.wanted:
+            self._latest = None  # a frame can show a card: not kept once nobody looks
 
 
 def render_jpeg(frame: Frame, result: DecodeResult) -> bytes:

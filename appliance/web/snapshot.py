@@ -111,6 +111,9 @@ def snapshot(cfg: Config) -> Path:
         return _ask_daemon(socket_path(cfg))
     except (FileNotFoundError, ConnectionRefusedError):
         log.info("no running daemon answers on %s: reading the camera here", socket_path(cfg))
+    except PermissionError:
+        raise SnapshotError(f"{socket_path(cfg)}: permission denied: run as the service user "
+                            "(sudo -u leat-scanner leat-scanner snapshot) or root") from None
     return _from_camera(cfg)
 
 
