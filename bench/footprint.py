@@ -271,9 +271,12 @@ def main() -> None:
              - statistics.median(r.cpu_cores for r in base))
     p99 = [percentile([ms for r in runs for ms in r.latencies_ms], 0.99)
            for runs in (base, watched)]
+    spread = [" ".join(f"{percentile(r.latencies_ms, 0.99):.1f}" for r in runs)
+              for runs in (base, watched)]
     print(f"one viewer: CPU +{extra:.3f} core (target <= 0.05: "
           f"{'met' if extra <= 0.05 else 'NOT met'}); scan latency p99 {p99[0]:.1f} -> "
-          f"{p99[1]:.1f} ms (target: unchanged within noise)")
+          f"{p99[1]:.1f} ms (target: unchanged within noise; p99 of each run without: "
+          f"{spread[0]} ms, with: {spread[1]} ms)")
     if args.viewer_only:
         return
     every = [r for runs in results.values() for r in runs]

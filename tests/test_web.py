@@ -113,6 +113,7 @@ def test_without_a_password_only_loopback_names_are_answered(
             httpx.Client(base_url=dev.url) as web:
         rebound = web.get("/", headers={"Host": "attacker.example:8088"})
         assert rebound.status_code == 403
+        assert web.request("PUT", "/").headers["content-security-policy"] == server.CSP
         assert "set-cookie" not in rebound.headers
         assert web.get("/", headers={"Host": "localhost:8088"}).status_code == 200
 

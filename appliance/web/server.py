@@ -320,7 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json({"error": "log in first"}, HTTPStatus.UNAUTHORIZED)
             return
         if path == "/":
-            self._static("index.html", found)
+            self._static("index.html")
         elif path == "/api/session":
             self._json({"csrf": found.csrf, "device_id": self.page.device.device_id,
                         "login": self.page.guard.password_required})
@@ -441,7 +441,7 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         return True
 
-    def _static(self, name: str, found: Session | None = None) -> None:
+    def _static(self, name: str) -> None:
         kind = STATIC.get(name)
         if kind is None:
             self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
@@ -463,11 +463,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Content-Security-Policy", CSP)
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("X-Frame-Options", "DENY")
-        self.send_header("Referrer-Policy", "no-referrer")
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         token = getattr(self, "_new_cookie", None)
@@ -478,6 +473,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+    def end_headers(self) -> None:
+        """Every answer, the base class's error pages included, carries these."""
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Referrer-Policy", "no-referrer")
+        super().end_headers()
 
 
 def start_page(cfg: Config, device: Device, tap: PreviewTap) -> WebPage | None:
