@@ -1,4 +1,4 @@
-"""The `leat-scanner` command: run | demo | sandbox | decode | token | outbox | check."""
+"""The `leat-scanner` command: run | demo | sandbox | decode | token | outbox | snapshot | check."""
 
 from __future__ import annotations
 
@@ -104,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     add_outbox_arguments(outbox)
     outbox.set_defaults(handler=_outbox, config_default=config.DEFAULT_PATH)
 
+    snapshot = commands.add_parser(
+        "snapshot", help="save the camera's current frame for support (docs/web.md)",
+        parents=[common],
+    )
+    snapshot.set_defaults(handler=_snapshot, config_default=config.DEFAULT_PATH)
+
     check = commands.add_parser(
         "check", help="validate the config and show the effective values", parents=[common]
     )
@@ -118,12 +124,24 @@ def _load(args: argparse.Namespace) -> config.Config:
 
 def _run(args: argparse.Namespace, cfg: config.Config) -> int:
     from appliance.daemon import build
+    from appliance.web.run import attach
 
     _validated(cfg)
     service = build(cfg)
     stop = _stop_on_signals()
     log.info("leat-scanner %s running as %s on %s", __version__, cfg.device.id, cfg.base_topic)
-    return service.run(stop)
+    web = attach(cfg, service)  # the technician page and `leat-scanner snapshot`
+    try:
+        return service.run(stop)
+    finally:
+        web.close()
+
+
+def _snapshot(args: argparse.Namespace, cfg: config.Config) -> int:
+    from appliance.web.snapshot import snapshot
+
+    print(snapshot(cfg))
+    return 0
 
 
 def _demo(args: argparse.Namespace, cfg: config.Config) -> int:

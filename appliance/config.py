@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from appliance import identity
 from appliance.errors import ConfigError
@@ -170,6 +177,33 @@ class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class WebConfig(Section):
+    """The technician's page (docs/web.md): loopback unless `lan`, then behind a password."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # loopback: reach it through an SSH tunnel
+    port: Annotated[int, Field(ge=0, le=65535)] = 8088  # 0: any free port (tests)
+    lan: bool = False  # true: `host` may be a LAN address; a password is then required
+    password_file: Path | None = None  # or credential "web-password"
+    cert_file: Path | None = None  # TLS; default: mqtt.tls.cert_file when set
+    key_file: Path | None = None  # default: mqtt.tls.key_file when set
+    frames_dir: Path | None = None  # saved frames; default <device.state_dir>/frames
+    frames_keep_h: Annotated[float, Field(gt=0, le=24 * 30)] = 24.0  # then deleted
+    max_viewers: Annotated[int, Field(ge=1, le=8)] = 2
+
+    @model_validator(mode="after")
+    def _loopback_unless_lan(self) -> WebConfig:
+        if not self.lan and self.host not in LOOPBACK_HOSTS:
+            raise ValueError(f"host {self.host!r} is not loopback: set web.lan = true to serve "
+                             "the page on the LAN (a password is then required)")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class Config(Section):
     """The whole configuration of one device."""
 
@@ -183,6 +217,7 @@ class Config(Section):
     privacy: PrivacyConfig = PrivacyConfig()
     leat: LeatConfig = LeatConfig()
     logging: LoggingConfig = LoggingConfig()
+    web: WebConfig = WebConfig()
 
     @property
     def outbox_path(self) -> Path:
@@ -302,6 +337,7 @@ SECRETS: dict[str, str] = {  # credential name -> the config key naming its file
     "leat-token": "leat.token_file",
     "leat-client-secret": "leat.client_secret_file",
     "leat-account-secret": "leat.account_secret_file",
+    "web-password": "web.password_file",
 }
 
 
@@ -335,6 +371,14 @@ def validate(
     problems += _leat_problems(cfg.leat, present)
     problems += _file_problems(cfg)
     problems += _rule_problems(cfg)
+    if cfg.web.enabled and cfg.web.lan and not present["web-password"]:
+        problems.append("web.lan: the page on the LAN needs a password: set web.password_file "
+                        "(0600) or the credential web-password")
+    has_cert = cfg.web.cert_file is not None or (
+        cfg.mqtt.tls.cert_file is not None and cfg.mqtt.tls.key_file is not None)
+    if cfg.web.enabled and cfg.web.lan and not has_cert:
+        warnings.append("web.lan: no certificate (web.cert_file, or mqtt.tls.cert_file), so "
+                        "the page and its password go over the LAN unencrypted")
     if present["leat-account-secret"] and cfg.leat.portal_url is None:
         warnings.append(
             "leat.portal_url: not set, so scanned Loyalty Tokens are verified but anonymous "
@@ -400,18 +444,22 @@ def _file_problems(cfg: Config) -> list[str]:
                   "mqtt.tls.key_file": tls.key_file}
         if (tls.cert_file is None) != (tls.key_file is None):
             problems.append("mqtt.tls: cert_file and key_file go together")
+    if cfg.web.enabled:
+        named |= {"web.cert_file": cfg.web.cert_file, "web.key_file": cfg.web.key_file}
     if cfg.camera.source == "replay" and cfg.camera.replay_path is None:
         problems.append('camera.replay_path: required with camera.source = "replay"')
     for key, path in named.items():
         if path is not None and not os.access(path, os.R_OK):
             why = "no such file" if not path.exists() else "not readable by this user"
             problems.append(f"{key}: {path}: {why}")
-    key_file = tls.key_file if tls.enabled else None
-    if key_file is not None and key_file.exists():
-        mode = key_file.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            problems.append(f"mqtt.tls.key_file: {key_file} is readable by others "
-                            f"(mode {mode & 0o777:o}); run: chmod 600 {key_file}")
+    keys = {"mqtt.tls.key_file": tls.key_file if tls.enabled else None,
+            "web.key_file": cfg.web.key_file if cfg.web.enabled else None}
+    for name, key_file in keys.items():
+        if key_file is not None and key_file.exists():
+            mode = key_file.stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                problems.append(f"{name}: {key_file} is readable by others "
+                                f"(mode {mode & 0o777:o}); run: chmod 600 {key_file}")
     return problems
 
 

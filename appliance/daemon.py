@@ -30,11 +30,11 @@ from typing import Any, Protocol
 
 from appliance import CONTRACT_VERSION, __version__
 from appliance.bus import MqttBus
-from appliance.camera import FrameSource, open_source
+from appliance.camera import Frame, FrameSource, open_source
 from appliance.codes import Classifier
 from appliance.config import Config, capabilities, read_secret
 from appliance.debounce import Debouncer
-from appliance.decode import Decoder, Scan
+from appliance.decode import Decoder, DecodeResult, Scan
 from appliance.errors import CameraError
 from appliance.feedback import FeedbackLike, FeedbackState, Signal, open_feedback
 from appliance.forwarder import Forwarder, TokenSettings
@@ -78,6 +78,18 @@ class BusLike(Protocol):
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish offline and disconnect."""
+
+
+class PreviewTap(Protocol):
+    """The technician page's tap (`appliance.web.preview`): offered frames while `wanted`."""
+
+    wanted: bool
+
+    def offer(self, frame: Frame, result: DecodeResult) -> None:
+        """The newest frame and its decode result (a reference: no copy)."""
+
+    def handled(self, scan: Scan, outcome: Signal) -> None:
+        """A scan the worker handled, and its outcome."""
 
 
 @dataclass
@@ -193,6 +205,7 @@ class ScanService:
         self._state_error: str | None = None  # logged once until the state works again
         self._publish_error: str | None = None  # the same for handing it to the bus
         self._outbox_error: str | None = None
+        self.preview: PreviewTap | None = None  # the technician page, when it runs
 
     def run(self, stop: threading.Event) -> int:
         """Run until `stop` is set (or a replay ends); 0 on a clean exit, 1 if a thread crashed."""
@@ -318,7 +331,10 @@ class ScanService:
                             log.info("frame source ended")
                             return
                         self._camera_works()
-                        self._on_frame(frame.timestamp, self._decoder.decode(frame))
+                        result = self._decoder.decode(frame)
+                        if self.preview is not None and self.preview.wanted:
+                            self.preview.offer(frame, result)
+                        self._on_frame(frame.timestamp, result)
                         delay = self._retry_min_s
                         continue
                     except Exception as exc:  # CameraError, or any driver/decoder failure
@@ -418,6 +434,8 @@ class ScanService:
                         self.stats.scans_total += 1
                         self.stats.last_scan_at = time.time()
                     self._feedback.show(handled.outcome)
+                    if self.preview is not None:
+                        self.preview.handled(scan, handled.outcome)
                 except Exception:  # top of a thread loop
                     log.exception("handling a scan failed")
                     self._feedback.show(Signal.DENIED)
@@ -497,6 +515,15 @@ class ScanService:
             log.warning("state: published again")
             self._publish_error = None
         return True
+
+    @property
+    def last_state(self) -> Mapping[str, Any] | None:
+        """The `state` payload last computed by the state thread (None before the first)."""
+        return self._last_state
+
+    def play(self, signal: Signal) -> None:
+        """Show `signal` on the LEDs and buzzer (the technician page's test scan)."""
+        self._feedback.show(signal)
 
     def state(self, outbox: Outbox | None = None) -> dict[str, Any]:
         """The retained `state` payload (contract: state.schema.json); fps since the last one.

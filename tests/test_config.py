@@ -222,7 +222,8 @@ def test_validate_lists_every_problem_with_its_key_path(tmp_path: Path) -> None:
     assert "hunter2" not in " ".join(found.problems)
     assert found.warnings == ()  # the id is set
     assert found.secrets == {"mqtt-password": False, "leat-token": False,
-                             "leat-client-secret": False, "leat-account-secret": False}
+                             "leat-client-secret": False, "leat-account-secret": False,
+                             "web-password": False}
 
 
 def test_validate_leat_credentials_need_shop_uuid(tmp_path: Path) -> None:
