@@ -919,15 +919,17 @@ def test_unit_hardening_still_allows_camera_and_gpio() -> None:
     assert service["ProtectSystem"] == ["strict"]
 
 
-def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unit", [UNIT, UNIT.with_name("leat-scanner-firstboot.service")],
+                         ids=lambda p: p.name)
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path, unit: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
     # verify insists the ExecStart binary exists; the venv only exists on a device.
-    copy = tmp_path / UNIT.name
+    copy = tmp_path / unit.name
     copy.write_text(
         re.sub(r"(?m)^ExecStart=\S+", f"ExecStart={shutil.which('true')}",
-               UNIT.read_text(encoding="utf-8")),
+               unit.read_text(encoding="utf-8")),
         encoding="utf-8",
     )
 
