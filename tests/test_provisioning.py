@@ -436,6 +436,38 @@ def test_every_step_script_run_twice_changes_nothing_the_second_time(
     assert files_under(scratch) == []
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="on the host, version files are chowned to root")
+def test_a_version_builds_its_virtualenv_with_the_pins_and_runs(
+    tmp_path: Path, scratch: Path
+) -> None:
+    """The host path of step 30 for real: source copy, venv, pip with constraints.txt
+    (markers evaluated by this pip), the `current` link; the program then runs from it."""
+    home = tmp_path / "opt"
+    script = "\n".join([
+        "set -euo pipefail",
+        f'source "{PROVISIONING / "lib.sh"}"',
+        f'source "{PROVISIONING / "30-install.sh"}"',
+        f'APP_HOME="{home}"; VERSIONS_DIR="{home}/versions"; CURRENT="{home}/current"',
+        'ensure_version "$REPO_DIR"',
+        'switch_current "$VERSION"',
+        'ensure_version "$REPO_DIR"',  # again: nothing to do
+        'echo "changes=$CHANGES"',
+    ])
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                            env=_env(scratch, ROOT=""), timeout=900, check=False)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "changes=5" in result.stdout  # 2 directories, source, venv, link; none the 2nd time
+    venv = home / "current/venv/bin"
+    ran = subprocess.run([str(venv / "leat-scanner"), "--help"], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert ran.returncode == 0, ran.stderr
+    numpy = subprocess.run([str(venv / "python"), "-c", "import numpy; print(numpy.__version__)"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert numpy.stdout.strip() == pins_for(f"{sys.version_info[0]}.{sys.version_info[1]}")["numpy"]
+
+
 # --- --shop-uuid, --portal-url, --account-secret-file -------------------------------------
 
 SHOP = "3f2a1b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"
