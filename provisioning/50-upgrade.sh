@@ -5,11 +5,13 @@
 # both versions use it, and a version that finds an outbox newer than it can read refuses to
 # start without changing it (appliance/outbox_guard.py, exit status 3).
 #
-# Readiness: leat-scanner.service is Type=notify, so `systemctl restart` returns only once
-# the daemon has sent READY=1, or fails when it exits or TimeoutStartSec= passes (systemd.service(5),
-# "Type=notify": "the manager will proceed with starting follow-up units after this
-# notification message has been sent"). READY_TIMEOUT bounds the wait here; then
-# `systemctl show -p ActiveState -p SubState` must say active/running.
+# Readiness: leat-scanner.service is Type=notify, so its start job completes, and
+# `systemctl restart` returns, only once the daemon has sent READY=1 (systemd.service(5),
+# Type=notify: "systemd will proceed with starting follow-up units after this notification
+# message has been sent"); it fails when the daemon exits first or TimeoutStartSec= passes
+# (systemd 233 NEWS: "Services of Type=notify require a READY=1 notification to be sent
+# during startup. If no such message is sent, the service now fails"). READY_TIMEOUT bounds
+# the wait here; then `systemctl show -p ActiveState -p SubState` must say active/running.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -43,6 +45,14 @@ restart_service() {
   fi
 }
 
+# lock_upgrades: one upgrade at a time (flock on /opt/leat-scanner, released at exit).
+lock_upgrades() {
+  [[ "$DRY_RUN" != 1 && -d "$ROOT$APP_HOME" ]] || return 0
+  exec {UPGRADE_LOCK}<"$ROOT$APP_HOME"
+  flock -n "$UPGRADE_LOCK" \
+    || die "another upgrade of leat-scanner is running (flock on $APP_HOME); try again later"
+}
+
 # current_version: sets OLD_VERSION to the version `current` points at (dies when none).
 current_version() {
   local target
@@ -58,6 +68,7 @@ current_version() {
 upgrade() {
   local from=$1 new=$2
   step "upgrade"
+  lock_upgrades
   current_version
   if [[ -z "$new" ]]; then
     ensure_version "$from"

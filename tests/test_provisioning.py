@@ -7,6 +7,7 @@ missing.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -655,6 +656,19 @@ def test_upgrade_to_a_version_not_installed_changes_nothing(device: Device) -> N
 
     assert result.returncode == 1
     assert "--version 9.9-z is not installed" in result.stderr
+    assert device.current() == "versions/1.0-a"
+
+
+def test_a_second_upgrade_at_the_same_time_is_refused(device: Device) -> None:
+    fd = os.open(device.root / "opt/leat-scanner", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a running upgrade holds it
+        result = device.upgrade("--version", "2.0-a")
+    finally:
+        os.close(fd)
+
+    assert result.returncode == 1
+    assert "another upgrade of leat-scanner is running" in result.stderr
     assert device.current() == "versions/1.0-a"
 
 
