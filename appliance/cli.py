@@ -15,10 +15,12 @@ from typing import TextIO
 
 from appliance import __version__, config, logs
 from appliance.errors import ApplianceError, CameraError, ConfigError
+from appliance.outbox_guard import OutboxTooNew
 
 log = logging.getLogger(__name__)
 
 EXIT_CONFIG = 2
+EXIT_OUTBOX_TOO_NEW = 3  # the unit's RestartPreventExitStatus=; provision --upgrade rolls back
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"leat-scanner: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except OutboxTooNew as exc:
+        print(f"leat-scanner: {exc}", file=sys.stderr)
+        return EXIT_OUTBOX_TOO_NEW
     except ApplianceError as exc:
         print(f"leat-scanner: {exc}", file=sys.stderr)
         return 1

@@ -17,6 +17,12 @@ until a technician runs `leat-scanner outbox repair --accept-loss` (or moves all
 `outbox.sqlite3*` files aside). A database that held acked orders is never recreated
 silently. A fresh device (no database and no mark) gets both.
 
+Versions. `outbox_meta` says which schema wrote the file (`schema_version`) and the oldest
+schema a reader must know to use it (`min_reader_version`). Schema changes are additive, so
+a newer file stays readable by older code (provision --upgrade can roll back) unless a
+change raises `min_reader_version`; code that finds it above its own SCHEMA_VERSION refuses
+to start (`OutboxTooNew`, exit status 3) and changes nothing in the file.
+
 Owners. `sudo leat-scanner outbox ...` would leave root-owned files the service user
 cannot write (systemd's StateDirectory= does not descend into a directory that is already
 owned right: src/shared/chown-recursive.c, "if the top-level directory is properly owned,
@@ -49,6 +55,10 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S: Final = 5.0
 MAX_FLAG_BYTES: Final = 4096
+# The outbox schema this code writes: 1 orders and returns, 2 commands (kind 'command').
+SCHEMA_VERSION: Final = 2
+# The oldest schema that can read what this code writes (every change so far is additive).
+MIN_READER_VERSION: Final = 1
 
 # Plain DDL rather than sqlite-utils' create(): it cannot express the CHECK constraints that
 # keep a bad write from ever reaching the file.
@@ -87,9 +97,16 @@ SCHEMA: Final = _TABLE.format(name="outbox") + _INDEXES + """
 CREATE TABLE IF NOT EXISTS outbox_meta (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     identity TEXT NOT NULL,
-    stored INTEGER NOT NULL CHECK (stored >= 0)
+    stored INTEGER NOT NULL CHECK (stored >= 0),
+    schema_version INTEGER NOT NULL DEFAULT 1,
+    min_reader_version INTEGER NOT NULL DEFAULT 1
 );
 """
+# Added to an outbox_meta made before the versions (ALTER TABLE ADD COLUMN: additive).
+_VERSION_COLUMNS: Final = (
+    ("schema_version", "INTEGER NOT NULL DEFAULT 1"),
+    ("min_reader_version", "INTEGER NOT NULL DEFAULT 1"),
+)
 # Rebuilds an outbox made before commands (its CHECK allowed only 'order' and 'return'): SQLite
 # cannot change a CHECK in place (https://www.sqlite.org/lang_altertable.html#otheralter, the
 # "12 steps"), so the rows move to a new table with the same ids; `outbox_meta` and the mark
@@ -137,6 +154,63 @@ class OutboxDamaged(OutboxError):
 
 class OutboxNotWritable(OutboxDamaged):
     """An outbox file this process cannot write (e.g. created by root); names the fix."""
+
+
+class OutboxTooNew(OutboxError):
+    """The outbox was written by a newer version that this one cannot read: nothing in it is
+    changed; the daemon exits with status 3 (the unit's RestartPreventExitStatus=)."""
+
+    def __init__(self, path: Path, schema_version: int, min_reader_version: int) -> None:
+        super().__init__(
+            f"outbox {path} was written by a newer leat-scanner (schema {schema_version}, "
+            f"readable from schema {min_reader_version}; this version knows schema "
+            f"{SCHEMA_VERSION}): refusing to start without touching it. Go back to that "
+            f"version: sudo provisioning/provision --upgrade --version <it>")
+        self.path = path
+        self.schema_version = schema_version
+        self.min_reader_version = min_reader_version
+
+
+def check_readable(path: Path) -> None:
+    """OutboxTooNew when the outbox at `path` needs a reader newer than this code. Reads
+    only (no checkpoint, no file made); any other problem is left to `examine`, which says
+    what it is."""
+    if not _size(path):
+        return
+    # Without a -wal the file holds everything: `immutable` reads it with no -shm or -wal
+    # made (https://www.sqlite.org/uri.html#uriimmutable); with one, a read-only connection.
+    wal = path.with_name(path.name + "-wal")
+    query = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?{query}", uri=True,
+                               timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error:
+        return
+    try:
+        columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(outbox_meta)")}
+        if "min_reader_version" not in columns:
+            return
+        row = conn.execute("SELECT schema_version, min_reader_version FROM outbox_meta "
+                           "WHERE id = 1").fetchone()
+    except sqlite3.Error:
+        return
+    finally:
+        conn.close()
+    if row is not None and int(row[1]) > SCHEMA_VERSION:
+        raise OutboxTooNew(path, int(row[0]), int(row[1]))
+
+
+def _stamp_versions(conn: sqlite3.Connection) -> None:
+    """Give an older outbox_meta the version columns; raise them to this code's (never
+    lower: a newer, still readable file keeps its numbers)."""
+    columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(outbox_meta)")}
+    with conn:
+        for name, spec in _VERSION_COLUMNS:
+            if name not in columns:
+                conn.execute(f"ALTER TABLE outbox_meta ADD COLUMN {name} {spec}")
+        conn.execute("UPDATE outbox_meta SET schema_version = max(schema_version, ?), "
+                     "min_reader_version = max(min_reader_version, ?) WHERE id = 1",
+                     (SCHEMA_VERSION, MIN_READER_VERSION))
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +493,7 @@ def prepare(path: Path) -> None:
 
 
 def _prepare(path: Path) -> None:
+    check_readable(path)
     marks = MarkFile(mark_path(path))
     mark = marks.read()
     conn = examine(path, mark)
@@ -455,6 +530,7 @@ def _settle(conn: sqlite3.Connection, path: Path) -> Mark:
     with conn:
         conn.execute("INSERT OR IGNORE INTO outbox_meta (id, identity, stored) "
                       "SELECT 1, ?, coalesce(max(id), 0) FROM outbox", (uuid.uuid4().hex,))
+    _stamp_versions(conn)
     identity, stored = conn.execute(
         "SELECT identity, stored FROM outbox_meta WHERE id = 1").fetchone()
     last_id = conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
@@ -515,8 +591,9 @@ def create(path: Path) -> None:
             conn.execute("PRAGMA synchronous = FULL")
             conn.executescript(SCHEMA)
             with conn:
-                conn.execute("INSERT INTO outbox_meta (id, identity, stored) VALUES (1, ?, 0)",
-                             (identity,))
+                conn.execute("INSERT INTO outbox_meta (id, identity, stored, schema_version, "
+                             "min_reader_version) VALUES (1, ?, 0, ?, ?)",
+                             (identity, SCHEMA_VERSION, MIN_READER_VERSION))
         finally:
             conn.close()  # checkpoints: the file alone holds everything
         fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
@@ -541,7 +618,10 @@ def diagnose(path: Path) -> str | None:
     if flagged is not None:
         return flagged
     try:
+        check_readable(path)
         conn = examine(path, MarkFile(mark_path(path)).read())
+    except OutboxTooNew as exc:
+        return str(exc)
     except OutboxDamaged as exc:
         return exc.reason
     if conn is not None:
@@ -557,6 +637,7 @@ def repair(path: Path) -> str:
     settle_owner(path)
     try:
         with locked(path.parent):
+            check_readable(path)  # a newer version's outbox is not ours to repair
             kept = _keepable(path)
             if kept is not None:
                 db, waiting = kept

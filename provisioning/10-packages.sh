@@ -4,62 +4,71 @@ set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# is_pi: this machine is a Raspberry Pi (the device tree says so).
-is_pi() {
-  local model
-  model=$(tr -d '\0' 2>/dev/null <"${DEVICE_TREE_MODEL:-/proc/device-tree/model}") || return 1
-  [[ "$model" == *"Raspberry Pi"* ]]
+# detect_pi: PI=1 when this machine is a Raspberry Pi (the device tree says so), else 0.
+detect_pi() {
+  local model=""
+  PI=0
+  model=$(tr -d '\0' 2>/dev/null <"${DEVICE_TREE_MODEL:-/proc/device-tree/model}") || true
+  [[ "$model" != *"Raspberry Pi"* ]] || PI=1
 }
 
 # wanted_packages NO_CAMERA: the package names packages.txt selects for this machine.
 wanted_packages() {
-  local no_camera=$1 pi=0 name when _
-  is_pi && pi=1
+  local no_camera=$1 name when _
+  detect_pi
   while read -r name when _; do
     [[ -z "$name" || "$name" == \#* ]] && continue
     case "$when" in
       all) ;;
-      pi) [[ "$pi" == 1 ]] || continue ;;
-      camera) [[ "$pi" == 1 && "$no_camera" != 1 ]] || continue ;;
+      pi) [[ "$PI" == 1 ]] || continue ;;
+      camera) [[ "$PI" == 1 && "$no_camera" != 1 ]] || continue ;;
       *) die "packages.txt: unknown 'when' column '$when' for $name (all, pi or camera)" ;;
     esac
     printf '%s\n' "$name"
   done <"$PROVISIONING_DIR/packages.txt"
 }
 
-is_installed() {
-  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]
+# missing_packages NAME...: sets MISSING to the names dpkg does not have installed.
+missing_packages() {
+  local name status
+  MISSING=()
+  for name in "$@"; do
+    status=$(dpkg-query -W -f='${Status}' "$name" 2>/dev/null) || status=""
+    [[ "$status" == "install ok installed" ]] || MISSING+=("$name")
+  done
 }
 
 install_packages() {
-  local no_camera=${1:-0} wanted missing=() name
+  local no_camera=${1:-0} wanted listed
   step "Debian packages"
-  if ! on_host; then
-    note "skipped: ROOT is set (packages are installed on the host only)"
+  if [[ -n "$ROOT" ]]; then
+    note "skipped: ROOT is set (packages are installed at the first boot)"
     return 0
   fi
-  if ! is_pi; then
+  detect_pi
+  if [[ "$PI" != 1 ]]; then
     warn "not a Raspberry Pi: skipping camera and GPIO packages"
   elif [[ "$no_camera" == 1 ]]; then
     note "--no-camera: skipping python3-picamera2"
   fi
-  mapfile -t wanted < <(wanted_packages "$no_camera")
-  for name in "${wanted[@]}"; do
-    is_installed "$name" || missing+=("$name")
-  done
-  if [[ ${#missing[@]} -eq 0 ]]; then
+  listed=$(wanted_packages "$no_camera")
+  mapfile -t wanted <<<"$listed"
+  missing_packages "${wanted[@]}"
+  if [[ ${#MISSING[@]} -eq 0 ]]; then
     note "all installed: ${wanted[*]}"
     return 0
   fi
-  changed "apt-get install ${missing[*]}"
+  changed "apt-get install ${MISSING[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  run apt-get update -qq || die "apt-get update failed: check the network and /etc/apt/sources.list"
-  run apt-get install -y -qq --no-install-recommends "${missing[@]}" \
-    || die "apt-get install ${missing[*]} failed (see above); fix apt, then rerun provisioning"
+  RUN_HINT="missing: ${MISSING[*]}; check the network and /etc/apt/sources.list, then rerun" \
+    run apt-get update -qq
+  RUN_HINT="missing: ${MISSING[*]}; fix apt (see above), then rerun provisioning" \
+    run apt-get install -y -qq --no-install-recommends "${MISSING[@]}"
 }
 
 main() {
   install_packages "${NO_CAMERA:-0}"
+  report_changes
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

@@ -5,10 +5,10 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_user() {
-  local group
+  local group groups
   step "service user $APP_USER"
-  if ! on_host; then
-    note "skipped: ROOT is set (users are created on the host only)"
+  if [[ -n "$ROOT" ]]; then
+    note "skipped: ROOT is set (the user is created at the first boot)"
     return 0
   fi
   # The unit's SupplementaryGroups= fails the start if a group is missing; off a Pi there is
@@ -25,7 +25,8 @@ ensure_user() {
       --shell /usr/sbin/nologin --comment "Leat QR scanner" "$APP_USER"
   fi
   for group in "${APP_GROUPS[@]}"; do
-    if ! id -nG "$APP_USER" 2>/dev/null | tr ' ' '\n' | grep -qx "$group"; then
+    groups=" $(id -nG "$APP_USER" 2>/dev/null || true) "
+    if [[ "$groups" != *" $group "* ]]; then
       changed "add $APP_USER to group $group"
       run usermod -a -G "$group" "$APP_USER"
     fi
@@ -34,6 +35,7 @@ ensure_user() {
 
 main() {
   ensure_user
+  report_changes
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

@@ -6,20 +6,30 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SYSTEMD_SRC="$REPO_DIR/systemd"
 
+# install_units: the service and its first-boot helper. Under ROOT both are enabled by the
+# symlinks `systemctl enable` would make (an image has no running systemd); on the device
+# `start_services` enables the service, and the helper is not needed (this run is the
+# first boot's work: `mark_first_boot_done`).
 install_units() {
-  step "systemd unit $UNIT_DIR/$UNIT_NAME"
-  if install_file "$SYSTEMD_SRC/$UNIT_NAME" "$UNIT_DIR/$UNIT_NAME" 0644 root root; then
-    UNIT_CHANGED=1
-  else
-    note "up to date"
+  local unit
+  step "systemd units in $UNIT_DIR"
+  for unit in "$UNIT_NAME" "$FIRST_BOOT_UNIT"; do
+    install_file "$SYSTEMD_SRC/$unit" "$UNIT_DIR/$unit" 0644 root root
+    [[ "$INSTALLED" == 0 ]] || UNIT_CHANGED=1
+  done
+  if [[ -n "$ROOT" ]]; then
+    for unit in "$UNIT_NAME" "$FIRST_BOOT_UNIT"; do
+      ensure_link "$WANTS_DIR/$unit" "$UNIT_DIR/$unit"
+    done
   fi
+  [[ "${UNIT_CHANGED:-0}" == 1 ]] || note "up to date"
 }
 
 install_broker_config() {
   local changes=$CHANGES
   step "Mosquitto config $MOSQUITTO_CONF"
-  install_file "$SYSTEMD_SRC/mosquitto-leat.conf" "$MOSQUITTO_CONF" 0644 root root || true
-  install_file "$SYSTEMD_SRC/mosquitto-leat.acl" "$MOSQUITTO_ACL" 0644 root root || true
+  install_file "$SYSTEMD_SRC/mosquitto-leat.conf" "$MOSQUITTO_CONF" 0644 root root
+  install_file "$SYSTEMD_SRC/mosquitto-leat.acl" "$MOSQUITTO_ACL" 0644 root root
   if [[ "$CHANGES" == "$changes" ]]; then
     note "up to date"
   else
@@ -36,10 +46,14 @@ new_password() {
 # the broker's password file gets the matching user.
 ensure_mqtt_user() {
   local secret passwd password="" create=()
-  secret=$(path "$CREDSTORE/${CRED_PREFIX}mqtt-password")
-  passwd=$(path "$MOSQUITTO_PASSWD")
+  secret=$ROOT$CREDSTORE/${CRED_PREFIX}mqtt-password
+  passwd=$ROOT$MOSQUITTO_PASSWD
   step "MQTT user $MQTT_USER"
-  if [[ "$DRY_RUN" != 1 && ! -d "$(path "$CREDSTORE")" ]]; then
+  if [[ -n "$ROOT" ]]; then  # every card made from an image would share one password
+    note "skipped: ROOT is set (each device generates its own at the first boot)"
+    return 0
+  fi
+  if [[ "$DRY_RUN" != 1 && ! -d "$ROOT$CREDSTORE" ]]; then
     die "$CREDSTORE is missing: run provisioning/30-install.sh (or provisioning/provision) first"
   fi
   if [[ ! -s "$secret" ]]; then
@@ -69,56 +83,64 @@ ensure_mqtt_user() {
     || die "mosquitto_passwd failed on $passwd"
   chmod 0600 "$passwd"
   # Mosquitto 2 reads it as its own user and warns when it is readable by anyone else.
-  if on_host && id -u mosquitto >/dev/null 2>&1; then
+  if [[ -z "$ROOT" ]] && id -u mosquitto >/dev/null 2>&1; then
     chown mosquitto:mosquitto "$passwd"
   fi
 }
 
-# service_state WHAT UNIT: systemctl's answer ("enabled", "active", ...), never failing.
+# service_state WHAT UNIT: sets STATE to systemctl's answer ("enabled", "active", ...).
 service_state() {
-  systemctl "is-$1" "$2" 2>/dev/null || true
+  STATE=$("$SYSTEMCTL" "is-$1" "$2" 2>/dev/null) || true
 }
 
 start_services() {
-  local any_change=$1
+  local any_change=$1 enabled nowait=()
   step "services"
-  if ! on_host; then
-    note "skipped: ROOT is set (systemctl acts on the host only)"
+  # The first boot runs before both services (ordering): waiting for their start jobs there
+  # would wait for itself.
+  [[ "$FIRST_BOOT" != 1 ]] || nowait=(--no-block)
+  if [[ -n "$ROOT" ]]; then
+    note "skipped: ROOT is set (enabled by the links above; started at boot)"
     return 0
   fi
   if [[ "${UNIT_CHANGED:-0}" == 1 ]]; then
     changed "systemctl daemon-reload"
-    run systemctl daemon-reload
+    run "$SYSTEMCTL" daemon-reload
   fi
   if [[ "${BROKER_CHANGED:-0}" == 1 ]]; then
     changed "restart mosquitto (new listeners or users)"
-    run systemctl restart mosquitto \
-      || die "mosquitto did not start: journalctl -u mosquitto -n 50 says why"
+    RUN_HINT="mosquitto did not start: journalctl -u mosquitto -n 50 says why" \
+      run "$SYSTEMCTL" restart "${nowait[@]}" mosquitto
   fi
-  if [[ "$(service_state enabled leat-scanner)" != enabled \
-    || "$(service_state active leat-scanner)" != active ]]; then
+  service_state enabled "$UNIT_NAME"
+  enabled=$STATE
+  service_state active "$UNIT_NAME"
+  if [[ "$enabled" != enabled || "$STATE" != active ]]; then
     changed "systemctl enable --now leat-scanner"
-    run systemctl enable --now leat-scanner \
-      || die "leat-scanner did not start: journalctl -u leat-scanner -n 50 says why"
+    RUN_HINT="leat-scanner did not start: journalctl -u leat-scanner -n 50 says why" \
+      run "$SYSTEMCTL" enable --now "${nowait[@]}" "$UNIT_NAME"
   elif [[ "$any_change" == 1 ]]; then
     changed "restart leat-scanner (its files changed)"
-    run systemctl restart leat-scanner
+    RUN_HINT="journalctl -u leat-scanner -n 50 says why" run "$SYSTEMCTL" restart "${nowait[@]}" "$UNIT_NAME"
   else
     note "leat-scanner enabled and running"
   fi
 }
 
 enable_all() {
-  local before=$CHANGES
+  local before=$CHANGES changes
   install_units
   install_broker_config
   ensure_mqtt_user
-  start_services "$([[ "$CHANGES" != "$before" ]] && echo 1 || echo 0)"
+  changes=0
+  [[ "$CHANGES" == "$before" ]] || changes=1
+  start_services "$changes"
 }
 
 main() {
   trap cleanup EXIT
   enable_all
+  report_changes
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

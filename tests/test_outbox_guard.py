@@ -11,6 +11,8 @@ import logging
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from appliance.outbox import Kind, Outbox, outbox_state
 from appliance.outbox_guard import Mark, MarkFile, OutboxDamaged, OutboxNotWritable
 from appliance.pos.intake import OrderRequests
 from appliance.pos.ledger import Ledger, LedgerDamaged, ledger_files
+from appliance.samples import write_demo_frames
 
 SERVICE_UID = 4242  # the service user of these tests (no passwd entry needed)
 ORDERS = 40
@@ -602,3 +605,112 @@ def test_migration_that_fails_leaves_the_old_table_whole(
     with Outbox(path, min_free_bytes=0) as box:
         assert box.depth() == 3
     assert rows(path) == before
+
+
+# -- schema versions: additive changes stay readable; a newer reader requirement refuses --
+
+
+def versions(path: Path) -> tuple[int, int]:
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute("SELECT schema_version, min_reader_version FROM outbox_meta").fetchone()
+        return int(row[0]), int(row[1])
+    finally:
+        conn.close()
+
+
+def set_versions(path: Path, schema: int, min_reader: int) -> None:
+    """What a newer leat-scanner would leave behind."""
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.execute("UPDATE outbox_meta SET schema_version = ?, min_reader_version = ?",
+                         (schema, min_reader))
+    finally:
+        conn.close()
+
+
+def outbox_bytes(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.parent.iterdir()) if p.is_file()}
+
+
+def test_new_outbox_records_its_schema_version(path: Path) -> None:
+    fill(path, 1)
+    assert versions(path) == (outbox_guard.SCHEMA_VERSION, outbox_guard.MIN_READER_VERSION)
+
+
+def test_outbox_from_before_versions_gets_them_keeping_its_rows(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = old_outbox(path, monkeypatch)  # outbox_meta without the version columns
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.execute("ALTER TABLE outbox_meta DROP COLUMN schema_version")
+            conn.execute("ALTER TABLE outbox_meta DROP COLUMN min_reader_version")
+    finally:
+        conn.close()
+    Outbox.prepare(path)
+    assert versions(path) == (outbox_guard.SCHEMA_VERSION, outbox_guard.MIN_READER_VERSION)
+    assert rows(path) == before
+
+
+def test_newer_but_readable_outbox_is_used_and_keeps_its_numbers(path: Path) -> None:
+    fill(path, 2)
+    newer = outbox_guard.SCHEMA_VERSION + 1
+    set_versions(path, newer, outbox_guard.SCHEMA_VERSION)  # an additive change
+    Outbox.prepare(path)
+    with Outbox(path, min_free_bytes=0) as box:
+        assert box.enqueue(Kind.ORDER, "AFTER", {}).created
+    assert versions(path) == (newer, outbox_guard.SCHEMA_VERSION)  # never lowered
+
+
+def test_outbox_needing_a_newer_reader_is_refused_and_left_untouched(
+    path: Path, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fill(path, 3)
+    too_new = outbox_guard.SCHEMA_VERSION + 1
+    set_versions(path, too_new, too_new)
+    before = outbox_bytes(path)
+
+    with pytest.raises(outbox_guard.OutboxTooNew, match="written by a newer leat-scanner") as exc:
+        Outbox.prepare(path)
+    assert (exc.value.schema_version, exc.value.min_reader_version) == (too_new, too_new)
+    reason = outbox_guard.diagnose(path)
+    assert reason is not None and f"schema {too_new}" in reason
+    code, _, err = run_cli("outbox", "repair", "--accept-loss", "--config", str(config),
+                           capsys=capsys)
+
+    assert code == 1
+    assert "written by a newer leat-scanner" in err
+    assert outbox_bytes(path) == before  # no flag, no mark, no checkpoint, no repair
+    assert outbox_guard.read_flag(path) is None
+
+
+def test_daemon_exits_3_on_an_outbox_needing_a_newer_reader(path: Path, tmp_path: Path) -> None:
+    fill(path, 1)
+    too_new = outbox_guard.SCHEMA_VERSION + 1
+    set_versions(path, too_new, too_new)
+    before = outbox_bytes(path)
+    frames = tmp_path / "frames"
+    write_demo_frames(frames)
+    token = tmp_path / "token"
+    token.write_text("pat-1\n", encoding="utf-8")
+    token.chmod(0o600)
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'[device]\nid = "t"\nstate_dir = "{path.parent}"\n'
+        f'[camera]\nsource = "replay"\nreplay_path = "{frames}"\n'
+        '[feedback]\nenabled = false\n'
+        '[mqtt]\nhost = "127.0.0.1"\nport = 9\n'
+        f'[leat]\nshop_uuid = "3f2a1b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"\ntoken_file = "{token}"\n',
+        encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEAT_SCANNER_")}
+
+    result = subprocess.run(  # the real daemon start, as systemd runs it
+        [sys.executable, "-m", "appliance", "run", "--config", str(config)],
+        env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    assert result.returncode == cli.EXIT_OUTBOX_TOO_NEW == 3, result.stderr
+    assert "written by a newer leat-scanner" in result.stderr
+    assert outbox_bytes(path) == before
