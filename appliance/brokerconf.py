@@ -66,6 +66,39 @@ CERT_DAYS = 825
 RENEW_S = 30 * 86400
 SPEC_LIMIT = 256 * 1024
 
+SPEC_TEMPLATE = """\
+# The shop broker's users and names, read by provisioning (python3 -m appliance.brokerconf)
+# to generate /etc/mosquitto/conf.d/leat-scanner.conf, the ACL and the TLS certificate.
+# Edit, then rerun provisioning/provision. docs/provisioning.md ("The local MQTT broker").
+# Without [devices], this device (config.toml device.id, MQTT user mqtt.username) is served.
+
+# POS reply topics: POS user U may read <reply_prefix>/U/#; devices may publish there.
+reply_prefix = "pos"
+
+# [devices]                       # every device using this broker: id = its MQTT user
+# counter-1 = "leat-scanner"
+# counter-2 = "leat-scanner-2"
+
+# A POS user = the devices it may send requests to. Give it a password with
+#   sudo mosquitto_passwd /etc/mosquitto/leat-scanner.passwd till-1
+[pos_users]
+# till-1 = ["counter-1"]
+
+[tls]                             # the LAN listener's certificate (port 8883)
+# names = ["scanner-1.shop.example"]   # host name and <host>.local are always in it
+# addresses = ["192.168.1.20"]         # fixed LAN addresses POS terminals connect to
+# ca_cert = "/root/shop-ca.crt"        # your own CA (both), else one is made here
+# ca_key = "/root/shop-ca.key"
+
+[bridge]                          # optional: to a central MQTT 5 cluster (docs/fleet.md)
+enabled = false
+# address = "mqtt.example.com:8883"
+# remote_base_topic = "acme/shop-12/{device_id}"
+# username = "{device_id}"
+# password_file = "/etc/credstore/leat-scanner.bridge-password"
+# cafile = "/etc/mosquitto/leat-scanner/central-ca.crt"
+"""
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _DEVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _TOPIC = re.compile(r"[^\s#+$\x00-\x1f\x7f][^\s#+\x00-\x1f\x7f]{0,199}")
@@ -590,7 +623,12 @@ def generate(spec: Spec, root: Path = Path("/"), *, dry_run: bool = False) -> li
         if not dry_run:
             stale.unlink()
     tls_dir = _rooted(root, TLS_DIR)
-    if dry_run:
+    if "+" in spec.devices:
+        # An image for many cards: a certificate (and CA key) made now would be shared by
+        # all of them. The device makes its own when this runs there with its id.
+        print(f"brokerconf: no device id yet: {TLS_DIR} is made on the device (rerun "
+              "provisioning there)", file=sys.stderr)
+    elif dry_run:
         if not _cert_ok(tls_dir / "server.crt", tls_dir / "server.key", tls_dir / "ca.crt",
                         spec.sans()):
             changes.append(f"make the broker's TLS certificate in {TLS_DIR}")
@@ -620,14 +658,20 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(list(argv) if argv is not None else None)
     root: Path = args.root.resolve()
+    changes: list[str] = []
     try:
+        spec_file = _rooted(root, args.spec)
+        if not spec_file.exists():
+            changes.append(f"write {args.spec} (mode 0644): POS users and TLS names go there")
+            if not args.dry_run:
+                _write(spec_file, SPEC_TEMPLATE.encode(), 0o644, Owner.for_host(root).root)
         spec = load_spec(
             _rooted(root, args.config),
-            _rooted(root, args.spec),
+            spec_file,
             hostname=args.hostname or _hostname(root),
             root=root,
         )
-        changes = generate(spec, root, dry_run=args.dry_run)
+        changes += generate(spec, root, dry_run=args.dry_run)
     except (BrokerConfError, OSError) as exc:
         print(f"brokerconf: {exc}", file=sys.stderr)
         return 2
