@@ -259,7 +259,8 @@ def render_bridge(spec: Spec) -> str:
             f"connection leat-scanner-{device}",
             f"address {bridge.address}",
             "bridge_protocol_version mqttv50",
-            f"remote_clientid leat-bridge-{device}",
+            # unique in the fleet: two shops may both have a "counter-1"
+            f"remote_clientid leat-bridge-{remote.replace('/', '-')}",
             f"local_clientid leat-bridge-local-{device}",
             f"remote_username {bridge.username.replace('{device_id}', device)}",
             f"remote_password {bridge.password}",
@@ -568,12 +569,19 @@ def _own(path: Path, mode: int, owner: tuple[int, int] | None) -> None:
     path.chmod(mode)
 
 
+def _same(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> bool:
+    """`path` holds `data` with `mode` (and `owner`, when one is asked for)."""
+    if not path.is_file() or path.read_bytes() != data:
+        return False
+    st = path.stat()
+    return (st.st_mode & 0o7777) == mode and (owner is None or (st.st_uid, st.st_gid) == owner)
+
+
 def _write(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> bool:
     """Write `data` atomically when it differs (or mode/owner differ); True if changed."""
+    if _same(path, data, mode, owner):
+        return False
     if path.is_file() and path.read_bytes() == data:
-        st = path.stat()
-        if (st.st_mode & 0o7777) == mode and (owner is None or (st.st_uid, st.st_gid) == owner):
-            return False
         _own(path, mode, owner)
         return True
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -611,12 +619,12 @@ def generate(spec: Spec, root: Path = Path("/"), *, dry_run: bool = False) -> li
     owner = Owner.for_host(root)
     changes: list[str] = []
     for path, (data, mode, broker) in plan(spec).files.items():
-        target = _rooted(root, path)
-        if target.is_file() and target.read_bytes() == data:
+        target, who = _rooted(root, path), owner.broker if broker else owner.root
+        if _same(target, data, mode, who):
             continue
         changes.append(f"write {path} (mode {mode:04o})")
         if not dry_run:
-            _write(target, data, mode, owner.broker if broker else owner.root)
+            _write(target, data, mode, who)
     stale = _rooted(root, BRIDGE_CONF)
     if spec.bridge is None and stale.exists():
         changes.append(f"remove {BRIDGE_CONF} (bridge disabled)")

@@ -85,6 +85,7 @@ class Client:
         self.subacks: list[ReasonCode] = []
         self._cond = threading.Condition()
         self._connected = threading.Event()
+        self.disconnected = threading.Event()
         self.connect_reason: ReasonCode | None = None
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                    protocol=MQTTProtocolVersion.MQTTv5)
@@ -95,6 +96,7 @@ class Client:
         self._client.on_publish = self._on_publish
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_disconnect = lambda *args: self.disconnected.set()
         self._client.connect("127.0.0.1", port)
         self._client.loop_start()
         if not self._connected.wait(10):
@@ -260,6 +262,24 @@ def test_pos_allowed_requests_and_reads_work(clients: dict[str, Client]) -> None
         till1.wait(topic, b"ok")
 
 
+def test_pos_cannot_take_over_the_device_session_by_client_id(
+    shop: tuple[Spec, Path, Mosquitto], clients: dict[str, Client],
+) -> None:
+    spec, root, _ = shop
+    dev1 = clients["dev1"]
+    dev1.subscribe(f"{ONE}/request/#")
+    ca = root / TLS_DIR.relative_to("/") / "ca.crt"
+    # the device's client id: on the LAN listener the broker uses the user name instead
+    thief = Client(spec.lan_port, "till-2", ca=ca, client_id="leat-scanner-counter-1")
+    try:
+        assert thief.connect_reason is not None and not thief.connect_reason.is_failure
+        assert clients["till1"].publish(f"{ONE}/request/x", b"{}") in ACCEPTED
+        dev1.wait(f"{ONE}/request/x")  # still connected, still subscribed
+        assert not dev1.disconnected.is_set()
+    finally:
+        thief.close()
+
+
 def test_tls_listener_uses_the_generated_ca_and_refuses_plain_mqtt(
     shop: tuple[Spec, Path, Mosquitto],
 ) -> None:
@@ -323,7 +343,10 @@ def test_files_are_root_owned_modes_and_second_run_changes_nothing(tmp_path: Pat
     assert len(first) == 4  # conf, acl, CA, server certificate
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_mode & 0o777) for p in files}
     assert after == before
-    modes = {str(p.relative_to(tmp_path)): mode for p, (_, _, mode) in before.items()}
+    acl = tmp_path / ACL.relative_to("/")
+    acl.chmod(0o666)  # someone loosened it: the next run puts the mode back
+    assert brokerconf.generate(spec, tmp_path) == [f"write {ACL} (mode 0640)"]
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in files}
     assert modes == {
         "etc/mosquitto/conf.d/leat-scanner.conf": 0o644,
         "etc/mosquitto/leat-scanner.acl": 0o640,
