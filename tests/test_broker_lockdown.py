@@ -25,7 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from appliance import brokerconf
+from appliance import brokerconf, brokerspec
+from appliance.bus import BROKER_MAX_PACKET_BYTES
 from appliance.brokerconf import ACL, CONF, PASSWD, TLS_DIR, BrokerConfError, Spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -438,6 +439,7 @@ def run_cli(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_checked_in_examples_are_what_the_generator_makes() -> None:
+    assert brokerspec.MAX_PACKET_BYTES == BROKER_MAX_PACKET_BYTES  # stdlib-only copy
     spec = brokerconf.example_spec()
     assert (REPO / "systemd/mosquitto-leat.conf").read_text() == brokerconf.render_conf(spec)
     assert (REPO / "systemd/mosquitto-leat.acl").read_text() == brokerconf.render_acl(spec)
