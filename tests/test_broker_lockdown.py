@@ -26,8 +26,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from appliance import brokerconf, brokerspec
-from appliance.bus import BROKER_MAX_PACKET_BYTES
 from appliance.brokerconf import ACL, CONF, PASSWD, TLS_DIR, BrokerConfError, Spec
+from appliance.bus import BROKER_MAX_PACKET_BYTES
 
 REPO = Path(__file__).resolve().parents[1]
 NOT_AUTHORIZED = 0x87
