@@ -144,6 +144,9 @@ def load_spec(
     if not devices:
         # No id in config.toml (an image for many cards): `+` stands for the id.
         devices = {str(device) if device else "+": user}
+    elif device and devices.get(str(device)) != user:
+        raise BrokerConfError(f"[devices] must list this device: {device} = \"{user}\" "
+                              "(its MQTT user in config.toml), or it is locked out")
     pos: dict[str, tuple[str, ...]] = {}
     for name, reach in _table(raw, "pos_users").items():
         if not isinstance(reach, list) or not all(isinstance(d, str) for d in reach):

@@ -434,6 +434,11 @@ def test_cli_reads_config_and_spec_then_second_run_prints_nothing(tmp_path: Path
     (etc / "broker.toml").write_text('[pos_users]\ntill-1 = ["nope"]\n', encoding="utf-8")
     bad = run_cli(argv)
     assert bad.returncode == 2 and "unknown devices" in bad.stderr
+    (etc / "broker.toml").write_text('[devices]\ncounter-2 = "leat-scanner-2"\n',
+                                     encoding="utf-8")
+    locked_out = run_cli(argv)
+    assert locked_out.returncode == 2 and "must list this device" in locked_out.stderr
+    assert (tmp_path / ACL.relative_to("/")).read_text(encoding="utf-8") == acl  # untouched
 
 
 def run_cli(argv: list[str]) -> subprocess.CompletedProcess[str]:
