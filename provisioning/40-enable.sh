@@ -5,6 +5,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SYSTEMD_SRC="$REPO_DIR/systemd"
+BROKER_SPEC=/etc/leat-scanner/broker.toml
 
 # install_units: the service and its first-boot helper. Under ROOT both are enabled by the
 # symlinks `systemctl enable` would make (an image has no running systemd); on the device
@@ -25,12 +26,23 @@ install_units() {
   [[ "${UNIT_CHANGED:-0}" == 1 ]] || note "up to date"
 }
 
+# install_broker_config: the broker's conf.d file, per-user ACL and TLS certificate, generated
+# from config.toml and $BROKER_SPEC (made from a commented template when missing) by
+# appliance/brokerconf.py with the system Python; it prints one line per change, none when
+# everything is up to date (certificates are kept while they are valid).
 install_broker_config() {
-  local changes=$CHANGES
-  step "Mosquitto config $MOSQUITTO_CONF"
-  install_file "$SYSTEMD_SRC/mosquitto-leat.conf" "$MOSQUITTO_CONF" 0644 root root
-  install_file "$SYSTEMD_SRC/mosquitto-leat.acl" "$MOSQUITTO_ACL" 0644 root root
-  if [[ "$CHANGES" == "$changes" ]]; then
+  local changes=${CHANGES} output line args=(--root "${ROOT:-/}")
+  step "Mosquitto config ${MOSQUITTO_CONF}"
+  if [[ "${DRY_RUN}" == 1 ]]; then
+    args+=(--dry-run)
+  fi
+  command -v openssl >/dev/null || die "openssl not found: sudo apt-get install openssl"
+  output=$(PYTHONPATH="${REPO_DIR}" "${PYTHON:-python3}" -m appliance.brokerconf "${args[@]}") \
+    || die "cannot generate the broker files (the reason is above): fix ${BROKER_SPEC}, rerun"
+  while IFS= read -r line; do
+    [[ -z "${line}" ]] || changed "${line}"
+  done <<<"${output}"
+  if [[ "${CHANGES}" == "${changes}" ]]; then
     note "up to date"
   else
     BROKER_CHANGED=1
