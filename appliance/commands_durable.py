@@ -38,6 +38,25 @@ Verb by verb (args as stored; uuids are Leat's):
   By voucher uuid alone a REDEEMED voucher is sent again (Leat cannot say whose
   redemption it reverses: pass the redemption uuid).
 
+- `giftcard.reverse` {transaction_uuid, giftcard_uuid?, hash?}:
+  `POST /giftcard-transactions/{uuid}/reverse`; the balance after is read back from the card
+  (`GET /giftcards/{uuid}`: Leat's answer has none). Leat reverses only a card's LAST
+  transaction (55025), by booking a new one of the opposite amount, which then is the last:
+  so when ambiguous, the card's transactions since ours (`GET /giftcard-transactions?
+  giftcard_hash=&sort=created_at&created_at[gte]=`) tell: the one right after ours is of the
+  opposite amount means ours was reversed: done, nothing is sent; none after ours means send;
+  another one after ours means Leat will refuse it (55025), which is then final. Ours not in
+  the list (or Leat's list answers without uuids) cannot tell: a repeat refused then is kept,
+  with the alert. The hash and card are the stored args or read from the transaction.
+- `prepaid.reverse` {transaction_uuid, contact_uuid?}: `POST /prepaid-transactions/{uuid}/
+  reverse`, whose answer carries the balance after. When ambiguous and the contact is known,
+  the contact's newest transactions (`GET /prepaid-transactions?contact_uuid=`, newest first,
+  up to 90) tell: a transaction of the opposite amount newer than ours means ours was
+  reversed: done (ASSUMPTION: Leat books a reversal as such a transaction, as the sandbox
+  does; a top-up of exactly that amount between the attempt and the check is taken for it);
+  none means send. Ours not among them, or no contact: cannot tell, a repeat refused then
+  (1003 in the sandbox for a reversed one) is kept, with the alert.
+
 A refusal of an attempt that never reached Leat before is final: DEAD with Leat's code and
 message (not found, wrong release key, ...). A read that Leat refuses decides nothing (the
 command is not failed by a check), and a read that fails after the command is found done
@@ -51,13 +70,17 @@ import contextlib
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, Final
 
 from appliance.errors import LeatError, LeatRejected, LeatUnavailable
+from appliance.leat.client import MAX_GIFTCARD_TXS_PAGE as MAX_TX_PAGE
+from appliance.leat.client import MAX_PREPAID_TXS_PAGE as MAX_PREPAID_PAGE
 from appliance.leat.client import LeatClient
 
 GIVE_BACK_VERBS: Final = frozenset(
-    {"reward.reverse", "reward.collect_reverse", "voucher.release", "voucher.reverse"}
+    {"reward.reverse", "reward.collect_reverse", "voucher.release", "voucher.reverse",
+     "giftcard.reverse", "prepaid.reverse"}
 )
 SCHEMA: Final = "leat-scanner/command/1"
 MAX_ARG_LENGTH: Final = 255
@@ -76,7 +99,11 @@ _ARGS: Final[Mapping[str, tuple[frozenset[str], frozenset[str]]]] = {
     ),
     "voucher.release": (frozenset({"voucher_uuid", "release_key"}), frozenset({"code"})),
     "voucher.reverse": (frozenset(), frozenset({"redemption_uuid", "voucher_uuid", "code"})),
+    "giftcard.reverse": (frozenset({"transaction_uuid"}), frozenset({"giftcard_uuid", "hash"})),
+    "prepaid.reverse": (frozenset({"transaction_uuid"}), frozenset({"contact_uuid"})),
 }
+CLOCK_SKEW_S: Final = 5.0  # Leat's clock against the transaction's own time, for "since"
+MAX_TX_PAGES: Final = 3  # of a card's or contact's transactions searched when ambiguous
 
 
 class Unexplained(Exception):
@@ -191,11 +218,38 @@ def _voucher_reverse(client: LeatClient, args: Mapping[str, Any]) -> dict[str, A
             "status": voucher.status if voucher else None}
 
 
+def _giftcard_reverse(client: LeatClient, args: Mapping[str, Any]) -> dict[str, Any]:
+    back = client.reverse_giftcard_transaction(args["transaction_uuid"])
+    card = back.giftcard_uuid or args.get("giftcard_uuid")
+    return {"transaction_uuid": args["transaction_uuid"], "reversal_uuid": back.uuid,
+            "amount_in_cents": back.amount_in_cents, "giftcard_uuid": card,
+            "balance_in_cents": _card_balance(client, card)}
+
+
+def _prepaid_reverse(client: LeatClient, args: Mapping[str, Any]) -> dict[str, Any]:
+    back = client.reverse_prepaid_transaction(args["transaction_uuid"])
+    return {"transaction_uuid": args["transaction_uuid"], "reversal_uuid": back.uuid,
+            "amount_in_cents": back.amount_in_cents, "contact_uuid": args.get("contact_uuid"),
+            "balance_in_cents": back.balance_after_cents}
+
+
+def _card_balance(client: LeatClient, card: str | None) -> int | None:
+    """The card's balance now (Leat's transaction answers carry none); None if unreadable:
+    the reversal happened either way."""
+    if not card:
+        return None
+    with contextlib.suppress(LeatError):
+        return client.get_giftcard(card).amount_in_cents
+    return None
+
+
 _SEND: Final[Mapping[str, Callable[[LeatClient, Mapping[str, Any]], dict[str, Any]]]] = {
     "reward.reverse": _reward_reverse,
     "reward.collect_reverse": _collect_reverse,
     "voucher.release": _release,
     "voucher.reverse": _voucher_reverse,
+    "giftcard.reverse": _giftcard_reverse,
+    "prepaid.reverse": _prepaid_reverse,
 }
 
 
@@ -247,11 +301,59 @@ def _unredeemed(client: LeatClient, args: Mapping[str, Any]) -> bool | None:
     return None if args.get("redemption_uuid") else False
 
 
+def _giftcard_reversed(client: LeatClient, args: Mapping[str, Any]) -> bool | None:
+    """True: the card's transaction right after ours is of the opposite amount (Leat's
+    reversal: only the last can be reversed, so it follows ours at once); False: none after
+    ours, or another one (Leat will refuse: 55025); None: ours is not found in the list."""
+    with read_only():
+        tx = client.get_giftcard_transaction(args["transaction_uuid"])
+        card = tx.giftcard_uuid or args.get("giftcard_uuid")
+        hash_ = args.get("hash") or (client.get_giftcard(card).hash if card else None)
+        if not hash_:
+            return None
+        since = None if tx.created_at is None else tx.created_at - timedelta(
+            seconds=CLOCK_SKEW_S)
+        listed: list[Any] = []
+        for page in range(1, MAX_TX_PAGES + 1):
+            items = client.list_giftcard_transactions(
+                giftcard_hash=hash_, created_after=since, newest_first=False, page=page)
+            listed += items
+            if len(items) < MAX_TX_PAGE:
+                break
+    at = next((i for i, t in enumerate(listed) if t.uuid == tx.uuid), None)
+    if at is None:
+        return None
+    if at + 1 == len(listed):
+        return False
+    return bool(listed[at + 1].amount_in_cents == -tx.amount_in_cents)
+
+
+def _prepaid_reversed(client: LeatClient, args: Mapping[str, Any]) -> bool | None:
+    """True: a transaction of the opposite amount is newer than ours among the contact's
+    newest; False: none is; None: no contact, or ours is not among them."""
+    contact = args.get("contact_uuid")
+    if not contact:
+        return None
+    newer: list[Any] = []
+    with read_only():
+        for page in range(1, MAX_TX_PAGES + 1):
+            items = client.list_prepaid_transactions(contact_uuid=contact, page=page)
+            for item in items:
+                if item.uuid == args["transaction_uuid"]:
+                    return any(t.amount_in_cents == -item.amount_in_cents for t in newer)
+                newer.append(item)
+            if len(items) < MAX_PREPAID_PAGE:
+                break
+    return None
+
+
 _SETTLED: Final[Mapping[str, Callable[[LeatClient, Mapping[str, Any]], bool | None]]] = {
     "reward.reverse": _unknown,
     "reward.collect_reverse": _collect_reversed,
     "voucher.release": _released,
     "voucher.reverse": _unredeemed,
+    "giftcard.reverse": _giftcard_reversed,
+    "prepaid.reverse": _prepaid_reversed,
 }
 
 
@@ -268,6 +370,8 @@ def _done(client: LeatClient, verb: str, args: Mapping[str, Any]) -> dict[str, A
                 "credits": None, "new_balance": balance}
     if verb == "reward.collect_reverse":
         return {"redemption_uuid": args["redemption_uuid"], "status": "REVERSED"}
+    if verb in ("giftcard.reverse", "prepaid.reverse"):
+        return _money_done(client, verb, args)
     status = None
     with contextlib.suppress(LeatError):  # done either way; the status is extra
         status = _voucher_status(client, args)
@@ -276,6 +380,26 @@ def _done(client: LeatClient, verb: str, args: Mapping[str, Any]) -> dict[str, A
     return {"voucher_uuid": args.get("voucher_uuid"),
             "reversed_uuid": args.get("redemption_uuid") or args.get("voucher_uuid"),
             "status": status}
+
+
+def _money_done(client: LeatClient, verb: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """A money reversal found done: the amount given back and the balance now, as far as
+    Leat can still be read (the reversal's own uuid is not known: null)."""
+    amount = balance = None
+    if verb == "giftcard.reverse":
+        card = args.get("giftcard_uuid")
+        with contextlib.suppress(LeatError):
+            tx = client.get_giftcard_transaction(args["transaction_uuid"])
+            amount, card = -tx.amount_in_cents, tx.giftcard_uuid or card
+        return {"transaction_uuid": args["transaction_uuid"], "reversal_uuid": None,
+                "amount_in_cents": amount, "giftcard_uuid": card,
+                "balance_in_cents": _card_balance(client, card)}
+    contact = args.get("contact_uuid")
+    if contact:
+        with contextlib.suppress(LeatError):
+            balance = client.get_prepaid_balance(contact)
+    return {"transaction_uuid": args["transaction_uuid"], "reversal_uuid": None,
+            "amount_in_cents": None, "contact_uuid": contact, "balance_in_cents": balance}
 
 
 @contextmanager
