@@ -55,6 +55,7 @@ from appliance.leat.models import (
     Fields,
     Giftcard,
     GiftcardTransaction,
+    ListedGiftcardTransaction,
     LoyaltyProgram,
     LoyaltyTransaction,
     Order,
@@ -82,6 +83,8 @@ TOKEN_PATH: Final = "/oauth/token"  # noqa: S105 - a path; no /api prefix (Leat'
 TOKEN_MARGIN_S: Final = 60.0  # refetch this long before `expires_in` runs out
 VOUCHER_NOT_FOUND: Final = 80004
 MAX_TRANSACTIONS_PAGE: Final = 100  # Leat's largest `limit` for loyalty transactions
+MAX_GIFTCARD_TXS_PAGE: Final = 100  # List Giftcard Transactions: largest `perPage` (LD)
+MAX_PREPAID_TXS_PAGE: Final = 30  # List Prepaid Transactions: largest `limit` (LD)
 MAX_ERROR_FIELDS: Final = 32  # `errors` fields kept from one error body
 MAX_ERROR_TEXTS: Final = 8  # texts kept per field
 MAX_ERROR_TEXT: Final = 500  # characters kept per text
@@ -414,6 +417,46 @@ class LeatClient:
         }
         return GiftcardTransaction.parse(Fields(self._post("/giftcard-transactions", body)))
 
+    def get_giftcard_transaction(self, uuid: str) -> GiftcardTransaction:
+        """One giftcard transaction (5010 not found)."""
+        return GiftcardTransaction.parse(Fields(self._get(f"/giftcard-transactions/{_seg(uuid)}")))
+
+    def list_giftcard_transactions(
+        self,
+        *,
+        giftcard_hash: str | None = None,
+        giftcard_program_uuid: str | None = None,
+        shop_uuid: str | None = None,
+        created_after: datetime | None = None,
+        newest_first: bool = True,
+        per_page: int = MAX_GIFTCARD_TXS_PAGE,
+        page: int = 1,
+    ) -> list[ListedGiftcardTransaction]:
+        """One page of giftcard transactions, filtered (LD "List Giftcard Transactions").
+
+        Leat's parameters: `perPage` (<= 100), `page`, `giftcard_hash`,
+        `giftcard_program_uuid`, `shop_uuid`, `sort=-created_at` and `created_at[gte]`
+        (our `created_after`). `shop_uuid` is not defaulted: None lists every shop. The
+        shop and time filters are applied again on what the items carry, so an item outside
+        what was asked never reconciles a call.
+        """
+        if not 1 <= per_page <= MAX_GIFTCARD_TXS_PAGE or page < 1:
+            raise ValueError(f"per_page must be 1..{MAX_GIFTCARD_TXS_PAGE} and page at least 1")
+        params: dict[str, object | None] = {
+            "giftcard_hash": giftcard_hash, "giftcard_program_uuid": giftcard_program_uuid,
+            "shop_uuid": shop_uuid, "perPage": per_page, "page": page,
+            "sort": "-created_at" if newest_first else "created_at",
+            "created_at[gte]": (None if created_after is None
+                                else created_after.astimezone(UTC).isoformat()),
+        }
+        data = self._get("/giftcard-transactions", params)
+        items = [ListedGiftcardTransaction.parse(item) for item in parse_list(data)]
+        return [
+            t for t in items
+            if (shop_uuid is None or t.shop_uuid in (None, shop_uuid))
+            and (created_after is None or t.created_at is None or t.created_at >= created_after)
+        ]
+
     def reverse_giftcard_transaction(self, uuid: str) -> GiftcardTransaction:
         """Undo a giftcard transaction (55025: only the card's last one can be)."""
         data = self._post(f"/giftcard-transactions/{_seg(uuid)}/reverse")
@@ -439,6 +482,30 @@ class LeatClient:
             "shop_uuid": self._shop(shop_uuid, "create_prepaid_transaction"),
         }
         return PrepaidTransaction.parse(Fields(self._post("/prepaid-transactions", body)))
+
+    def list_prepaid_transactions(
+        self,
+        *,
+        contact_uuid: str | None = None,
+        shop_uuid: str | None = None,
+        limit: int = MAX_PREPAID_TXS_PAGE,
+        page: int = 1,
+    ) -> list[PrepaidTransaction]:
+        """One page of prepaid transactions (LD "List Prepaid Transactions").
+
+        Leat's parameters: `contact_uuid`, `shop_uuid`, `limit` (<= 30), `page`; there is no
+        time filter and no sort (ASSUMPTION: newest first, docs/leat-assumptions.md). Each
+        item carries the contact's balance after it. `shop_uuid` is not defaulted.
+        """
+        if not 1 <= limit <= MAX_PREPAID_TXS_PAGE or page < 1:
+            raise ValueError(f"limit must be 1..{MAX_PREPAID_TXS_PAGE} and page at least 1")
+        params = {"contact_uuid": contact_uuid, "shop_uuid": shop_uuid, "limit": limit,
+                  "page": page}
+        items = [PrepaidTransaction.parse(item)
+                 for item in parse_list(self._get("/prepaid-transactions", params))]
+        return [t for t in items
+                if (contact_uuid is None or t.contact_uuid in (None, contact_uuid))
+                and (shop_uuid is None or t.shop_uuid in (None, shop_uuid))]
 
     def reverse_prepaid_transaction(self, uuid: str) -> PrepaidTransaction:
         """Undo a prepaid transaction."""

@@ -643,23 +643,64 @@ class GiftcardTransaction:
 
 
 @dataclass(frozen=True)
+class ListedGiftcardTransaction:
+    """One item of List Giftcard Transactions (LD): its `uuid` may be null there.
+
+    LD's example lists `{id, uuid: null, amount_in_cents, type, settled, card{id, uuid:
+    null}, shop{id, uuid, name}, settlements, created_at}`: an item without a uuid is still
+    a transaction that happened (a reconciler must count it, never skip it).
+    """
+
+    id: int | None
+    uuid: str | None
+    amount_in_cents: int
+    giftcard_uuid: str | None
+    shop_uuid: str | None
+    settled: bool
+    created_at: datetime | None
+
+    @classmethod
+    def parse(cls, f: Fields) -> ListedGiftcardTransaction:
+        """From a list item."""
+        card, shop = f.opt_obj("card"), f.opt_obj("shop")
+        return cls(
+            id=f.opt_int("id"),
+            uuid=f.opt_str("uuid"),
+            amount_in_cents=f.req_int("amount_in_cents"),
+            giftcard_uuid=card.opt_str("uuid") if card else None,
+            shop_uuid=shop.opt_str("uuid") if shop else None,
+            settled=f.opt_bool("settled", False),
+            created_at=f.opt_datetime("created_at"),
+        )
+
+
+@dataclass(frozen=True)
 class PrepaidTransaction:
-    """A prepaid payment (negative) or top-up, with the contact's balance after it."""
+    """A prepaid payment (negative) or top-up, with the contact's balance after it.
+
+    `contact_uuid` is set on list items only (LD's List Prepaid Transactions example
+    carries `contact{uuid, email}`; the create and reverse answers do not).
+    """
 
     uuid: str
     amount_in_cents: int
     balance_after_cents: int | None
     created_at: datetime | None
+    shop_uuid: str | None = None
+    contact_uuid: str | None = None
 
     @classmethod
     def parse(cls, f: Fields) -> PrepaidTransaction:
-        """From a prepaid transaction object."""
-        balance = f.opt_obj("prepaid_balance")
+        """From a prepaid transaction object (an answer or a list item)."""
+        balance, shop, contact = f.opt_obj("prepaid_balance"), f.opt_obj("shop"), f.opt_obj(
+            "contact")
         return cls(
             uuid=f.req_str("uuid"),
             amount_in_cents=f.req_int("amount_in_cents"),
             balance_after_cents=balance.opt_int("balance_in_cents") if balance else None,
             created_at=f.opt_datetime("created_at"),
+            shop_uuid=shop.opt_str("uuid") if shop else None,
+            contact_uuid=contact.opt_str("uuid") if contact else None,
         )
 
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from appliance.sandbox.input import Input, SandboxError, atom, invalid, new_uuid
+from appliance.sandbox.input import Input, Page, SandboxError, atom, invalid, new_uuid
 from appliance.sandbox.seed import Contact, Giftcard, Shop
 from appliance.sandbox.world import Args, World
 
 # ASSUMPTION: no code is documented for a prepaid debit above the balance; 9999 is made up.
 PREPAID_INSUFFICIENT: Final = 9999
+MAX_GIFTCARD_TXS_PAGE: Final = 100  # List Giftcard Transactions `perPage` (LD)
+MAX_PREPAID_TXS_PAGE: Final = 30  # List Prepaid Transactions `limit` (LD)
+_COMPARE: Final[dict[str, Callable[[datetime, datetime], bool]]] = {
+    "gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le,
+}
 
 
 @dataclass
@@ -125,6 +132,43 @@ class Payments:
             raise SandboxError(5010, "Giftcard transaction not found.")
         return self._giftcard_tx_obj(tx)
 
+    def list_giftcard_txs(self, args: Args, query: Input, body: Input) -> Any:
+        """`GET /giftcard-transactions`: filtered, sorted, with the slim `meta`.
+
+        Filters (LD "List Giftcard Transactions"): `perPage` (default 10, at most 100),
+        `page`, `giftcard_hash`, `giftcard_program_uuid`, `shop_uuid`, `sort`
+        (`created_at` ascending by default, `-created_at` descending) and
+        `created_at[gt|gte|lt|lte]`. The answer's `meta` is `{page, limit, viewing_from,
+        viewing_to, last_page, total}`, as LD's example shows. An unknown hash, program or
+        shop lists nothing (ASSUMPTION: LD names no error for them).
+        """
+        per_page = query.integer("perPage", required=False, minimum=1) or 10
+        page = query.integer("page", required=False, minimum=1) or 1
+        hash_ = query.text("giftcard_hash", required=False)
+        program = query.text("giftcard_program_uuid", required=False)
+        shop_uuid = query.text("shop_uuid", required=False)
+        sort = query.choice("sort", ("CREATED_AT", "-CREATED_AT"), required=False)
+        if per_page > MAX_GIFTCARD_TXS_PAGE:
+            query.fail("perPage", f"The per page may not be greater than {MAX_GIFTCARD_TXS_PAGE}.")
+        bounds = query.obj("created_at", required=False)
+        limits = ({op: bounds.time(op) for op in ("gt", "gte", "lt", "lte")}
+                  if bounds is not None else {})
+        query.check()
+        w = self.world
+        found = [
+            tx for tx in self.giftcard_txs.values()
+            if (hash_ is None or w.giftcards[tx.card].hash == hash_)
+            and (program is None or w.giftcards[tx.card].program == program)
+            and (shop_uuid is None or tx.shop == shop_uuid)
+            and all(t is None or _COMPARE[op](tx.created_at, t) for op, t in limits.items())
+        ]
+        descending = sort == "-CREATED_AT"
+        if descending:  # equal times keep creation order, reversed when descending
+            found.reverse()
+        found.sort(key=lambda tx: tx.created_at, reverse=descending)
+        return Page([self._giftcard_tx_obj(tx) for tx in found], page, per_page,
+                    "/api/v3/oauth/clients/giftcard-transactions", slim=True)
+
     def reverse_giftcard_tx(self, args: Args, query: Input, body: Input) -> Any:
         """`POST /giftcard-transactions/{uuid}/reverse`: only the card's last one (55025)."""
         tx = self.giftcard_txs.get(args[0])
@@ -162,14 +206,47 @@ class Payments:
         tx = PrepaidTx(new_uuid(), amount, contact.uuid, shop.uuid, ident, contact.prepaid_cents,
                        self.world.clock())
         self.prepaid_txs[tx.uuid] = tx
-        return {"uuid": tx.uuid, "amount_in_cents": amount,
-                "prepaid_balance": {"balance_in_cents": tx.balance_after,
-                                    "balance": self.world.money(tx.balance_after)},
-                "created_at": atom(tx.created_at),
-                "shop": {"id": shop.id, "uuid": shop.uuid, "reference": shop.reference,
-                         "name": shop.name},
-                "contact_identifier": self.world.identifier_obj(
-                    self.world.identifiers.get(ident or ""))}
+        return self._prepaid_tx_obj(tx)
+
+    def _prepaid_tx_obj(self, tx: PrepaidTx, *, listed: bool = False) -> dict[str, Any]:
+        """A prepaid transaction; `listed` adds the `contact{uuid, email}` list items carry."""
+        w, shop = self.world, self.world.shops[tx.shop]
+        obj = {"uuid": tx.uuid, "amount_in_cents": tx.amount,
+               "prepaid_balance": {"balance_in_cents": tx.balance_after,
+                                   "balance": w.money(tx.balance_after)},
+               "created_at": atom(tx.created_at),
+               "shop": {"id": shop.id, "uuid": shop.uuid, "reference": shop.reference,
+                        "name": shop.name},
+               "contact_identifier": w.identifier_obj(w.identifiers.get(tx.identifier or ""))}
+        if listed:
+            obj["contact"] = w.contact_ref(w.contacts[tx.contact])
+        return obj
+
+    def list_prepaid_txs(self, args: Args, query: Input, body: Input) -> Any:
+        """`GET /prepaid-transactions`: by `contact_uuid` and/or `shop_uuid`, paginated.
+
+        LD "List Prepaid Transactions": `limit` (default 10, at most 30), `page`; errors
+        1003, 55031 (contact), 1008 (shop); no time filter and no sort. ASSUMPTION: newest
+        first (equal times: the later created first), each item's `prepaid_balance` the
+        balance right after it (LD's example shows different balances per item).
+        """
+        contact_uuid = query.text("contact_uuid", required=False)
+        shop_uuid = query.text("shop_uuid", required=False)
+        limit = query.integer("limit", required=False, minimum=1) or 10
+        page = query.integer("page", required=False, minimum=1) or 1
+        if limit > MAX_PREPAID_TXS_PAGE:
+            query.fail("limit", f"The limit may not be greater than {MAX_PREPAID_TXS_PAGE}.")
+        query.check()
+        if contact_uuid is not None:
+            self.world.contact(contact_uuid)
+        if shop_uuid is not None:
+            self.world.shop(shop_uuid)
+        found = [tx for tx in reversed(self.prepaid_txs.values())
+                 if (contact_uuid is None or tx.contact == contact_uuid)
+                 and (shop_uuid is None or tx.shop == shop_uuid)]
+        found.sort(key=lambda tx: tx.created_at, reverse=True)
+        return Page([self._prepaid_tx_obj(tx, listed=True) for tx in found], page, limit,
+                    "/api/v3/oauth/clients/prepaid-transactions")
 
     def reverse_prepaid_tx(self, args: Args, query: Input, body: Input) -> Any:
         """`POST /prepaid-transactions/{uuid}/reverse`: a new transaction for the opposite.
