@@ -175,6 +175,7 @@ def test_prepaid_reverse_gives_the_payment_back_once_with_the_balance_after(
     assert (event["data"]["transaction_uuid"], event["data"]["amount_in_cents"],
             event["data"]["balance_in_cents"]) == (tx, 650, JANE_PREPAID)
     assert leat.get_prepaid_balance(JANE) == JANE_PREPAID
+    assert reverse_calls(sandbox, tx) == 1
     # reversing it again is Leat's refusal, final (ASSUMPTION: 1003, docs/sandbox.md)
     pos.send("prepaid.reverse", request_id="pr-2", transaction_uuid=tx)
     failed = pos.outcome("pr-2")
