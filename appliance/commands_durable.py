@@ -41,7 +41,8 @@ Verb by verb (args as stored; uuids are Leat's):
 - `giftcard.reverse` {transaction_uuid, giftcard_uuid?, hash?}:
   `POST /giftcard-transactions/{uuid}/reverse`; the balance after is read back from the card
   (`GET /giftcards/{uuid}`: Leat's answer has none). Leat reverses only a card's LAST
-  transaction (55025), by booking a new one of the opposite amount, which then is the last:
+  transaction (55025), by booking a new one "for the negative amount" (Leat's docs; R1 in
+  docs/leat-assumptions.md), which then is the last:
   so when ambiguous, the card's transactions since ours (`GET /giftcard-transactions?
   giftcard_hash=&sort=created_at&created_at[gte]=`) tell: the one right after ours is of the
   opposite amount means ours was reversed: done, nothing is sent; none after ours means send;
@@ -52,8 +53,8 @@ Verb by verb (args as stored; uuids are Leat's):
   reverse`, whose answer carries the balance after. When ambiguous and the contact is known,
   the contact's newest transactions (`GET /prepaid-transactions?contact_uuid=`, newest first,
   up to 90) tell: a transaction of the opposite amount newer than ours means ours was
-  reversed: done (ASSUMPTION: Leat books a reversal as such a transaction, as the sandbox
-  does; a top-up of exactly that amount between the attempt and the check is taken for it);
+  reversed: done (Leat's docs: a reversal is a new transaction "for the negative amount";
+  a top-up of exactly that amount between the attempt and the check is taken for it: R2);
   none means send. Ours not among them, or no contact: cannot tell, a repeat refused then
   (1003 in the sandbox for a reversed one) is kept, with the alert.
 
