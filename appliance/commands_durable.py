@@ -69,15 +69,17 @@ from __future__ import annotations
 
 import contextlib
 import re
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from appliance.errors import LeatError, LeatRejected, LeatUnavailable
 from appliance.leat.client import MAX_GIFTCARD_TXS_PAGE as MAX_TX_PAGE
 from appliance.leat.client import MAX_PREPAID_TXS_PAGE as MAX_PREPAID_PAGE
 from appliance.leat.client import LeatClient
+from appliance.outbox import Item, Kind, State
 
 GIVE_BACK_VERBS: Final = frozenset(
     {"reward.reverse", "reward.collect_reverse", "voucher.release", "voucher.reverse",
@@ -403,6 +405,34 @@ def _money_done(client: LeatClient, verb: str, args: Mapping[str, Any]) -> dict[
             "amount_in_cents": None, "contact_uuid": contact, "balance_in_cents": balance}
 
 
+def finished_event(item: Item, device_id: str) -> dict[str, Any] | None:
+    """The `events/command` outcome of a finished give-back item, published again when its
+    request_id is sent again (an event lost with a crash between recording the outcome and
+    publishing it would otherwise never reach the POS); None while it is not finished."""
+    if item.kind is not Kind.COMMAND or item.state not in (State.DELIVERED, State.DEAD):
+        return None
+    verb = item.body.get("verb")
+    error = None
+    if item.state is State.DEAD:
+        error = ({"code": "invalid_request", "message": item.error_message or "not run"}
+                 if item.error_code is None else
+                 {"code": "leat_rejected", "message": item.error_message or "refused",
+                  "leat_code": item.error_code})
+    data = (item.result or {}).get("data") if error is None else None
+    return {
+        "schema": SCHEMA,
+        "event_id": str(uuid.uuid4()),
+        "device_id": device_id,
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "request_id": item.external_identifier,
+        "verb": verb if isinstance(verb, str) else "",
+        "transaction": item.transaction,
+        "status": "ok" if error is None else "failed",
+        "data": dict(data) if isinstance(data, Mapping) else None,
+        "error": error,
+    }
+
+
 @contextmanager
 def read_only() -> Iterator[None]:
     """A failed GET changed nothing in Leat: its `LeatUnavailable` is never ambiguous."""
@@ -414,4 +444,5 @@ def read_only() -> Iterator[None]:
         raise LeatUnavailable(str(exc), exc.retry_after, ambiguous=False) from exc
 
 
-__all__ = ["GIVE_BACK_VERBS", "SCHEMA", "Unexplained", "execute", "read_only", "validate_args"]
+__all__ = ["GIVE_BACK_VERBS", "SCHEMA", "Unexplained", "execute", "finished_event", "read_only",
+           "validate_args"]

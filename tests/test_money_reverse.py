@@ -9,13 +9,18 @@ The payments being reversed are made by the test's own Leat client (as another t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 from broker import Mosquitto
 from test_counter_flows import JANE, Pos, running_device
+from test_daemon import BASE
 
+from appliance import contract
 from appliance.leat.client import LeatClient
 from appliance.outbox import Kind, Outbox
 from appliance.samples import DEMO_SHOP_UUID
@@ -57,6 +62,20 @@ def prepaid_txs(leat: LeatClient) -> list[int]:
         contact_uuid=JANE))]
 
 
+def outcomes(pos: Pos, request_id: str, count: int) -> list[dict[str, Any]]:
+    """The first `count` events/command of `request_id`, each checked against the contract."""
+    def mine(ms: Sequence[mqtt.MQTTMessage]) -> list[dict[str, Any]]:
+        return [p for p in (json.loads(m.payload) for m in ms
+                            if m.topic == f"{BASE}/events/command")
+                if p["request_id"] == request_id]
+
+    found = mine(pos._sub.wait_for(  # the POS's own subscription
+        lambda ms: len(mine(ms)) >= count, timeout=30))[:count]
+    for event in found:
+        contract.validate("command_event", event)
+    return found
+
+
 def reverse_calls(sandbox: LeatSandbox, tx: str) -> int:
     """Reversal requests of `tx` Leat answered 2xx."""
     return sum(1 for m, p, status in sandbox.answers()
@@ -83,6 +102,10 @@ def test_giftcard_reverse_gives_the_payment_back_once_with_the_balance_after(
     # the card's last transaction), never sent twice.
     again = pos.send("giftcard.reverse", request_id="gr-1", transaction_uuid=tx)
     assert again["status"] == "accepted" and again["data"]["duplicate"] is True
+    # ...and its outcome published again (one lost with a crash reaches the POS so)
+    [first, second] = outcomes(pos, "gr-1", 2)
+    assert (second["status"], second["data"]) == (first["status"], first["data"])
+    assert second["event_id"] != first["event_id"]
     assert card_txs(leat) == [-1000, 1000]
     assert reverse_calls(sandbox, tx) == 1
 

@@ -281,6 +281,12 @@ class Commands:
             return reply.error("internal", f"could not store the request: {exc}")
         if self._wake is not None:
             self._wake.set()
+        if not enqueued.created:  # a repeat: its outcome again, if it has one
+            from appliance.commands_durable import finished_event  # imports the Leat client
+
+            event = finished_event(enqueued.item, self._device_id)
+            if event is not None:
+                self._publish("command", event)
         return reply.build("accepted", {
             "request_id": reply.request_id, "outbox_id": enqueued.item.id,
             "duplicate": not enqueued.created,
