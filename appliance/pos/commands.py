@@ -4,9 +4,10 @@ settled when Leat's answer is lost (README "Offline and ambiguity rules" is chec
 
     READ        nothing changes at Leat: run online; offline -> `offline`, never recorded as
                 an outcome (asking again is harmless).
-    TAKES       takes value (points, a collectable, a voucher): online only, within the
-                deadline, never queued, never run past its expiry; an ambiguous outcome is
-                reconciled by asking Leat (`reconcile`), never by sending the call again.
+    TAKES       takes or moves value (points, a collectable, a voucher, money): online
+                only, within the deadline, never queued, never run past its expiry; an
+                ambiguous outcome is reconciled by asking Leat (`reconcile`), never by
+                sending the call again (money.py: or found `cannot_tell`, final).
     GIVES_BACK  gives value back: stored in the durable outbox, executed exactly once by the
                 forwarder, answered `accepted` at once; the outcome comes on events/command.
 """
@@ -45,6 +46,10 @@ class Verb:
 _QUEUED = "stored in the outbox, sent when Leat is back (`accepted`)"
 _EXACTLY_ONCE = "the outbox executes it exactly once; outcome on `events/command`"
 _NOT_NEEDED = "not needed: nothing changes at Leat"
+_ONE_OF = ("of this amount, not another request's: one -> `ok`, none -> not applied, several "
+           "-> `cannot_tell` (final, never resent)")
+_GIFTCARD_TXS = f"the card's transactions at this shop since the call {_ONE_OF}"
+_PREPAID_TXS = f"the contact's prepaid transactions at this shop back to the call {_ONE_OF}"
 
 VERBS: Final[Mapping[str, Verb]] = {
     v.name: v
@@ -66,6 +71,10 @@ VERBS: Final[Mapping[str, Verb]] = {
              "one hour), ACTIVE -> not applied"),
         Verb("voucher.redeem", Rule.TAKES, "`offline`, never queued",
              "the voucher's status: REDEEMED -> `ok`, ACTIVE or LOCKED -> not applied"),
+        Verb("giftcard.pay", Rule.TAKES, "`offline`, never queued", _GIFTCARD_TXS),
+        Verb("giftcard.load", Rule.TAKES, "`offline`, never queued", _GIFTCARD_TXS),
+        Verb("prepaid.pay", Rule.TAKES, "`offline`, never queued", _PREPAID_TXS),
+        Verb("prepaid.topup", Rule.TAKES, "`offline`, never queued", _PREPAID_TXS),
         Verb("reward.reverse", Rule.GIVES_BACK, _QUEUED, _EXACTLY_ONCE),
         Verb("reward.collect_reverse", Rule.GIVES_BACK, _QUEUED, _EXACTLY_ONCE),
         Verb("voucher.release", Rule.GIVES_BACK, _QUEUED, _EXACTLY_ONCE),

@@ -26,6 +26,8 @@ ERRORS: Final = (
     "release_key_lost",  # voucher.lock happened but its answer (the release key) was lost
     "not_last_transaction",  # giftcard.reverse: Leat lists a newer transaction (55025)
     "unknown",  # status unknown: the outcome follows on events/command
+    "cannot_tell",  # status unknown, final: a lost money call matches several transactions
+    "already_sold",  # giftcard.load of a card with a balance (require_unsold)
 )
 
 

@@ -31,7 +31,7 @@ from appliance.errors import (
 )
 from appliance.outbox import Kind, Outbox, OutboxConflict, OutboxFull
 from appliance.outbox_guard import OutboxDamaged
-from appliance.pos import reversals, verbs
+from appliance.pos import money, reversals, verbs
 from appliance.pos.commands import VERBS, Rule
 from appliance.pos.errors import RequestError, clip
 from appliance.pos.ledger import Conflict, Ledger
@@ -47,6 +47,10 @@ EVENT_SCHEMA: Final = "leat-scanner/command/1"
 ENVELOPE: Final = frozenset({"request_id", "transaction", "expires_at"})
 RECONCILE_DELAYS_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)  # then give up
 NOT_APPLIED: Final = "not_applied"
+CANNOT_TELL: Final = "cannot_tell"
+MAX_CANDIDATES: Final = 10  # transaction uuids named in a cannot_tell outcome
+HANDLERS: Final = {**verbs.HANDLERS, **money.HANDLERS}
+RECONCILERS: Final = {**verbs.RECONCILERS, **money.RECONCILERS}
 
 Publish = Callable[[str, Mapping[str, Any]], None]
 
@@ -142,7 +146,7 @@ class Commands:
                     else "its outcome follows on events/command"))
             return {**recorded.response, "transaction": transaction}
         call = _Call(verb, args, reply, ctx)
-        future = self._pool.submit(verbs.HANDLERS[verb], ctx, args)
+        future = self._pool.submit(HANDLERS[verb], ctx, args)
         response, settled = self._outcome(call, future, deadline)
         if settled is None:  # nothing happened at Leat: the same request may come again
             self._ledger.forget(request_id)
@@ -150,6 +154,8 @@ class Commands:
             self._ledger.finish(request_id, response, final=settled)
             if not settled:
                 self._settle_later(call, future)
+            elif _cannot_tell(response):  # `unknown` is always followed by an event
+                self._publish("command", self._event(verb, response))
         return response
 
     def _outcome(
@@ -181,11 +187,13 @@ class Commands:
 
     def _reconcile_now(self, call: _Call, deadline: float) -> tuple[dict[str, Any], bool | None]:
         verb, reply = call.verb, call.reply
-        future = self._pool.submit(verbs.RECONCILERS[verb], call.ctx, call.args)
+        future = self._pool.submit(RECONCILERS[verb], call.ctx, call.args)
         try:
             return reply.ok(future.result(timeout=max(deadline - time.monotonic(), 0))), True
         except verbs.NotApplied as exc:
             return reply.not_applied(str(exc)), True
+        except verbs.CannotTell as exc:
+            return reply.cannot_tell(exc), True
         except RequestError as exc:
             return reply.error(exc.code, str(exc)), True
         except LeatRejected as exc:
@@ -221,9 +229,11 @@ class Commands:
             if response is not None or self._stop.wait(delay):
                 break
             try:
-                response = reply.ok(verbs.RECONCILERS[verb](ctx, args))
+                response = reply.ok(RECONCILERS[verb](ctx, args))
             except verbs.NotApplied as exc:
                 response = reply.not_applied(str(exc))
+            except verbs.CannotTell as exc:
+                response = reply.cannot_tell(exc)
             except RequestError as exc:
                 response = reply.error(exc.code, str(exc))
             except LeatRejected as exc:
@@ -247,7 +257,8 @@ class Commands:
             "request_id": response["request_id"],
             "verb": verb,
             "transaction": response["transaction"],
-            "status": "ok" if response["status"] == "ok" else "failed",
+            "status": response["status"] if response["status"] in ("ok", "unknown")
+            else "failed",
             "data": response["data"],
             "error": response["error"],
         }
@@ -332,6 +343,16 @@ class _Reply:
                           f"happen ({why}): nothing was taken. Send it again with a new "
                           "request_id")
 
+    def cannot_tell(self, exc: verbs.CannotTell) -> dict[str, Any]:
+        named = exc.candidates[:MAX_CANDIDATES]
+        unnamed = len(exc.candidates) - len(named) + exc.unnamed
+        return self.build("unknown", None, {
+            "code": CANNOT_TELL, "candidates": named, "message": clip(
+                f"Leat's answer was lost: {exc}"
+                + (f" ({unnamed} not named)" if unnamed else "") + ". Final, never resent: "
+                "check the candidates in Leat; reverse one if charged twice, or pay again "
+                "with a new request_id if none is this one")})
+
     def unknown(self, why: str) -> dict[str, Any]:
         return self.build("unknown", None, {
             "code": "unknown", "message": f"{why}: the device is finding out from Leat and "
@@ -346,6 +367,11 @@ class _Call:
     args: dict[str, Any]
     reply: _Reply
     ctx: verbs.Context
+
+
+def _cannot_tell(response: Mapping[str, Any]) -> bool:
+    error = response.get("error")
+    return isinstance(error, dict) and error.get("code") == CANNOT_TELL
 
 
 def _expiry(received_at: float, expiry_s: float | None, expires_at: str | None,

@@ -4,7 +4,8 @@ A handler returns the reply's `data`, or raises `LeatRejected` / `LeatUnavailabl
 `RequestError`; `runner.py` turns those into replies. A reconciler asks Leat what happened
 to an ambiguous call (Leat's answer lost: read timeout, reset after sending, 5xx): it returns
 the `data` of the call that did happen, raises `NotApplied` when Leat shows it did not, and
-`LeatUnavailable` when it cannot tell yet. Nothing here sends a value-taking call twice.
+`LeatUnavailable` when it cannot tell yet, `CannotTell` when it never will (money.py).
+Nothing here sends a value-taking call twice.
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ MAX_PAGES: Final = 3  # of loyalty transactions searched while reconciling
 
 class NotApplied(Exception):
     """Leat shows the ambiguous call did not happen."""
+
+
+class CannotTell(Exception):
+    """Leat shows several transactions the ambiguous call may have made (or one it lists
+    without a uuid), and nothing tells them apart: a final outcome (`cannot_tell`), never
+    guessed, never retried; `candidates` are their uuids (those Leat lists with one)."""
+
+    def __init__(self, candidates: list[str | None], why: str) -> None:
+        super().__init__(why)
+        self.candidates = [c for c in candidates if c is not None]
+        self.unnamed = len(candidates) - len(self.candidates)
 
 
 @dataclass
