@@ -50,13 +50,14 @@ Verb by verb (args as stored; uuids are Leat's):
   the list (or Leat's list answers without uuids) cannot tell: a repeat refused then is kept,
   with the alert. The hash and card are the stored args or read from the transaction.
 - `prepaid.reverse` {transaction_uuid, contact_uuid?}: `POST /prepaid-transactions/{uuid}/
-  reverse`, whose answer carries the balance after. When ambiguous and the contact is known,
-  the contact's newest transactions (`GET /prepaid-transactions?contact_uuid=`, newest first,
-  up to 90) tell: a transaction of the opposite amount newer than ours means ours was
-  reversed: done (Leat's docs: a reversal is a new transaction "for the negative amount";
-  a top-up of exactly that amount between the attempt and the check is taken for it: R2);
-  none means send. Ours not among them, or no contact: cannot tell, a repeat refused then
-  (1003 in the sandbox for a reversed one) is kept, with the alert.
+  reverse`, whose answer carries the balance after. When ambiguous, the contact's newest
+  transactions (`GET /prepaid-transactions?contact_uuid=`, newest first, up to 90; without
+  the contact, this shop's, whose items name their contact) tell: a transaction of the
+  opposite amount for the same contact, newer than ours, means ours was reversed: done
+  (Leat's docs: a reversal is a new transaction "for the negative amount"; a top-up of
+  exactly that amount between the attempt and the check is taken for it: R2); none means
+  send. Ours not among them: cannot tell, a repeat refused then (1003 in the
+  sandbox for a reversed one) is kept, with the alert.
 
 A refusal of an attempt that never reached Leat before is final: DEAD with Leat's code and
 message (not found, wrong release key, ...). A read that Leat refuses decides nothing (the
@@ -79,6 +80,7 @@ from appliance.errors import LeatError, LeatRejected, LeatUnavailable
 from appliance.leat.client import MAX_GIFTCARD_TXS_PAGE as MAX_TX_PAGE
 from appliance.leat.client import MAX_PREPAID_TXS_PAGE as MAX_PREPAID_PAGE
 from appliance.leat.client import LeatClient
+from appliance.leat.models import PrepaidTransaction
 from appliance.outbox import Item, Kind, State
 
 GIVE_BACK_VERBS: Final = frozenset(
@@ -332,18 +334,35 @@ def _giftcard_reversed(client: LeatClient, args: Mapping[str, Any]) -> bool | No
 
 
 def _prepaid_reversed(client: LeatClient, args: Mapping[str, Any]) -> bool | None:
-    """True: a transaction of the opposite amount is newer than ours among the contact's
-    newest; False: none is; None: no contact, or ours is not among them."""
-    contact = args.get("contact_uuid")
-    if not contact:
+    """True: a transaction of the opposite amount for the same contact is newer than ours;
+    False: none is; None: ours is not among the newest listed."""
+    found = _prepaid_find(client, args)
+    if found is None:
         return None
-    newer: list[Any] = []
+    ours, newer = found
+    return any(t.amount_in_cents == -ours.amount_in_cents for t in newer)
+
+
+def _prepaid_find(
+    client: LeatClient, args: Mapping[str, Any]
+) -> tuple[PrepaidTransaction, list[PrepaidTransaction]] | None:
+    """Our transaction and the same contact's newer ones, newest first: listed by the contact
+    when known, else by this shop (a reversal is booked "with the same data as initially
+    used", so at the same shop; each list item names its contact). None: not found."""
+    contact = args.get("contact_uuid")
+    shop = None if contact else client.shop_uuid
+    if not contact and not shop:
+        return None
+    newer: list[PrepaidTransaction] = []
     with read_only():
         for page in range(1, MAX_TX_PAGES + 1):
-            items = client.list_prepaid_transactions(contact_uuid=contact, page=page)
+            items = client.list_prepaid_transactions(contact_uuid=contact, shop_uuid=shop,
+                                                     page=page)
             for item in items:
                 if item.uuid == args["transaction_uuid"]:
-                    return any(t.amount_in_cents == -item.amount_in_cents for t in newer)
+                    owner = contact or item.contact_uuid
+                    return item, [t for t in newer if contact or (
+                        owner is not None and t.contact_uuid == owner)]
                 newer.append(item)
             if len(items) < MAX_PREPAID_PAGE:
                 break
@@ -398,11 +417,16 @@ def _money_done(client: LeatClient, verb: str, args: Mapping[str, Any]) -> dict[
                 "amount_in_cents": amount, "giftcard_uuid": card,
                 "balance_in_cents": _card_balance(client, card)}
     contact = args.get("contact_uuid")
+    if not contact:
+        with contextlib.suppress(LeatError):
+            found = _prepaid_find(client, args)
+            contact = found[0].contact_uuid if found else None
+            amount = -found[0].amount_in_cents if found else None
     if contact:
         with contextlib.suppress(LeatError):
             balance = client.get_prepaid_balance(contact)
     return {"transaction_uuid": args["transaction_uuid"], "reversal_uuid": None,
-            "amount_in_cents": None, "contact_uuid": contact, "balance_in_cents": balance}
+            "amount_in_cents": amount, "contact_uuid": contact, "balance_in_cents": balance}
 
 
 def finished_event(item: Item, device_id: str) -> dict[str, Any] | None:

@@ -238,3 +238,24 @@ def test_prepaid_reverse_whose_answer_is_lost_is_settled_from_the_contact_never_
     assert prepaid_txs(leat) == [-250, 250]  # one reversal
     assert sum(1 for m, p in sandbox.requests()
                if m == "POST" and p.endswith(f"/{tx}/reverse")) == 1
+
+
+def test_prepaid_reverse_of_this_devices_payment_needs_only_its_uuid(
+    till: tuple[Pos, LeatSandbox, LeatClient],
+) -> None:
+    pos, sandbox, leat = till
+    # paid through the device by the scanned card: the device recorded the contact
+    paid = pos.send("prepaid.pay", request_id="pp-1", identifier="LC-7F3K9Q2M",
+                    amount_in_cents=420)
+    assert paid["status"] == "ok"
+    tx = paid["data"]["transaction_uuid"]
+    sandbox.faults.set(drop_after_receive=True, only_paths=(f"/prepaid-transactions/{tx}/",))
+    reply = pos.send("prepaid.reverse", request_id="pr-own", transaction_uuid=tx)
+    assert reply["status"] == "accepted"
+    event = pos.outcome("pr-own")
+    sandbox.faults.clear()
+    # the lost answer was settled from the contact's transactions, filled in by the device
+    assert (event["status"], event["data"]["already"], event["data"]["contact_uuid"]) == (
+        "ok", True, JANE)
+    assert event["data"]["balance_in_cents"] == JANE_PREPAID
+    assert prepaid_txs(leat) == [-420, 420]
