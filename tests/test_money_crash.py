@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from broker import Mosquitto, Subscriber
 from test_crash import BASE, start, write_config
 
@@ -136,6 +137,7 @@ class Till:
         return sum(o.told or 0 for o in self.ops.values() if o.balance == balance)
 
 
+@pytest.mark.slow  # 50 real process starts: 47-67 s here (still run by scripts/test)
 def test_kill_9_during_pays_and_reversals_moves_exactly_what_the_pos_was_told(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
