@@ -5,9 +5,10 @@ voucher, giftcard or prepaid money), so it must happen eventually: the POS reque
 stores it as an outbox item of kind COMMAND (key: the POS's `request_id`, body `{"verb",
 "args"}`), answers `accepted`, and the forwarder calls `execute()` until Leat has it; the
 final outcome goes out on `events/command`. Leat documents no idempotency key for these
-calls, so exactly once rests on two things: the outbox never sends an item twice at once, and an attempt that may have
-reached Leat (read timeout, reset after sending, a crash while SENDING: the item is
-`ambiguous`) is settled by asking Leat before, or by reading its answer to, the repeat.
+calls, so exactly once rests on two things: the outbox never sends an item twice at once,
+and an attempt that may have reached Leat (read timeout, reset after sending, a crash while
+SENDING: the item is `ambiguous`) is settled by asking Leat before, or by reading its answer
+to, the repeat.
 
 Verb by verb (args as stored; uuids are Leat's):
 
