@@ -49,7 +49,7 @@ Verb by verb (args as stored; uuids are Leat's):
   opposite amount means ours was reversed: done, nothing is sent; none after ours means send;
   another one after ours means Leat will refuse it (55025), which is then final. Ours not in
   the list (or Leat's list answers without uuids) cannot tell: a repeat refused then is kept,
-  with the alert. The hash and card are the stored args or read from the transaction.
+  with the alert. The card is the transaction's (else the stored arg), its hash read from it.
 - `prepaid.reverse` {transaction_uuid, contact_uuid?}: `POST /prepaid-transactions/{uuid}/
   reverse`, whose answer carries the balance after. When ambiguous, the contact's newest
   transactions (`GET /prepaid-transactions?contact_uuid=`, newest first, up to 90; without
@@ -314,7 +314,7 @@ def _giftcard_reversed(client: LeatClient, args: Mapping[str, Any]) -> bool | No
     with read_only():
         tx = client.get_giftcard_transaction(args["transaction_uuid"])
         card = tx.giftcard_uuid or args.get("giftcard_uuid")
-        hash_ = args.get("hash") or (client.get_giftcard(card).hash if card else None)
+        hash_ = client.get_giftcard(card).hash if card else args.get("hash")
         if not hash_:
             return None
         since = None if tx.created_at is None else tx.created_at - timedelta(

@@ -122,6 +122,16 @@ def test_giftcard_reverse_of_a_non_last_transaction_is_refused_on_arrival(
         assert outbox.find(Kind.COMMAND, "gr-old") is None  # nothing stored
     assert reverse_calls(sandbox, first) == 0
     assert leat.get_giftcard(CARD).amount_in_cents == CARD_BALANCE - 800
+    # a card or hash that is not the transaction's is refused, not stored
+    other = "9c9c9c9c-0000-4f00-8000-000000000006"
+    wrong = pos.send("giftcard.reverse", request_id="gr-wrong", transaction_uuid=first,
+                     giftcard_uuid=other)
+    assert wrong["error"]["code"] == "invalid_request"
+    last = leat.list_giftcard_transactions(giftcard_hash=CARD_HASH, per_page=1)[0].uuid
+    assert last is not None
+    wrong = pos.send("giftcard.reverse", request_id="gr-hash", transaction_uuid=last,
+                     hash="2026112200017")
+    assert wrong["error"]["code"] == "invalid_request"
     # a transaction Leat does not know is refused with Leat's own code
     unknown = pos.send("giftcard.reverse", request_id="gr-unknown",
                        transaction_uuid="00000000-0000-4000-8000-000000000000")

@@ -3,11 +3,12 @@
 Leat reverses only a giftcard's LAST transaction (error 55025). A `giftcard.reverse` that
 Leat would refuse is refused at once, `not_last_transaction`, so the till learns it while
 the customer is still there, instead of from a `failed` event later: the transaction
-(`GET /giftcard-transactions/{uuid}`: its card), the card (its hash, unless given) and the
-card's newest transaction (`GET /giftcard-transactions?giftcard_hash=&sort=-created_at
-&perPage=1`). Nothing found is added to the stored command: a repeat of the request_id
-must store the same body (another one is a `conflict`), and a repeat is not checked again
-(after the reversal, the reversal itself is the card's last transaction).
+(`GET /giftcard-transactions/{uuid}`: its card), the card (its hash; a hash the POS gave
+must be that card's) and the card's newest transaction (`GET /giftcard-transactions?
+giftcard_hash=&sort=-created_at&perPage=1`). Nothing found is added to the stored
+command: a repeat of the request_id must store the same body (another one is a
+`conflict`), and a repeat is not checked again (after the reversal, the reversal itself is
+the card's last transaction).
 
 Leat unreachable, or slower than the command deadline: the reversal is accepted as it is (it
 is durable) and Leat decides when it is sent; a transaction slipping in before then makes the
@@ -28,7 +29,7 @@ from concurrent.futures import Executor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
-from appliance.errors import LeatUnavailable
+from appliance.errors import LeatRejected, LeatUnavailable
 from appliance.pos.errors import RequestError
 
 if TYPE_CHECKING:
@@ -61,16 +62,29 @@ def _check_giftcard(client: LeatClient, args: Mapping[str, Any]) -> None:
         raise RequestError("invalid_request", "giftcard_uuid: the transaction belongs to "
                            "another giftcard")
     card = tx.giftcard_uuid or given
-    hash_ = args.get("hash") or (client.get_giftcard(card).hash if card else None)
+    hash_ = _card_hash(client, card, args.get("hash"))
     if not hash_:
         return
     newest = client.list_giftcard_transactions(giftcard_hash=hash_, newest_first=True,
                                                per_page=1)
-    if newest and card and newest[0].giftcard_uuid not in (None, card):
-        raise RequestError("invalid_request", "hash: not the transaction's giftcard")
     if newest and newest[0].uuid is not None and newest[0].uuid != uuid:
         raise RequestError(
             "not_last_transaction",
             "Leat reverses only a giftcard's last transaction, and the card has a newer one "
             "(or this one was reversed already): nothing was stored",
         )
+
+
+def _card_hash(client: LeatClient, card: str | None, given: str | None) -> str | None:
+    """The card's hash, for listing its transactions: read from the card, and a hash the POS
+    gave checked against it (another card's hash would list another card's transactions)."""
+    if given:
+        try:
+            found = client.find_giftcard(given)
+        except LeatRejected as exc:
+            raise RequestError("invalid_request", f"hash: Leat knows no such giftcard "
+                               f"({exc.code})") from None
+        if card and found.uuid != card:
+            raise RequestError("invalid_request", "hash: not the transaction's giftcard")
+        return given
+    return client.get_giftcard(card).hash if card else None
