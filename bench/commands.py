@@ -6,7 +6,9 @@ adds latency L to every call. A paho MQTT v5 client (the POS) publishes each req
 QoS 1 with a response topic and correlation data, one at a time, and times its reply (and,
 for an order, its `events/order` outcome, the part that calls Leat). In the same run the
 same Leat calls are made directly with `LeatClient` against the same sandbox ("bare"),
-so the figures show what the device adds on top of Leat.
+so the figures show what the device adds on top of Leat. Money (issue 9): `prepaid.pay`
+(one call), `giftcard.pay` (the payment, then the card read back), and the time the
+device's reconciler takes to settle an ambiguous pay (Leat's answer lost) at the same L.
 
     .venv/bin/python bench/commands.py [--latency-ms 50] [--runs 40]
 """
@@ -173,6 +175,17 @@ SAM: Final = "c0a80101-1a2b-4c3d-8e4f-000000000002"  # holds the bench's collect
 COFFEE: Final = "e1d2c3b4-0000-4a00-9000-000000000011"  # a reward of 50 points
 CROISSANT: Final = "e1d2c3b4-0000-4a00-9000-000000000012"  # pre-redeemable
 SPRING: Final = "b0b0b0b0-0000-4c00-8000-000000000001"  # a promotion
+PROGRAM: Final = "f0f0f0f0-0000-4e00-8000-000000000001"  # the seed's giftcard program
+PAY_CENTS: Final = 100
+
+
+def giftcard_uuid(side: str) -> str:
+    """The bench's giftcard of each side (dev, bare, rec: the reconciler's own)."""
+    return f"be0c0002-0000-4000-{ {'dev': 8, 'bare': 9, 'rec': 'a'}[side]}000-000000000001"
+
+
+def giftcard_hash(side: str) -> str:
+    return f"BENCH-GC-{side.upper()}"
 
 
 def voucher_code(side: str, n: int) -> str:
@@ -194,8 +207,17 @@ def bench_seed(runs: int) -> dict[str, Any]:
     not the bench's hundreds of croissants."""
     seed = json.loads((ROOT / "appliance" / "sandbox" / "seed.json").read_text("utf-8"))
     for contact in seed["contacts"]:
+        if contact["uuid"] in (JANE, SAM):  # Sam's: the reconciler's own
+            contact["prepaid_balance_in_cents"] = 10_000_000
         if contact["uuid"] == JANE:
             contact["credit_balance"] = 1_000_000
+    for program in seed["giftcard_programs"]:
+        program["max_amount_in_cents"] = 10_000_000
+    for side, gid in (("dev", 91001), ("bare", 91002), ("rec", 91003)):
+        seed["giftcards"].append({
+            "id": gid, "uuid": giftcard_uuid(side), "hash": giftcard_hash(side),
+            "type": "DIGITAL", "active": True, "upgradeable": True,
+            "amount_in_cents": 5_000_000, "expiration_date": None, "program": PROGRAM})
     next_id = max(v["id"] for v in seed["vouchers"]) + 1
     for side in ("dev", "bare"):
         for n in range(runs):
@@ -311,6 +333,77 @@ CASES: list[Case] = [
 ]
 
 
+CASES += [
+    Case(
+        "prepaid.pay", "prepaid.pay (contact uuid)",
+        lambda n, ctx: {"request_id": _rid("prepaid", n, ctx), "contact_uuid": ctx.contact_uuid,
+                        "amount_in_cents": PAY_CENTS},
+        lambda leat, n, ctx: leat.create_prepaid_transaction(
+            amount_in_cents=-PAY_CENTS, contact_uuid=ctx.contact_uuid),
+        calls=1,
+    ),
+    Case(
+        "giftcard.pay", "giftcard.pay (uuid; pay, read balance)",
+        lambda n, ctx: {"request_id": _rid("giftcard", n, ctx),
+                        "giftcard_uuid": giftcard_uuid("dev"), "amount_in_cents": PAY_CENTS},
+        lambda leat, n, ctx: (leat.create_giftcard_transaction(
+            giftcard_uuid=giftcard_uuid("bare"), amount_in_cents=-PAY_CENTS),
+            leat.get_giftcard(giftcard_uuid("bare"))),
+        calls=2,
+    ),
+]
+
+
+def reconcile_times(leat: LeatClient, work: Path, ctx: Context, runs: int
+                    ) -> list[tuple[str, list[float], int]]:
+    """The device's reconcilers (`pos/money.py`) timed at latency L, each after a payment
+    made directly whose answer it is told was lost: (label, seconds, Leat calls). Sam's
+    balance and a card of its own, so no payment of the verbs above is a candidate."""
+    from datetime import UTC, datetime
+
+    from appliance.pos import money
+    from appliance.pos.ledger import Ledger
+    from appliance.pos.verbs import Context as VerbContext
+    from appliance.resolve import Resolver
+
+    def no_outbox() -> Any:
+        raise RuntimeError("the money reconcilers use no outbox")
+
+    path = work / "reconcile.sqlite3"
+    Ledger.prepare(path)
+    ledger = Ledger(path)
+    resolver = Resolver(leat, shop_uuid=DEMO_SHOP_UUID, deadline_s=5.0)
+    cases: list[tuple[str, dict[str, Any], Callable[[], object], int]] = [
+        ("prepaid.pay", {"contact_uuid": SAM, "amount_in_cents": PAY_CENTS},
+         lambda: leat.create_prepaid_transaction(amount_in_cents=-PAY_CENTS,
+                                                 contact_uuid=SAM), 1),
+        ("giftcard.pay", {"giftcard_uuid": giftcard_uuid("rec"), "amount_in_cents": PAY_CENTS},
+         lambda: leat.create_giftcard_transaction(giftcard_uuid=giftcard_uuid("rec"),
+                                                  amount_in_cents=-PAY_CENTS), 3),
+    ]
+    results = []
+    try:
+        for verb, args, paid, calls in cases:
+            seconds = []
+            for n in range(runs):
+                started = datetime.now(UTC)
+                paid()
+                vctx = VerbContext(leat, resolver, ledger, no_outbox, started)
+                start = time.perf_counter()
+                data = money.RECONCILERS[verb](vctx, args)
+                elapsed = time.perf_counter() - start
+                # the next payment must not find this one: record it as this request's
+                ledger.begin(f"{ctx.run}-rec-{verb}-{n}", verb, args, None)
+                ledger.finish(f"{ctx.run}-rec-{verb}-{n}",
+                              {"status": "ok", "data": data, "request_id": "x"})
+                if n >= 3:
+                    seconds.append(elapsed)
+            results.append((f"{verb}: reconcile a lost answer", seconds, calls))
+    finally:
+        ledger.close()
+    return results
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -383,6 +476,9 @@ def main() -> None:
                     verdicts.append(f"{case.label}: p50 {measured:.1f} ms <= "
                                     f"{case.calls} x L + 10 = {target:.0f} ms: "
                                     f"{'met' if measured <= target else 'NOT met'}")
+                if verbs & {"prepaid.pay", "giftcard.pay"}:
+                    for label, seconds, calls in reconcile_times(leat, work, ctx, runs):
+                        rows.append(row(f"{label} ({calls} Leat call(s))", seconds))
             finally:
                 leat.close()
                 pos.close()

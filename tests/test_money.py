@@ -9,6 +9,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,11 @@ from fakes import SHOP
 from test_commands import JANE, SAM, Device
 
 from appliance import contract
+from appliance.outbox import Outbox
+from appliance.pos import money
+from appliance.pos.ledger import Ledger
+from appliance.pos.verbs import CannotTell, Context, NotApplied
+from appliance.resolve import Resolver
 from appliance.sandbox.seed import BUNDLED_SEED
 from appliance.sandbox.server import LeatSandbox
 
@@ -335,8 +341,81 @@ def test_giftcard_pay_bounds_its_input(device: Device, body: dict[str, Any]) -> 
 
 
 def test_prepaid_needs_exactly_one_of_contact_and_card(device: Device) -> None:
-    for who in ({}, {"contact_uuid": JANE, "identifier": JANE_CARD}):
+    neither: dict[str, Any] = {}
+    for who in (neither, {"contact_uuid": JANE, "identifier": JANE_CARD}):
         reply = device.send("prepaid.pay", bad=True, request_id="x", amount_in_cents=1, **who)
         assert reply["error"]["code"] == "invalid_request"
     assert prepaid_txs(device) == []
 
+
+
+def test_money_calls_the_device_stopped_during_are_settled_at_the_next_start(
+    sandbox: LeatSandbox, tmp_path: Path
+) -> None:
+    """The device died after recording two payments as running: Leat booked the giftcard
+    one, never saw the prepaid one. At the next start both are settled from Leat's lists and
+    published; neither is sent again."""
+    first = Device(sandbox, tmp_path / "state")
+    try:
+        paid = first.client.create_giftcard_transaction(giftcard_uuid=GIFTCARD,
+                                                        amount_in_cents=-900)
+        ledger = Ledger(tmp_path / "state" / "commands.sqlite3")
+        body = pay("g-crash", 900)
+        ledger.begin("g-crash", "giftcard.pay", {k: v for k, v in body.items()
+                                                 if k != "request_id"}, "tx-g-crash")
+        ledger.begin("p-crash", "prepaid.pay", {"contact_uuid": JANE, "amount_in_cents": 300},
+                     None)
+        ledger.close()
+    finally:
+        first.close()
+    second = Device(sandbox, tmp_path / "state")
+    try:
+        second.intake.start()  # resumes what the ledger left unsettled
+        events = {e["request_id"]: e for e in second.events.wait(2)}
+        assert events["g-crash"]["status"] == "ok"
+        assert events["g-crash"]["data"]["uuid"] == paid.uuid
+        assert events["g-crash"]["data"]["balance_in_cents"] == 1600
+        assert events["p-crash"]["status"] == "failed"
+        assert events["p-crash"]["error"]["code"] == "not_applied"
+        for event in events.values():
+            contract.validate("command_event", event)
+        assert card_txs(second) == [-900] and prepaid_txs(second) == []
+        assert posts(second, "/giftcard-transactions") == 1  # the one made before the crash
+    finally:
+        second.intake.stop()
+        second.close()
+
+
+def test_a_listed_transaction_without_uuid_is_never_taken_for_not_applied(
+    sandbox: LeatSandbox, tmp_path: Path
+) -> None:
+    """Leat's list example shows items with `uuid: null`: such a match is a transaction that
+    happened, so the reconciler says cannot_tell (never not_applied, never a guess)."""
+    dev = Device(sandbox, tmp_path / "state")
+    try:
+        item: dict[str, Any] = {"id": 7, "uuid": None, "amount_in_cents": -800, "type": "STANDARD",
+                "settled": False, "card": {"id": 41651, "uuid": None},
+                "shop": {"id": 1, "uuid": SHOP, "name": "Demo Coffee Bar"},
+                "settlements": [], "created_at": datetime.now(UTC).isoformat()}
+        sandbox.faults.set(status=200, body={"data": [item], "meta": {
+            "page": 1, "limit": 100, "viewing_from": 1, "viewing_to": 1, "last_page": 1,
+            "total": 1}}, only_paths=("/giftcard-transactions",))
+        ctx = Context(dev.client, Resolver(dev.client, shop_uuid=SHOP),
+                      Ledger(tmp_path / "state" / "commands.sqlite3"), _no_outbox,
+                      datetime.now(UTC))
+        with pytest.raises(CannotTell) as unsure:
+            money.reconcile_giftcard_pay(ctx, {"giftcard_uuid": GIFTCARD,
+                                               "amount_in_cents": 800})
+        assert unsure.value.candidates == [] and unsure.value.unnamed == 1
+        sandbox.faults.set(status=200, body={"data": [], "meta": {}},
+                           only_paths=("/giftcard-transactions",))
+        with pytest.raises(NotApplied):
+            money.reconcile_giftcard_pay(ctx, {"giftcard_uuid": GIFTCARD,
+                                               "amount_in_cents": 800})
+        ctx.ledger.close()
+    finally:
+        dev.close()
+
+
+def _no_outbox() -> Outbox:
+    raise AssertionError("the money reconcilers use no outbox")

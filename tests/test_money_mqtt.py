@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from broker import Mosquitto, Subscriber
+from fakes import SHOP
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from test_commands import JANE, SHOP
+from test_commands import JANE
 
 from appliance import contract
 from appliance.bus import MqttBus
