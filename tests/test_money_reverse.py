@@ -213,6 +213,9 @@ def test_prepaid_reverse_gives_the_payment_back_once_with_the_balance_after(
     pos.send("prepaid.reverse", request_id="pr-2", transaction_uuid=tx)
     failed = pos.outcome("pr-2")
     assert failed["status"] == "failed" and failed["error"]["leat_code"] == 1003
+    pos.send("prepaid.reverse", request_id="pr-2", transaction_uuid=tx)  # asked again
+    again = outcomes(pos, "pr-2", 2)[1]
+    assert (again["status"], again["error"]) == ("failed", failed["error"])
     assert prepaid_txs(leat) == [-650, 650]
     assert leat.get_prepaid_balance(JANE) == JANE_PREPAID
 
