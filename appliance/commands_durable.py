@@ -320,18 +320,28 @@ def _giftcard_reversed(client: LeatClient, args: Mapping[str, Any]) -> bool | No
         since = None if tx.created_at is None else tx.created_at - timedelta(
             seconds=CLOCK_SKEW_S)
         listed: list[Any] = []
+        complete = False
         for page in range(1, MAX_TX_PAGES + 1):
             items = client.list_giftcard_transactions(
                 giftcard_hash=hash_, created_after=since, newest_first=False, page=page)
             listed += items
             if len(items) < MAX_TX_PAGE:
+                complete = True
                 break
-    at = next((i for i, t in enumerate(listed) if t.uuid == tx.uuid), None)
+    at = next((i for i, t in enumerate(listed) if same_giftcard_tx(t, tx)), None)
     if at is None:
         return None
     if at + 1 == len(listed):
-        return False
+        return False if complete else None
     return bool(listed[at + 1].amount_in_cents == -tx.amount_in_cents)
+
+
+def same_giftcard_tx(listed: Any, tx: Any) -> bool:
+    """Whether a listed giftcard transaction is `tx`: by uuid, or by Leat's id where the list
+    shows `uuid: null` (Leat's own List example does)."""
+    if listed.uuid is not None and tx.uuid is not None:
+        return bool(listed.uuid == tx.uuid)
+    return listed.id is not None and listed.id == tx.id
 
 
 def _prepaid_reversed(client: LeatClient, args: Mapping[str, Any]) -> bool | None:
@@ -470,4 +480,4 @@ def read_only() -> Iterator[None]:
 
 
 __all__ = ["GIVE_BACK_VERBS", "SCHEMA", "Unexplained", "execute", "finished_event", "read_only",
-           "validate_args"]
+           "same_giftcard_tx", "validate_args"]

@@ -21,7 +21,9 @@ from test_counter_flows import JANE, Pos, running_device
 from test_daemon import BASE
 
 from appliance import contract
+from appliance.commands_durable import same_giftcard_tx
 from appliance.leat.client import LeatClient
+from appliance.leat.models import GiftcardTransaction, ListedGiftcardTransaction
 from appliance.outbox import Kind, Outbox
 from appliance.samples import DEMO_SHOP_UUID
 from appliance.sandbox.server import LeatSandbox
@@ -272,3 +274,20 @@ def test_prepaid_reverse_of_this_devices_payment_needs_only_its_uuid(
         "ok", True, JANE)
     assert event["data"]["balance_in_cents"] == JANE_PREPAID
     assert prepaid_txs(leat) == [-420, 420]
+
+
+def test_a_listed_giftcard_transaction_without_uuid_is_matched_by_leats_id() -> None:
+    # Leat's own List Giftcard Transactions example shows `uuid: null` on every item
+    tx = GiftcardTransaction(uuid="t-1", amount_in_cents=-500, giftcard_uuid=CARD,
+                             shop_uuid=None, type="STANDARD", created_at=None, id=2271)
+
+    def listed(uuid: str | None, id_: int | None) -> ListedGiftcardTransaction:
+        return ListedGiftcardTransaction(id=id_, uuid=uuid, amount_in_cents=-500,
+                                         giftcard_uuid=None, shop_uuid=None, settled=False,
+                                         created_at=None)
+
+    assert same_giftcard_tx(listed(None, 2271), tx)
+    assert same_giftcard_tx(listed("t-1", None), tx)
+    assert not same_giftcard_tx(listed(None, 2272), tx)
+    assert not same_giftcard_tx(listed("t-2", 2271), tx)  # a uuid on both decides
+    assert not same_giftcard_tx(listed(None, None), tx)

@@ -626,6 +626,7 @@ class GiftcardTransaction:
     shop_uuid: str | None
     type: str | None
     created_at: datetime | None
+    id: int | None = None  # Leat's list items may show `uuid: null`, never a null id
 
     @classmethod
     def parse(cls, f: Fields) -> GiftcardTransaction:
@@ -639,6 +640,7 @@ class GiftcardTransaction:
             shop_uuid=shop.opt_str("uuid") if shop else None,
             type=f.opt_str("type"),
             created_at=f.opt_datetime("created_at"),
+            id=f.opt_int("id"),
         )
 
 

@@ -13,8 +13,8 @@ the card's last transaction).
 Leat unreachable, or slower than the command deadline: the reversal is accepted as it is (it
 is durable) and Leat decides when it is sent; a transaction slipping in before then makes the
 final outcome `failed` with Leat's 55025. A transaction Leat does not know is refused with
-Leat's code (`leat_rejected`): it can never be reversed. An item of Leat's list without a
-uuid cannot be compared: accepted.
+Leat's code (`leat_rejected`): it can never be reversed. An item of Leat's list is
+compared by uuid, or by Leat's id where the list shows `uuid: null`.
 
 `prepaid.reverse` has nothing to check (any prepaid transaction can be reversed); its
 contact, which settles a lost answer, is filled from the ledger by `verbs.give_back_args`.
@@ -29,6 +29,7 @@ from concurrent.futures import Executor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
+from appliance.commands_durable import same_giftcard_tx
 from appliance.errors import LeatRejected, LeatUnavailable
 from appliance.pos.errors import RequestError
 
@@ -67,7 +68,8 @@ def _check_giftcard(client: LeatClient, args: Mapping[str, Any]) -> None:
         return
     newest = client.list_giftcard_transactions(giftcard_hash=hash_, newest_first=True,
                                                per_page=1)
-    if newest and newest[0].uuid is not None and newest[0].uuid != uuid:
+    if newest and (newest[0].uuid is not None or newest[0].id is not None) and not (
+            same_giftcard_tx(newest[0], tx)):
         raise RequestError(
             "not_last_transaction",
             "Leat reverses only a giftcard's last transaction, and the card has a newer one "
