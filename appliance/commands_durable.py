@@ -1,13 +1,14 @@
 """Give-back POS commands: run once through the durable outbox, whatever happens on the way.
 
 A give-back command hands value back to the customer (points, a collectable reward, a
-voucher), so it must happen eventually: the POS request layer stores it as an outbox item
-of kind COMMAND (key: the POS's `request_id`, body `{"verb", "args"}`), answers `accepted`,
-and the forwarder calls `execute()` until Leat has it; the final outcome goes out on
-`events/command`. Leat documents no idempotency key for these calls, so exactly once rests
-on two things: the outbox never sends an item twice at once, and an attempt that may have
-reached Leat (read timeout, reset after sending, a crash while SENDING: the item is
-`ambiguous`) is settled by asking Leat before, or by reading its answer to, the repeat.
+voucher, giftcard or prepaid money), so it must happen eventually: the POS request layer
+stores it as an outbox item of kind COMMAND (key: the POS's `request_id`, body `{"verb",
+"args"}`), answers `accepted`, and the forwarder calls `execute()` until Leat has it; the
+final outcome goes out on `events/command`. Leat documents no idempotency key for these
+calls, so exactly once rests on two things: the outbox never sends an item twice at once,
+and an attempt that may have reached Leat (read timeout, reset after sending, a crash while
+SENDING: the item is `ambiguous`) is settled by asking Leat before, or by reading its answer
+to, the repeat.
 
 Verb by verb (args as stored; uuids are Leat's):
 
@@ -38,6 +39,27 @@ Verb by verb (args as stored; uuids are Leat's):
   By voucher uuid alone a REDEEMED voucher is sent again (Leat cannot say whose
   redemption it reverses: pass the redemption uuid).
 
+- `giftcard.reverse` {transaction_uuid, giftcard_uuid?, hash?}:
+  `POST /giftcard-transactions/{uuid}/reverse`; the balance after is read back from the card
+  (`GET /giftcards/{uuid}`: Leat's answer has none). Leat reverses only a card's LAST
+  transaction (55025), by booking a new one "for the negative amount" (Leat's docs; R1 in
+  docs/leat-assumptions.md), which then is the last:
+  so when ambiguous, the card's transactions since ours (`GET /giftcard-transactions?
+  giftcard_hash=&sort=created_at&created_at[gte]=`) tell: the one right after ours is of the
+  opposite amount means ours was reversed: done, nothing is sent; none after ours means send;
+  another one after ours means Leat will refuse it (55025), which is then final. Ours not in
+  the list (or Leat's list answers without uuids) cannot tell: a repeat refused then is kept,
+  with the alert. The card is the transaction's (else the stored arg), its hash read from it.
+- `prepaid.reverse` {transaction_uuid, contact_uuid?}: `POST /prepaid-transactions/{uuid}/
+  reverse`, whose answer carries the balance after. When ambiguous, the contact's newest
+  transactions (`GET /prepaid-transactions?contact_uuid=`, newest first, up to 90; without
+  the contact, this shop's, whose items name their contact) tell: a transaction of the
+  opposite amount for the same contact, newer than ours, means ours was reversed: done
+  (Leat's docs: a reversal is a new transaction "for the negative amount"; a top-up of
+  exactly that amount between the attempt and the check is taken for it: R2); none means
+  send. Ours not among them: cannot tell, a repeat refused then (1003 in the
+  sandbox for a reversed one) is kept, with the alert.
+
 A refusal of an attempt that never reached Leat before is final: DEAD with Leat's code and
 message (not found, wrong release key, ...). A read that Leat refuses decides nothing (the
 command is not failed by a check), and a read that fails after the command is found done
@@ -49,15 +71,22 @@ from __future__ import annotations
 
 import contextlib
 import re
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from appliance.errors import LeatError, LeatRejected, LeatUnavailable
+from appliance.leat.client import MAX_GIFTCARD_TXS_PAGE as MAX_TX_PAGE
+from appliance.leat.client import MAX_PREPAID_TXS_PAGE as MAX_PREPAID_PAGE
 from appliance.leat.client import LeatClient
+from appliance.leat.models import PrepaidTransaction
+from appliance.outbox import Item, Kind, State
 
 GIVE_BACK_VERBS: Final = frozenset(
-    {"reward.reverse", "reward.collect_reverse", "voucher.release", "voucher.reverse"}
+    {"reward.reverse", "reward.collect_reverse", "voucher.release", "voucher.reverse",
+     "giftcard.reverse", "prepaid.reverse"}
 )
 SCHEMA: Final = "leat-scanner/command/1"
 MAX_ARG_LENGTH: Final = 255
@@ -76,7 +105,11 @@ _ARGS: Final[Mapping[str, tuple[frozenset[str], frozenset[str]]]] = {
     ),
     "voucher.release": (frozenset({"voucher_uuid", "release_key"}), frozenset({"code"})),
     "voucher.reverse": (frozenset(), frozenset({"redemption_uuid", "voucher_uuid", "code"})),
+    "giftcard.reverse": (frozenset({"transaction_uuid"}), frozenset({"giftcard_uuid", "hash"})),
+    "prepaid.reverse": (frozenset({"transaction_uuid"}), frozenset({"contact_uuid"})),
 }
+CLOCK_SKEW_S: Final = 5.0  # Leat's clock against the transaction's own time, for "since"
+MAX_TX_PAGES: Final = 3  # of a card's or contact's transactions searched when ambiguous
 
 
 class Unexplained(Exception):
@@ -191,11 +224,38 @@ def _voucher_reverse(client: LeatClient, args: Mapping[str, Any]) -> dict[str, A
             "status": voucher.status if voucher else None}
 
 
+def _giftcard_reverse(client: LeatClient, args: Mapping[str, Any]) -> dict[str, Any]:
+    back = client.reverse_giftcard_transaction(args["transaction_uuid"])
+    card = back.giftcard_uuid or args.get("giftcard_uuid")
+    return {"transaction_uuid": args["transaction_uuid"], "reversal_uuid": back.uuid,
+            "amount_in_cents": back.amount_in_cents, "giftcard_uuid": card,
+            "balance_in_cents": _card_balance(client, card)}
+
+
+def _prepaid_reverse(client: LeatClient, args: Mapping[str, Any]) -> dict[str, Any]:
+    back = client.reverse_prepaid_transaction(args["transaction_uuid"])
+    return {"transaction_uuid": args["transaction_uuid"], "reversal_uuid": back.uuid,
+            "amount_in_cents": back.amount_in_cents, "contact_uuid": args.get("contact_uuid"),
+            "balance_in_cents": back.balance_after_cents}
+
+
+def _card_balance(client: LeatClient, card: str | None) -> int | None:
+    """The card's balance now (Leat's transaction answers carry none); None if unreadable:
+    the reversal happened either way."""
+    if not card:
+        return None
+    with contextlib.suppress(LeatError):
+        return client.get_giftcard(card).amount_in_cents
+    return None
+
+
 _SEND: Final[Mapping[str, Callable[[LeatClient, Mapping[str, Any]], dict[str, Any]]]] = {
     "reward.reverse": _reward_reverse,
     "reward.collect_reverse": _collect_reverse,
     "voucher.release": _release,
     "voucher.reverse": _voucher_reverse,
+    "giftcard.reverse": _giftcard_reverse,
+    "prepaid.reverse": _prepaid_reverse,
 }
 
 
@@ -247,11 +307,86 @@ def _unredeemed(client: LeatClient, args: Mapping[str, Any]) -> bool | None:
     return None if args.get("redemption_uuid") else False
 
 
+def _giftcard_reversed(client: LeatClient, args: Mapping[str, Any]) -> bool | None:
+    """True: the card's transaction right after ours is of the opposite amount (Leat's
+    reversal: only the last can be reversed, so it follows ours at once); False: none after
+    ours, or another one (Leat will refuse: 55025); None: ours is not found in the list."""
+    with read_only():
+        tx = client.get_giftcard_transaction(args["transaction_uuid"])
+        card = tx.giftcard_uuid or args.get("giftcard_uuid")
+        hash_ = client.get_giftcard(card).hash if card else args.get("hash")
+        if not hash_:
+            return None
+        since = None if tx.created_at is None else tx.created_at - timedelta(
+            seconds=CLOCK_SKEW_S)
+        listed: list[Any] = []
+        complete = False
+        for page in range(1, MAX_TX_PAGES + 1):
+            items = client.list_giftcard_transactions(
+                giftcard_hash=hash_, created_after=since, newest_first=False, page=page)
+            listed += items
+            if len(items) < MAX_TX_PAGE:
+                complete = True
+                break
+    at = next((i for i, t in enumerate(listed) if same_giftcard_tx(t, tx)), None)
+    if at is None:
+        return None
+    if at + 1 == len(listed):
+        return False if complete else None
+    return bool(listed[at + 1].amount_in_cents == -tx.amount_in_cents)
+
+
+def same_giftcard_tx(listed: Any, tx: Any) -> bool:
+    """Whether a listed giftcard transaction is `tx`: by uuid, or by Leat's id where the list
+    shows `uuid: null` (Leat's own List example does)."""
+    if listed.uuid is not None and tx.uuid is not None:
+        return bool(listed.uuid == tx.uuid)
+    return listed.id is not None and listed.id == tx.id
+
+
+def _prepaid_reversed(client: LeatClient, args: Mapping[str, Any]) -> bool | None:
+    """True: a transaction of the opposite amount for the same contact is newer than ours;
+    False: none is; None: ours is not among the newest listed."""
+    found = _prepaid_find(client, args)
+    if found is None:
+        return None
+    ours, newer = found
+    return any(t.amount_in_cents == -ours.amount_in_cents for t in newer)
+
+
+def _prepaid_find(
+    client: LeatClient, args: Mapping[str, Any]
+) -> tuple[PrepaidTransaction, list[PrepaidTransaction]] | None:
+    """Our transaction and the same contact's newer ones, newest first: listed by the contact
+    when known, else by this shop (a reversal is booked "with the same data as initially
+    used", so at the same shop; each list item names its contact). None: not found."""
+    contact = args.get("contact_uuid")
+    shop = None if contact else client.shop_uuid
+    if not contact and not shop:
+        return None
+    newer: list[PrepaidTransaction] = []
+    with read_only():
+        for page in range(1, MAX_TX_PAGES + 1):
+            items = client.list_prepaid_transactions(contact_uuid=contact, shop_uuid=shop,
+                                                     page=page)
+            for item in items:
+                if item.uuid == args["transaction_uuid"]:
+                    owner = contact or item.contact_uuid
+                    return item, [t for t in newer if contact or (
+                        owner is not None and t.contact_uuid == owner)]
+                newer.append(item)
+            if len(items) < MAX_PREPAID_PAGE:
+                break
+    return None
+
+
 _SETTLED: Final[Mapping[str, Callable[[LeatClient, Mapping[str, Any]], bool | None]]] = {
     "reward.reverse": _unknown,
     "reward.collect_reverse": _collect_reversed,
     "voucher.release": _released,
     "voucher.reverse": _unredeemed,
+    "giftcard.reverse": _giftcard_reversed,
+    "prepaid.reverse": _prepaid_reversed,
 }
 
 
@@ -268,6 +403,8 @@ def _done(client: LeatClient, verb: str, args: Mapping[str, Any]) -> dict[str, A
                 "credits": None, "new_balance": balance}
     if verb == "reward.collect_reverse":
         return {"redemption_uuid": args["redemption_uuid"], "status": "REVERSED"}
+    if verb in ("giftcard.reverse", "prepaid.reverse"):
+        return _money_done(client, verb, args)
     status = None
     with contextlib.suppress(LeatError):  # done either way; the status is extra
         status = _voucher_status(client, args)
@@ -276,6 +413,59 @@ def _done(client: LeatClient, verb: str, args: Mapping[str, Any]) -> dict[str, A
     return {"voucher_uuid": args.get("voucher_uuid"),
             "reversed_uuid": args.get("redemption_uuid") or args.get("voucher_uuid"),
             "status": status}
+
+
+def _money_done(client: LeatClient, verb: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """A money reversal found done: the amount given back and the balance now, as far as
+    Leat can still be read (the reversal's own uuid is not known: null)."""
+    amount = balance = None
+    if verb == "giftcard.reverse":
+        card = args.get("giftcard_uuid")
+        with contextlib.suppress(LeatError):
+            tx = client.get_giftcard_transaction(args["transaction_uuid"])
+            amount, card = -tx.amount_in_cents, tx.giftcard_uuid or card
+        return {"transaction_uuid": args["transaction_uuid"], "reversal_uuid": None,
+                "amount_in_cents": amount, "giftcard_uuid": card,
+                "balance_in_cents": _card_balance(client, card)}
+    contact = args.get("contact_uuid")
+    if not contact:
+        with contextlib.suppress(LeatError):
+            found = _prepaid_find(client, args)
+            contact = found[0].contact_uuid if found else None
+            amount = -found[0].amount_in_cents if found else None
+    if contact:
+        with contextlib.suppress(LeatError):
+            balance = client.get_prepaid_balance(contact)
+    return {"transaction_uuid": args["transaction_uuid"], "reversal_uuid": None,
+            "amount_in_cents": amount, "contact_uuid": contact, "balance_in_cents": balance}
+
+
+def finished_event(item: Item, device_id: str) -> dict[str, Any] | None:
+    """The `events/command` outcome of a finished give-back item, published again when its
+    request_id is sent again (an event lost with a crash between recording the outcome and
+    publishing it would otherwise never reach the POS); None while it is not finished."""
+    if item.kind is not Kind.COMMAND or item.state not in (State.DELIVERED, State.DEAD):
+        return None
+    verb = item.body.get("verb")
+    error = None
+    if item.state is State.DEAD:
+        error = ({"code": "invalid_request", "message": item.error_message or "not run"}
+                 if item.error_code is None else
+                 {"code": "leat_rejected", "message": item.error_message or "refused",
+                  "leat_code": item.error_code})
+    data = (item.result or {}).get("data") if error is None else None
+    return {
+        "schema": SCHEMA,
+        "event_id": str(uuid.uuid4()),
+        "device_id": device_id,
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "request_id": item.external_identifier,
+        "verb": verb if isinstance(verb, str) else "",
+        "transaction": item.transaction,
+        "status": "ok" if error is None else "failed",
+        "data": dict(data) if isinstance(data, Mapping) else None,
+        "error": error,
+    }
 
 
 @contextmanager
@@ -289,4 +479,5 @@ def read_only() -> Iterator[None]:
         raise LeatUnavailable(str(exc), exc.retry_after, ambiguous=False) from exc
 
 
-__all__ = ["GIVE_BACK_VERBS", "SCHEMA", "Unexplained", "execute", "read_only", "validate_args"]
+__all__ = ["GIVE_BACK_VERBS", "SCHEMA", "Unexplained", "execute", "finished_event", "read_only",
+           "same_giftcard_tx", "validate_args"]

@@ -8,7 +8,9 @@ generated into a temporary folder and replayed as the camera would deliver them;
 run on gpiozero's mock pins and each signal is printed. A subscriber prints every message as
 a POS would see it, with a readable line for each identification. With the private sandbox a
 demo POS (`DemoPos`) then redeems a reward and a voucher over request/response and sends the
-order with them as linked discounts, printing a receipt line per step.
+order with them as linked discounts, printing a receipt line per step; then it takes a split
+payment (part giftcard, part prepaid), sends that order with both payments, and gives the
+giftcard part back (`giftcard.reverse`, its outcome on events/command).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from appliance.daemon import build
 from appliance.errors import BusError
 from appliance.feedback import Feedback, FeedbackLike, Signal
 from appliance.localbroker import LocalMosquitto
-from appliance.samples import DEMO_ACCOUNT_SECRET, DEMO_SHOP_UUID, write_demo_frames
+from appliance.samples import DEMO_ACCOUNT_SECRET, DEMO_CODES, DEMO_SHOP_UUID, write_demo_frames
 from appliance.sandbox.server import LeatSandbox
 
 DEMO_DEVICE_ID = "demo-counter"
@@ -131,8 +133,10 @@ class Viewer:
         if topic == "events/order":
             self._order_events += 1
             self._out.write(f"   {describe_order(json.loads(text))}\n")
-            if self._order_events >= 2:
+            if self._order_events >= len(DEMO_ORDERS):
                 self.orders_settled.set()
+        if topic == "events/command":
+            self.pos.answered(json.loads(text), event=True)
         retained = " (retained)" if message.retain else ""
         try:
             shown = json.dumps(json.loads(text), ensure_ascii=False)
@@ -152,7 +156,10 @@ class Viewer:
 
 DEMO_ORDER_ID = "demo-order-0001"
 DEMO_ANONYMOUS_ORDER_ID = "demo-order-0002"
+DEMO_SPLIT_ORDER_ID = "demo-order-0003"
+DEMO_ORDERS = (DEMO_ORDER_ID, DEMO_ANONYMOUS_ORDER_ID, DEMO_SPLIT_ORDER_ID)
 FLAT_WHITE, CROISSANT = 350, 250  # prices in cents
+GIFTCARD_PART = 600  # of the split payment's 9.50; the rest from the prepaid balance
 REPLY_TIMEOUT_S = 15.0  # per POS request; a command answers within its 5 s deadline
 
 
@@ -220,11 +227,15 @@ class DemoPos:
         self.failure: str | None = None
         self.steps_ok = 0
 
-    def answered(self, reply: dict[str, Any]) -> None:
-        """A reply arrived (paho's thread): hand it to the step waiting for its request_id."""
+    def answered(self, reply: dict[str, Any], *, event: bool = False) -> None:
+        """A reply (or with `event`, an events/command outcome) arrived (paho's thread): hand
+        it to the step waiting for its request_id."""
         request_id = reply.get("request_id")
+        if not isinstance(request_id, str):
+            return
+        key = f"event:{request_id}" if event else request_id
         with self._lock:
-            waiter = self._waiting.get(request_id) if isinstance(request_id, str) else None
+            waiter = self._waiting.get(key)
         if waiter is not None:
             waiter[1].append(reply)
             waiter[0].set()
@@ -281,6 +292,45 @@ class DemoPos:
                 (voucher["title"], "VOUCHER_REDEMPTION", used["redemption_uuid"] or used["uuid"])]
         self._order(DEMO_ORDER_ID, {"identifier": identification["identifier"]}, free)
         self._order(DEMO_ANONYMOUS_ORDER_ID, None, ())
+        self._split_payment(identification)
+
+    def _split_payment(self, identification: dict[str, Any]) -> None:
+        """A bill paid part with a giftcard, part from the prepaid balance; the order with
+        both payments (`payments[]`: Leat's GIFTCARD_TRANSACTION / PREPAID_TRANSACTION); then
+        the giftcard part given back."""
+        contact = identification["contact"]
+        ext, card = DEMO_SPLIT_ORDER_ID, DEMO_CODES["giftcard"]
+        transaction = f"till-1/{ext}"
+        total = 2 * FLAT_WHITE + CROISSANT
+        prepaid_part = total - GIFTCARD_PART
+        self._out.write(f"-> request/giftcard.pay  {GIFTCARD_PART / 100:.2f} of "
+                        f"{total / 100:.2f} with giftcard {card}\n")
+        gift = self._request("giftcard.pay", f"{ext}-giftcard", transaction,
+                             {"hash": card, "amount_in_cents": GIFTCARD_PART})
+        self._out.write(f"   giftcard paid: -{GIFTCARD_PART / 100:.2f}, balance "
+                        f"{_money(gift['balance_in_cents'])}\n")
+        self._out.write(f"-> request/prepaid.pay  {prepaid_part / 100:.2f} from "
+                        f"{contact['first_name']}'s prepaid balance\n")
+        prepaid = self._request("prepaid.pay", f"{ext}-prepaid", transaction, {
+            "contact_uuid": contact["uuid"], "amount_in_cents": prepaid_part})
+        self._out.write(f"   prepaid paid: -{prepaid_part / 100:.2f}, balance "
+                        f"{_money(prepaid['balance_in_cents'])}\n")
+        order = demo_order(ext)
+        order["payments"] = [
+            {"uuid": gift["transaction_uuid"], "type": "GIFTCARD_TRANSACTION"},
+            {"uuid": prepaid["transaction_uuid"], "type": "PREPAID_TRANSACTION"},
+        ]
+        self._out.write(f"-> request/order.create  {ext} ({identification['identifier']}), "
+                        f"total {total / 100:.2f} paid {GIFTCARD_PART / 100:.2f} giftcard + "
+                        f"{prepaid_part / 100:.2f} prepaid\n")
+        self._request("order.create", ext, transaction,
+                      {"customer": {"identifier": identification["identifier"]},
+                       "order": order})
+        self._out.write("-> request/giftcard.reverse  the giftcard part, refunded\n")
+        back = self._request("giftcard.reverse", f"{ext}-giftcard-back", transaction,
+                             {"transaction_uuid": gift["transaction_uuid"]}, final=True)
+        self._out.write(f"   giftcard part given back: +{_money(back['amount_in_cents'])}, "
+                        f"balance {_money(back['balance_in_cents'])}\n")
 
     def _order(
         self, external_identifier: str, customer: dict[str, str] | None,
@@ -298,21 +348,29 @@ class DemoPos:
                       {"customer": customer, "order": order})
 
     def _request(
-        self, verb: str, request_id: str, transaction: str, args: dict[str, Any]
+        self, verb: str, request_id: str, transaction: str, args: dict[str, Any],
+        *, final: bool = False,
     ) -> dict[str, Any]:
-        """Publish one request and wait for its reply; its `data` when ok."""
-        event = threading.Event()
-        box: list[dict[str, Any]] = []
+        """Publish one request and wait for its reply; its `data` when ok. With `final` (a
+        give-back verb, answered `accepted`) wait for its outcome on events/command too."""
+        keys = [request_id, f"event:{request_id}"] if final else [request_id]
+        waiters: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {
+            key: (threading.Event(), []) for key in keys}
         with self._lock:
-            self._waiting[request_id] = (event, box)
+            self._waiting.update(waiters)
         try:
             self._send(verb, {"request_id": request_id, "transaction": transaction, **args})
-            if not event.wait(self._timeout):
-                raise StepFailed(f"{verb}: no reply within {self._timeout:g} s")
+            for key, (arrived, _) in waiters.items():
+                if not arrived.wait(self._timeout):
+                    what = "outcome on events/command" if key != request_id else "reply"
+                    raise StepFailed(f"{verb}: no {what} within {self._timeout:g} s")
         finally:
             with self._lock:
-                del self._waiting[request_id]
-        reply = box[0]
+                for key in keys:
+                    del self._waiting[key]
+        reply = waiters[request_id][1][0]
+        if final and reply["status"] == "accepted":
+            reply = waiters[f"event:{request_id}"][1][0]
         if reply["status"] != "ok":
             error = reply.get("error") or {}
             raise StepFailed(f"{verb}: {reply['status']}, {error.get('code')}: "
@@ -320,6 +378,11 @@ class DemoPos:
         self.steps_ok += 1
         data: dict[str, Any] = reply["data"]
         return data
+
+
+def _money(cents: object) -> str:
+    """Cents as a readable amount ("?" when Leat did not say)."""
+    return f"{cents / 100:.2f}" if isinstance(cents, int) else "?"
 
 
 def describe_order(event: dict[str, Any]) -> str:

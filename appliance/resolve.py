@@ -255,13 +255,6 @@ class Resolver:
         except LeatRejected as exc:
             return _refused(exc)
         expires = card.expiration_date
-        body = {
-            "uuid": card.uuid,
-            "balance_cents": int(card.amount_in_cents),
-            "active": bool(card.active),
-            "expires_at": _iso(expires),
-            "type": card.type,
-        }
         if not card.active:
             status = "inactive"
         elif expires is not None and expires <= datetime.now(UTC):
@@ -270,7 +263,8 @@ class Resolver:
             status = "empty"
         else:
             status = "ok"
-        return Resolution(status, True, giftcard=body)
+        return Resolution(status, True, giftcard=giftcard_block(card, usable=status in (
+            "ok", "empty")))
 
     def _voucher(self, code: str, clock: _Clock) -> Resolution:
         try:
@@ -354,6 +348,39 @@ def _refused(exc: LeatRejected) -> Resolution:
 
 def _reason(exc: LeatRejected) -> dict[str, Any]:
     return {"code": exc.code, "message": exc.leat_message[:200]}
+
+
+
+def giftcard_block(card: Any, *, usable: bool) -> dict[str, Any]:
+    """The `giftcard` block of an identification: what a till needs to take, sell or load it.
+
+    `sold`: a PHYSICAL card with balance 0 is unsold (Leat's POS guide checks exactly that
+    before selling one: a spent card looks the same), a DIGITAL one exists once sold; null
+    for another type. `max_amount_cents` is its program's limit on the balance (a load above
+    it is Leat's 5008), `upgradeable` whether it can be loaded at all (5006), and
+    `loadable_cents` what a load may add now (0 when it cannot be loaded, null when Leat did
+    not say the limit). `usable`: neither inactive nor expired.
+    """
+    balance = int(card.amount_in_cents)
+    kind = card.type
+    limit = card.max_amount_in_cents
+    if not usable or card.upgradeable is False:
+        loadable: int | None = 0
+    elif limit is None or card.upgradeable is None:
+        loadable = None
+    else:
+        loadable = max(int(limit) - balance, 0)
+    return {
+        "uuid": card.uuid,
+        "balance_cents": balance,
+        "active": bool(card.active),
+        "expires_at": _iso(card.expiration_date),
+        "type": kind,
+        "sold": (balance != 0) if kind == "PHYSICAL" else (True if kind == "DIGITAL" else None),
+        "upgradeable": card.upgradeable,
+        "max_amount_cents": limit,
+        "loadable_cents": loadable,
+    }
 
 
 def _iso(value: datetime | None) -> str | None:

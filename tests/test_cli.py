@@ -192,7 +192,7 @@ def test_cli_demo_prints_events_as_a_subscriber_sees_them(
     summary = out.rstrip().splitlines()[-1]
     assert summary.startswith(f"== {len(scans)} scans published, {len(scans)} received")
     assert "[led/buzzer] accepted" in out
-    assert summary.endswith("; 5 POS requests answered ok")
+    assert summary.endswith("; 9 POS requests answered ok")
     # after Jane's card the demo POS redeems a reward, locks and redeems her voucher, each
     # request with a request_id and one reply, and prints a receipt line per step
     requests = _messages(out, "<- request/")
@@ -200,10 +200,13 @@ def test_cli_demo_prints_events_as_a_subscriber_sees_them(
     assert [(verb, body["request_id"]) for verb, body in requests] == [
         ("reward.redeem", "demo-order-0001-reward"), ("voucher.lock", "demo-order-0001-lock"),
         ("voucher.redeem", "demo-order-0001-voucher"), ("order.create", "demo-order-0001"),
-        ("order.create", "demo-order-0002"),
+        ("order.create", "demo-order-0002"), ("giftcard.pay", "demo-order-0003-giftcard"),
+        ("prepaid.pay", "demo-order-0003-prepaid"), ("order.create", "demo-order-0003"),
+        ("giftcard.reverse", "demo-order-0003-giftcard-back"),
     ]
     assert sorted((verb, reply["request_id"], reply["status"]) for verb, reply in replies) == \
-        sorted((verb, body["request_id"], "ok") for verb, body in requests)
+        sorted((verb, body["request_id"], "accepted" if verb == "giftcard.reverse" else "ok")
+               for verb, body in requests)
     data = {verb: reply["data"] for verb, reply in replies if verb != "order.create"}
     lock, redeem = data["voucher.lock"], dict(requests)["voucher.redeem"]
     assert redeem["release_key"] == lock["release_key"] and lock["status"] == "LOCKED"
@@ -212,7 +215,7 @@ def test_cli_demo_prints_events_as_a_subscriber_sees_them(
     assert "   voucher locked: WELCOME-JANE (LOCKED), release key kept" in out
     assert "   voucher redeemed: Welcome coffee (WELCOME-JANE), REDEEMED\n" in out
     # the order carries both as discounts linked to the Leat offers, amounts consistent
-    order = dict(requests)["order.create"]["order"]  # the last: demo-order-0002, no offers
+    order = requests[4][1]["order"]  # demo-order-0002, no offers
     assert "applied_discounts" not in order and order["total_order_amount"] == 950
     jane = requests[3][1]["order"]
     assert [(d["offer"]["type"], d["offer"]["uuid"]) for d in jane["applied_discounts"]] == [
@@ -227,10 +230,23 @@ def test_cli_demo_prints_events_as_a_subscriber_sees_them(
     orders = [json.loads(line.split("  ", 1)[1]) for line in out.splitlines()
               if line.startswith("<- events/order")]
     assert {(o["external_identifier"], o["status"]) for o in orders} == {
-        ("demo-order-0001", "delivered"), ("demo-order-0002", "delivered")
+        ("demo-order-0001", "delivered"), ("demo-order-0002", "delivered"),
+        ("demo-order-0003", "delivered"),
     }
     assert "reached Leat once: +2 points, new balance 1202" in out
     assert "print this claim QR on the receipt" in out
+    # the split payment: the order carries both Leat payments; the giftcard part given back
+    split = requests[7][1]["order"]
+    assert split["payments"] == [
+        {"uuid": data["giftcard.pay"]["transaction_uuid"], "type": "GIFTCARD_TRANSACTION"},
+        {"uuid": data["prepaid.pay"]["transaction_uuid"], "type": "PREPAID_TRANSACTION"},
+    ]
+    assert (data["giftcard.pay"]["balance_in_cents"], data["prepaid.pay"]["balance_in_cents"]) \
+        == (1900, 1650)
+    [back] = [e for verb, e in _messages(out, "<- events/command") if verb == ""]
+    assert (back["verb"], back["status"], back["data"]["balance_in_cents"]) == (
+        "giftcard.reverse", "ok", 2500)
+    assert "   giftcard part given back: +6.00, balance 25.00\n" in out
 
 
 def test_demo_fails_when_a_pos_step_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

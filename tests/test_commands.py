@@ -669,6 +669,8 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "reward.collect_reverse": {"redemption_uuid": COFFEE},
     "voucher.release": {"voucher_uuid": COFFEE, "release_key": "k"},
     "voucher.reverse": {"voucher_uuid": COFFEE},
+    "giftcard.reverse": {"transaction_uuid": COFFEE},
+    "prepaid.reverse": {"transaction_uuid": COFFEE},
 }
 
 

@@ -242,7 +242,8 @@ def test_stored_command_with_bad_args_is_dead_without_calling_leat(
 
 
 def test_validate_args_names_the_problem() -> None:
-    verbs = {"reward.reverse", "reward.collect_reverse", "voucher.release", "voucher.reverse"}
+    verbs = {"reward.reverse", "reward.collect_reverse", "voucher.release", "voucher.reverse",
+             "giftcard.reverse", "prepaid.reverse"}
     assert verbs == GIVE_BACK_VERBS
     with pytest.raises(ValueError, match="not a give-back verb"):
         validate_args("reward.redeem", {})

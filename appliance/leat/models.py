@@ -594,10 +594,15 @@ class Giftcard:
     amount_in_cents: int
     expiration_date: datetime | None
     type: str | None
+    upgradeable: bool | None = None  # can be loaded (5006 otherwise)
+    max_amount_in_cents: int | None = None  # its program's limit on the balance (5008)
+    program_name: str | None = None
 
     @classmethod
     def parse(cls, f: Fields) -> Giftcard:
-        """From a giftcard object."""
+        """From a giftcard object (with its `giftcard_program{}` when Leat includes it)."""
+        program = f.opt_obj("giftcard_program")
+        upgradeable = f.raw.get("upgradeable")
         return cls(
             uuid=f.req_str("uuid"),
             hash=f.req_str("hash"),
@@ -605,6 +610,9 @@ class Giftcard:
             amount_in_cents=f.req_int("amount_in_cents"),
             expiration_date=f.opt_datetime("expiration_date"),
             type=_upper(f.opt_str("type")),
+            upgradeable=upgradeable if isinstance(upgradeable, bool) else None,
+            max_amount_in_cents=program.opt_int("max_amount_in_cents") if program else None,
+            program_name=program.opt_str("name") if program else None,
         )
 
 
@@ -618,6 +626,7 @@ class GiftcardTransaction:
     shop_uuid: str | None
     type: str | None
     created_at: datetime | None
+    id: int | None = None  # Leat's list items may show `uuid: null`, never a null id
 
     @classmethod
     def parse(cls, f: Fields) -> GiftcardTransaction:
@@ -631,6 +640,7 @@ class GiftcardTransaction:
             shop_uuid=shop.opt_str("uuid") if shop else None,
             type=f.opt_str("type"),
             created_at=f.opt_datetime("created_at"),
+            id=f.opt_int("id"),
         )
 
 

@@ -79,6 +79,14 @@ VERBS: Final[Mapping[str, Verb]] = {
         Verb("reward.collect_reverse", Rule.GIVES_BACK, _QUEUED, _EXACTLY_ONCE),
         Verb("voucher.release", Rule.GIVES_BACK, _QUEUED, _EXACTLY_ONCE),
         Verb("voucher.reverse", Rule.GIVES_BACK, _QUEUED, _EXACTLY_ONCE),
+        Verb("giftcard.reverse", Rule.GIVES_BACK,
+             _QUEUED + "; refused `not_last_transaction` when Leat, asked on arrival, lists a "
+             "newer transaction on the card (Leat reverses only the last: 55025)",
+             "the card's transactions: the one right after ours of the opposite amount -> "
+             "done, never sent twice; a later one slipped in -> `failed` (55025)"),
+        Verb("prepaid.reverse", Rule.GIVES_BACK, _QUEUED,
+             "the contact's newest prepaid transactions: a newer one of the opposite amount "
+             "-> done, never sent twice; outcome on `events/command`"),
     )
 }
 

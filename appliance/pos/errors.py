@@ -24,6 +24,7 @@ ERRORS: Final = (
     "expired",  # a value-taking command that arrived after its expiry: never run late
     "not_applied",  # Leat's answer was lost, and Leat shows the call did not happen
     "release_key_lost",  # voucher.lock happened but its answer (the release key) was lost
+    "not_last_transaction",  # giftcard.reverse: Leat lists a newer transaction (55025)
     "unknown",  # status unknown: the outcome follows on events/command
     "cannot_tell",  # status unknown, final: a lost money call matches several transactions
     "already_sold",  # giftcard.load of a card with a balance (require_unsold)

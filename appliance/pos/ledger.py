@@ -45,7 +45,8 @@ from appliance.outbox_guard import OutboxNotWritable, settle_owner, write_atomic
 KEEP_S: Final = 48 * 3600  # at least the 24 h the contract promises
 KEEP_TAKEN_S: Final = 31 * 24 * 3600  # a give-back (a return) may come weeks later
 TAKING_VERBS: Final = frozenset({"reward.redeem", "reward.collect", "voucher.lock",
-                                 "voucher.redeem"})
+                                 "voucher.redeem", "giftcard.pay", "giftcard.load",
+                                 "prepaid.pay", "prepaid.topup"})
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
     request_id TEXT PRIMARY KEY,
@@ -369,11 +370,13 @@ def _record_taken(db: sqlite3.Connection, verb: str, args: Mapping[str, Any],
                   response: Mapping[str, Any], at: float) -> None:
     """Index what an ok outcome of a value-taking verb took, by each uuid a give-back
     command may name (reward.reverse: the reception; reward.collect_reverse: the
-    collection; voucher.release / voucher.reverse: the voucher or its redemption)."""
+    collection; voucher.release / voucher.reverse: the voucher or its redemption;
+    giftcard.reverse / prepaid.reverse: the transaction, with its contact)."""
     data = response.get("data")
     if verb not in TAKING_VERBS or response.get("status") != "ok" or not isinstance(data, dict):
         return
     contact, collectable, code = args.get("contact_uuid"), None, args.get("code")
+    contact = contact or data.get("contact_uuid")  # a payment by identifier: Leat's contact
     uuids = [data.get("uuid")]
     if verb == "reward.collect":
         collectable = args.get("collectable_uuid")

@@ -31,7 +31,7 @@ from appliance.errors import (
 )
 from appliance.outbox import Kind, Outbox, OutboxConflict, OutboxFull
 from appliance.outbox_guard import OutboxDamaged
-from appliance.pos import money, verbs
+from appliance.pos import money, reversals, verbs
 from appliance.pos.commands import VERBS, Rule
 from appliance.pos.errors import RequestError, clip
 from appliance.pos.ledger import Conflict, Ledger
@@ -132,7 +132,7 @@ class Commands:
             deadline = min(deadline, expires)
         ctx = self._context(datetime.now(UTC))
         if spec.rule is Rule.GIVES_BACK:
-            return self._give_back(verb, args, ctx, reply)
+            return self._give_back(verb, args, ctx, reply, deadline)
         try:
             # a read moves no value: nothing is written before its call (ledger.py)
             recorded = self._ledger.begin(request_id, verb, args, transaction,
@@ -266,10 +266,13 @@ class Commands:
     # ------------------------------------------------------------------ give back
 
     def _give_back(
-        self, verb: str, args: dict[str, Any], ctx: verbs.Context, reply: _Reply
+        self, verb: str, args: dict[str, Any], ctx: verbs.Context, reply: _Reply,
+        deadline: float,
     ) -> dict[str, Any]:
         try:
             stored = verbs.give_back_args(ctx, verb, args)
+            if ctx.outbox().find(Kind.COMMAND, reply.request_id) is None:  # not a repeat
+                reversals.check(self._client, verb, stored, self._pool, deadline)
             _validate_give_back(verb, stored)
             enqueued = ctx.outbox().enqueue(
                 Kind.COMMAND, reply.request_id, {"verb": verb, "args": stored},
@@ -277,6 +280,8 @@ class Commands:
             )
         except RequestError as exc:
             return reply.error(exc.code, str(exc))
+        except LeatRejected as exc:  # reversals.check: Leat does not know it
+            return reply.rejected(exc)
         except OutboxConflict as exc:
             return reply.error("conflict", str(exc))
         except OutboxFull as exc:
@@ -287,6 +292,12 @@ class Commands:
             return reply.error("internal", f"could not store the request: {exc}")
         if self._wake is not None:
             self._wake.set()
+        if not enqueued.created:  # a repeat: its outcome again, if it has one
+            from appliance.commands_durable import finished_event  # imports the Leat client
+
+            event = finished_event(enqueued.item, self._device_id)
+            if event is not None:
+                self._publish("command", event)
         return reply.build("accepted", {
             "request_id": reply.request_id, "outbox_id": enqueued.item.id,
             "duplicate": not enqueued.created,

@@ -279,6 +279,8 @@ _TAKEN_BY: Final[Mapping[str, tuple[str, ...]]] = {
     "reward.collect_reverse": ("redemption_uuid",),
     "voucher.release": ("voucher_uuid",),
     "voucher.reverse": ("redemption_uuid", "voucher_uuid"),
+    "giftcard.reverse": ("transaction_uuid",),
+    "prepaid.reverse": ("transaction_uuid",),
 }
 # ...and the optional args filled from it
 _FILLED: Final[Mapping[str, tuple[str, ...]]] = {
@@ -286,6 +288,8 @@ _FILLED: Final[Mapping[str, tuple[str, ...]]] = {
     "reward.collect_reverse": ("collectable_uuid", "contact_uuid"),
     "voucher.release": ("code",),
     "voucher.reverse": ("code",),
+    "giftcard.reverse": (),
+    "prepaid.reverse": ("contact_uuid",),
 }
 
 
