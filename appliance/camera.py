@@ -36,16 +36,58 @@ CAPTURE_TIMEOUT_S = 2.0  # no frame for this long (plus two intervals): the came
 
 
 @dataclass(frozen=True, slots=True)
+class Exposure:
+    """What the sensor used for one frame, from picamera2's per-request metadata
+    (`CompletedRequest.get_metadata()`, as picamera2's examples/metadata_with_image.py reads
+    it): ExposureTime (µs), AnalogueGain, LensPosition (dioptres, on autofocus modules),
+    FocusFoM (libcamera's focus figure of merit: higher is sharper) and Lux. A value that
+    is missing, not a number or out of range is None."""
+
+    exposure_us: int | None = None
+    analogue_gain: float | None = None
+    lens_position: float | None = None
+    focus_fom: int | None = None
+    lux: float | None = None
+
+    @classmethod
+    def from_metadata(cls, metadata: object) -> Exposure | None:
+        """From a metadata dict; None when it is not one or holds none of the five."""
+        if not isinstance(metadata, dict):
+            return None
+        found = cls(
+            exposure_us=_bounded_int(metadata.get("ExposureTime"), 10_000_000),
+            analogue_gain=_bounded_float(metadata.get("AnalogueGain"), 1_000.0),
+            lens_position=_bounded_float(metadata.get("LensPosition"), 1_000.0),
+            focus_fom=_bounded_int(metadata.get("FocusFoM"), 10**9),
+            lux=_bounded_float(metadata.get("Lux"), 10**6),
+        )
+        return None if found == cls() else found
+
+
+def _bounded_float(value: object, limit: float) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 <= value <= limit else None  # NaN fails both
+
+
+def _bounded_int(value: object, limit: int) -> int | None:
+    number = _bounded_float(value, limit)
+    return None if number is None else round(number)
+
+
+@dataclass(frozen=True, slots=True)
 class Frame:
     """One grayscale frame.
 
     `pixels` is 2-D (height, width) uint8 and may be a strided view into a camera buffer
-    (no copy); `timestamp` is `time.monotonic()` seconds at capture; `sequence` counts up.
+    (no copy); `timestamp` is `time.monotonic()` seconds at capture; `sequence` counts up;
+    `exposure` is what the camera used (None for replayed frames).
     """
 
     pixels: npt.NDArray[np.uint8]
     timestamp: float
     sequence: int
+    exposure: Exposure | None = None
 
 
 class FrameSource(Protocol):
@@ -62,6 +104,8 @@ class FrameSource(Protocol):
 
 class _Request(Protocol):
     """The part of picamera2's `CompletedRequest` we use."""
+
+    def get_metadata(self) -> dict[str, Any]: ...
 
     def release(self) -> None: ...
 
@@ -202,10 +246,20 @@ class PicameraSource:
             timestamp = time.monotonic()
             try:
                 pixels = self._y_plane(request)
+                exposure = self._exposure(request)
             finally:
                 request.release()
             self._sequence += 1
-            return Frame(pixels, timestamp, self._sequence)
+            return Frame(pixels, timestamp, self._sequence, exposure)
+
+    @staticmethod
+    def _exposure(request: _Request) -> Exposure | None:
+        """The frame's exposure and focus; None (never an error) when metadata fails."""
+        try:
+            return Exposure.from_metadata(request.get_metadata())
+        except Exception:  # informational only: the frame itself is good
+            log.debug("no metadata for this frame", exc_info=True)
+            return None
 
     def _y_plane(self, request: _Request) -> npt.NDArray[np.uint8]:
         """A copy of the Y plane (height x width, stride padding dropped) of `request`."""

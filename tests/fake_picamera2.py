@@ -77,6 +77,12 @@ class World:
     calls: list[tuple[str, Any]] = field(default_factory=list)
     cameras_opened: list[FakePicamera2] = field(default_factory=list)
     requests: list[FakeRequest] = field(default_factory=list)
+    # per-request metadata as a Camera Module 3 reports it (keys from libcamera's controls)
+    metadata: dict[str, Any] = field(default_factory=lambda: {
+        "SensorTimestamp": 762452861000, "ExposureTime": 9980, "AnalogueGain": 2.0,
+        "DigitalGain": 1.0, "LensPosition": 5.0, "FocusFoM": 380, "Lux": 312.5,
+        "ColourTemperature": 4029, "FrameDuration": 33333,
+    })
 
     def names(self) -> list[str]:
         """The names of the calls made, in order."""
@@ -102,6 +108,12 @@ class FakeRequest:
         self._world = world
         self.buffers = buffers
         self.released = False
+
+    def get_metadata(self) -> dict[str, Any]:
+        """The frame's metadata, as libcamera reports it (the world's, settable by tests)."""
+        if self.released:
+            raise RuntimeError("get_metadata on a released request")
+        return dict(self._world.metadata)
 
     def release(self) -> None:
         """Give the buffers back to the camera (it will overwrite them)."""

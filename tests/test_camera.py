@@ -11,10 +11,19 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import zxingcpp
-from fake_picamera2 import CM3_CONTROLS, PAD, V2_CONTROLS, AfModeEnum, World, libcamera, make_module
+from fake_picamera2 import (
+    CM3_CONTROLS,
+    PAD,
+    V2_CONTROLS,
+    AfModeEnum,
+    FakeRequest,
+    World,
+    libcamera,
+    make_module,
+)
 from PIL import Image
 
-from appliance.camera import BUFFER_COUNT, PicameraSource, ReplaySource, open_source
+from appliance.camera import BUFFER_COUNT, Exposure, PicameraSource, ReplaySource, open_source
 from appliance.config import CameraConfig
 from appliance.errors import CameraError, ConfigError
 
@@ -153,6 +162,42 @@ def test_picamera_releases_every_request_and_counts_frames() -> None:
     assert [decoded(f.pixels) for f in frames if f] == [["ONE"], ["TWO"], ["ONE"], ["TWO"],
                                                         ["ONE"]]
     assert world.last("capture_request") > 0  # always a bounded wait
+
+
+def test_picamera_frame_carries_the_exposure_and_focus_the_sensor_used() -> None:
+    world = World([qr_image()])
+    source = open_camera(world)
+    frame = source.read()
+    assert frame is not None
+    assert frame.exposure == Exposure(exposure_us=9980, analogue_gain=2.0, lens_position=5.0,
+                                      focus_fom=380, lux=312.5)
+    world.metadata = {"ExposureTime": "9980", "AnalogueGain": float("nan"), "Lux": -1,
+                      "LensPosition": True, "FocusFoM": 10**12}  # nothing sane
+    second = source.read()
+    assert second is not None and second.exposure is None
+    world.metadata = {"ExposureTime": 33000.4}  # a camera without autofocus says less
+    third = source.read()
+    assert third is not None and third.exposure == Exposure(exposure_us=33000)
+    source.close()
+    assert all(request.released for request in world.requests)
+
+
+def test_picamera_frame_without_metadata_is_still_a_frame(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    world = World([qr_image()])
+    source = open_camera(world)
+    world.metadata = {}
+    first = source.read()
+
+    def broken(request: FakeRequest) -> dict[str, Any]:
+        raise RuntimeError("no metadata")
+
+    monkeypatch.setattr(FakeRequest, "get_metadata", broken)
+    second = source.read()
+    source.close()
+    assert first is not None and first.exposure is None
+    assert second is not None and second.exposure is None and decoded(second.pixels) == [TEXT]
+    assert all(request.released for request in world.requests)
 
 
 def test_picamera_close_is_idempotent() -> None:

@@ -65,6 +65,7 @@ def test_preview_shows_the_card_read_masked_and_costs_nothing_unwatched(
         assert aim["read"] == {"value": MASKED, "format": "QRCode"}
         assert aim["frame"]["size"] == [640, 360]
         assert aim["camera"]["autofocus"] == "continuous"
+        assert aim["frame"]["exposure"] is None  # replayed frames: no sensor metadata
         assert tap.wanted
         jpeg = web.get("/preview.jpg")
         assert jpeg.headers["content-type"] == "image/jpeg"

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from fakes import Clock
 
-from appliance.camera import Frame
+from appliance.camera import Exposure, Frame
+from appliance.config import CameraConfig
 from appliance.decode import DecodeResult, Rejected, Scan
 from appliance.web import auth, frames
 from appliance.web.preview import HOLD_S, LINGER_S, PreviewTap, TooManyViewers
+from appliance.web.server import WebPage, WebSettings
 
 PIXELS = np.zeros((36, 64), np.uint8)
 CARD = Scan("LC-7F3K9Q2MWX", "QRCode", ((1, 1), (9, 1), (9, 9), (1, 9)), 0.0)
@@ -90,3 +92,31 @@ def test_failed_logins_from_everywhere_are_limited_too(clock: Clock) -> None:
         guard.login("10.0.1.1", "secret")
     clock.advance(auth.WINDOW_S + 1)
     assert guard.login("10.0.1.1", "secret") is not None
+
+
+class _Quiet:
+    """A `Device` with nothing to say."""
+
+    device_id = "parts"
+    last_state = None
+
+    def play(self, signal: object) -> None:
+        pass
+
+
+def test_the_aim_panel_shows_the_exposure_the_sensor_used(tmp_path: Path) -> None:
+    settings = WebSettings("127.0.0.1", 0, None, None, tmp_path, 60.0, 2, CameraConfig())
+    used = Exposure(exposure_us=9980, analogue_gain=2.0, lens_position=5.0, focus_fom=380,
+                    lux=312.5)
+    shown = []
+    for exposure in (used, None):  # None: a replayed frame says nothing
+        tap = PreviewTap()
+        tap.watch("v")
+        tap.offer(Frame(PIXELS, 0.0, 1, exposure), DecodeResult((), ()))
+        page = WebPage(settings, _Quiet(), tap).start()
+        try:
+            shown.append(page.aim()["frame"]["exposure"])
+        finally:
+            page.close()
+    assert shown == [{"exposure_us": 9980, "analogue_gain": 2.0, "lens_position": 5.0,
+                      "focus_fom": 380, "lux": 312.5}, None]

@@ -19,7 +19,7 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -239,6 +239,8 @@ class WebPage:
                 "codes_in_frame": len(result.scans),
                 "hints": [{"code": h.code, "text": h.text} for h in
                           frame_hints(frame.pixels, [s.position for s in result.scans])],
+                # what the sensor used for this frame (None for replayed frames)
+                "exposure": None if frame.exposure is None else asdict(frame.exposure),
             }
             self._rendered = (frame.sequence, now, render_jpeg(frame, result), facts)
             return frame.sequence, self._rendered[2], facts
@@ -249,7 +251,7 @@ class WebPage:
         cam = self.settings.camera
         facts: dict[str, Any] = {"frame": None if found is None else found[2]}
         facts |= self.tap.seen()
-        facts["camera"] = {  # configured values: the Frame carries no sensor metadata
+        facts["camera"] = {  # configured values; the frame's `exposure` has the ones in use
             "source": cam.source, "fps": cam.fps, "autofocus": cam.autofocus,
             "lens_position": cam.lens_position if cam.autofocus == "manual" else None,
             "max_exposure_us": cam.max_exposure_us, "ev": cam.ev,

@@ -62,6 +62,15 @@ async function pollAim() {
         (cam.lens_position !== null ? ` at ${cam.lens_position} dioptres` : "") +
         `, exposure at most ${cam.max_exposure_us} µs, EV ${cam.ev}`;
     }
+    const used = aim.frame && aim.frame.exposure;
+    $("camera-in-use").textContent = !used ? "in use: not reported (replayed frames)" :
+      "in use: " + [
+        used.exposure_us !== null ? `exposure ${used.exposure_us} µs` : null,
+        used.analogue_gain !== null ? `gain ${used.analogue_gain.toFixed(2)}` : null,
+        used.lens_position !== null ? `lens ${used.lens_position.toFixed(2)} dioptres` : null,
+        used.focus_fom !== null ? `focus figure ${used.focus_fom}` : null,
+        used.lux !== null ? `${Math.round(used.lux)} lux` : null,
+      ].filter((part) => part !== null).join(", ");
     const recent = $("recent-rows");
     recent.replaceChildren();
     for (const scan of aim.recent || []) {
