@@ -100,7 +100,21 @@ def ensure_tls(spec: Spec, tls_dir: Path, owner: Owner) -> list[str]:
             write(key, (work / "key").read_bytes(), 0o640, owner.broker)
             write(crt, (work / "crt").read_bytes(), 0o644, owner.root)
         changes.append(f"issue {TLS_DIR / 'server.crt'} for {', '.join(sans)}")
+    # Kept files get their owner and mode too: a certificate made in an image (prepare-card
+    # knows the device id) belongs to whoever staged it, and mosquitto reads the key only
+    # after dropping to its own user, so root:root 0640 would keep the broker down.
+    for path, mode, who in ((key, 0o640, owner.broker), (crt, 0o644, owner.root),
+                            (ca_crt, 0o644, owner.root), (ca_key, 0o600, owner.root)):
+        if path.is_file() and not _owned(path, mode, who):
+            _own(path, mode, who)
+            changes.append(f"give {TLS_DIR / path.name} mode {mode:04o}"
+                           + ("" if who is None else f" and owner {who[0]}:{who[1]}"))
     return changes
+
+
+def _owned(path: Path, mode: int, owner: tuple[int, int] | None) -> bool:
+    st = path.stat()
+    return (st.st_mode & 0o7777) == mode and (owner is None or (st.st_uid, st.st_gid) == owner)
 
 
 class _private_umask:  # noqa: N801 - used as a context manager
@@ -139,10 +153,7 @@ def _own(path: Path, mode: int, owner: tuple[int, int] | None) -> None:
 
 def same(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> bool:
     """`path` holds `data` with `mode` (and `owner`, when one is asked for)."""
-    if not path.is_file() or path.read_bytes() != data:
-        return False
-    st = path.stat()
-    return (st.st_mode & 0o7777) == mode and (owner is None or (st.st_uid, st.st_gid) == owner)
+    return path.is_file() and path.read_bytes() == data and _owned(path, mode, owner)
 
 
 def write(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> bool:

@@ -9,6 +9,7 @@ Mosquitto 2.0's ACL file grants every subscription and checks `read` per deliver
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 import ssl
 import subprocess
@@ -28,6 +29,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from appliance import brokerconf, brokerspec
 from appliance.brokerconf import ACL, CONF, PASSWD, TLS_DIR, BrokerConfError, Spec
+from appliance.brokertls import Owner, ensure_tls
 from appliance.bus import BROKER_MAX_PACKET_BYTES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -360,6 +362,25 @@ def test_files_are_root_owned_modes_and_second_run_changes_nothing(tmp_path: Pat
         "etc/mosquitto/leat-scanner/server.crt": 0o644,
         "etc/mosquitto/leat-scanner/server.key": 0o640,
     }
+
+
+def test_a_kept_certificate_gets_the_brokers_owner_on_the_device(tmp_path: Path) -> None:
+    # prepare-card knows the device id, so the certificate is made in the staged tree with
+    # the stager's owner; on the device the kept key must become root:mosquitto, or
+    # mosquitto (which reads it after dropping privileges) cannot start its TLS listener
+    spec = shop_spec(tmp_path)
+    tls = tmp_path / TLS_DIR.relative_to("/")
+    ensure_tls(spec, tls, Owner())  # staged: owners left as created
+    key = tls / "server.key"
+    cert = key.read_bytes()
+    on_device = Owner(root=(0, 0), broker=(0, 4242))
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give files to another group")
+    changes = ensure_tls(spec, tls, on_device)
+    assert changes == [f"give {TLS_DIR}/server.key mode 0640 and owner 0:4242"]
+    assert (key.stat().st_uid, key.stat().st_gid, key.stat().st_mode & 0o777) == (0, 4242, 0o640)
+    assert key.read_bytes() == cert  # kept, not reissued
+    assert ensure_tls(spec, tls, on_device) == []
 
 
 def test_new_host_name_reissues_the_certificate_and_keeps_the_ca(tmp_path: Path) -> None:
