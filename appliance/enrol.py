@@ -220,7 +220,8 @@ class SpoolStore:
     def __call__(self, enrolment: Enrolment) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         final = self.directory / f"{enrolment.code_id}.json"
-        staged = self.directory / f".{enrolment.code_id}.tmp"
+        # Staged beside the directory: the path unit fires on a complete file only.
+        staged = self.directory.parent / f".{self.directory.name}-{enrolment.code_id}.tmp"
         fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, json.dumps(dict(enrolment.values)).encode("utf-8"))
