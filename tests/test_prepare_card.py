@@ -84,7 +84,8 @@ def snapshot(top: Path) -> dict[str, tuple[int, bytes]]:
     return out
 
 
-@pytest.mark.parametrize("cloud_init", [False, True], ids=["bookworm-firstrun", "trixie-cloud-init"])
+@pytest.mark.parametrize("cloud_init", [False, True],
+                         ids=["bookworm-firstrun", "trixie-cloud-init"])
 def test_prepare_card_writes_first_boot_config_and_a_second_run_changes_nothing(
     tmp_path: Path, cloud_init: bool
 ) -> None:

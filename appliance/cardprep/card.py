@@ -16,9 +16,17 @@ from typing import Final
 
 WHEELHOUSE: Final = "/opt/leat-scanner/wheelhouse"
 STAMP: Final = ".leat-scanner-wheelhouse"
-# pip expands a manylinux_2_X platform to every older manylinux tag (2014 = 2_17 included);
-# 2.36 is Bookworm's glibc (Trixie has 2.41), so every wheel chosen runs on both.
-DEFAULT_PLATFORM: Final = "manylinux_2_36_aarch64"
+# pip download --platform takes exact tags (it does not expand manylinux_2_36 to older ones),
+# so every manylinux a wheel may carry is listed, up to glibc 2.36 (Bookworm; Trixie has
+# 2.41): whatever pip picks runs on both.
+DEFAULT_ARCH: Final = "aarch64"
+MANYLINUX: Final = ("manylinux2014", "manylinux_2_17", "manylinux_2_28", "manylinux_2_31",
+                    "manylinux_2_34", "manylinux_2_35", "manylinux_2_36")
+
+
+def platforms(arch: str) -> list[str]:
+    """pip --platform values for a Raspberry Pi OS of CPU `arch` (aarch64)."""
+    return [f"{tag}_{arch}" for tag in MANYLINUX]
 MIN_PYTHON: Final = (3, 11)
 _MARKER: Final = re.compile(r'^python_version\s*(<=|>=|==|!=|<|>)\s*"(\d+)\.(\d+)"$')
 _PIN: Final = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)$")
@@ -137,13 +145,13 @@ def build_requirements(pyproject: str) -> list[str]:
 
 
 def ensure_wheelhouse(
-    target: Path, requirements: list[str], build: list[str], *, python: str, platform: str,
+    target: Path, requirements: list[str], build: list[str], *, python: str, arch: str,
     source: Path | None, pip: list[str],
 ) -> bool:
     """`target` holds a wheel for every pin (and the build requirements) for `python` on
-    `platform`: from `source` (a wheelhouse made before) or `pip download`. Made under a
+    `arch`: from `source` (a wheelhouse made before) or `pip download`. Made under a
     temporary name and stamped; returns False when it was already complete."""
-    stamp = json.dumps({"python": python, "platform": platform,
+    stamp = json.dumps({"python": python, "arch": arch,
                         "requirements": sorted(requirements), "build": build}, sort_keys=True)
     if (target / STAMP).is_file() and (target / STAMP).read_text() == stamp \
             and not missing_wheels(target, requirements):
@@ -155,11 +163,11 @@ def ensure_wheelhouse(
             for wheel in source.glob("*.whl"):
                 shutil.copy2(wheel, staging / wheel.name)
         else:
-            _download(staging, requirements, build, python=python, platform=platform, pip=pip)
+            _download(staging, requirements, build, python=python, arch=arch, pip=pip)
         missing = missing_wheels(staging, requirements)
         if missing:
             raise CardError(f"the wheelhouse lacks {', '.join(missing)} for Python {python} "
-                            f"on {platform}" + (f" (from {source})" if source else ""))
+                            f"on {arch}" + (f" (from {source})" if source else ""))
         (staging / STAMP).write_text(stamp)
         for path in staging.iterdir():
             path.chmod(0o644)
@@ -173,9 +181,10 @@ def ensure_wheelhouse(
 
 
 def _download(staging: Path, requirements: list[str], build: list[str], *, python: str,
-              platform: str, pip: list[str]) -> None:
+              arch: str, pip: list[str]) -> None:
+    tags = [arg for tag in platforms(arch) for arg in ("--platform", tag)]
     common = [*pip, "download", "--quiet", "--disable-pip-version-check", "--no-input",
-              "--only-binary=:all:", "--platform", platform, "--python-version", python,
+              "--only-binary=:all:", *tags, "--python-version", python,
               "--implementation", "cp", "--dest", str(staging)]
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as pins:
         pins.write("\n".join(requirements) + "\n")

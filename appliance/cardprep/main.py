@@ -17,7 +17,7 @@ from typing import Final
 
 from appliance.cardprep import boot
 from appliance.cardprep.card import (
-    DEFAULT_PLATFORM,
+    DEFAULT_ARCH,
     WHEELHOUSE,
     CardError,
     Partitions,
@@ -60,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--wheelhouse-from", type=Path, metavar="DIR",
                         help="copy wheels from DIR (made by an earlier card) instead of "
                              "pip download")
-    parser.add_argument("--wheel-platform", default=DEFAULT_PLATFORM,
-                        help=f"pip --platform of the device (default {DEFAULT_PLATFORM})")
+    parser.add_argument("--wheel-arch", default=DEFAULT_ARCH,
+                        help=f"the device's CPU for the wheels (default {DEFAULT_ARCH}; "
+                             "x86_64 for a test root file system)")
     parser.add_argument("--batch", type=Path, metavar="CSV",
                         help="split a CSV of devices into per-device files (with --out)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="where --batch writes")
@@ -169,7 +170,7 @@ def prepare(device: Device, parts: Partitions, args: argparse.Namespace) -> int:
     pins = pinned_requirements(constraints, python)
     build = build_requirements((REPO / "pyproject.toml").read_text())
     if ensure_wheelhouse(parts.root / WHEELHOUSE.lstrip("/"), pins, build, python=python,
-                         platform=args.wheel_platform, source=args.wheelhouse_from,
+                         arch=args.wheel_arch, source=args.wheelhouse_from,
                          pip=[sys.executable, "-m", "pip"]):
         print(f"> wheelhouse {WHEELHOUSE}: {len(pins)} pinned wheels for Python {python}")
         changes += 1
