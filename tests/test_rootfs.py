@@ -21,7 +21,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from appliance.enrol import make_code, new_fleet_key, read_fleet_key
+from appliance.samples import background, place, render_code
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = "http://deb.debian.org/debian"
@@ -197,3 +202,165 @@ def test_first_boot_in_a_real_debian_root(rootfs: Path, tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "nothing to change" in again.stdout
     print("rootfs timings (s):", {k: round(v, 1) for k, v in timings.items()})
+
+
+PROBE = r"""#!/bin/sh
+# Inside the booted container, after leat-scanner.service is up (READY=1): wait (bounded)
+# for the enrolment to land, record what a technician would check, power off. The first
+# boot (phase 1) only records the first-boot unit's state.
+if [ ! -e /var/lib/leat-probe/phase2 ]; then
+  systemctl is-active leat-scanner-firstboot >/var/lib/leat-probe/phase1
+  systemctl poweroff
+  exit 0
+fi
+out=/var/lib/leat-probe/result
+i=0
+while [ ! -s /etc/credstore/leat-scanner.leat-token ] && [ "$i" -lt 120 ]; do
+  sleep 1
+  i=$((i + 1))
+done
+i=0
+while [ "$(systemctl is-active leat-scanner-enrol.service)" = activating ] && [ "$i" -lt 60 ]; do
+  sleep 1
+  i=$((i + 1))
+done
+{
+  echo "token $(stat -c '%U:%G %a' /etc/credstore/leat-scanner.leat-token 2>&1)"
+  for unit in leat-scanner mosquitto leat-scanner-enrol.path; do
+    echo "unit $unit $(systemctl is-active "$unit")"
+  done
+  echo "spool $(find /var/lib/leat-scanner/enrol -name '*.json' | wc -l)"
+  password=$(cat /etc/credstore/leat-scanner.mqtt-password)
+  echo "availability $(mosquitto_sub -h localhost -u leat-scanner -P "$password" \
+    -t 'leat-scanner/+/availability' -C 1 -W 30 2>&1)"
+  echo "--- journal"
+  journalctl --no-pager -o cat -u leat-scanner-firstboot -u leat-scanner \
+    -u leat-scanner-enrol -u mosquitto | tail -n 80
+} >"$out" 2>&1
+systemctl poweroff
+"""
+PROBE_UNIT = """[Unit]
+Description=test probe: record the device's state, then power off
+Wants=leat-scanner.service
+After=leat-scanner.service mosquitto.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/leat-probe
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def systemd_tree() -> Path:
+    """The cached minbase plus systemd, dbus (what Raspberry Pi OS boots with)."""
+    tree = CACHE / "bookworm-minbase-systemd"
+    if (tree / "lib" / "systemd" / "systemd").exists():
+        return tree
+    staging = tree.with_suffix(".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    run("cp", "-a", "--reflink=auto", base_tree(), staging)
+    # debootstrap writes no /etc/hosts; Raspberry Pi OS has one (`localhost` resolves)
+    (staging / "etc/hosts").write_text("127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost "
+                                       "ip6-loopback\n")
+    with chroot_mounts(staging):
+        result = in_root(staging, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                         "systemd", "systemd-sysv", "dbus",
+                         env={"DEBIAN_FRONTEND": "noninteractive"})
+        assert result.returncode == 0, result.stdout + result.stderr
+    staging.rename(tree)
+    return tree
+
+
+def boot_container(root: Path, options: list[str]) -> None:
+    """Boot `root` under systemd in systemd-nspawn until the probe powers it off. No
+    machined here (no system bus on this machine): --register=no --keep-unit."""
+    run("timeout", "420", "systemd-nspawn", "--quiet", "--register=no", "--keep-unit",
+        *options, "--boot", "-D", root, check=False, stdin=subprocess.DEVNULL, timeout=480)
+
+
+def journal(root: Path) -> str:
+    return run("journalctl", f"--directory={root}/var/log/journal", "--no-pager", "-o", "cat",
+               "-u", "leat-scanner-firstboot", "-u", "leat-scanner", "-u", "mosquitto",
+               check=False).stdout[-6000:]
+
+
+def replay_config(text: str) -> str:
+    """The camera replaced by a replayed folder (a container has no camera)."""
+    return text.replace(
+        'source = "picamera"',
+        'source = "replay"\nreplay_path = "/var/lib/leat-probe/frames"').replace(
+        "replay_loop = false", "replay_loop = true").replace("fps = 15.0", "fps = 2.0")
+
+
+def test_prepared_card_boots_under_systemd_enrols_and_goes_online(tmp_path: Path) -> None:
+    """The card booted by systemd in systemd-nspawn: the first boot unit, Mosquitto and
+    leat-scanner start, an enrolment code shown to the (replayed) camera installs the Leat
+    token as a root-only credential and restarts the service, which is `online`."""
+    if os.geteuid() != 0:
+        pytest.skip("systemd-nspawn needs root")
+    if shutil.which("systemd-nspawn") is None:
+        pytest.skip("systemd-nspawn is not installed (Debian package systemd-container)")
+
+    root = tmp_path / "rootfs"
+    run("cp", "-a", "--reflink=auto", systemd_tree(), root)
+    boot = tmp_path / "bootfs"
+    boot.mkdir()
+    (boot / "cmdline.txt").write_text("console=tty1 root=PARTUUID=0-02 rootwait\n")
+    (boot / "config.txt").write_text("[all]\n")
+    device = tmp_path / "counter-8.toml"
+    device.write_text(f'device_id = "counter-8"\nssh_key = "{SSH_KEY}"\n'
+                      'shop_uuid = "3f2a1b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"\n')
+    fleet = tmp_path / "fleet.key"
+    fleet.write_text(new_fleet_key() + "\n")
+    fleet.chmod(0o600)
+    run(sys.executable, REPO / "provisioning" / "prepare-card", "--device", device, "--boot",
+        boot, "--rootfs", root, "--wheel-arch", os.uname().machine, "--fleet-key", fleet,
+        timeout=600)
+    # the camera: a replayed frame with the enrolment code (no camera in a container)
+    frames = root / "var/lib/leat-probe/frames"
+    frames.mkdir(parents=True)
+    code = make_code(read_fleet_key(fleet.read_text()), "counter-8",
+                     {"leat-token": "pat-nspawn-test"}, ttl_s=600)
+    rng = np.random.default_rng(3)
+    probe = root / "usr/local/sbin/leat-probe"
+    probe.write_text(PROBE)
+    probe.chmod(0o755)
+    (root / "etc/systemd/system/leat-probe.service").write_text(PROBE_UNIT)
+    (root / "etc/systemd/system/multi-user.target.wants/leat-probe.service").symlink_to(
+        "/etc/systemd/system/leat-probe.service")
+    # phase 1: the first boot with the host's network (apt from Debian's mirror); this
+    # machine's own broker holds port 1883 on loopback, so leat-scanner waits for phase 2
+    # (a drop-in condition) and the broker cannot bind yet
+    phase1 = root / "etc/systemd/system/leat-scanner.service.d/phase.conf"
+    phase1.parent.mkdir(parents=True)
+    phase1.write_text("[Unit]\nConditionPathExists=/var/lib/leat-probe/phase2\n")
+    started = time.monotonic()
+    boot_container(root, [])
+    assert (root / "var/lib/leat-probe/phase1").read_text().strip() == "active", \
+        journal(root)
+    first_boot_s = time.monotonic() - started
+    # phase 2: the next boot, in its own network namespace (no internet needed any more)
+    (root / "var/lib/leat-probe/phase2").write_text("")
+    config = root / "etc/leat-scanner/config.toml"
+    config.write_text(replay_config(config.read_text()))
+    Image.fromarray(place(render_code(code, module_px=4), background((640, 480), rng), rng)
+                    ).save(frames / "enrol.png")
+    started = time.monotonic()
+    boot_container(root, ["--private-network"])
+    elapsed = time.monotonic() - started
+    result_file = root / "var/lib/leat-probe/result"
+    if not result_file.exists():
+        pytest.fail(f"no probe result after {elapsed:.0f} s:\n{journal(root)}")
+    print(f"first boot (apt, user, venv): {first_boot_s:.0f} s; second boot to online and "
+          f"enrolled: {elapsed:.0f} s")
+    result = result_file.read_text()
+    print(result)
+    assert (root / "var/lib/leat-scanner-firstboot/done").is_file()
+    assert "unit leat-scanner active" in result, result
+    assert "unit mosquitto active" in result, result
+    assert "token root:root 600" in result, result
+    assert "spool 0" in result, result
+    assert "availability online" in result, result
+    assert "pat-nspawn-test" not in result and code not in result  # never logged
