@@ -119,6 +119,7 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     run("cp", "-a", "--reflink=auto", base_tree(), root)
     with chroot_mounts(root):
         yield root
+    shutil.rmtree(root)  # ~300 MB; the cached tree stays
 
 
 def test_first_boot_in_a_real_debian_root(rootfs: Path, tmp_path: Path) -> None:
@@ -330,12 +331,14 @@ def test_prepared_card_boots_under_systemd_enrols_and_goes_online(tmp_path: Path
     (root / "etc/systemd/system/leat-probe.service").write_text(PROBE_UNIT)
     (root / "etc/systemd/system/multi-user.target.wants/leat-probe.service").symlink_to(
         "/etc/systemd/system/leat-probe.service")
-    # phase 1: the first boot with the host's network (apt from Debian's mirror); this
-    # machine's own broker holds port 1883 on loopback, so leat-scanner waits for phase 2
+    # phase 1: the first boot with the host's network (apt from Debian's mirror); the
+    # device's broker and leat-scanner wait for phase 2
     # (a drop-in condition) and the broker cannot bind yet
-    phase1 = root / "etc/systemd/system/leat-scanner.service.d/phase.conf"
-    phase1.parent.mkdir(parents=True)
-    phase1.write_text("[Unit]\nConditionPathExists=/var/lib/leat-probe/phase2\n")
+    # (drop-in conditions; the broker too, or it would listen on this machine's port 1883)
+    for unit in ("leat-scanner.service", "mosquitto.service"):
+        phase1 = root / f"etc/systemd/system/{unit}.d/phase.conf"
+        phase1.parent.mkdir(parents=True)
+        phase1.write_text("[Unit]\nConditionPathExists=/var/lib/leat-probe/phase2\n")
     started = time.monotonic()
     boot_container(root, [])
     assert (root / "var/lib/leat-probe/phase1").read_text().strip() == "active", \
@@ -357,7 +360,9 @@ def test_prepared_card_boots_under_systemd_enrols_and_goes_online(tmp_path: Path
           f"enrolled: {elapsed:.0f} s")
     result = result_file.read_text()
     print(result)
-    assert (root / "var/lib/leat-scanner-firstboot/done").is_file()
+    first_boot_done = (root / "var/lib/leat-scanner-firstboot/done").is_file()
+    shutil.rmtree(root)  # ~400 MB; kept when the boots fail (above)
+    assert first_boot_done
     assert "unit leat-scanner active" in result, result
     assert "unit mosquitto active" in result, result
     assert "token root:root 600" in result, result

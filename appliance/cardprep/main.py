@@ -83,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.device is None:
             parser.error("--device FILE is required (or --batch CSV --out DIR)")
         device = read_device_file(args.device)
+        if not device.shop_uuid:
+            print("prepare-card: warning: no shop_uuid: once a Leat token is installed the "
+                  "daemon refuses to start until leat.shop_uuid is set", file=sys.stderr)
         if args.fleet_key is not None:
             _check_secret_file(args.fleet_key)
         with _partitions(args) as parts:
