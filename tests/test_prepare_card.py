@@ -293,3 +293,26 @@ def test_real_wheelhouse_for_aarch64_has_every_pin(tmp_path: Path, python: str) 
     assert "nothing to change" in again.stdout
     assert hashlib.sha256(b"".join(sorted(p.name.encode() for p in house.glob("*.whl")))
                           ).hexdigest() == digest
+
+
+def test_firstboot_status_names_the_missing_debian_packages(tmp_path: Path) -> None:
+    """Offline, the first boot stops at apt; its ExecStopPost= says what is missing."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    dpkg = stubs / "dpkg-query"
+    dpkg.write_text('#!/bin/sh\n[ "$3" = mosquitto ] && printf "install ok installed"'
+                    ' && exit 0\nexit 1\n')
+    dpkg.chmod(0o755)
+    env = {"PATH": f"{stubs}:/usr/bin:/bin", "FIRSTBOOT_STATUS_DIR": str(tmp_path / "state"),
+           "SERVICE_RESULT": "exit-code"}
+    script = REPO / "provisioning" / "firstboot-status"
+    result = subprocess.run([str(script)], env=env, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    status = (tmp_path / "state" / "status").read_text()
+    assert status.startswith("failed ") and "(exit-code)" in status
+    assert "missing Debian packages: python3-venv mosquitto-clients\n" in status
+    assert "reboot" in status and "missing Debian packages" in result.stdout
+    env["SERVICE_RESULT"] = "success"
+    subprocess.run([str(script)], env=env, check=True)
+    assert (tmp_path / "state" / "status").read_text().startswith("done ")
