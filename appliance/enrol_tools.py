@@ -20,6 +20,7 @@ CRED_PREFIX: Final = "leat-scanner."  # provisioning/lib.sh CRED_PREFIX
 # What `provision secrets` installs (credential names, as LoadCredential= in the unit).
 INSTALLABLE: Final = ("leat-token", "leat-account-secret", "leat-client-secret", "enrol-key")
 MAX_SPOOL_FILES: Final = 16
+MAX_SPOOL_BYTES: Final = 4 * 3 * MAX_SECRET_BYTES  # three secrets, JSON-escaped at worst
 QR_MODULE_PX: Final = 8
 
 
@@ -104,7 +105,9 @@ def install_spool(spool: Path, credstore: Path = CREDSTORE, *, owner: bool = Tru
     changed: list[str] = []
     for path in files[:MAX_SPOOL_FILES]:
         try:
-            values = json.loads(path.read_bytes()[: 4 * MAX_SECRET_BYTES * 3])
+            if path.stat().st_size > MAX_SPOOL_BYTES:
+                raise EnrolError(f"larger than {MAX_SPOOL_BYTES} bytes")
+            values = json.loads(path.read_bytes())
             if not isinstance(values, dict) or not all(
                 isinstance(v, str) for v in values.values()
             ):
