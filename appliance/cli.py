@@ -1,4 +1,5 @@
-"""The `leat-scanner` command: run | demo | sandbox | decode | token | outbox | snapshot | check."""
+"""The `leat-scanner` command: run | demo | sandbox | decode | token | outbox | snapshot | check
+| enrol-code | provision secrets."""
 
 from __future__ import annotations
 
@@ -119,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="validate the config and show the effective values", parents=[common]
     )
     check.set_defaults(handler=_check, config_default=config.DEFAULT_PATH)
+    from appliance.enrol_cli import add_commands as add_enrol_commands
+
+    add_enrol_commands(commands, common)
     return parser
 
 

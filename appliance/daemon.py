@@ -35,7 +35,8 @@ from appliance.codes import Classifier
 from appliance.config import Config, capabilities, read_secret
 from appliance.debounce import Debouncer
 from appliance.decode import Decoder, DecodeResult, Scan
-from appliance.errors import CameraError
+from appliance.enrol import EnrolError, Enroller, SpoolStore, UsedCodes, read_fleet_key
+from appliance.errors import CameraError, ConfigError
 from appliance.feedback import FeedbackLike, FeedbackState, Signal, open_feedback
 from appliance.forwarder import Forwarder, TokenSettings
 from appliance.outbox import Outbox, outbox_state
@@ -206,6 +207,7 @@ class ScanService:
         self._publish_error: str | None = None  # the same for handing it to the bus
         self._outbox_error: str | None = None
         self.preview: PreviewTap | None = None  # the technician page, when it runs
+        self.enroller: Enroller | None = None  # enrolment codes, before the handler (enrol.py)
 
     def run(self, stop: threading.Event) -> int:
         """Run until `stop` is set (or a replay ends); 0 on a clean exit, 1 if a thread crashed."""
@@ -427,6 +429,11 @@ class ScanService:
                     if self._camera_done.is_set() and self._stop_when_source_ends:
                         stop.set()  # a finished replay ends the run once its scans are out
                         return
+                    continue
+                if self.enroller is not None and (
+                    enrolled := self.enroller.intercept(scan.text)
+                ):  # an enrolment code: never a scan event, never shown on the page
+                    self._feedback.show(enrolled)
                     continue
                 try:
                     handled = self._handler.handle(scan)
@@ -694,7 +701,7 @@ def build(
     heartbeats.watch("requests", lambda: requests.busy_since)  # the POS request worker
     if forwarder is not None:
         forwarder.heartbeat = lambda: heartbeats.beat("forwarder")
-    return ScanService(
+    service = ScanService(
         device_id=config.device.id,
         source=source,
         decoder=decoder,
@@ -713,6 +720,21 @@ def build(
         notifier=notifier if notifier is not None else Notifier.from_environment(),
         heartbeats=heartbeats,
     )
+    service.enroller = open_enroller(config)
+    return service
+
+
+def open_enroller(config: Config) -> Enroller:
+    """The enrolment interceptor; without a valid enrol-key credential it refuses codes."""
+    key = None
+    try:
+        text = read_secret("enrol-key", None)
+        key = read_fleet_key(text) if text is not None else None
+    except (ConfigError, EnrolError) as exc:
+        log.error("enrolment codes refused: credential enrol-key unusable: %s", exc)
+    state = config.device.state_dir
+    return Enroller(config.device.id, key, UsedCodes(state / "enrol-used"),
+                    SpoolStore(state / "enrol"))
 
 
 def _leat_parts(

@@ -60,10 +60,28 @@ install_packages() {
   fi
   changed "apt-get install ${MISSING[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  forbid_service_starts
   RUN_HINT="missing: ${MISSING[*]}; check the network and /etc/apt/sources.list, then rerun" \
     run apt-get update -qq
   RUN_HINT="missing: ${MISSING[*]}; fix apt (see above), then rerun provisioning" \
     run apt-get install -y -qq --no-install-recommends "${MISSING[@]}"
+  [[ -z "$POLICY_RC_D" ]] || rm -f -- "$POLICY_RC_D"
+}
+
+# forbid_service_starts: at the first boot only, a policy-rc.d that answers 101 ("action
+# forbidden", Debian's invoke-rc.d policy interface, honoured by deb-systemd-invoke) while
+# apt runs, removed afterwards (and by `cleanup` on failure). Inside leat-scanner-firstboot.service,
+# mosquitto's postinst `deb-systemd-invoke start mosquitto.service` waits for its start job,
+# which is ordered after this very unit: a deadlock until the unit's timeout (found by
+# tests/test_rootfs.py booting a card under systemd). start_services starts it afterwards.
+POLICY_RC_D=""
+forbid_service_starts() {
+  local policy=/usr/sbin/policy-rc.d
+  [[ "$FIRST_BOOT" == 1 && ! -e "$policy" ]] || return 0
+  POLICY_RC_D=$policy
+  TEMP_PATHS+=("$policy")
+  printf '#!/bin/sh\nexit 101\n' >"$policy"
+  chmod 0755 "$policy"
 }
 
 main() {

@@ -14,7 +14,7 @@ BROKER_SPEC=/etc/leat-scanner/broker.toml
 install_units() {
   local unit
   step "systemd units in $UNIT_DIR"
-  for unit in "$UNIT_NAME" "$FIRST_BOOT_UNIT"; do
+  for unit in "$UNIT_NAME" "$FIRST_BOOT_UNIT" leat-scanner-enrol.path leat-scanner-enrol.service; do
     install_file "$SYSTEMD_SRC/$unit" "$UNIT_DIR/$unit" 0644 root root
     [[ "$INSTALLED" == 0 ]] || UNIT_CHANGED=1
   done

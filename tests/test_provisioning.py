@@ -945,7 +945,8 @@ def test_unit_loads_every_secret_as_an_optional_credential() -> None:
         value.split(":", 1) for value in parse_unit(UNIT)["Service"]["LoadCredential"]
     )
 
-    assert set(credentials) == set(SECRET_NAMES)
+    # enrol-key: the fleet key enrolment codes are checked with (appliance/enrol.py)
+    assert set(credentials) == {*SECRET_NAMES, "enrol-key"}
     for name, source in credentials.items():
         # A bare name is searched in /etc/credstore and skipped when missing; an absolute
         # path that does not exist would fail the start (status 243/CREDENTIALS).
