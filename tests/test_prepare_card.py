@@ -311,7 +311,7 @@ def test_firstboot_status_names_the_missing_debian_packages(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     status = (tmp_path / "state" / "status").read_text()
     assert status.startswith("failed ") and "(exit-code)" in status
-    assert "missing Debian packages: python3-venv mosquitto-clients\n" in status
+    assert "missing Debian packages: python3-venv mosquitto-clients openssl\n" in status
     assert "reboot" in status and "missing Debian packages" in result.stdout
     env["SERVICE_RESULT"] = "success"
     subprocess.run([str(script)], env=env, check=True)
