@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -34,6 +34,7 @@ from PIL import Image, ImageFilter
 from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.errors import ConfigError
+from appliance.stillness import TILE, Box, Thumb, changed_box, thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,15 @@ class Rejected:
 
 @dataclass(frozen=True, slots=True)
 class DecodeResult:
-    """Everything one frame yielded."""
+    """Everything one frame yielded.
+
+    `advice` is a suggested exposure change in EV stops for the camera layer (negative:
+    darker, e.g. -1.0 when glare saturates a located symbol); 0.0 when there is none.
+    """
 
     scans: tuple[Scan, ...]
     rejected: tuple[Rejected, ...]
+    advice: float = 0.0
 
 
 class _Affine(NamedTuple):
@@ -149,20 +155,56 @@ class Decoder:
         self._matrix = zxingcpp.BarcodeFormats(matrix) if matrix else None
         self._max_length = cfg.max_text_length
         self._invert = cfg.try_invert
+        self._still_threshold = cfg.still_threshold
+        self._recheck = cfg.still_recheck_frames
+        self._reference: Thumb | None = None  # thumbnail of the last frame read in full
+        self._last = DecodeResult((), ())
+        self._repeats = 0
 
     def decode(self, frame: Frame) -> DecodeResult:
-        """Every code in `frame`, accepted or rejected; no code is an empty result."""
+        """Every code in `frame`, accepted or rejected; no code is an empty result.
+
+        A frame of the same scene as the last one read (stillness.py) repeats that result
+        with this frame's timestamp; when only part of a scene without codes changed, only
+        that part is read. Every `still_recheck_frames`-th frame is read in full anyway.
+        """
         pixels = _checked(frame.pixels)
+        h, w = pixels.shape
+        box: Box | None = (0, 0, w, h)
+        thumb = None
+        if self._still_threshold > 0:
+            thumb = thumbnail(pixels)
+            box = changed_box(thumb, self._reference, self._still_threshold)
+        if self._repeats + 1 >= self._recheck or self._last.scans or self._last.rejected:
+            box = None if box is None and self._repeats + 1 < self._recheck else (0, 0, w, h)
+        if box is None:
+            self._repeats += 1
+            return _restamped(self._last, frame.timestamp)
+        x0, y0, x1, y1 = _whole_tiles(box, w, h)
+        if (x1 - x0) * (y1 - y0) >= 0.6 * w * h:
+            x0, y0, x1, y1 = 0, 0, w, h
+            self._repeats = 0
+        else:
+            self._repeats += 1  # the rest of the frame was not read again
+        self._reference = thumb
+        self._last = self._decode(pixels[y0:y1, x0:x1], (x0, y0), frame.timestamp)
+        return self._last
+
+    def _decode(self, pixels: npt.NDArray[np.uint8], origin: tuple[int, int],
+                timestamp: float) -> DecodeResult:
+        """Read `pixels` (a part of the frame at `origin`) and judge what was read."""
         scans: list[Scan] = []
         rejected: list[Rejected] = []
+        ox, oy = origin
         for hit in self._find(pixels):
             fmt = hit.barcode.format.name
             text, reason = _judge(hit.barcode, self._max_length)
             if reason is None:
-                scans.append(Scan(text, fmt, hit.corners, frame.timestamp))
+                corners = tuple((x + ox, y + oy) for x, y in hit.corners)
+                scans.append(Scan(text, fmt, corners, timestamp))
             else:
                 log.info("rejected a %s code of %d characters: %s", fmt, len(text), reason)
-                rejected.append(Rejected(reason, fmt, frame.timestamp, text))
+                rejected.append(Rejected(reason, fmt, timestamp, text))
         return DecodeResult(tuple(scans), tuple(rejected))
 
     def _find(self, pixels: npt.NDArray[np.uint8]) -> list[_Hit]:
@@ -260,6 +302,25 @@ def _checked(pixels: Any) -> npt.NDArray[np.uint8]:
     if min(pixels.strides) <= 0:  # flipped or broadcast views: zxing-cpp needs positive strides
         return np.ascontiguousarray(pixels)
     return pixels
+
+
+def _whole_tiles(box: Box, w: int, h: int) -> Box:
+    """`box`, reaching the frame's edge where it touches the last whole tile (or is empty)."""
+    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0:
+        return (0, 0, w, h)
+    return (x0, y0, w if x1 + TILE > w else x1, h if y1 + TILE > h else y1)
+
+
+def _restamped(result: DecodeResult, timestamp: float) -> DecodeResult:
+    """`result` as seen again at `timestamp`."""
+    if not result.scans and not result.rejected:
+        return result
+    return DecodeResult(
+        tuple(replace(scan, timestamp=timestamp) for scan in result.scans),
+        tuple(replace(r, timestamp=timestamp) for r in result.rejected),
+        result.advice,
+    )
 
 
 def _distinct(located: list[Corners]) -> list[Corners]:

@@ -1,12 +1,21 @@
 """Benchmark `appliance.decode.Decoder` against raw zxing-cpp, pyzbar and OpenCV.
 
-Usage: .venv/bin/python bench/decode.py [--count N] [--seed S] [--repeat R]
+Usage: .venv/bin/python bench/decode.py [--count N] [--seed S] [--repeat R] [--sequences K]
 
-A generated corpus (appliance.samples.make_corpus) of frames at 640x480 and 1280x720 with
-and without codes is decoded by every available decoder. Each frame is timed `repeat`
-times (the per-frame median is kept); the table reports detection rate, false positives,
-median / p95 ms per frame (all frames, and frames without a code) and the ratios to raw
-zxing-cpp with default options from the same run.
+Single frames: a generated corpus (appliance.samples.make_corpus) of frames at 640x480 and
+1280x720 with and without codes is decoded by every available decoder. Each frame is timed
+`repeat` times (the per-frame median is kept; our Decoder gets a fresh instance per pass so
+that its still-scene shortcut never answers a repeat); the table reports detection rate,
+false positives, median / p95 ms per frame (all frames, and frames without a code) and the
+ratios to raw zxing-cpp with default options from the same run.
+
+Sequences (appliance.sequences, 30 fps timestamps): K held cards per condition, 20 frames
+each. Our Decoder keeps its state through a card (one instance per card) and its results go
+through the daemon's Debouncer; a peer reads each frame alone. Per condition: cards read,
+scans reported per card (1.00 is right: one beep per card), median frames to the first read.
+Scenes without a code, still and changing: milliseconds per frame of our Decoder and of raw
+zxing-cpp QR (`read_barcodes(img, formats=QRCode)`, default options), timed on the same frames
+back to back, and the ratio of their totals.
 """
 
 from __future__ import annotations
@@ -26,10 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import zxingcpp
 from machine import describe
 
+from appliance import sequences
 from appliance.camera import Frame
-from appliance.config import DecodeConfig
+from appliance.config import DebounceConfig, DecodeConfig
+from appliance.debounce import Debouncer
 from appliance.decode import Decoder
 from appliance.samples import DISTORTIONS, Sample, make_corpus
+
+FPS = 30
 
 ReadFn = Callable[[np.ndarray], set[str]]
 
@@ -46,11 +59,10 @@ class Outcome:
 def peers() -> tuple[dict[str, ReadFn], list[str]]:
     """Every decoder available here, and notes for the ones skipped."""
     notes: list[str] = []
-    decoder = Decoder(DecodeConfig())
 
     def ours(pixels: np.ndarray) -> set[str]:
-        result = decoder.decode(Frame(pixels, 0.0, 0))
-        return {scan.text for scan in result.scans}
+        result = Decoder(DecodeConfig()).decode(Frame(pixels, 0.0, 0))  # stateless: fresh
+        return {scan.text for scan in result.scans} | {r.text for r in result.rejected}
 
     def raw(pixels: np.ndarray) -> set[str]:
         return {b.text for b in zxingcpp.read_barcodes(pixels)}
@@ -181,6 +193,90 @@ def report(corpus: list[Sample], outcomes: list[Outcome]) -> None:
             print(f"  false positive by {o.name}: {corpus[i].name}")
 
 
+@dataclass
+class Held:
+    """One decoder's results on the held-card sequences of one condition."""
+
+    cards: int = 0
+    read: int = 0
+    reported: int = 0
+    false: int = 0
+    first: list[int] = field(default_factory=list)
+
+
+def run_sequences(readers: dict[str, ReadFn], count: int, length: int) -> None:
+    """Held cards per condition, then the cost of empty scenes; print both tables."""
+    names = ["leat Decoder", *(n for n in readers if n != "leat Decoder")]
+    table: dict[tuple[str, str], Held] = {}
+    for condition in sequences.CONDITIONS:
+        for seed in range(count):
+            seq = sequences.held_card(condition, seed, length)
+            for name in names:
+                held = table.setdefault((condition, name), Held())
+                held.cards += 1
+                _held_card(name, readers.get(name), seq, held)
+    print(f"\nheld cards: {count} per condition, {length} frames each at {FPS} fps; "
+          "cards read / scans per card / median frames to the first read")
+    short = [n.replace("cv2 ", "")[:18] for n in names]
+    print(f"{'condition':13} " + " ".join(f"{n:>24}" for n in short))
+    for condition in sequences.CONDITIONS:
+        cells = []
+        for name in names:
+            h = table[(condition, name)]
+            first = f"{statistics.median(h.first):.0f}" if h.first else "-"
+            fp = f" FP{h.false}" if h.false else ""
+            cells.append(f"{h.read:3d}/{h.cards} {h.reported / h.cards:4.2f} {first:>3}{fp:>5}")
+        print(f"{condition:13} " + " ".join(f"{c:>24}" for c in cells))
+    empty_cost(count, length)
+
+
+def _held_card(name: str, read: ReadFn | None, seq: sequences.Sequence, held: Held) -> None:
+    """Feed one held card to one decoder; ours through a Debouncer as the daemon does."""
+    decoder = Decoder(DecodeConfig()) if name == "leat Decoder" else None
+    debouncer = Debouncer(DebounceConfig())
+    first: int | None = None
+    for i, pixels in enumerate(seq.frames):
+        if decoder is not None:
+            result = decoder.decode(Frame(pixels, i / FPS, i))
+            got = {s.text for s in result.scans} | {r.text for r in result.rejected}
+        else:
+            assert read is not None
+            got = read(pixels)
+        fresh = debouncer.observe(sorted(got), i / FPS)
+        held.reported += fresh.count(seq.expected or "")
+        held.false += len(got - {seq.expected})
+        if first is None and seq.expected in got:
+            first = i
+    if first is not None:
+        held.read += 1
+        held.first.append(first)
+
+
+def empty_cost(count: int, length: int) -> None:
+    """Milliseconds per empty frame: our Decoder vs raw zxing-cpp QR, back to back."""
+    qr = zxingcpp.BarcodeFormat.QRCode
+    print("\nscenes without a code (640x480): ms per frame, medians and totals")
+    print(f"{'scene':10} {'frames':>6} {'ours med':>9} {'raw QR med':>10} "
+          f"{'ours total':>10} {'raw total':>9} {'ours/raw':>8} {'found':>5}")
+    for kind in sequences.EMPTY_SCENES:
+        ours_ms: list[float] = []
+        raw_ms: list[float] = []
+        found = 0
+        for seed in range(count):
+            decoder = Decoder(DecodeConfig())
+            for i, pixels in enumerate(sequences.empty_scene(kind, seed, length).frames):
+                start = time.perf_counter()
+                zxingcpp.read_barcodes(pixels, formats=qr)
+                raw_ms.append((time.perf_counter() - start) * 1000)
+                start = time.perf_counter()
+                result = decoder.decode(Frame(pixels, i / FPS, i))
+                ours_ms.append((time.perf_counter() - start) * 1000)
+                found += len(result.scans) + len(result.rejected)
+        print(f"{kind:10} {len(ours_ms):6d} {statistics.median(ours_ms):9.3f} "
+              f"{statistics.median(raw_ms):10.3f} {sum(ours_ms):10.1f} {sum(raw_ms):9.1f} "
+              f"{sum(ours_ms) / sum(raw_ms):8.3f} {found:5d}")
+
+
 def main() -> None:
     """Parse arguments, build the corpus, run every decoder, print the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -188,20 +284,28 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3, help="timings per frame")
     parser.add_argument("--only", nargs="*", help="run only these decoders (names)")
+    parser.add_argument("--sequences", type=int, default=12, help="held cards per condition")
+    parser.add_argument("--length", type=int, default=20, help="frames per held card")
+    parser.add_argument("--no-corpus", action="store_true", help="sequences only")
     args = parser.parse_args()
 
     print(describe("zxing-cpp", "numpy", "pillow", "pyzbar", "opencv-python-headless"))
+    readers, notes = peers()
+    for note in notes:
+        print(f"note: {note}")
+    if args.only:
+        readers = {n: r for n, r in readers.items()
+                   if n in args.only or n in ("leat Decoder", "zxing-cpp raw")}
+    if args.sequences:
+        run_sequences(readers, args.sequences, args.length)
+    if args.no_corpus:
+        return
     start = time.perf_counter()
     corpus = make_corpus(args.seed, count=args.count)
     print(f"corpus: {len(corpus)} frames, seed {args.seed}, "
           f"built in {time.perf_counter() - start:.1f} s; timings: median of {args.repeat}")
-    readers, notes = peers()
-    for note in notes:
-        print(f"note: {note}")
     outcomes = []
     for name, read in readers.items():
-        if args.only and name not in args.only and name not in ("zxing-cpp raw",):
-            continue
         start = time.perf_counter()
         outcomes.append(run(name, read, corpus, args.repeat))
         print(f"  {name}: {time.perf_counter() - start:.1f} s", flush=True)
