@@ -21,6 +21,7 @@ refused (`Rejected`), and logged without the payload (it may be personal data).
 from __future__ import annotations
 
 import logging
+import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,8 @@ from PIL import Image, ImageFilter
 from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.errors import ConfigError
+from appliance.multiframe import RegionStack
+from appliance.preprocess import denoise, glare_fraction, narrow_range, noise_level, stretch
 from appliance.stillness import TILE, Box, Thumb, changed_box, thumbnail
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,11 @@ _ALIASES: dict[str, tuple[zxingcpp.BarcodeFormat, ...]] = {
 }
 _LINEAR = frozenset(zxingcpp.barcode_formats_list(zxingcpp.BarcodeFormats(_F.AllLinear)))
 _ROW_STEP = 8  # linear codes are tall: every 8th row still crosses the bars many times
+_BAR_STEP = 10  # grey levels over two pixels: an edge for the linear-code gate
+_BAR_EDGES = 40  # edge pixels a line needs before the linear reader is asked
+_NOISY = 6.0  # estimated noise (grey levels) above which a failed frame is denoised
+_GLARE_SHARE = 0.04  # saturated share of a followed region that calls for less exposure
+_GLARE_ADVICE_EV = -1.0
 _ROI_LIMIT = 2  # at most this many located-but-undecoded symbols get a closer look
 _SHARPEN = ImageFilter.UnsharpMask(radius=3, percent=250, threshold=0)
 # (upscale, sharpen, binarizer) tried in turn on a located symbol; chosen on the bench corpus
@@ -160,6 +168,9 @@ class Decoder:
         self._reference: Thumb | None = None  # thumbnail of the last frame read in full
         self._last = DecodeResult((), ())
         self._repeats = 0
+        self._preprocess = cfg.preprocess
+        self._stack = RegionStack(cfg.multiframe_frames)
+        self._budget_s = cfg.multiframe_budget_ms / 1000
 
     def decode(self, frame: Frame) -> DecodeResult:
         """Every code in `frame`, accepted or rejected; no code is an empty result.
@@ -177,6 +188,8 @@ class Decoder:
             box = changed_box(thumb, self._reference, self._still_threshold)
         if self._repeats + 1 >= self._recheck or self._last.scans or self._last.rejected:
             box = None if box is None and self._repeats + 1 < self._recheck else (0, 0, w, h)
+        if box is None and self._stack.box is not None:
+            box = (0, 0, w, h)  # a symbol is being followed: every frame counts
         if box is None:
             self._repeats += 1
             return _restamped(self._last, frame.timestamp)
@@ -187,30 +200,101 @@ class Decoder:
         else:
             self._repeats += 1  # the rest of the frame was not read again
         self._reference = thumb
-        self._last = self._decode(pixels[y0:y1, x0:x1], (x0, y0), frame.timestamp)
+        start = time.perf_counter()
+        located: list[Corners] = []
+        hits = _shifted(self._find(pixels[y0:y1, x0:x1], located), x0, y0)
+        if not hits and self._preprocess:
+            hits = _shifted(self._preprocessed(pixels[y0:y1, x0:x1], located), x0, y0)
+        located = [tuple((x + x0, y + y0) for x, y in c) for c in located]
+        advice = 0.0
+        if hits:
+            self._stack.clear()
+        elif self._stack.depth > 1:
+            hits, advice = self._multiframe(pixels, located, start + self._budget_s)
+        self._last = self._judged(hits, frame.timestamp, advice)
         return self._last
 
-    def _decode(self, pixels: npt.NDArray[np.uint8], origin: tuple[int, int],
-                timestamp: float) -> DecodeResult:
-        """Read `pixels` (a part of the frame at `origin`) and judge what was read."""
+    def _judged(self, hits: list[_Hit], timestamp: float, advice: float) -> DecodeResult:
+        """Judge what was read: accepted scans and refused codes."""
         scans: list[Scan] = []
         rejected: list[Rejected] = []
-        ox, oy = origin
-        for hit in self._find(pixels):
+        for hit in hits:
             fmt = hit.barcode.format.name
             text, reason = _judge(hit.barcode, self._max_length)
             if reason is None:
-                corners = tuple((x + ox, y + oy) for x, y in hit.corners)
-                scans.append(Scan(text, fmt, corners, timestamp))
+                scans.append(Scan(text, fmt, hit.corners, timestamp))
             else:
                 log.info("rejected a %s code of %d characters: %s", fmt, len(text), reason)
                 rejected.append(Rejected(reason, fmt, timestamp, text))
-        return DecodeResult(tuple(scans), tuple(rejected))
+        return DecodeResult(tuple(scans), tuple(rejected), advice)
 
-    def _find(self, pixels: npt.NDArray[np.uint8]) -> list[_Hit]:
-        """Run the pass ladder; stop at the first pass that finds anything."""
+    def _preprocessed(self, pixels: npt.NDArray[np.uint8], located: list[Corners]) -> list[_Hit]:
+        """Matrix codes in a denoised (noisy frames) or stretched (faded, hazy) `pixels`."""
+        if self._matrix is None:
+            return []
+        noisy, narrow = noise_level(pixels) > _NOISY, narrow_range(pixels)
+        fixed: list[npt.NDArray[np.uint8]] = []
+        if noisy or narrow:
+            fixed.append(denoise(pixels))  # stretching noise would only make it louder
+        if narrow:
+            fixed.append(stretch(fixed[0]))
+        for image in fixed:
+            for binarizer in (zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram):
+                hits = self._read(image, self._matrix, _IDENTITY, located, binarizer=binarizer)
+                if hits:
+                    return hits
+        return []
+
+    def _multiframe(self, pixels: npt.NDArray[np.uint8], located: list[Corners],
+                    deadline: float) -> tuple[list[_Hit], float]:
+        """Follow a located-but-unread symbol; read combinations of its aligned crops.
+
+        Returns what was read and the exposure advice for the region (multiframe.py).
+        """
+        stack = self._stack
+        boxes = [_box_around(c) for c in _distinct(located)]
+        if stack.box is not None:
+            x0, y0, x1, y1 = stack.box
+            inside = [b for b in boxes if x0 <= (b[0] + b[2]) / 2 <= x1
+                      and y0 <= (b[1] + b[3]) / 2 <= y1]
+            if not stack.follow(pixels, confirmed=bool(inside)) and boxes:
+                stack.start(pixels, boxes[0])
+        elif boxes:
+            stack.start(pixels, boxes[0])
+        if stack.box is None or self._matrix is None:
+            return [], 0.0
+        x0, y0, x1, y1 = stack.box
+        glare = glare_fraction(pixels[y0:y1, x0:x1]) > _GLARE_SHARE
+        advice = _GLARE_ADVICE_EV if glare else 0.0
+        for _name, image in stack.combinations(glare):
+            if time.perf_counter() > deadline:
+                break
+            hits = self._read_combined(image, self._matrix, x0, y0, deadline)
+            if hits:
+                return hits, advice
+        return [], advice
+
+    def _read_combined(self, image: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
+                       x0: int, y0: int, deadline: float) -> list[_Hit]:
+        """One combined crop: as it is with both binarizers, then stretched, then upscaled."""
+        affine = _Affine(ox=x0, oy=y0)
+        views = [image]
+        if self._preprocess and narrow_range(image):
+            views.append(stretch(image))
+        for view in views:
+            for binarizer in (zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram):
+                hits = self._read(view, formats, affine, binarizer=binarizer)
+                if hits or time.perf_counter() > deadline:
+                    return hits
+        h, w = image.shape
+        return self._read_region(image, formats, ((0, 0), (w, 0), (w, h), (0, h)), x0, y0)
+
+    def _find(self, pixels: npt.NDArray[np.uint8], located: list[Corners]) -> list[_Hit]:
+        """Run the pass ladder; stop at the first pass that finds anything.
+
+        Symbols located but not decoded are added to `located` (in `pixels` coordinates).
+        """
         matrix, linear = self._matrix, self._linear
-        located: list[Corners] = []
         if matrix is not None:
             half = _Affine(a=2.0, d=2.0)
             hits = self._read(pixels[::2, ::2], matrix, half, located,
@@ -246,6 +330,8 @@ class Decoder:
         views = [(pixels[::step, :], _Affine(d=step)),
                  (pixels[:, ::step].T, _Affine(a=0.0, b=1.0, c=step, d=0.0))]
         for view, affine in views:
+            if not _has_bars(view):
+                continue
             hits = self._read(view, formats, affine)
             if not hits and self._invert:
                 hits = self._read(255 - view, formats, affine)
@@ -254,7 +340,7 @@ class Decoder:
         return []
 
     def _read_region(self, pixels: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
-                     corners: Corners) -> list[_Hit]:
+                     corners: Corners, ox: int = 0, oy: int = 0) -> list[_Hit]:
         """A closer look at a symbol zxing-cpp located but could not decode."""
         xs = [x for x, _ in corners]
         ys = [y for _, y in corners]
@@ -270,7 +356,7 @@ class Decoder:
             image = crop.resize(size, Image.Resampling.BICUBIC)
             if sharpen:
                 image = image.filter(_SHARPEN)
-            affine = _Affine(a=1.0 / scale, d=1.0 / scale, ox=x0, oy=y0)
+            affine = _Affine(a=1.0 / scale, d=1.0 / scale, ox=x0 + ox, oy=y0 + oy)
             hits = self._read(np.asarray(image), formats, affine, binarizer=binarizer)
             if hits:
                 return hits
@@ -293,6 +379,21 @@ class Decoder:
         return hits
 
 
+def _has_bars(lines: npt.NDArray[np.uint8]) -> bool:
+    """Whether any of these pixel lines crosses enough edges to be a linear code.
+
+    An edge is a step of more than `_BAR_STEP` grey levels over two pixels (blurred,
+    low-contrast bars included); EAN-13 has 59 edges and our Code 128 values more, each
+    counted once or more, so a line with fewer than `_BAR_EDGES` cannot hold one. About a
+    fifth of the cost of the zxing-cpp calls it saves on a plain scene.
+    """
+    if lines.shape[1] < 3:
+        return False
+    wide = lines.astype(np.int16)
+    steps = np.abs(wide[:, 2:] - wide[:, :-2]) > _BAR_STEP
+    return bool(steps.sum(axis=1).max() >= _BAR_EDGES)
+
+
 def _checked(pixels: Any) -> npt.NDArray[np.uint8]:
     """The frame's pixels if they are a 2-D uint8 array zxing-cpp can read in place."""
     if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2:
@@ -302,6 +403,21 @@ def _checked(pixels: Any) -> npt.NDArray[np.uint8]:
     if min(pixels.strides) <= 0:  # flipped or broadcast views: zxing-cpp needs positive strides
         return np.ascontiguousarray(pixels)
     return pixels
+
+
+def _shifted(hits: list[_Hit], ox: int, oy: int) -> list[_Hit]:
+    """`hits` with corners moved by (ox, oy)."""
+    if not ox and not oy:
+        return hits
+    return [_Hit(h.barcode, tuple((x + ox, y + oy) for x, y in h.corners)) for h in hits]
+
+
+def _box_around(corners: Corners) -> Box:
+    """The bounding box of `corners` grown by a sixth of its size and 8 pixels."""
+    xs = [x for x, _ in corners]
+    ys = [y for _, y in corners]
+    margin = 8 + (max(xs) - min(xs) + max(ys) - min(ys)) // 12
+    return (min(xs) - margin, min(ys) - margin, max(xs) + margin, max(ys) + margin)
 
 
 def _whole_tiles(box: Box, w: int, h: int) -> Box:

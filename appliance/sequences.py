@@ -88,14 +88,15 @@ def _condition(code: Gray, condition: str, i: int, length: int,
         t = i / max(1, length - 1)
         centre = (w * (0.3 + 0.4 * t), h * (0.45 + 0.1 * np.sin(3 * t)))
         return samples.glare(code, centre, (w * 0.22, h * 0.2), 320)
-    if condition == "finger":  # a thumb over a corner, sliding as the grip changes
+    if condition == "finger":  # a fingertip over the data modules, shifting with the grip
         out = code.copy()
-        t = i / max(1, length - 1)
-        fx = int(w * (0.05 + 0.25 * t))
-        fy = int(h * 0.55)
+        angle = 2 * np.pi * (0.17 * i + float(rng.uniform(-0.03, 0.03)))
+        modules = (h // 29) or 1  # version 1 (21 modules) plus 4-module quiet zones
+        fx = (17.5 + 5.5 * np.cos(angle)) * modules
+        fy = (17.5 + 5.5 * np.sin(angle)) * modules
         yy, xx = np.mgrid[0:h, 0:w]
-        thumb = ((xx - fx) / (w * 0.2)) ** 2 + ((yy - (h + fy) / 2) / (h * 0.35)) ** 2 < 1
-        out[thumb] = 150 + (yy[thumb] % 7).astype(np.uint8)
+        tip = (xx - fx) ** 2 + (yy - fy) ** 2 < (5.0 * modules) ** 2
+        out[tip] = 150 + (yy[tip] % 7).astype(np.uint8)
         return out
     return code
 
@@ -103,10 +104,10 @@ def _condition(code: Gray, condition: str, i: int, length: int,
 def _camera(frame: Gray, condition: str, i: int, rng: np.random.Generator) -> Gray:
     """Camera-level effects on the whole frame."""
     if condition == "noise":  # dim light, high ISO: every frame its own noise
-        return samples.noise(frame, rng, 55.0)
+        return samples.noise(frame, rng, 100.0)
     if condition == "low_contrast":  # haze or faded print: a narrow band of grey
-        low = 110
-        return samples.noise(samples.low_contrast(frame, low, low + 16), rng, 3.0)
+        low = 112
+        return samples.noise(samples.low_contrast(frame, low, low + 16), rng, 5.0)
     if condition == "motion":  # brought in fast, then settling: blur fading out
         length = max(1, 15 - 2 * i)
         return _motion_blur(samples.noise(frame, rng, 3.0), length)

@@ -44,7 +44,7 @@ def thumbnail(pixels: npt.NDArray[np.uint8]) -> Thumb:
 
 
 def changed_box(thumb: Thumb, reference: Thumb | None, threshold: float,
-                margin: int = 2) -> Box | None:
+                margin: int = 1) -> Box | None:
     """Where `thumb` differs from `reference` beyond `threshold` grey levels and the noise:
     the changed tiles' bounding box grown by `margin` tiles (None: the same scene).
 

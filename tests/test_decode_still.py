@@ -39,9 +39,9 @@ class CountingDecoder(Decoder):
         super().__init__(cfg)
         self.areas: list[int] = []
 
-    def _find(self, pixels: Any) -> Any:
+    def _find(self, pixels: Any, located: Any) -> Any:
         self.areas.append(pixels.shape[0] * pixels.shape[1])
-        return super()._find(pixels)
+        return super()._find(pixels, located)
 
 
 def test_thumbnail_sums_every_fourth_pixel_of_each_tile() -> None:

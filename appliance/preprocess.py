@@ -1,0 +1,80 @@
+"""Image fixes for the weak conditions, tried only after the plain read failed.
+
+- `noise_level`: a cheap estimate of sensor noise (grey levels) from the second difference
+  along sparse rows; a dim, high-ISO frame scores far above a clean one.
+- `denoise`: a 3x3 box mean (Pillow, C speed): a third of the noise, modules of 3 pixels
+  and more survive it. zxing-cpp's own `try_downscale` averages too, but halves the size.
+- `stretch`: maps the 1st..99th percentile of a region to 0..255, for faded print and haze,
+  whose grey band is narrower than zxing-cpp's binarizers accept (a local range under 24).
+- `glare_fraction`: the share of saturated pixels in a region, the basis of the exposure
+  advice (`DecodeResult.advice`).
+
+Pillow and numpy only: OpenCV's CLAHE was measured in bench/decode.py's sequences (see
+docs/decoding.md) and did not earn a second imaging library on the device.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageFilter
+
+Gray = npt.NDArray[np.uint8]
+
+_NOISE_ROW_STEP: Final = 8
+_LAPLACE_TO_SIGMA: Final = 1.0 / (0.6745 * np.sqrt(6.0))  # median |2a-b-c| of N(0,s): 1.65 s
+SATURATED: Final = 250
+NARROW: Final = 64  # grey levels: a 1st..99th percentile band narrower than this is stretched
+
+
+def noise_level(pixels: Gray) -> float:
+    """Estimated noise standard deviation in grey levels (0 for frames under 3x3 pixels)."""
+    rows = pixels[::_NOISE_ROW_STEP, :]
+    if rows.shape[1] < 3:
+        return 0.0
+    wide = rows.astype(np.int16)
+    second = np.abs(2 * wide[:, 1:-1] - wide[:, :-2] - wide[:, 2:]).ravel()
+    middle = second.size // 2
+    return float(np.partition(second, middle)[middle]) * float(_LAPLACE_TO_SIGMA)
+
+
+def denoise(pixels: Gray) -> Gray:
+    """A 3x3 box mean of `pixels` (same size)."""
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    return np.asarray(image.filter(ImageFilter.BoxBlur(1)))
+
+
+def _span(pixels: Gray) -> tuple[float, float]:
+    """The 1st and 99th percentile of a few thousand samples of `pixels`."""
+    step = max(1, min(pixels.shape) // 60)
+    counts = np.cumsum(np.bincount(pixels[::step, ::step].ravel(), minlength=256))
+    total = int(counts[-1])
+    low = int(np.searchsorted(counts, total * 0.01, side="right"))
+    high = int(np.searchsorted(counts, total * 0.99))
+    return float(low), float(high)
+
+
+def narrow_range(pixels: Gray) -> bool:
+    """Whether most of `pixels` lies in a band too narrow for zxing-cpp's binarizers."""
+    if pixels.size == 0:
+        return False
+    low, high = _span(pixels)
+    return 4 <= high - low < NARROW
+
+
+def stretch(pixels: Gray) -> Gray:
+    """`pixels` with its 1st..99th percentile spread over 0..255."""
+    low, high = _span(pixels)
+    high = max(high, low + 1)
+    lut = np.clip((np.arange(256, dtype=np.float32) - low) * (255.0 / (high - low)), 0, 255)
+    out: Gray = lut.astype(np.uint8)[pixels]
+    return out
+
+
+def glare_fraction(pixels: Gray) -> float:
+    """The share of saturated pixels (>= 250) in `pixels`."""
+    if pixels.size == 0:
+        return 0.0
+    return float(np.count_nonzero(pixels >= SATURATED)) / pixels.size
