@@ -36,7 +36,14 @@ from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.errors import ConfigError
 from appliance.multiframe import RegionStack
-from appliance.preprocess import denoise, glare_fraction, narrow_range, noise_level, stretch
+from appliance.preprocess import (
+    busiest_box,
+    denoise,
+    glare_fraction,
+    narrow_range,
+    noise_level,
+    stretch,
+)
 from appliance.stillness import TILE, Box, Thumb, changed_box, thumbnail
 
 log = logging.getLogger(__name__)
@@ -171,6 +178,8 @@ class Decoder:
         self._preprocess = cfg.preprocess
         self._stack = RegionStack(cfg.multiframe_frames)
         self._budget_s = cfg.multiframe_budget_ms / 1000
+        self._weak: npt.NDArray[np.uint8] | None = None  # this frame's denoised region
+        self._weak_wait = 0  # frames before the busiest region may be followed again
 
     def decode(self, frame: Frame) -> DecodeResult:
         """Every code in `frame`, accepted or rejected; no code is an empty result.
@@ -203,6 +212,7 @@ class Decoder:
         start = time.perf_counter()
         located: list[Corners] = []
         hits = _shifted(self._find(pixels[y0:y1, x0:x1], located), x0, y0)
+        self._weak = None
         if not hits and self._preprocess:
             hits = _shifted(self._preprocessed(pixels[y0:y1, x0:x1], located), x0, y0)
         located = [tuple((x + x0, y + y0) for x, y in c) for c in located]
@@ -210,7 +220,12 @@ class Decoder:
         if hits:
             self._stack.clear()
         elif self._stack.depth > 1:
-            hits, advice = self._multiframe(pixels, located, start + self._budget_s)
+            weak = None
+            if self._weak is not None and not located and self._stack.box is None:
+                weak = busiest_box(self._weak)  # noisy or faint: zxing-cpp located nothing
+            if weak is not None:
+                weak = (weak[0] + x0, weak[1] + y0, weak[2] + x0, weak[3] + y0)
+            hits, advice = self._multiframe(pixels, located, weak, start + self._budget_s)
         self._last = self._judged(hits, frame.timestamp, advice)
         return self._last
 
@@ -236,6 +251,7 @@ class Decoder:
         fixed: list[npt.NDArray[np.uint8]] = []
         if noisy or narrow:
             fixed.append(denoise(pixels))  # stretching noise would only make it louder
+            self._weak = fixed[0]
         if narrow:
             fixed.append(stretch(fixed[0]))
         for image in fixed:
@@ -246,13 +262,15 @@ class Decoder:
         return []
 
     def _multiframe(self, pixels: npt.NDArray[np.uint8], located: list[Corners],
-                    deadline: float) -> tuple[list[_Hit], float]:
-        """Follow a located-but-unread symbol; read combinations of its aligned crops.
+                    weak: Box | None, deadline: float) -> tuple[list[_Hit], float]:
+        """Follow a located-but-unread symbol (or, in a noisy or faint frame, the busiest
+        region: `weak`); read combinations of its aligned crops.
 
         Returns what was read and the exposure advice for the region (multiframe.py).
         """
         stack = self._stack
         boxes = [_box_around(c) for c in _distinct(located)]
+        self._weak_wait = max(0, self._weak_wait - 1)
         if stack.box is not None:
             x0, y0, x1, y1 = stack.box
             inside = [b for b in boxes if x0 <= (b[0] + b[2]) / 2 <= x1
@@ -261,16 +279,24 @@ class Decoder:
                 stack.start(pixels, boxes[0])
         elif boxes:
             stack.start(pixels, boxes[0])
+        elif (weak is not None and not self._weak_wait
+              and stack.start(pixels, weak, patience=stack.depth)):
+            # a guess, not a located symbol: followed briefly, and not again for a while
+            self._weak_wait = 3 * stack.depth
         if stack.box is None or self._matrix is None:
             return [], 0.0
         x0, y0, x1, y1 = stack.box
-        glare = glare_fraction(pixels[y0:y1, x0:x1]) > _GLARE_SHARE
+        region = pixels[y0:y1, x0:x1]
+        # clipped sensor noise saturates too: glare only where the region is not noisy
+        glare = glare_fraction(region) > _GLARE_SHARE and noise_level(region) < 3 * _NOISY
         advice = _GLARE_ADVICE_EV if glare else 0.0
         for _name, image in stack.combinations(glare):
             if time.perf_counter() > deadline:
                 break
             hits = self._read_combined(image, self._matrix, x0, y0, deadline)
             if hits:
+                stack.confirm()
+                self._weak_wait = 0
                 return hits, advice
         return [], advice
 
@@ -279,13 +305,19 @@ class Decoder:
         """One combined crop: as it is with both binarizers, then stretched, then upscaled."""
         affine = _Affine(ox=x0, oy=y0)
         views = [image]
-        if self._preprocess and narrow_range(image):
-            views.append(stretch(image))
+        if self._preprocess and noise_level(image) > _NOISY:
+            views.append(denoise(image))
+        if self._preprocess and narrow_range(views[-1]):
+            views.append(stretch(views[-1]))
         for view in views:
             for binarizer in (zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram):
                 hits = self._read(view, formats, affine, binarizer=binarizer)
                 if hits or time.perf_counter() > deadline:
                     return hits
+        half = np.asarray(Image.fromarray(views[-1]).reduce(2))  # blur spread over 2 pixels
+        hits = self._read(half, formats, _Affine(a=2.0, d=2.0, ox=x0, oy=y0))
+        if hits or time.perf_counter() > deadline:
+            return hits
         h, w = image.shape
         return self._read_region(image, formats, ((0, 0), (w, 0), (w, h), (0, h)), x0, y0)
 

@@ -12,7 +12,7 @@ then reads combinations of the stack, cheapest and most useful first:
 - max: a dark occluder that moves.
 
 Everything is bounded: at most `depth` crops of at most `MAX_SIDE` pixels a side; a
-region not confirmed for `4 * depth` frames is dropped.
+region not confirmed for `4 * depth` frames (a guessed one: `depth`) is dropped.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class RegionStack:
         self._crops: deque[Gray] = deque(maxlen=depth)
         self._sum: npt.NDArray[np.float32] | None = None
         self._unconfirmed = 0
+        self._patience = 4 * depth
 
     def __len__(self) -> int:
         return len(self._crops)
@@ -50,9 +51,14 @@ class RegionStack:
         self.box, self._sum, self._unconfirmed = None, None, 0
         self._crops.clear()
 
-    def start(self, pixels: Gray, box: Box) -> bool:
-        """Follow `box` from this frame on (False: too small, too large or off the frame)."""
+    def start(self, pixels: Gray, box: Box, patience: int | None = None) -> bool:
+        """Follow `box` from this frame on (False: too small, too large or off the frame).
+
+        The region is dropped after `patience` frames (default `4 * depth`) in a row
+        without `confirm` or a confirmed `follow`.
+        """
         self.clear()
+        self._patience = 4 * self.depth if patience is None else patience
         h, w = pixels.shape
         x0, y0, x1, y1 = max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3])
         if not (MIN_SIDE <= x1 - x0 <= MAX_SIDE and MIN_SIDE <= y1 - y0 <= MAX_SIDE):
@@ -69,7 +75,7 @@ class RegionStack:
         if self.box is None or self._sum is None:
             return False
         self._unconfirmed = 0 if confirmed else self._unconfirmed + 1
-        if self._unconfirmed >= 4 * self.depth:
+        if self._unconfirmed >= self._patience:
             self.clear()
             return False
         x0, y0, x1, y1 = self.box
@@ -86,6 +92,10 @@ class RegionStack:
         self.box = (nx0, ny0, nx1, ny1)
         self._push(np.array(pixels[ny0:ny1, nx0:nx1]))
         return True
+
+    def confirm(self) -> None:
+        """The region was read: keep following it."""
+        self._unconfirmed = 0
 
     def combinations(self, glare: bool) -> Iterator[tuple[str, Gray]]:
         """Combined images of the stack (2+ crops), computed lazily, in the order to try."""

@@ -6,6 +6,9 @@
   and more survive it. zxing-cpp's own `try_downscale` averages too, but halves the size.
 - `stretch`: maps the 1st..99th percentile of a region to 0..255, for faded print and haze,
   whose grey band is narrower than zxing-cpp's binarizers accept (a local range under 24).
+- `busiest_box`: where a symbol too noisy or faint for zxing-cpp to locate most likely is:
+  the densest cluster of 16x16 tiles whose grey levels vary far more than the frame's
+  typical tile (modules alternate; a counter, a box or a line mostly does not).
 - `glare_fraction`: the share of saturated pixels in a region, the basis of the exposure
   advice (`DecodeResult.advice`).
 
@@ -24,20 +27,27 @@ from PIL import Image, ImageFilter
 Gray = npt.NDArray[np.uint8]
 
 _NOISE_ROW_STEP: Final = 8
+_NOISE_ROWS: Final = 24  # rows sampled at most: tens of thousands of differences
 _LAPLACE_TO_SIGMA: Final = 1.0 / (0.6745 * np.sqrt(6.0))  # median |2a-b-c| of N(0,s): 1.65 s
 SATURATED: Final = 250
+_TILE: Final = 16
+_WINDOW: Final = 5  # tiles: the smallest symbol we follow spans about 5x5 tiles
+_BUSY_FACTOR: Final = 1.6  # a busy tile varies this many times more than the median tile
+_BUSY_MIN: Final = 3.0  # grey levels: below this nothing is busy (a flat frame)
+_BUSY_TILES: Final = 12  # busy tiles of 25 in the window: a filled square, not a line
 NARROW: Final = 64  # grey levels: a 1st..99th percentile band narrower than this is stretched
 
 
 def noise_level(pixels: Gray) -> float:
     """Estimated noise standard deviation in grey levels (0 for frames under 3x3 pixels)."""
-    rows = pixels[::_NOISE_ROW_STEP, :]
+    rows = pixels[::max(_NOISE_ROW_STEP, pixels.shape[0] // _NOISE_ROWS), :]
     if rows.shape[1] < 3:
         return 0.0
     wide = rows.astype(np.int16)
     second = np.abs(2 * wide[:, 1:-1] - wide[:, :-2] - wide[:, 2:]).ravel()
-    middle = second.size // 2
-    return float(np.partition(second, middle)[middle]) * float(_LAPLACE_TO_SIGMA)
+    counts = np.cumsum(np.bincount(second, minlength=1))  # a median without sorting
+    median = int(np.searchsorted(counts, second.size / 2))
+    return median * float(_LAPLACE_TO_SIGMA)
 
 
 def denoise(pixels: Gray) -> Gray:
@@ -78,3 +88,27 @@ def glare_fraction(pixels: Gray) -> float:
     if pixels.size == 0:
         return 0.0
     return float(np.count_nonzero(pixels >= SATURATED)) / pixels.size
+
+
+def busiest_box(pixels: Gray) -> tuple[int, int, int, int] | None:
+    """The box (x0, y0, x1, y1) around the densest cluster of busy tiles, or None."""
+    rows, cols = pixels.shape[0] // _TILE, pixels.shape[1] // _TILE
+    if rows < _WINDOW or cols < _WINDOW:
+        return None
+    k = _TILE // 4
+    sub = pixels[: rows * _TILE : 4, : cols * _TILE : 4].astype(np.float32)
+    tiles = sub.reshape(rows, k, cols, k)
+    spread = tiles.std(axis=(1, 3))
+    busy = spread > max(_BUSY_FACTOR * float(np.median(spread)), _BUSY_MIN)
+    sums = np.pad(busy.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    w = _WINDOW
+    counts = sums[w:, w:] - sums[:-w, w:] - sums[w:, :-w] + sums[:-w, :-w]
+    r, c = np.unravel_index(int(np.argmax(counts)), counts.shape)
+    if counts[r, c] < _BUSY_TILES:
+        return None
+    r0, c0 = max(0, int(r) - w // 2), max(0, int(c) - w // 2)
+    window = busy[r0:int(r) + w + w // 2, c0:int(c) + w + w // 2]
+    ys, xs = np.nonzero(window)
+    y0, y1 = r0 + int(ys.min()), r0 + int(ys.max()) + 1
+    x0, x1 = c0 + int(xs.min()), c0 + int(xs.max()) + 1
+    return ((x0 - 1) * _TILE, (y0 - 1) * _TILE, (x1 + 1) * _TILE, (y1 + 1) * _TILE)

@@ -28,6 +28,7 @@ class Sequence:
     name: str
     frames: tuple[Gray, ...]
     expected: str | None
+    box: tuple[int, int, int, int] | None = None  # the card in the first frame: x0, y0, x1, y1
 
 
 def held_card(condition: str, seed: int, length: int = 20,
@@ -38,14 +39,14 @@ def held_card(condition: str, seed: int, length: int = 20,
     rng = np.random.default_rng([seed, CONDITIONS.index(condition), length])
     text = f"LC-{''.join(rng.choice(list('ABCDEFGHJKLMNPQRSTUVWXYZ23456789'), 8))}"
     module = int(rng.integers(3, 5))
-    code = samples.render_code(text, module_px=module)
-    if condition == "low_contrast":
-        code = samples.low_contrast(code, 0, 255)
+    # Printed card under a camera's auto exposure: ink at 20, paper at 215 (not clipped)
+    code = samples.low_contrast(samples.render_code(text, module_px=module), 20, 215)
     scene = samples.background(size, rng)
     w, h = size
     ch, cw = code.shape
     x0, y0 = int(rng.integers(8, w - cw - 8)), int(rng.integers(8, h - ch - 8))
     frames = []
+    first: tuple[int, int, int, int] | None = None
     jx, jy = 0.0, 0.0
     for i in range(length):
         jx = float(np.clip(jx + rng.normal(0, 0.8), -4, 4))
@@ -55,8 +56,9 @@ def held_card(condition: str, seed: int, length: int = 20,
         x = int(np.clip(x0 + round(jx), 0, w - cw))
         y = int(np.clip(y0 + round(jy), 0, h - ch))
         frame[y:y + ch, x:x + cw] = card
+        first = first or (x, y, x + cw, y + ch)
         frames.append(_camera(frame, condition, i, rng))
-    return Sequence(f"{condition}-{seed}", tuple(frames), text)
+    return Sequence(f"{condition}-{seed}", tuple(frames), text, first)
 
 
 def empty_scene(kind: str, seed: int, length: int = 20,

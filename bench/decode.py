@@ -67,7 +67,12 @@ def peers() -> tuple[dict[str, ReadFn], list[str]]:
     def raw(pixels: np.ndarray) -> set[str]:
         return {b.text for b in zxingcpp.read_barcodes(pixels)}
 
-    found: dict[str, ReadFn] = {"leat Decoder": ours, "zxing-cpp raw": raw}
+    def raw_qr(pixels: np.ndarray) -> set[str]:
+        qr = zxingcpp.BarcodeFormat.QRCode
+        return {b.text for b in zxingcpp.read_barcodes(pixels, formats=qr)}
+
+    found: dict[str, ReadFn] = {"leat Decoder": ours, "zxing-cpp raw": raw,
+                                "zxing-cpp raw QR": raw_qr}
     try:
         from pyzbar import pyzbar
 
@@ -140,6 +145,7 @@ def report(corpus: list[Sample], outcomes: list[Outcome]) -> None:
     empty = [i for i, s in enumerate(corpus) if s.expected is None]
     qr = [i for i in coded if "-QRCode-" in corpus[i].name]
     raw = next(o for o in outcomes if o.name == "zxing-cpp raw")
+    raw_qr = next((o for o in outcomes if o.name == "zxing-cpp raw QR"), raw)
 
     def hits(o: Outcome, idx: list[int]) -> int:
         return sum(corpus[i].expected in o.found[i] for i in idx)
@@ -151,7 +157,7 @@ def report(corpus: list[Sample], outcomes: list[Outcome]) -> None:
     print(f"\n{len(corpus)} frames: {len(coded)} with a code ({len(qr)} QR), "
           f"{len(empty)} without")
     head = (f"{'decoder':24} {'detected':>14} {'QR only':>9} {'FP':>3} {'med ms':>7} "
-            f"{'p95 ms':>7} {'empty med':>9} {'det/raw':>7} {'med/raw':>7}")
+            f"{'p95 ms':>7} {'empty med':>9} {'det/raw':>7} {'med/raw':>7} {'empty/rawQR':>11}")
     print(head)
     print("-" * len(head))
     for o in outcomes:
@@ -160,7 +166,8 @@ def report(corpus: list[Sample], outcomes: list[Outcome]) -> None:
               f"{100 * hits(o, qr) / len(qr):8.1f}% {false_pos(o):3d} "
               f"{statistics.median(o.ms):7.2f} {pct(o.ms, 95):7.2f} "
               f"{statistics.median([o.ms[i] for i in empty]):9.2f} "
-              f"{h / raw_hits:7.3f} {statistics.median(o.ms) / raw_med:7.3f}")
+              f"{h / raw_hits:7.3f} {statistics.median(o.ms) / raw_med:7.3f} "
+              f"{sum(o.ms[i] for i in empty) / sum(raw_qr.ms[i] for i in empty):11.3f}")
 
     print("\ndetection per distortion (frames with a code carrying it)")
     names = [o.name.replace("cv2 ", "")[:13] for o in outcomes]
@@ -295,7 +302,7 @@ def main() -> None:
         print(f"note: {note}")
     if args.only:
         readers = {n: r for n, r in readers.items()
-                   if n in args.only or n in ("leat Decoder", "zxing-cpp raw")}
+                   if n in args.only or n in ("leat Decoder", "zxing-cpp raw", "zxing-cpp raw QR")}
     if args.sequences:
         run_sequences(readers, args.sequences, args.length)
     if args.no_corpus:
