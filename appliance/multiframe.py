@@ -42,6 +42,7 @@ class RegionStack:
         self._sum: npt.NDArray[np.float32] | None = None
         self._unconfirmed = 0
         self._patience = 4 * depth
+        self._frame_shape: tuple[int, ...] = (0, 0)
 
     def __len__(self) -> int:
         return len(self._crops)
@@ -64,6 +65,7 @@ class RegionStack:
         if not (MIN_SIDE <= x1 - x0 <= MAX_SIDE and MIN_SIDE <= y1 - y0 <= MAX_SIDE):
             return False
         self.box = (x0, y0, x1, y1)
+        self._frame_shape = pixels.shape
         self._push(np.array(pixels[y0:y1, x0:x1]))
         return True
 
@@ -80,17 +82,16 @@ class RegionStack:
             return False
         x0, y0, x1, y1 = self.box
         h, w = pixels.shape
-        if x0 - SEARCH < 0 or y0 - SEARCH < 0 or x1 + SEARCH > w or y1 + SEARCH > h:
-            window = None
-        else:
-            window = pixels[y0 - SEARCH:y1 + SEARCH, x0 - SEARCH:x1 + SEARCH]
-        dx, dy = (0, 0) if window is None else _shift(self._sum, window)
-        nx0, ny0, nx1, ny1 = x0 + dx, y0 + dy, x1 + dx, y1 + dy
-        if nx0 < 0 or ny0 < 0 or nx1 > w or ny1 > h:
+        if pixels.shape != self._frame_shape:  # another camera mode: start again
             self.clear()
             return False
-        self.box = (nx0, ny0, nx1, ny1)
-        self._push(np.array(pixels[ny0:ny1, nx0:nx1]))
+        if x0 >= SEARCH and y0 >= SEARCH and x1 + SEARCH <= w and y1 + SEARCH <= h:
+            window = pixels[y0 - SEARCH:y1 + SEARCH, x0 - SEARCH:x1 + SEARCH]
+            dx, dy = _shift(self._sum, window)
+            x0, y0, x1, y1 = x0 + dx, y0 + dy, x1 + dx, y1 + dy  # stays inside the window
+        # else: at the frame's edge there is no room to search; followed in place
+        self.box = (x0, y0, x1, y1)
+        self._push(np.array(pixels[y0:y1, x0:x1]))
         return True
 
     def confirm(self) -> None:
@@ -125,13 +126,20 @@ def _shift(reference: npt.NDArray[np.float32], window: Gray) -> tuple[int, int]:
     """The (dx, dy) within +-SEARCH at which `window` best matches `reference`.
 
     `window` is the reference's box grown by SEARCH on every side; the match is the peak of
-    their cross-correlation (FFT, zero-mean), which noise does not move.
+    the cross-correlation (FFT) of their edges (a 4-neighbour Laplacian), so a lighting
+    gradient does not pull it and sensor noise, uncorrelated, does not move it.
     """
-    ref = reference - reference.mean()
-    win = window.astype(np.float32)
-    win -= win.mean()
+    ref = _edges(reference)
+    win = _edges(window.astype(np.float32))
     fh, fw = win.shape
     spectrum = np.fft.rfft2(win) * np.conj(np.fft.rfft2(ref, s=(fh, fw)))
     corr = np.fft.irfft2(spectrum, s=(fh, fw))[: 2 * SEARCH + 1, : 2 * SEARCH + 1]
     dy, dx = np.unravel_index(int(np.argmax(corr)), corr.shape)
     return int(dx) - SEARCH, int(dy) - SEARCH
+
+
+def _edges(image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """A 4-neighbour Laplacian (one pixel smaller on every side)."""
+    out: npt.NDArray[np.float32] = (4 * image[1:-1, 1:-1] - image[:-2, 1:-1] - image[2:, 1:-1]
+                                    - image[1:-1, :-2] - image[1:-1, 2:])
+    return out

@@ -124,3 +124,23 @@ def test_a_frame_of_another_size_is_read_in_full() -> None:
     smaller = with_code(samples.background((320, 240), np.random.default_rng(2)), 20, 20, 3)
     assert [s.text for s in decoder.decode(Frame(smaller, 0.1, 1)).scans] == [TEXT]
     assert decoder.areas[-1] == 320 * 240
+
+
+@pytest.mark.parametrize(("fmt", "text", "formats"), [
+    ("Code128", "LC-48213", ("QRCode", "Code128")),
+    ("EAN13", "5901234123457", ("QRCode", "EAN13")),
+    ("MicroQRCode", "LC-1234", ("QRCode", "MicroQRCode")),
+])
+def test_other_formats_appearing_in_a_still_scene_are_read_in_that_frame(
+    fmt: str, text: str, formats: tuple[str, ...]
+) -> None:
+    decoder = CountingDecoder(DecodeConfig(formats=formats))
+    base = scene()
+    for i in range(3):
+        decoder.decode(Frame(noisy(base, i), i / 30, i))
+    code = samples.render_code(text, fmt, module_px=3)
+    shown = base.copy()
+    shown[200:200 + code.shape[0], 150:150 + code.shape[1]] = code
+    result = decoder.decode(Frame(noisy(shown, 7), 0.1, 3))
+    assert [(s.text, s.format) for s in result.scans] == [(text, fmt)]
+    assert decoder.areas[-1] < SIZE[0] * SIZE[1]  # read in the changed part only
