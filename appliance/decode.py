@@ -64,6 +64,7 @@ _LINEAR = frozenset(zxingcpp.barcode_formats_list(zxingcpp.BarcodeFormats(_F.All
 _ROW_STEP = 8  # linear codes are tall: every 8th row still crosses the bars many times
 _BAR_STEP = 10  # grey levels over two pixels: an edge for the linear-code gate
 _BAR_EDGES = 40  # edge pixels a line needs before the linear reader is asked
+_NEW_SCENE = 0.6  # a change over this share of the frame is read in full, as a new scene
 _NOISY = 6.0  # estimated noise (grey levels) above which a failed frame is denoised
 _GLARE_SHARE = 0.04  # saturated share of a followed region that calls for less exposure
 _GLARE_ADVICE_EV = -1.0
@@ -195,6 +196,8 @@ class Decoder:
         if self._still_threshold > 0:
             thumb = thumbnail(pixels)
             box = changed_box(thumb, self._reference, self._still_threshold)
+            if box is not None and _area(_whole_tiles(box, w, h)) >= _NEW_SCENE * w * h:
+                self._stack.clear()  # another scene: what was followed is gone
         if self._repeats + 1 >= self._recheck or self._last.scans or self._last.rejected:
             box = None if box is None and self._repeats + 1 < self._recheck else (0, 0, w, h)
         if box is None and self._stack.box is not None:
@@ -203,7 +206,7 @@ class Decoder:
             self._repeats += 1
             return _restamped(self._last, frame.timestamp)
         x0, y0, x1, y1 = _whole_tiles(box, w, h)
-        if (x1 - x0) * (y1 - y0) >= 0.6 * w * h:
+        if _area((x0, y0, x1, y1)) >= _NEW_SCENE * w * h:
             x0, y0, x1, y1 = 0, 0, w, h
             self._repeats = 0
         else:
@@ -450,6 +453,12 @@ def _box_around(corners: Corners) -> Box:
     ys = [y for _, y in corners]
     margin = 8 + (max(xs) - min(xs) + max(ys) - min(ys)) // 12
     return (min(xs) - margin, min(ys) - margin, max(xs) + margin, max(ys) + margin)
+
+
+def _area(box: Box) -> int:
+    """Pixels in `box`."""
+    x0, y0, x1, y1 = box
+    return (x1 - x0) * (y1 - y0)
 
 
 def _whole_tiles(box: Box, w: int, h: int) -> Box:

