@@ -39,6 +39,7 @@ from appliance.multiframe import RegionStack
 from appliance.preprocess import (
     busiest_box,
     denoise,
+    flatten,
     glare_fraction,
     narrow_range,
     noise_level,
@@ -68,6 +69,7 @@ _NEW_SCENE = 0.6  # a change over this share of the frame is read in full, as a 
 _NOISY = 6.0  # estimated noise (grey levels) above which a failed frame is denoised
 _GLARE_SHARE = 0.04  # saturated share of a followed region that calls for less exposure
 _GLARE_ADVICE_EV = -1.0
+_GLARE_PIXELS = 400  # saturated pixels (estimated) that make a frame worth a guessed region
 _ROI_LIMIT = 2  # at most this many located-but-undecoded symbols get a closer look
 _SHARPEN = ImageFilter.UnsharpMask(radius=3, percent=250, threshold=0)
 # (upscale, sharpen, binarizer) tried in turn on a located symbol; chosen on the bench corpus
@@ -181,6 +183,9 @@ class Decoder:
         self._budget_s = cfg.multiframe_budget_ms / 1000
         self._weak: npt.NDArray[np.uint8] | None = None  # this frame's denoised region
         self._weak_wait = 0  # frames before the busiest region may be followed again
+        self._weak_still = True  # a guessed region is read in still frames too
+        self._follow_still = True  # the followed region is read in still frames too
+        self._located = False  # the followed region was located by zxing-cpp (not guessed)
 
     def decode(self, frame: Frame) -> DecodeResult:
         """Every code in `frame`, accepted or rejected; no code is an empty result.
@@ -200,7 +205,7 @@ class Decoder:
                 self._stack.clear()  # another scene: what was followed is gone
         if self._repeats + 1 >= self._recheck or self._last.scans or self._last.rejected:
             box = None if box is None and self._repeats + 1 < self._recheck else (0, 0, w, h)
-        if box is None and self._stack.box is not None:
+        if box is None and self._stack.box is not None and self._follow_still:
             box = (0, 0, w, h)  # a symbol is being followed: every frame counts
         if box is None:
             self._repeats += 1
@@ -215,7 +220,7 @@ class Decoder:
         start = time.perf_counter()
         located: list[Corners] = []
         hits = _shifted(self._find(pixels[y0:y1, x0:x1], located), x0, y0)
-        self._weak = None
+        self._weak, self._weak_still = None, True
         if not hits and self._preprocess:
             hits = _shifted(self._preprocessed(pixels[y0:y1, x0:x1], located), x0, y0)
         located = [tuple((x + x0, y + y0) for x, y in c) for c in located]
@@ -255,6 +260,10 @@ class Decoder:
         if noisy or narrow:
             fixed.append(denoise(pixels))  # stretching noise would only make it louder
             self._weak = fixed[0]
+        elif glare_fraction(pixels[::4, ::4]) * pixels.size > _GLARE_PIXELS:
+            self._weak = pixels  # a glare spot may hide a finder pattern: guess the region
+            self._weak_still = False  # but a white sheet on the counter is no reason to
+            # read every frame of a still scene
         if narrow:
             fixed.append(stretch(fixed[0]))
         for image in fixed:
@@ -279,45 +288,64 @@ class Decoder:
             inside = [b for b in boxes if x0 <= (b[0] + b[2]) / 2 <= x1
                       and y0 <= (b[1] + b[3]) / 2 <= y1]
             if not stack.follow(pixels, confirmed=bool(inside)) and boxes:
-                stack.start(pixels, boxes[0])
+                self._follow_still = self._located = stack.start(pixels, boxes[0])
         elif boxes:
-            stack.start(pixels, boxes[0])
+            self._follow_still = self._located = stack.start(pixels, boxes[0])
         elif (weak is not None and not self._weak_wait
               and stack.start(pixels, weak, patience=stack.depth)):
             # a guess, not a located symbol: followed briefly, and not again for a while
             self._weak_wait = 3 * stack.depth
+            self._follow_still, self._located = self._weak_still, False
         if stack.box is None or self._matrix is None:
             return [], 0.0
         x0, y0, x1, y1 = stack.box
         region = pixels[y0:y1, x0:x1]
         # clipped sensor noise saturates too: glare only where the region is not noisy
         glare = glare_fraction(region) > _GLARE_SHARE and noise_level(region) < 3 * _NOISY
-        advice = _GLARE_ADVICE_EV if glare else 0.0
-        for _name, image in stack.combinations(glare):
-            if time.perf_counter() > deadline:
-                break
-            hits = self._read_combined(image, self._matrix, x0, y0, deadline)
-            if hits:
-                stack.confirm()
-                self._weak_wait = 0
-                return hits, advice
+        # advice only for a located symbol: a guessed region may be a white sheet
+        advice = _GLARE_ADVICE_EV if glare and self._located else 0.0
+        tried: list[npt.NDArray[np.uint8]] = []
+        for closer in (False, True):  # every combination cheaply first, then closer looks
+            combos = stack.combinations(glare) if not closer else (("", i) for i in tried)
+            for name, image in combos:
+                if time.perf_counter() > deadline:
+                    return [], advice
+                hits = self._read_combined(image, self._matrix, x0, y0, deadline,
+                                           closer=closer)
+                if hits:
+                    stack.confirm()
+                    self._weak_wait = 0
+                    return hits, advice
+                if not closer and name != "newest":
+                    tried.append(image)
         return [], advice
 
     def _read_combined(self, image: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
-                       x0: int, y0: int, deadline: float) -> list[_Hit]:
-        """One combined crop: as it is with both binarizers, then stretched, then upscaled."""
+                       x0: int, y0: int, deadline: float, *, closer: bool) -> list[_Hit]:
+        """One crop of the followed region: as it is and fixed (denoised, stretched,
+        flattened) with both binarizers; `closer`: at half size and upscaled instead."""
         affine = _Affine(ox=x0, oy=y0)
         views = [image]
-        if self._preprocess and noise_level(image) > _NOISY:
-            views.append(denoise(image))
-        if self._preprocess and narrow_range(views[-1]):
-            views.append(stretch(views[-1]))
+        if self._preprocess:
+            if noise_level(image) > _NOISY:
+                views.append(denoise(image))
+            if narrow_range(views[-1]):
+                views.append(stretch(views[-1]))
+            views.append(flatten(views[-1]))  # glare rims, uneven light
+        if closer:
+            return self._read_closer(views[-2 if len(views) > 1 else -1], formats, x0, y0,
+                                     deadline)
         for view in views:
             for binarizer in (zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram):
                 hits = self._read(view, formats, affine, binarizer=binarizer)
                 if hits or time.perf_counter() > deadline:
                     return hits
-        half = np.asarray(Image.fromarray(views[-1]).reduce(2))  # blur spread over 2 pixels
+        return []
+
+    def _read_closer(self, image: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
+                     x0: int, y0: int, deadline: float) -> list[_Hit]:
+        """A crop at half size (blur spread over two pixels), then upscaled and sharpened."""
+        half = np.asarray(Image.fromarray(image).reduce(2))
         hits = self._read(half, formats, _Affine(a=2.0, d=2.0, ox=x0, oy=y0))
         if hits or time.perf_counter() > deadline:
             return hits

@@ -4,7 +4,8 @@ The camera sees a held card 15-30 times a second. When a frame shows a symbol zx
 located but could not decode, `RegionStack` keeps that region; each later frame's crop of
 it is aligned to the stack (integer shift by cross-correlation within `SEARCH` pixels: a
 hand moves a card by a pixel or two per frame) and kept, up to `depth` crops. The decoder
-then reads combinations of the stack, cheapest and most useful first:
+then reads the newest crop (with fixes the whole frame did not get) and combinations of the
+stack, cheapest and most useful first:
 
 - mean: sensor noise falls with the square root of the crop count (dim, high-ISO frames);
 - median: anything covering a pixel in fewer than half of the crops goes (a moving finger);
@@ -99,8 +100,12 @@ class RegionStack:
         self._unconfirmed = 0
 
     def combinations(self, glare: bool) -> Iterator[tuple[str, Gray]]:
-        """Combined images of the stack (2+ crops), computed lazily, in the order to try."""
-        if len(self._crops) < 2 or self._sum is None:
+        """The newest crop, then combined images of the stack (2+ crops), computed lazily,
+        in the order to try."""
+        if not self._crops or self._sum is None:
+            return
+        yield "newest", self._crops[-1]
+        if len(self._crops) < 2:
             return
         stack = np.stack(self._crops)
         mean = np.rint(self._sum / len(self._crops)).astype(np.uint8)

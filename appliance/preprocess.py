@@ -9,6 +9,8 @@
 - `busiest_box`: where a symbol too noisy or faint for zxing-cpp to locate most likely is:
   the densest cluster of 16x16 tiles whose grey levels vary far more than the frame's
   typical tile (modules alternate; a counter, a box or a line mostly does not).
+- `flatten`: the region minus its 17x17 box mean, amplified: what survives of the modules
+  at a glare spot's bright rim (and under uneven light) becomes full contrast again.
 - `glare_fraction`: the share of saturated pixels in a region, the basis of the exposure
   advice (`DecodeResult.advice`).
 
@@ -31,6 +33,7 @@ _NOISE_ROWS: Final = 24  # rows sampled at most: tens of thousands of difference
 _LAPLACE_TO_SIGMA: Final = 1.0 / (0.6745 * np.sqrt(6.0))  # median |2a-b-c| of N(0,s): 1.65 s
 SATURATED: Final = 250
 _TILE: Final = 16
+_FLAT_RADIUS: Final = 8  # pixels: wider than a module, narrower than a glare spot
 _WINDOW: Final = 5  # tiles: the smallest symbol we follow spans about 5x5 tiles
 _BUSY_FACTOR: Final = 1.6  # a busy tile varies this many times more than the median tile
 _BUSY_MIN: Final = 3.0  # grey levels: below this nothing is busy (a flat frame)
@@ -80,6 +83,14 @@ def stretch(pixels: Gray) -> Gray:
     high = max(high, low + 1)
     lut = np.clip((np.arange(256, dtype=np.float32) - low) * (255.0 / (high - low)), 0, 255)
     out: Gray = lut.astype(np.uint8)[pixels]
+    return out
+
+
+def flatten(pixels: Gray) -> Gray:
+    """`pixels` minus its local mean (17x17 box), times three, around mid-grey."""
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    local = np.asarray(image.filter(ImageFilter.BoxBlur(_FLAT_RADIUS)), dtype=np.int16)
+    out: Gray = np.clip((pixels.astype(np.int16) - local) * 3 + 128, 0, 255).astype(np.uint8)
     return out
 
 
