@@ -1,15 +1,20 @@
 """Find codes in a grayscale frame with zxing-cpp (the only module that reads with it).
 
-A frame goes through a fixed ladder of cheap passes and stops at the first that finds a
-symbol, so a frame with a code usually costs one sub-millisecond pass and a frame without
-one costs the whole (bounded) ladder, still about a fifth of one default zxing-cpp call:
+A frame of the same scene as the last one read repeats its result, and a partly changed
+scene without codes is read only where it changed (stillness.py). What is read goes
+through a fixed ladder of cheap passes and stops at the first that finds a symbol, so a
+frame with a code usually costs one sub-millisecond pass:
 
 1. matrix codes on a 2x-subsampled view (zero-copy strides), global-histogram binarizer;
 2. linear codes on every 8th row, then every 8th column (cards held sideways), each
    plain and inverted (zxing-cpp's own inversion covers matrix codes only);
 3. matrix codes at full resolution, local-average then global-histogram binarizer;
 4. only for symbols a pass located but could not decode (at most two): the region,
-   upscaled and sharpened, read again.
+   upscaled and sharpened, read again;
+5. a noisy or faint frame denoised and stretched (preprocess.py);
+6. a located-but-unread symbol (or the busiest region of a noisy, faint or glared frame)
+   followed over frames; aligned combinations of its crops read within a time budget
+   (multiframe.py). docs/decoding.md shows each stage on hard frames.
 
 "QRCode" in the config means the classic QR symbol (models 1 and 2); Micro QR and rMQR,
 which zxing-cpp files under the same family, must be named to be read.
@@ -186,6 +191,7 @@ class Decoder:
         self._weak_still = True  # a guessed region is read in still frames too
         self._follow_still = True  # the followed region is read in still frames too
         self._located = False  # the followed region was located by zxing-cpp (not guessed)
+        self._fruitless = 0  # frames the followed region has been tried without a read
 
     def decode(self, frame: Frame) -> DecodeResult:
         """Every code in `frame`, accepted or rejected; no code is an empty result.
@@ -289,15 +295,20 @@ class Decoder:
                       and y0 <= (b[1] + b[3]) / 2 <= y1]
             if not stack.follow(pixels, confirmed=bool(inside)) and boxes:
                 self._follow_still = self._located = stack.start(pixels, boxes[0])
+                self._fruitless = 0
         elif boxes:
             self._follow_still = self._located = stack.start(pixels, boxes[0])
+            self._fruitless = 0
         elif (weak is not None and not self._weak_wait
               and stack.start(pixels, weak, patience=stack.depth)):
             # a guess, not a located symbol: followed briefly, and not again for a while
             self._weak_wait = 3 * stack.depth
-            self._follow_still, self._located = self._weak_still, False
+            self._follow_still, self._located, self._fruitless = self._weak_still, False, 0
         if stack.box is None or self._matrix is None:
             return [], 0.0
+        self._fruitless += 1
+        if self._fruitless > 2 * stack.depth:
+            self._follow_still = False  # clutter zxing-cpp keeps locating: only on change
         x0, y0, x1, y1 = stack.box
         region = pixels[y0:y1, x0:x1]
         # clipped sensor noise saturates too: glare only where the region is not noisy
@@ -314,7 +325,7 @@ class Decoder:
                                            closer=closer)
                 if hits:
                     stack.confirm()
-                    self._weak_wait = 0
+                    self._weak_wait = self._fruitless = 0
                     return hits, advice
                 if not closer and name != "newest":
                     tried.append(image)

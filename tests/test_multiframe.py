@@ -213,3 +213,26 @@ def test_a_new_scene_ends_the_followed_region() -> None:
     other = sequences.empty_scene("still", 1).frames[0]
     assert decoder.decode(Frame(other, 0.04, 1)).scans == ()
     assert decoder._stack.box is None
+
+
+def test_a_symbol_that_never_decodes_stops_costing_every_still_frame() -> None:
+    rng = np.random.default_rng(4)
+    code = samples.render_code("LC-BROKEN12", module_px=5)
+    q = 4 * 5  # quiet zone
+    data = code[q + 45:code.shape[0] - q - 10, q + 45:code.shape[1] - q - 10]
+    data[:] = rng.integers(0, 2, data.shape, dtype=np.uint8) * 255  # finders kept, data gone
+    scene = samples.background(SIZE, rng)
+    scene[100:100 + code.shape[0], 200:200 + code.shape[1]] = code
+    reads_in_full: list[int] = []
+
+    class Counting(Decoder):
+        def _find(self, pixels: np.ndarray, located: list) -> list:  # type: ignore[override]
+            reads_in_full.append(pixels.size)
+            return super()._find(pixels, located)
+
+    decoder = Counting(DecodeConfig(multiframe_frames=4))
+    for i in range(40):
+        result = decoder.decode(Frame(samples.noise(scene, rng, 2.0), i / 30, i))
+        assert result.scans == ()
+    assert decoder._stack.box is not None  # located: followed
+    assert len(reads_in_full) <= 2 * 4 + 1 + 40 // 30 + 1  # then only on change or recheck
