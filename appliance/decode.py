@@ -188,7 +188,7 @@ class Decoder:
         self._budget_s = cfg.multiframe_budget_ms / 1000
         self._weak: npt.NDArray[np.uint8] | None = None  # this frame's denoised region
         self._weak_wait = 0  # frames before the busiest region may be followed again
-        self._weak_still = True  # a guessed region is read in still frames too
+        self._weak_glare = False  # the guess comes from glare, not noise or a faint frame
         self._follow_still = True  # the followed region is read in still frames too
         self._located = False  # the followed region was located by zxing-cpp (not guessed)
         self._fruitless = 0  # frames the followed region has been tried without a read
@@ -226,7 +226,7 @@ class Decoder:
         start = time.perf_counter()
         located: list[Corners] = []
         hits = _shifted(self._find(pixels[y0:y1, x0:x1], located), x0, y0)
-        self._weak, self._weak_still = None, True
+        self._weak, self._weak_glare = None, False
         if not hits and self._preprocess:
             hits = _shifted(self._preprocessed(pixels[y0:y1, x0:x1], located), x0, y0)
         located = [tuple((x + x0, y + y0) for x, y in c) for c in located]
@@ -268,8 +268,7 @@ class Decoder:
             self._weak = fixed[0]
         elif glare_fraction(pixels[::4, ::4]) * pixels.size > _GLARE_PIXELS:
             self._weak = pixels  # a glare spot may hide a finder pattern: guess the region
-            self._weak_still = False  # but a white sheet on the counter is no reason to
-            # read every frame of a still scene
+            self._weak_glare = True
         if narrow:
             fixed.append(stretch(fixed[0]))
         for image in fixed:
@@ -299,11 +298,13 @@ class Decoder:
         elif boxes:
             self._follow_still = self._located = stack.start(pixels, boxes[0])
             self._fruitless = 0
-        elif (weak is not None and not self._weak_wait
-              and stack.start(pixels, weak, patience=stack.depth)):
-            # a guess, not a located symbol: followed briefly, and not again for a while
+        elif weak is not None and not self._weak_wait:
+            # a guess, not a located symbol: tried briefly, and not again for a while
             self._weak_wait = 3 * stack.depth
-            self._follow_still, self._located, self._fruitless = self._weak_still, False, 0
+            if self._weak_glare:  # one look at the flattened region (a white sheet on the
+                return self._read_guess(pixels, weak, deadline), 0.0  # counter is no card)
+            if stack.start(pixels, weak, patience=stack.depth):
+                self._follow_still, self._located, self._fruitless = True, False, 0
         if stack.box is None or self._matrix is None:
             return [], 0.0
         self._fruitless += 1
@@ -316,8 +317,11 @@ class Decoder:
         # advice only for a located symbol: a guessed region may be a white sheet
         advice = _GLARE_ADVICE_EV if glare and self._located else 0.0
         tried: list[npt.NDArray[np.uint8]] = []
-        for closer in (False, True):  # every combination cheaply first, then closer looks
-            combos = stack.combinations(glare) if not closer else (("", i) for i in tried)
+        # every combination cheaply first, then closer looks; a guessed region: the newest
+        # crop and the mean only (noise, faint print), no closer looks
+        for closer in (False, True) if self._located else (False,):
+            combos = (stack.combinations(glare, every=self._located) if not closer
+                      else (("", i) for i in tried))
             for name, image in combos:
                 if time.perf_counter() > deadline:
                     return [], advice
@@ -330,6 +334,18 @@ class Decoder:
                 if not closer and name != "newest":
                     tried.append(image)
         return [], advice
+
+    def _read_guess(self, pixels: npt.NDArray[np.uint8], box: Box,
+                    deadline: float) -> list[_Hit]:
+        """One look at a guessed region of a glared frame, fixed as a followed crop is."""
+        x0, y0, x1, y1 = max(0, box[0]), max(0, box[1]), box[2], box[3]
+        crop = pixels[y0:y1, x0:x1]
+        if self._matrix is None or min(crop.shape) < 3:
+            return []
+        hits = self._read_combined(crop, self._matrix, x0, y0, deadline, closer=False)
+        if hits:
+            self._weak_wait = 0
+        return hits
 
     def _read_combined(self, image: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
                        x0: int, y0: int, deadline: float, *, closer: bool) -> list[_Hit]:

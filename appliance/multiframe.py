@@ -99,9 +99,9 @@ class RegionStack:
         """The region was read: keep following it."""
         self._unconfirmed = 0
 
-    def combinations(self, glare: bool) -> Iterator[tuple[str, Gray]]:
+    def combinations(self, glare: bool, every: bool = True) -> Iterator[tuple[str, Gray]]:
         """The newest crop, then combined images of the stack (2+ crops), computed lazily,
-        in the order to try."""
+        in the order to try; not `every`: the newest and the mean only."""
         if not self._crops or self._sum is None:
             return
         yield "newest", self._crops[-1]
@@ -109,7 +109,9 @@ class RegionStack:
             return
         stack = np.stack(self._crops)
         mean = np.rint(self._sum / len(self._crops)).astype(np.uint8)
-        order = ("min", "mean", "median", "max") if glare else ("mean", "median", "min", "max")
+        order: tuple[str, ...] = ("mean",)
+        if every:
+            order = ("min", "mean", "median", "max") if glare else ("mean", "median", "min", "max")
         for name in order:
             if name == "mean":
                 yield name, mean

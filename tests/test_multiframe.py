@@ -116,6 +116,9 @@ def test_combinations_remove_noise_a_moving_occluder_and_moving_glare() -> None:
     assert list(combos) == ["newest", "min", "mean", "median", "max"]
     assert [name for name, _ in stack.combinations(glare=False)] == [
         "newest", "mean", "median", "min", "max"]
+    # a guessed region: the newest crop and the mean only
+    assert [name for name, _ in stack.combinations(glare=True, every=False)] == [
+        "newest", "mean"]
     truth = crop.astype(np.float32)
     one = np.abs(frames[5][100:260, 200:360].astype(np.float32) - truth)
     # the median removes the occluder that covered the spot in under half the frames
