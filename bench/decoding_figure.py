@@ -3,7 +3,8 @@
 Usage: .venv/bin/python bench/decoding_figure.py [--out docs/decoding-stages.png]
 
 One row per weak condition (appliance.sequences, seed 2): the card's region in the first
-frame as the camera gave it, the same after the single-frame fix (denoise, stretch), and
+frame as the camera gave it, the same after the single-frame fix (denoise and stretch, or
+flatten), and
 the stack's combination after six frames (mean, median or min: the one the Decoder tries
 first for that region), each marked with what zxing-cpp read from it.
 """
@@ -21,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.multiframe import RegionStack
-from appliance.preprocess import denoise, narrow_range, stretch
+from appliance.preprocess import denoise, flatten, narrow_range, stretch
 from appliance.sequences import held_card
 
 CELL = 180
@@ -39,10 +40,12 @@ def readable(image: np.ndarray, text: str | None) -> bool:
     return False
 
 
-def fixed(crop: np.ndarray) -> np.ndarray:
-    """The single-frame fix the Decoder applies to a noisy or faint frame."""
+def fixed(crop: np.ndarray, condition: str) -> tuple[str, np.ndarray]:
+    """The single-frame fix the Decoder applies to the region, and its name."""
+    if condition in ("glare", "finger"):
+        return "flattened", flatten(crop)
     smooth = denoise(crop)
-    return stretch(smooth) if narrow_range(smooth) else smooth
+    return "denoised, stretched", stretch(smooth) if narrow_range(smooth) else smooth
 
 
 def row(condition: str, combination: str) -> list[tuple[str, np.ndarray, bool]]:
@@ -61,7 +64,7 @@ def row(condition: str, combination: str) -> list[tuple[str, np.ndarray, bool]]:
     combined = combos[combination]
     if narrow_range(combined):
         combined = stretch(combined)
-    cells = [(f"{condition}: frame 1", first), ("denoised/stretched", fixed(first)),
+    cells = [(f"{condition}: frame 1", first), fixed(first, condition),
              (f"{combination} of 6, aligned", combined)]
     return [(caption, image, readable(image, seq.expected)) for caption, image in cells]
 
