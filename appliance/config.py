@@ -79,7 +79,7 @@ class DecodeConfig(Section):
     # more than this many grey levels (and than its noise) repeats the last frame's result;
     # 0 reads every frame in full. At least every `still_recheck_frames`-th frame is read.
     still_threshold: Annotated[float, Field(ge=0, le=64)] = 6.0
-    still_recheck_frames: Annotated[int, Field(ge=1, le=300)] = 30
+    still_recheck_frames: Annotated[int, Field(ge=1, le=300)] = 60
     # Multi-frame: crops of a located-but-unread symbol kept and combined (1: off), and the
     # time the combinations may take per frame.
     multiframe_frames: Annotated[int, Field(ge=1, le=16)] = 6

@@ -192,6 +192,7 @@ class Decoder:
         self._follow_still = True  # the followed region is read in still frames too
         self._located = False  # the followed region was located by zxing-cpp (not guessed)
         self._fruitless = 0  # frames the followed region has been tried without a read
+        self._noisy = self._narrow = False  # the scene, as measured at its last full read
 
     def decode(self, frame: Frame) -> DecodeResult:
         """Every code in `frame`, accepted or rejected; no code is an empty result.
@@ -228,14 +229,16 @@ class Decoder:
         hits = _shifted(self._find(pixels[y0:y1, x0:x1], located), x0, y0)
         self._weak, self._weak_glare = None, False
         if not hits and self._preprocess:
-            hits = _shifted(self._preprocessed(pixels[y0:y1, x0:x1], located), x0, y0)
+            whole = (x1 - x0, y1 - y0) == (w, h)
+            hits = _shifted(self._preprocessed(pixels[y0:y1, x0:x1], located, whole), x0, y0)
         located = [tuple((x + x0, y + y0) for x, y in c) for c in located]
         advice = 0.0
         if hits:
             self._stack.clear()
         elif self._stack.depth > 1:
             weak = None
-            if self._weak is not None and not located and self._stack.box is None:
+            if (self._weak is not None and not located and self._stack.box is None
+                    and self._weak_wait <= 1):  # _multiframe counts it down first
                 weak = busiest_box(self._weak)  # noisy or faint: zxing-cpp located nothing
             if weak is not None:
                 weak = (weak[0] + x0, weak[1] + y0, weak[2] + x0, weak[3] + y0)
@@ -257,11 +260,18 @@ class Decoder:
                 rejected.append(Rejected(reason, fmt, timestamp, text))
         return DecodeResult(tuple(scans), tuple(rejected), advice)
 
-    def _preprocessed(self, pixels: npt.NDArray[np.uint8], located: list[Corners]) -> list[_Hit]:
-        """Matrix codes in a denoised (noisy frames) or stretched (faded, hazy) `pixels`."""
+    def _preprocessed(self, pixels: npt.NDArray[np.uint8], located: list[Corners],
+                      whole: bool) -> list[_Hit]:
+        """Matrix codes in a denoised (noisy frames) or stretched (faded, hazy) `pixels`.
+
+        Noise and haze belong to the scene: measured when the whole frame is read and
+        kept for the reads of its changed parts (`whole` False).
+        """
         if self._matrix is None:
             return []
-        noisy, narrow = noise_level(pixels) > _NOISY, narrow_range(pixels)
+        if whole:
+            self._noisy, self._narrow = noise_level(pixels) > _NOISY, narrow_range(pixels)
+        noisy, narrow = self._noisy, self._narrow
         fixed: list[npt.NDArray[np.uint8]] = []
         if noisy or narrow:
             fixed.append(denoise(pixels))  # stretching noise would only make it louder
