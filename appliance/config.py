@@ -83,7 +83,7 @@ class DecodeConfig(Section):
     # Multi-frame: crops of a located-but-unread symbol kept and combined (1: off), and the
     # time the combinations may take per frame.
     multiframe_frames: Annotated[int, Field(ge=1, le=16)] = 6
-    multiframe_budget_ms: Annotated[float, Field(ge=0, le=100)] = 8.0
+    multiframe_budget_ms: Annotated[float, Field(ge=0, le=100)] = 12.0
     # Contrast stretch, CLAHE and denoising on a located symbol the plain read missed.
     preprocess: bool = True
 

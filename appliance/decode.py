@@ -277,7 +277,9 @@ class Decoder:
             fixed.append(denoise(pixels))  # stretching noise would only make it louder
             self._weak = fixed[0]
         elif glare_fraction(pixels[::4, ::4]) * pixels.size > _GLARE_PIXELS:
-            self._weak = pixels  # a glare spot may hide a finder pattern: guess the region
+            # a glare spot may hide a finder pattern: guess the region (one look, then not
+            # again for a while: bright clutter is common and must not cost every frame)
+            self._weak = pixels
             self._weak_glare = True
         if narrow:
             fixed.append(stretch(fixed[0]))
