@@ -193,6 +193,7 @@ class Decoder:
         self._located = False  # the followed region was located by zxing-cpp (not guessed)
         self._fruitless = 0  # frames the followed region has been tried without a read
         self._noisy = self._narrow = False  # the scene, as measured at its last full read
+        self._noise = 0.0  # the scene's sensor noise (grey levels), from its last full read
 
     def decode(self, frame: Frame) -> DecodeResult:
         """Every code in `frame`, accepted or rejected; no code is an empty result.
@@ -207,7 +208,7 @@ class Decoder:
         thumb = None
         if self._still_threshold > 0:
             thumb = thumbnail(pixels)
-            box = changed_box(thumb, self._reference, self._still_threshold)
+            box = changed_box(thumb, self._reference, self._still_threshold, self._noise)
             if box is not None and _area(_whole_tiles(box, w, h)) >= _NEW_SCENE * w * h:
                 self._stack.clear()  # another scene: what was followed is gone
         if self._repeats + 1 >= self._recheck or self._last.scans or self._last.rejected:
@@ -221,6 +222,7 @@ class Decoder:
         if _area((x0, y0, x1, y1)) >= _NEW_SCENE * w * h:
             x0, y0, x1, y1 = 0, 0, w, h
             self._repeats = 0
+            self._noise = noise_level(pixels)  # the scene's, for telling change from noise
         else:
             self._repeats += 1  # the rest of the frame was not read again
         self._reference = thumb
@@ -270,7 +272,7 @@ class Decoder:
         if self._matrix is None:
             return []
         if whole:
-            self._noisy, self._narrow = noise_level(pixels) > _NOISY, narrow_range(pixels)
+            self._noisy, self._narrow = self._noise > _NOISY, narrow_range(pixels)
         noisy, narrow = self._noisy, self._narrow
         fixed: list[npt.NDArray[np.uint8]] = []
         if noisy or narrow:

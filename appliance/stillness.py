@@ -3,8 +3,8 @@
 The thumbnail is the mean of 16 samples (every 4th pixel of every 4th row) per 16x16 tile,
 so sensor noise shrinks 4x before frames are compared; computing it reads 1/16 of the
 pixels (about 20 us for 640x480 here). A frame counts as changed when any tile moved by
-more than `threshold` grey levels, or by more than five times the frame's own noise level
-(the median tile difference, a robust estimate that follows dim, high-ISO scenes), so a
+more than `threshold` grey levels, or by more than five standard deviations of its mean's
+sensor noise (measured by the caller on the scene: dim, high-ISO scenes need more), so a
 card entering the view changes many tiles by far more than either. `changed_box` also says
 where: the bounding box of the changed tiles, so a partial change is read only there.
 """
@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 TILE: Final = 16  # pixels per thumbnail tile side
 _STEP: Final = 4  # sample every 4th pixel and row inside a tile
-_NOISE_FACTOR: Final = 5.0 / 0.6745  # median |d| of Gaussian d is 0.6745 sigma
+_NOISE_SIGMAS: Final = 5.0  # a tile must move by this many noise standard deviations
 
 Thumb = npt.NDArray[np.int16]
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels, x1/y1 exclusive
@@ -43,20 +43,23 @@ def thumbnail(pixels: npt.NDArray[np.uint8]) -> Thumb:
     return out
 
 
-def changed_box(thumb: Thumb, reference: Thumb | None, threshold: float,
+def changed_box(thumb: Thumb, reference: Thumb | None, threshold: float, noise: float = 0.0,
                 margin: int = 1) -> Box | None:
     """Where `thumb` differs from `reference` beyond `threshold` grey levels and the noise:
     the changed tiles' bounding box grown by `margin` tiles (None: the same scene).
 
-    The whole frame when there is no comparable reference; the box of an empty thumbnail
-    is (0, 0, 0, 0), which callers read as "the whole frame" too.
+    `noise` is the scene's sensor noise (standard deviation of one pixel, grey levels),
+    measured by the caller on a frame of the scene: a tile mean of 16 samples carries a
+    quarter of it, a difference of two tile means sqrt(2) times that, and a tile must move
+    by five of those. (Not estimated from the difference itself: a whole new scene would
+    pass for noise.) The whole frame when there is no comparable reference; the box of an
+    empty thumbnail is (0, 0, 0, 0), which callers read as "the whole frame" too.
     """
     if reference is None or thumb.shape != reference.shape or thumb.size == 0:
         return (0, 0, 0, 0)
     samples = (TILE // _STEP) ** 2
-    diff = np.abs(thumb - reference)
-    noise = float(np.partition(diff, diff.size // 2, axis=None)[diff.size // 2]) * _NOISE_FACTOR
-    moved = diff > max(threshold * samples, noise)
+    limit = max(threshold, _NOISE_SIGMAS * noise * np.sqrt(2.0) / np.sqrt(samples)) * samples
+    moved = np.abs(thumb - reference) > limit
     if not moved.any():
         return None
     rows = np.flatnonzero(moved.any(axis=1))

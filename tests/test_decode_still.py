@@ -11,6 +11,7 @@ from appliance import samples
 from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.decode import Decoder
+from appliance.preprocess import noise_level
 from appliance.stillness import TILE, changed_box, thumbnail
 
 TEXT = "LC-7F3K9Q2M"
@@ -56,8 +57,28 @@ def test_thumbnail_sums_every_fourth_pixel_of_each_tile() -> None:
 @pytest.mark.parametrize("sigma", [2.0, 12.0, 30.0])
 def test_fresh_sensor_noise_is_the_same_scene(sigma: float) -> None:
     base = scene()
-    a, b = thumbnail(noisy(base, 1, sigma)), thumbnail(noisy(base, 2, sigma))
-    assert changed_box(b, a, 6.0) is None
+    first = noisy(base, 1, sigma)
+    a, b = thumbnail(first), thumbnail(noisy(base, 2, sigma))
+    assert changed_box(b, a, 6.0, noise_level(first)) is None
+
+
+@pytest.mark.parametrize("sigma", [0.0, 30.0])
+def test_a_whole_new_scene_is_a_change_whatever_the_noise(sigma: float) -> None:
+    first, second = noisy(scene(4), 1, sigma), noisy(scene(5), 2, sigma)
+    box = changed_box(thumbnail(second), thumbnail(first), 6.0, noise_level(first))
+    assert box is not None
+    x0, y0, x1, y1 = box
+    assert (x1 - x0) * (y1 - y0) > 0.6 * SIZE[0] * SIZE[1]
+
+
+def test_unrelated_frames_through_one_decoder_are_each_read() -> None:
+    decoder = Decoder(DecodeConfig())
+    for i in range(6):
+        rng = np.random.default_rng(i)
+        code = samples.render_code(f"LC-NEW{i:05d}", module_px=4)
+        pixels = samples.place(code, samples.background(SIZE, rng), rng)
+        texts = [s.text for s in decoder.decode(Frame(pixels, float(i), i)).scans]
+        assert texts == [f"LC-NEW{i:05d}"]
 
 
 def test_a_card_entering_changes_the_tiles_it_covers() -> None:
