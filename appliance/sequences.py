@@ -1,0 +1,130 @@
+"""Deterministic synthetic frame sequences: a card held in front of the camera, or no card.
+
+A held card jitters by a pixel or two per frame (a hand is never still) while the
+condition is re-drawn every frame: fresh sensor noise, a glare spot that drifts as the card
+tilts, a finger sliding over a corner, motion blur that fades as the card settles. Scenes
+without a code are a still counter (noise only) or a changing one (an object sliding past).
+Used by bench/decode.py and the multi-frame tests; randomness only from the seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from appliance import samples
+from appliance.samples import Gray
+
+CONDITIONS: Final = ("clean", "noise", "low_contrast", "glare", "motion", "finger")
+EMPTY_SCENES: Final = ("still", "changing")
+
+
+@dataclass(frozen=True, slots=True)
+class Sequence:
+    """Frames in capture order and the text they show (None: no code)."""
+
+    name: str
+    frames: tuple[Gray, ...]
+    expected: str | None
+    box: tuple[int, int, int, int] | None = None  # the card in the first frame: x0, y0, x1, y1
+
+
+def held_card(condition: str, seed: int, length: int = 20,
+              size: tuple[int, int] = (640, 480)) -> Sequence:
+    """A card held for `length` frames under `condition` (one of CONDITIONS)."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}")
+    rng = np.random.default_rng([seed, CONDITIONS.index(condition), length])
+    text = f"LC-{''.join(rng.choice(list('ABCDEFGHJKLMNPQRSTUVWXYZ23456789'), 8))}"
+    module = int(rng.integers(3, 5))
+    # Printed card under a camera's auto exposure: ink at 20, paper at 215 (not clipped)
+    code = samples.low_contrast(samples.render_code(text, module_px=module), 20, 215)
+    scene = samples.background(size, rng)
+    w, h = size
+    ch, cw = code.shape
+    x0, y0 = int(rng.integers(8, w - cw - 8)), int(rng.integers(8, h - ch - 8))
+    frames = []
+    first: tuple[int, int, int, int] | None = None
+    jx, jy = 0.0, 0.0
+    for i in range(length):
+        jx = float(np.clip(jx + rng.normal(0, 0.8), -4, 4))
+        jy = float(np.clip(jy + rng.normal(0, 0.8), -4, 4))
+        card = _condition(code, condition, i, length, rng)
+        frame = scene.copy()
+        x = int(np.clip(x0 + round(jx), 0, w - cw))
+        y = int(np.clip(y0 + round(jy), 0, h - ch))
+        frame[y:y + ch, x:x + cw] = card
+        first = first or (x, y, x + cw, y + ch)
+        frames.append(_camera(frame, condition, i, rng))
+    return Sequence(f"{condition}-{seed}", tuple(frames), text, first)
+
+
+def empty_scene(kind: str, seed: int, length: int = 20,
+                size: tuple[int, int] = (640, 480)) -> Sequence:
+    """A counter without a code: `still` (noise only) or `changing` (an object passes)."""
+    if kind not in EMPTY_SCENES:
+        raise ValueError(f"unknown empty scene {kind!r}")
+    rng = np.random.default_rng([seed, 99, EMPTY_SCENES.index(kind), length])
+    clutter = ("plain", "text", "stripes", "blocks")[seed % 4]
+    scene = samples.clutter(clutter, size, rng)
+    w, h = size
+    frames = []
+    shade, side = int(rng.integers(0, 256)), int(rng.integers(60, 160))
+    for i in range(length):
+        frame = scene.copy()
+        if kind == "changing":
+            x = int((i * w) / length) - side // 2
+            y = h // 3
+            frame[y:y + side, max(0, x):max(0, x + side)] = shade
+        frames.append(samples.noise(frame, rng, 3.0))
+    return Sequence(f"empty-{kind}-{clutter}-{seed}", tuple(frames), None)
+
+
+def _condition(code: Gray, condition: str, i: int, length: int,
+               rng: np.random.Generator) -> Gray:
+    """The card as it looks in frame `i` (card-level effects)."""
+    h, w = code.shape
+    if condition == "glare":  # a saturated spot drifting across the card as it tilts
+        t = i / max(1, length - 1)
+        centre = (w * (0.3 + 0.4 * t), h * (0.45 + 0.1 * np.sin(3 * t)))
+        return samples.glare(code, centre, (w * 0.22, h * 0.2), 320)
+    if condition == "finger":  # a fingertip over the data modules, shifting with the grip
+        out = code.copy()
+        angle = 2 * np.pi * (0.17 * i + float(rng.uniform(-0.03, 0.03)))
+        modules = (h // 29) or 1  # version 1 (21 modules) plus 4-module quiet zones
+        fx = (17.5 + 5.5 * np.cos(angle)) * modules
+        fy = (17.5 + 5.5 * np.sin(angle)) * modules
+        yy, xx = np.mgrid[0:h, 0:w]
+        tip = (xx - fx) ** 2 + (yy - fy) ** 2 < (5.0 * modules) ** 2
+        out[tip] = 150 + (yy[tip] % 7).astype(np.uint8)
+        return out
+    return code
+
+
+def _camera(frame: Gray, condition: str, i: int, rng: np.random.Generator) -> Gray:
+    """Camera-level effects on the whole frame."""
+    if condition == "noise":  # dim light, high ISO: every frame its own noise
+        return samples.noise(frame, rng, 100.0)
+    if condition == "low_contrast":  # haze or faded print: a narrow band of grey
+        low = 112
+        return samples.noise(samples.low_contrast(frame, low, low + 16), rng, 5.0)
+    if condition == "motion":  # brought in fast, then settling: blur fading out
+        length = max(1, 15 - 2 * i)
+        return _motion_blur(samples.noise(frame, rng, 3.0), length)
+    return samples.noise(frame, rng, 3.0)
+
+
+def _motion_blur(frame: Gray, length: int) -> Gray:
+    """A horizontal box blur of `length` pixels (the card moving sideways)."""
+    if length <= 1:
+        return frame
+    kernel = np.ones(length, np.float32) / length
+    padded = np.pad(frame.astype(np.float32), ((0, 0), (length // 2, length - 1 - length // 2)),
+                    mode="edge")
+    cumsum = np.cumsum(padded, axis=1)
+    cumsum = np.concatenate([np.zeros((frame.shape[0], 1), np.float32), cumsum], axis=1)
+    out = (cumsum[:, length:] - cumsum[:, :-length]) * kernel[0]
+    blurred: Gray = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return blurred
