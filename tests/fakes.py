@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 SHOP = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"  # the sandbox seed's shop
 
 
@@ -16,3 +18,17 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class SandboxClock:
+    """The Leat sandbox's clock, settable: locks, expiries and transaction times without
+    sleeping."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes import SandboxClock as Clock
 
 from appliance.errors import LeatRejected, LeatUnavailable
 from appliance.leat.client import LeatClient
@@ -25,19 +26,6 @@ GIFTCARD_HASH = "GC-8H2J4K6L8M"
 EMPTY_CARD = "9c9c9c9c-0000-4f00-8000-000000000002"
 PROGRAM = "f0f0f0f0-0000-4e00-8000-000000000001"
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
-
-
-class Clock:
-    """A settable sandbox clock: transactions get distinct, known times."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @pytest.fixture

@@ -11,12 +11,13 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fakes import SandboxClock as Clock
 
 from appliance.sandbox import contacts as sandbox_contacts
 from appliance.sandbox.seed import BUNDLED_SEED, SeedError
@@ -36,19 +37,6 @@ EXPIRED_CARD = "9c9c9c9c-0000-4f00-8000-000000000003"
 EMPTY_CARD = "9c9c9c9c-0000-4f00-8000-000000000002"
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 ATOM = "%Y-%m-%dT%H:%M:%S+00:00"
-
-
-class Clock:
-    """A settable clock for the sandbox (lock and token expiry without sleeping)."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @pytest.fixture

@@ -94,7 +94,8 @@ def placement_pictures(out: Path) -> list[Path]:
     from appliance.samples import glare
 
     good, centre = card_frame(11)
-    pictures = {"good": good, "glare": glare(good, centre, (55, 45), 255),
+    # a lamp's reflection wide enough that even multi-frame decoding cannot read through it
+    pictures = {"good": good, "glare": glare(good, centre, (90, 80), 255),
                 "too_far": card_frame(11, module_px=2)[0]}
     written = []
     with tempfile.TemporaryDirectory() as tmp:
