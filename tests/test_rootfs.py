@@ -225,6 +225,12 @@ while [ "$(systemctl is-active leat-scanner-enrol.service)" = activating ] && [ 
   sleep 1
   i=$((i + 1))
 done
+# the enrolment restarts leat-scanner: wait (bounded) until it is back (READY=1)
+i=0
+while [ "$(systemctl is-active leat-scanner)" != active ] && [ "$i" -lt 60 ]; do
+  sleep 1
+  i=$((i + 1))
+done
 {
   echo "token $(stat -c '%U:%G %a' /etc/credstore/leat-scanner.leat-token 2>&1)"
   for unit in leat-scanner mosquitto leat-scanner-enrol.path; do
@@ -232,8 +238,15 @@ done
   done
   echo "spool $(find /var/lib/leat-scanner/enrol -name '*.json' | wc -l)"
   password=$(cat /etc/credstore/leat-scanner.mqtt-password)
-  echo "availability $(mosquitto_sub -h localhost -u leat-scanner -P "$password" \
-    -t 'leat-scanner/+/availability' -C 1 -W 30 2>&1)"
+  i=0  # the retained value: "offline" (the last will) until the restarted daemon connects
+  while [ "$i" -lt 30 ]; do
+    seen=$(mosquitto_sub -h localhost -u leat-scanner -P "$password" \
+      -t 'leat-scanner/+/availability' -C 1 -W 5 2>&1)
+    [ "$seen" = online ] && break
+    sleep 1
+    i=$((i + 1))
+  done
+  echo "availability $seen"
   echo "--- journal"
   journalctl --no-pager -o cat -u leat-scanner-firstboot -u leat-scanner \
     -u leat-scanner-enrol -u mosquitto | tail -n 80
