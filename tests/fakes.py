@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime, timedelta
 
 SHOP = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"  # the sandbox seed's shop
+
+
+def unreachable_url() -> str:
+    """An http URL on a loopback port nobody listens on: Leat unreachable (refused)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{closed.getsockname()[1]}"
 
 
 class Clock:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import sqlite3
 import threading
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import SHOP, Clock
+from fakes import SHOP, Clock, unreachable_url
 from test_forwarder import drain_all
 from test_orders import Replies, order_body
 
@@ -277,9 +276,7 @@ def test_reward_redeem_names_no_stock_and_the_claim_limit(tmp_path: Path) -> Non
 def test_reward_redeem_offline_is_named_within_the_deadline_and_may_be_sent_again(
     sandbox: LeatSandbox, tmp_path: Path
 ) -> None:
-    with socket.socket() as closed:  # a port nobody listens on: Leat unreachable
-        closed.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    dead = unreachable_url()  # Leat unreachable
     offline = Device(sandbox, tmp_path / "state", url=dead)
     try:
         started = time.monotonic()

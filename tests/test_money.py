@@ -6,7 +6,6 @@ payments cannot be told apart (never a retry). Every request and reply is schema
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import SHOP
+from fakes import SHOP, unreachable_url
 from test_commands import JANE, SAM, Device
 
 from appliance import contract
@@ -281,9 +280,7 @@ def test_another_tills_equal_payment_makes_a_lost_answer_cannot_tell_at_once(
 def test_money_verbs_offline_are_named_within_the_deadline_and_may_be_sent_again(
     sandbox: LeatSandbox, tmp_path: Path
 ) -> None:
-    with socket.socket() as closed:  # a port nobody listens on: Leat unreachable
-        closed.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    dead = unreachable_url()  # Leat unreachable
     offline = Device(sandbox, tmp_path / "state", deadline_s=2.0, url=dead)
     bodies = {"giftcard.pay": pay("o-1"), "giftcard.load": pay("o-2", giftcard_uuid=EMPTY_CARD),
               "prepaid.pay": prepaid("o-3"), "prepaid.topup": prepaid("o-4")}
