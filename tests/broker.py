@@ -10,6 +10,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from appliance.localbroker import LocalMosquitto, MosquittoMissingError, free_port
@@ -17,7 +19,19 @@ from appliance.localbroker import LocalMosquitto, MosquittoMissingError, free_po
 # The broker itself is the product's own (the demo starts one the same way).
 Mosquitto = LocalMosquitto
 
-__all__ = ["Mosquitto", "MosquittoMissingError", "Subscriber", "free_port"]
+__all__ = ["Mosquitto", "MosquittoMissingError", "Subscriber", "free_port",
+           "request_properties"]
+
+
+def request_properties(response_topic: str, correlation: bytes,
+                       expiry_s: int | None = None) -> Properties:
+    """MQTT v5 PUBLISH properties of a POS request: where to answer, and its expiry."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.ResponseTopic = response_topic
+    props.CorrelationData = correlation
+    if expiry_s is not None:
+        props.MessageExpiryInterval = expiry_s
+    return props
 
 
 class Subscriber:
@@ -74,6 +88,13 @@ class Subscriber:
         with self._condition:
             self.messages.append(msg)
             self._condition.notify_all()
+
+    def wait_online(self, base_topic: str, times: int = 1, timeout: float = 20.0) -> None:
+        """Wait until `<base_topic>/availability` has said "online" `times` times (requests
+        are not retained: a POS waits until the device is, or is back, online)."""
+        topic = f"{base_topic}/availability"
+        self.wait_for(lambda ms: sum(m.topic == topic and m.payload == b"online"
+                                     for m in ms) >= times, timeout=timeout)
 
     def wait_for(
         self,

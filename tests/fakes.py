@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 SHOP = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"  # the sandbox seed's shop
 
@@ -40,3 +41,15 @@ class SandboxClock:
 
     def advance(self, **delta: float) -> None:
         self.now += timedelta(**delta)
+
+
+def prepared_stores(state_dir: Path) -> tuple[Path, Path]:
+    """The outbox and command ledger of a device in `state_dir`, prepared as the daemon
+    prepares them before its threads start."""
+    from appliance.outbox import Outbox
+    from appliance.pos.ledger import Ledger
+
+    outbox, ledger = state_dir / "outbox.sqlite3", state_dir / "commands.sqlite3"
+    Outbox.prepare(outbox)
+    Ledger.prepare(ledger)
+    return outbox, ledger

@@ -8,9 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from broker import Mosquitto, Subscriber
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from broker import Mosquitto, Subscriber, request_properties
+from fakes import prepared_stores
 from test_commands import COFFEE, JANE, SHOP, Device, redeem
 from test_orders import order_body
 
@@ -18,7 +17,6 @@ from appliance import contract
 from appliance.bus import Message, MqttBus
 from appliance.config import MqttConfig
 from appliance.leat.client import LeatClient
-from appliance.outbox import Outbox
 from appliance.pos.intake import OrderRequests
 from appliance.pos.ledger import Ledger
 from appliance.pos.runner import Commands
@@ -26,24 +24,13 @@ from appliance.sandbox.server import LeatSandbox
 
 DEVICE = "till-5"
 BASE = f"leat-scanner/{DEVICE}"
-
-
-def _props(correlation: bytes, expiry_s: int | None = None) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.ResponseTopic = "pos/till5/replies"
-    props.CorrelationData = correlation
-    if expiry_s is not None:
-        props.MessageExpiryInterval = expiry_s
-    return props
+REPLIES = "pos/till5/replies"
 
 
 def test_commands_over_mqtt_answer_on_the_response_topic_with_correlation_data(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
-    state = tmp_path / "state"
-    outbox, ledger = state / "outbox.sqlite3", state / "commands.sqlite3"
-    Outbox.prepare(outbox)
-    Ledger.prepare(ledger)
+    outbox, ledger = prepared_stores(tmp_path / "state")
     bus = MqttBus(MqttConfig(host=broker.host, port=broker.port), BASE, DEVICE, None, {"x": 1})
     seen: list[Message] = []
     with LeatSandbox() as sandbox, LeatClient(
@@ -78,7 +65,7 @@ def test_commands_over_mqtt_answer_on_the_response_topic_with_correlation_data(
             for index, (verb, body) in enumerate(sent):
                 contract.validate(f"command_{verb.replace('.', '_')}", body)
                 pos.publish(f"{BASE}/request/{verb}", json.dumps(body).encode(),
-                            _props(f"c{index}".encode(), expiry_s=60))
+                            request_properties(REPLIES, f"c{index}".encode(), expiry_s=60))
             replies = pos.wait_for(lambda ms: len(ms) == len(sent))
         finally:
             bus.stop()

@@ -83,12 +83,9 @@ def test_crash_kill_9_loses_and_doubles_nothing(broker: Mosquitto, tmp_path: Pat
             return {a["data"]["external_identifier"]: a["status"] for a in answers}
 
         def wait_online() -> None:
-            """Requests are not retained: the POS waits until the device is (back) online."""
             nonlocal onlines
             onlines += 1
-            pos.wait_for(lambda ms, n=onlines: sum(
-                m.topic == f"{BASE}/availability" and m.payload == b"online" for m in ms
-            ) >= n, timeout=20)
+            pos.wait_online(BASE, onlines, timeout=20)
 
         for _ in range(KILLS):
             proc = start(config)

@@ -161,9 +161,7 @@ def test_kill_9_during_pays_and_reversals_moves_exactly_what_the_pos_was_told(
         def wait_online() -> None:
             nonlocal onlines
             onlines += 1
-            sub.wait_for(lambda ms, n=onlines: sum(
-                m.topic == f"{BASE}/availability" and m.payload == b"online" for m in ms
-            ) >= n, timeout=30)
+            sub.wait_online(BASE, onlines, timeout=30)
 
         for _ in range(KILLS):
             proc = start(config)

@@ -9,19 +9,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from broker import Mosquitto, Subscriber
-from fakes import SHOP
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from broker import Mosquitto, Subscriber, request_properties
+from fakes import SHOP, prepared_stores
 from test_commands import JANE
 
 from appliance import contract
 from appliance.bus import MqttBus
 from appliance.config import MqttConfig
 from appliance.leat.client import LeatClient
-from appliance.outbox import Outbox
 from appliance.pos.intake import OrderRequests
-from appliance.pos.ledger import Ledger
 from appliance.pos.runner import Commands
 from appliance.sandbox.server import LeatSandbox
 
@@ -31,21 +27,10 @@ REPLIES = "pos/till7/replies"
 GIFTCARD = "9c9c9c9c-0000-4f00-8000-000000000001"
 
 
-def _props(correlation: bytes) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.ResponseTopic = REPLIES
-    props.CorrelationData = correlation
-    props.MessageExpiryInterval = 60
-    return props
-
-
 def test_money_over_mqtt_lost_answers_are_ok_once_or_cannot_tell(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
-    state = tmp_path / "state"
-    outbox, ledger = state / "outbox.sqlite3", state / "commands.sqlite3"
-    Outbox.prepare(outbox)
-    Ledger.prepare(ledger)
+    outbox, ledger = prepared_stores(tmp_path / "state")
     bus = MqttBus(MqttConfig(host=broker.host, port=broker.port), BASE, DEVICE, None, {"x": 1})
     with LeatSandbox() as sandbox, LeatClient(
         sandbox.url, token=sandbox.personal_access_token, shop_uuid=SHOP, timeout_s=5.0
@@ -60,7 +45,7 @@ def test_money_over_mqtt_lost_answers_are_ok_once_or_cannot_tell(
         def ask(verb: str, correlation: bytes, body: dict[str, Any]) -> dict[str, Any]:
             contract.validate(f"command_{verb.replace('.', '_')}", body)
             pos.publish(f"{BASE}/request/{verb}", json.dumps(body).encode(),
-                        _props(correlation))
+                        request_properties(REPLIES, correlation, expiry_s=60))
             messages = pos.wait_for(lambda ms: any(
                 m.topic == REPLIES and m.properties.CorrelationData == correlation
                 for m in ms))
