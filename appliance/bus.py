@@ -1,6 +1,7 @@
 """MQTT over paho-mqtt 2.x (MQTT v5): availability + Last Will, retained info/state, events.
 
-Threads: paho runs its own network thread (`loop_start`); every callback, including the
+Threads: paho runs its own network thread (`loop_start`; restarted by `supervise()` if it
+ever ends, which the daemon calls every second); every callback, including the
 handlers given to `MqttBus.subscribe`, runs on it, so handlers must be quick and must not
 block on the bus. Work that can take time (parsing, validating, a SQLite commit) belongs to
 a `Service` given to `MqttBus.serve`: its `on_message` only queues or refuses on paho's
@@ -246,6 +247,28 @@ class MqttBus:
             self._client.loop_start()
             self._started = True
         log.info("MQTT: connecting to %s:%d as %s", self._cfg.host, self._cfg.port, self._base)
+
+    def supervise(self) -> bool:
+        """Start paho's network thread again if it has ended; True when it had to.
+
+        paho's thread runs `loop_forever`, which an exception raised inside paho or a
+        callback ends for good (`suppress_exceptions` is False); from then on nothing is
+        received or sent. `loop_start` refuses while the thread lives (MQTT_ERR_INVAL) and
+        starts a new one otherwise, so it is the check too (no private state read).
+        """
+        with self._lock:
+            if not self._started or self._stopping:
+                return False
+            # paho opens a new wake-up socket pair for the new thread and never closes the
+            # old one (only Client.__del__ does, `_reset_sockets`)
+            wake = [getattr(self._client, name, None) for name in ("_sockpairR", "_sockpairW")]
+            if self._client.loop_start() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return False
+            for sock in wake:
+                if isinstance(sock, socket.socket):
+                    sock.close()
+        log.error("MQTT: the network thread had ended; started it again")
+        return True
 
     def _session(self) -> dict[str, Any]:
         """CONNECT options: the largest packet we take (`MAX_PACKET_BYTES`), and a persistent

@@ -77,6 +77,9 @@ class BusLike(Protocol):
     def wait_connected(self, timeout: float) -> bool:
         """Wait for the broker; True when connected."""
 
+    def supervise(self) -> bool:
+        """Restart the network thread if it has ended; True when it had to."""
+
     def stop(self, timeout: float = 5.0) -> None:
         """Publish offline and disconnect."""
 
@@ -459,6 +462,8 @@ class ScanService:
             while True:
                 self.heartbeats.beat("state")
                 stopping = stop.is_set()
+                if not stopping:
+                    self._bus.supervise()
                 if self._forwarder is not None and outbox is None:
                     outbox = self._open_outbox()
                 state = self._safe_state(outbox)

@@ -365,6 +365,45 @@ def test_bus_handler_exception_is_logged_and_loop_survives(
     assert failures and failures[0].exc_info is not None
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_bus_supervise_restarts_a_network_thread_that_died(
+    broker: Mosquitto, make_bus: MakeBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    # paho ends its network thread for good when a callback raises (suppress_exceptions is
+    # False): a paho-level on_message that raises once kills it for real
+    received = threading.Event()
+    bus = make_bus(broker)
+    bus.subscribe("request/x", lambda message: received.set())
+    bus.start()
+    assert bus.wait_serving(10)
+    assert not bus.supervise()  # alive: nothing to do
+    client = bus._client  # the only way to make paho's own loop raise
+    ours = client.on_message
+
+    def crash(*args: Any) -> None:
+        client.on_message = ours
+        raise RuntimeError("bug inside the network loop")
+
+    [network] = _paho_threads()
+    client.on_message = crash
+    with Subscriber(broker, AVAILABILITY) as sub:
+        sub.publish(f"{BASE}/request/x", b"first")
+        network.join(10)
+        assert not network.is_alive(), "paho's thread did not end"
+        sub.publish(f"{BASE}/request/x", b"second")
+        assert not received.wait(0.2)  # nothing is read any more
+        assert bus.supervise()
+        assert received.wait(10)
+    assert "network thread had ended" in caplog.text
+    assert not bus.supervise()
+
+
+def _paho_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate()
+            if t.name.startswith("paho-mqtt-client-test-") and t.is_alive()]
+
+
+
 def test_bus_connects_with_username_and_password(
     auth_broker: Mosquitto, make_bus: MakeBus
 ) -> None:
