@@ -5,6 +5,21 @@
 streams, controls passed in the configuration, `capture_request()` / `MappedArray` /
 `release()`. The Y plane of YUV420 is the grayscale picture, so no colour conversion is
 done. `ReplaySource` plays PNG/JPEG files decoded once at construction.
+
+Both are also an `ExposureControl`: `set_ev` is how glare steering (appliance/exposure.py)
+darkens the picture. On the Pi it is `Picamera2.set_controls({"ExposureValue": ev})`,
+which picamera2 (picamera2/picamera2.py `set_controls`, picamera2/controls.py
+`Controls.__setattr__`) checks by name only: a control the camera does not advertise
+raises RuntimeError("Control X is not advertised by libcamera"), and values are not range
+checked there, nor by the Raspberry Pi IPA, which applies 2^EV unclamped
+(raspberrypi/libcamera src/ipa/rpi/common/ipa_base.cpp, EXPOSURE_VALUE): so the value is
+clamped here to the range `camera_controls["ExposureValue"]` reports (-8..8 on the Pi).
+The controls ride on the next request picamera2 queues to libcamera (picamera2/request.py
+`CompletedRequest.release`), so they arrive a few frames later. libcamera applies EV while
+at least one of ExposureTimeMode and AnalogueGainMode is automatic (control_ids_core.yaml,
+ExposureValue): with the exposure time fixed by `camera.max_exposure_us`, EV moves the gain
+only, which cannot go below 1.0, so the fixed ExposureTime is shortened by the same
+factor as well.
 """
 
 from __future__ import annotations
@@ -12,13 +27,15 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -102,6 +119,16 @@ class FrameSource(Protocol):
         ...
 
 
+@runtime_checkable
+class ExposureControl(Protocol):
+    """A frame source whose exposure can be steered (glare: appliance/exposure.py)."""
+
+    def set_ev(self, ev: float) -> None:
+        """Ask for exposure compensation `ev` (stops, 0 = the AGC's own choice); it applies
+        some frames later, as far as the camera can; never raises for a missing control."""
+        ...
+
+
 class _Request(Protocol):
     """The part of picamera2's `CompletedRequest` we use."""
 
@@ -144,6 +171,8 @@ class _Camera(Protocol):
 
     def capture_request(self, wait: float) -> _Request: ...
 
+    def set_controls(self, controls: dict[str, Any]) -> None: ...
+
     def cancel_all_and_flush(self) -> None: ...
 
     def stop(self) -> None: ...
@@ -164,6 +193,7 @@ class PicameraSource:
         self._closed = False
         self._sequence = 0
         self._timeout_s = CAPTURE_TIMEOUT_S + 2.0 / cfg.fps
+        self._steer: _EvSteering | None = None  # set by _configure
         picamera2, libcamera = _import_picamera2(picamera2_module, libcamera_module)
         self._mapped_array: Callable[..., _Mapped] = picamera2.MappedArray
         try:
@@ -212,7 +242,9 @@ class PicameraSource:
                             "the decoded picture is stretched", cfg.lores_width,
                             cfg.lores_height, cfg.width, cfg.height)
             lores = {"format": "YUV420", "size": (cfg.lores_width, cfg.lores_height)}
-        controls = _exposure_controls(cfg, available) | _focus_controls(cfg, available, libcamera)
+        exposure = _exposure_controls(cfg, available)
+        controls = exposure | _focus_controls(cfg, available, libcamera)
+        self._steer = _EvSteering.of(cfg.ev, exposure.get("ExposureTime"), available)
         config = camera.create_video_configuration(
             main={"format": "YUV420", "size": (cfg.width, cfg.height)},
             lores=lores,
@@ -251,6 +283,30 @@ class PicameraSource:
                 request.release()
             self._sequence += 1
             return Frame(pixels, timestamp, self._sequence, exposure)
+
+    @property
+    def ev(self) -> float | None:
+        """The EV last asked of the camera (clamped); None when it has no EV control."""
+        return None if self._steer is None else self._steer.ev
+
+    def set_ev(self, ev: float) -> None:
+        """Ask for EV `ev` (clamped to the camera's range; the fixed exposure time, if any,
+        shortened alike); picamera2 applies it a few frames later. A camera without
+        ExposureValue ignores it; a refusal is logged, never raised."""
+        steer = self._steer
+        if steer is None:
+            return
+        controls = steer.controls(ev)
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._camera.set_controls(controls)
+            except RuntimeError as exc:  # picamera2: "Control X is not advertised by libcamera"
+                log.warning("camera refused the exposure controls %s: %s", controls, exc)
+                return
+        steer.ev = controls["ExposureValue"]
+        log.info("camera exposure: %s", controls)
 
     @staticmethod
     def _exposure(request: _Request) -> Exposure | None:
@@ -332,6 +388,49 @@ def _exposure_controls(cfg: CameraConfig, available: dict[str, Any]) -> dict[str
     return {name: value for name, value in wanted.items() if name in available}
 
 
+@dataclass(slots=True)
+class _EvSteering:
+    """The camera's EV range and fixed exposure time: what `set_ev` sends."""
+
+    base_ev: float
+    low: float
+    high: float
+    fixed_us: int | None  # ExposureTime fixed by camera.max_exposure_us, else None
+    min_us: int  # the shortest ExposureTime the camera takes
+    ev: float
+
+    @classmethod
+    def of(cls, base_ev: float, fixed_us: object,
+           available: dict[str, Any]) -> _EvSteering | None:
+        """From the advertised controls; None when the camera has no ExposureValue."""
+        if "ExposureValue" not in available:
+            log.info("camera lacks ExposureValue: glare cannot darken the picture")
+            return None
+        low = _number(available["ExposureValue"][0], -8.0)
+        high = _number(available["ExposureValue"][1], 8.0)
+        fixed = fixed_us if isinstance(fixed_us, int) and fixed_us > 0 else None
+        shortest = available.get("ExposureTime", (1, None, None))[0]
+        min_us = max(1, round(_number(shortest, 1.0)))
+        base = min(max(base_ev, low), high)
+        return cls(base, low, high, fixed, min_us, base)
+
+    def controls(self, ev: float) -> dict[str, Any]:
+        """The controls for `ev`, clamped: ExposureValue and the fixed time scaled alike."""
+        ev = min(max(ev, self.low), self.high) if math.isfinite(ev) else self.base_ev
+        wanted: dict[str, Any] = {"ExposureValue": ev}
+        if self.fixed_us is not None:
+            scaled = round(self.fixed_us * 2.0 ** min(ev - self.base_ev, 0.0))
+            wanted["ExposureTime"] = max(self.min_us, scaled)
+        return wanted
+
+
+def _number(value: object, default: float) -> float:
+    """`value` as a finite float, else `default` (picamera2 may report None)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    return float(value) if math.isfinite(value) else default
+
+
 def _focus_controls(cfg: CameraConfig, available: dict[str, Any], libcamera: Any) -> dict[str, Any]:
     """Autofocus controls for cameras with a focus motor (Camera Module 3), else none."""
     if cfg.autofocus == "off":
@@ -367,6 +466,7 @@ class ReplaySource:
         self._sequence = 0
         self._due: float | None = None
         self._closed = False
+        self.ev_requests: deque[float] = deque(maxlen=64)  # what glare steering asked for
         log.info("replaying %d image(s) at %s fps%s", len(self._images), fps or "max",
                  ", looping" if loop else "")
 
@@ -393,6 +493,10 @@ class ReplaySource:
     def close(self) -> None:
         """End the stream (the images are already in memory)."""
         self._closed = True
+
+    def set_ev(self, ev: float) -> None:
+        """Recorded in `ev_requests` (bounded) only: replayed images cannot change."""
+        self.ev_requests.append(ev)
 
 
 def _image_files(paths: Sequence[Path]) -> list[Path]:

@@ -74,6 +74,14 @@ class CameraConfig(Section):
     lens_position: Annotated[float, Field(ge=0, le=32)] = 5.0  # dioptres, for "manual" (20 cm)
     max_exposure_us: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000  # short: phone screens
     ev: Annotated[float, Field(ge=-8, le=8)] = -0.5  # slightly dark keeps glossy screens legible
+    # Glare steering (appliance/exposure.py, docs/decoding.md): when the decoder sees glare
+    # saturate a code region, the EV goes down by at most `glare_ev_step` stops at most once
+    # every `glare_ev_interval_s`, never more than `glare_ev_depth` stops below `ev`, and back
+    # to `ev` after `glare_ev_hold_s` without glare or a code in view. 0 step or depth: off.
+    glare_ev_step: Annotated[float, Field(ge=0, le=4)] = 1.0
+    glare_ev_depth: Annotated[float, Field(ge=0, le=8)] = 2.0
+    glare_ev_interval_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0
+    glare_ev_hold_s: Annotated[float, Field(ge=0.1, le=600)] = 2.0
 
 
 class DecodeConfig(Section):

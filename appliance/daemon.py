@@ -30,13 +30,14 @@ from typing import Any, Protocol
 
 from appliance import CONTRACT_VERSION, __version__
 from appliance.bus import MqttBus
-from appliance.camera import Frame, FrameSource, open_source
+from appliance.camera import ExposureControl, Frame, FrameSource, open_source
 from appliance.codes import Classifier
 from appliance.config import Config, capabilities, read_secret
 from appliance.debounce import Debouncer
 from appliance.decode import Decoder, DecodeResult, Scan
 from appliance.enrol import EnrolError, Enroller, SpoolStore, UsedCodes, read_fleet_key
 from appliance.errors import CameraError, ConfigError
+from appliance.exposure import ExposureSteer, SteerSettings
 from appliance.feedback import FeedbackLike, FeedbackState, Signal, open_feedback
 from appliance.forwarder import Forwarder, TokenSettings
 from appliance.outbox import Outbox, outbox_state
@@ -174,6 +175,7 @@ class ScanService:
         stall_after_s: float = STALL_AFTER_S,
         camera_retry_s: tuple[float, float] = CAMERA_RETRY_S,
         state_check_s: float = STATE_CHECK_S,
+        steer: ExposureSteer | None = None,
     ) -> None:
         """`source` None means the camera failed to open (`camera_error` says why): the camera
         thread retries `reopen` with backoff. Without `reopen`, a failing `source` is read
@@ -188,6 +190,7 @@ class ScanService:
         self._source = source
         self._reopen = reopen
         self._decoder = decoder
+        self._steer = steer  # glare advice -> camera EV (appliance/exposure.py)
         self._debouncer = debouncer
         self._handler = handler
         self._bus = bus
@@ -328,6 +331,8 @@ class ScanService:
             while not stop.is_set():
                 if self._source is None:
                     self._source = self._open_camera()
+                    if self._steer is not None:
+                        self._steer.reset()  # a reopened camera starts at camera.ev
                 if self._source is not None:
                     self.heartbeats.beat("camera")
                     try:
@@ -337,6 +342,7 @@ class ScanService:
                             return
                         self._camera_works()
                         result = self._decoder.decode(frame)
+                        self._steer_exposure(frame.timestamp, result)
                         if self.preview is not None and self.preview.wanted:
                             self.preview.offer(frame, result)
                         self._on_frame(frame.timestamp, result)
@@ -354,6 +360,18 @@ class ScanService:
         finally:
             self.heartbeats.leave("camera")
             self._camera_done.set()
+
+    def _steer_exposure(self, timestamp: float, result: DecodeResult) -> None:
+        """Hand the frame's glare advice to the steer and its EV requests to the camera."""
+        source = self._source
+        if self._steer is None or not isinstance(source, ExposureControl):
+            return
+        ev = self._steer.observe(result.advice, timestamp, bool(result.scans or result.rejected))
+        if ev is not None:
+            try:
+                source.set_ev(ev)
+            except Exception:  # a refused exposure request never stops the scanning
+                log.warning("camera exposure request failed", exc_info=True)
 
     def _open_camera(self) -> FrameSource | None:
         """The reopened camera, or None (the failure recorded) when it still fails."""
@@ -724,6 +742,7 @@ def build(
         feedback_state=feedback_state if isinstance(feedback_state, FeedbackState) else None,
         notifier=notifier if notifier is not None else Notifier.from_environment(),
         heartbeats=heartbeats,
+        steer=ExposureSteer(SteerSettings.from_config(config.camera)),
     )
     service.enroller = open_enroller(config)
     return service

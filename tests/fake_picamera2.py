@@ -4,8 +4,19 @@ It implements exactly what `appliance.camera.PicameraSource` calls, shaped like 
 0.3.x (`picamera2/picamera2.py`, `picamera2/request.py`): `Picamera2.global_camera_info()`,
 `Picamera2(camera_num=0)`, `camera_controls` (name -> (min, max, default)),
 `create_video_configuration(main=, lores=, controls=, buffer_count=)`, `configure`,
-`stream_configuration`, `start`, `capture_request(wait=)`, `cancel_all_and_flush`, `stop`,
-`close`, `CompletedRequest.release()` and `MappedArray(request, stream, reshape=, write=)`.
+`stream_configuration`, `start`, `capture_request(wait=)`, `set_controls`,
+`cancel_all_and_flush`, `stop`, `close`, `CompletedRequest.release()` and
+`MappedArray(request, stream, reshape=, write=)`.
+
+`set_controls(dict)` behaves as picamera2's (picamera2/controls.py `Controls.set_controls`):
+names are checked one by one against the advertised controls, an unknown one raises
+RuntimeError("Control X is not advertised by libcamera") after the earlier names of the
+same dict were taken, and values are not range checked. The controls reach the frames
+`LATENCY` requests later (picamera2 attaches them to the next request it queues, which
+completes behind the ones already queued): from then on the request metadata's
+ExposureTime is the manual one, and ExposureValue is echoed on that one request, as the
+Raspberry Pi IPA reports it (libcamera src/ipa/rpi/common/ipa_base.cpp). The picture
+itself does not change.
 
 Buffers are YUV420 arrays of shape (height * 3 // 2, stride) like picamera2's, with the
 scene image in the top-left of the Y plane on white, U and V at 128, and stride padding
@@ -24,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 PAD = 7  # stride padding bytes: must never show up in a frame
+LATENCY = 2  # requests between set_controls and the first frame captured with the controls
 RECYCLED = 0xAA  # what a buffer holds once the camera has reused it
 
 CM3_CONTROLS: dict[str, tuple[Any, Any, Any]] = {
@@ -77,6 +89,8 @@ class World:
     calls: list[tuple[str, Any]] = field(default_factory=list)
     cameras_opened: list[FakePicamera2] = field(default_factory=list)
     requests: list[FakeRequest] = field(default_factory=list)
+    # (frame number, controls) as each set_controls reached the frames
+    applied: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     # per-request metadata as a Camera Module 3 reports it (keys from libcamera's controls)
     metadata: dict[str, Any] = field(default_factory=lambda: {
         "SensorTimestamp": 762452861000, "ExposureTime": 9980, "AnalogueGain": 2.0,
@@ -104,16 +118,19 @@ class World:
 class FakeRequest:
     """picamera2.CompletedRequest: buffers per stream until `release()`."""
 
-    def __init__(self, world: World, buffers: dict[str, npt.NDArray[np.uint8]]) -> None:
+    def __init__(self, world: World, buffers: dict[str, npt.NDArray[np.uint8]],
+                 metadata: dict[str, Any] | None = None) -> None:
         self._world = world
         self.buffers = buffers
         self.released = False
+        self._metadata = metadata or {}
 
     def get_metadata(self) -> dict[str, Any]:
-        """The frame's metadata, as libcamera reports it (the world's, settable by tests)."""
+        """The frame's metadata, as libcamera reports it: the world's (settable by tests)
+        with the controls in effect for this request on top."""
         if self.released:
             raise RuntimeError("get_metadata on a released request")
-        return dict(self._world.metadata)
+        return dict(self._world.metadata) | self._metadata
 
     def release(self) -> None:
         """Give the buffers back to the camera (it will overwrite them)."""
@@ -175,6 +192,9 @@ class FakePicamera2:
         self.started = False
         self.camera_config: dict[str, Any] = {}
         self.frames = 0
+        self.pending: dict[str, Any] = {}  # set, not yet on a queued request (Controls)
+        self.in_flight: list[tuple[int, dict[str, Any]]] = []  # (due frame, controls)
+        self.manual: dict[str, Any] = {}  # ExposureTime in effect, reported every frame
         self.world.cameras_opened.append(self)
 
     @property
@@ -236,6 +256,9 @@ class FakePicamera2:
         if not self.camera_config:
             raise RuntimeError("Camera has not been configured")
         self.started = True
+        if self.pending:  # picamera2's start_ passes them to camera.start: the first frame
+            self.in_flight.append((1, self.pending))
+            self.pending = {}
 
     def capture_request(self, wait: Any = None, signal_function: Any = None,
                         flush: Any = None) -> FakeRequest:
@@ -248,9 +271,35 @@ class FakePicamera2:
         buffers = {name: self._render(self.camera_config[name])
                    for name in ("main", "lores") if self.camera_config[name] is not None}
         self.frames += 1
-        request = FakeRequest(self.world, buffers)
+        request = FakeRequest(self.world, buffers, self._metadata_now())
         self.world.requests.append(request)
         return request
+
+    def set_controls(self, controls: dict[str, Any]) -> None:
+        """picamera2's set_controls: names checked, values taken as given, applied later."""
+        self.world.calls.append(("set_controls", dict(controls)))
+        if not isinstance(controls, dict):
+            raise RuntimeError(f"Cannot update controls with {type(controls)} type")
+        for name, value in controls.items():
+            if name not in self.camera_controls:
+                raise RuntimeError(f"Control {name} is not advertised by libcamera")
+            self.pending[name] = value
+        if self.started:  # the next queued request carries them
+            self.in_flight.append((self.frames + 1 + LATENCY, self.pending))
+            self.pending = {}
+
+    def _metadata_now(self) -> dict[str, Any]:
+        """The controls that reach this frame: ExposureTime stays, ExposureValue is echoed
+        once (the IPA reports a control in the request that carried it)."""
+        due = [c for frame, c in self.in_flight if frame <= self.frames]
+        self.in_flight = [(f, c) for f, c in self.in_flight if f > self.frames]
+        echoed: dict[str, Any] = {}
+        for controls in due:
+            self.world.applied.append((self.frames, controls))
+            echoed |= controls
+            if "ExposureTime" in controls:
+                self.manual["ExposureTime"] = controls["ExposureTime"]
+        return echoed | self.manual
 
     def _render(self, stream: dict[str, Any]) -> npt.NDArray[np.uint8]:
         """A YUV420 buffer, shaped as picamera2 shapes it: (h * 3 // 2, stride)."""

@@ -23,7 +23,14 @@ from fake_picamera2 import (
 )
 from PIL import Image
 
-from appliance.camera import BUFFER_COUNT, Exposure, PicameraSource, ReplaySource, open_source
+from appliance.camera import (
+    BUFFER_COUNT,
+    Exposure,
+    ExposureControl,
+    PicameraSource,
+    ReplaySource,
+    open_source,
+)
 from appliance.config import CameraConfig
 from appliance.errors import CameraError, ConfigError
 
@@ -237,7 +244,7 @@ def test_picamera_missing_camera_number_reads_like_picamera2() -> None:
     world = World([qr_image()], cameras=1)
     module = make_module(world)
     with pytest.raises(RuntimeError, match=r"^Camera __init__ sequence did not complete\.$"):
-        module.Picamera2(camera_num=1)  # type: ignore[attr-defined]
+        module.Picamera2(camera_num=1)
 
 
 def test_picamera_bad_configuration_closes_the_camera() -> None:
@@ -459,3 +466,115 @@ def test_replay_identical_files_share_one_image(tmp_path: Path) -> None:
     assert pixels[0] is pixels[1] is pixels[2]  # decoded once, one array in memory
     assert pixels[3] is not pixels[0]
     assert source.read() is None
+
+
+# --- PicameraSource.set_ev: glare steering (appliance/exposure.py) -------------------------
+
+
+def exposures(source: PicameraSource, frames: int) -> list[int | None]:
+    """The ExposureTime each of the next `frames` frames was taken with."""
+    found = []
+    for _ in range(frames):
+        frame = source.read()
+        assert frame is not None and frame.exposure is not None
+        found.append(frame.exposure.exposure_us)
+    return found
+
+
+def test_picamera_set_ev_reaches_frames_a_few_requests_later() -> None:
+    world = World([qr_image()])
+    source = open_camera(world)  # 15 fps, ExposureTime fixed at 10000 µs, EV -0.5
+    assert isinstance(source, ExposureControl) and source.ev == -0.5
+    assert exposures(source, 1) == [9980]  # what the sensor reported before
+    source.set_ev(-1.5)
+    # one stop darker: EV for the AGC (gain), and the fixed exposure time halved, because
+    # gain cannot go below 1.0 under a lamp
+    assert world.last("set_controls") == {"ExposureValue": -1.5, "ExposureTime": 5000}
+    assert source.ev == -1.5
+    assert exposures(source, 4) == [9980, 9980, 5000, 5000]  # picamera2's latency
+    assert world.applied == [(4, {"ExposureValue": -1.5, "ExposureTime": 5000})]
+    source.set_ev(-0.5)  # back to the base: the configured cap again
+    assert world.last("set_controls") == {"ExposureValue": -0.5, "ExposureTime": 10_000}
+    assert exposures(source, 3)[-1] == 10_000
+    source.close()
+    assert all(request.released for request in world.requests)
+
+
+def test_picamera_set_ev_is_clamped_to_what_the_camera_reports() -> None:
+    world = World([qr_image()])
+    world.controls["ExposureValue"] = (-2.0, 2.0, 0.0)
+    source = open_camera(world)
+    source.set_ev(-5.0)
+    assert world.last("set_controls") == {"ExposureValue": -2.0, "ExposureTime": 3536}
+    source.set_ev(9.0)  # never longer than the configured cap
+    assert world.last("set_controls") == {"ExposureValue": 2.0, "ExposureTime": 10_000}
+    source.set_ev(float("nan"))
+    assert world.last("set_controls") == {"ExposureValue": -0.5, "ExposureTime": 10_000}
+    world.controls["ExposureValue"] = (-8.0, 8.0, 0.0)
+    source.close()
+    shortest = open_camera(World([qr_image()]))
+    shortest.set_ev(-8.0)  # 10000 µs / 2^7.5 = 55 µs, above the sensor's 26 µs
+    assert shortest.ev == -8.0
+    shortest.close()
+
+
+def test_picamera_set_ev_alone_when_the_exposure_time_is_automatic() -> None:
+    world = World([qr_image()])
+    source = open_camera(world, fps=120.0, max_exposure_us=20_000)  # the AGC picks the time
+    source.set_ev(-1.5)
+    assert world.last("set_controls") == {"ExposureValue": -1.5}
+    assert exposures(source, 3) == [9980, 9980, 9980]  # the fake's AGC: the world's value
+    source.close()
+
+
+def test_picamera_without_exposure_value_ignores_set_ev(caplog: pytest.LogCaptureFixture
+                                                        ) -> None:
+    world = World([qr_image()])
+    del world.controls["ExposureValue"]
+    with caplog.at_level(logging.INFO, logger="appliance.camera"):
+        source = open_camera(world)
+    source.set_ev(-1.5)
+    assert "set_controls" not in world.names()
+    assert source.ev is None
+    assert "lacks ExposureValue" in caplog.text
+    source.close()
+
+
+def test_picamera_refused_controls_are_logged_not_raised(caplog: pytest.LogCaptureFixture
+                                                         ) -> None:
+    world = World([qr_image()])
+    source = open_camera(world)
+    del world.controls["ExposureValue"]  # as if libcamera stopped advertising it
+    with caplog.at_level(logging.WARNING, logger="appliance.camera"):
+        source.set_ev(-1.5)
+    assert "not advertised by libcamera" in caplog.text
+    assert source.ev == -0.5  # unchanged: the request did not go through
+    assert exposures(source, 4) == [9980] * 4
+    source.close()
+
+
+def test_fake_set_controls_checks_names_as_picamera2_does() -> None:
+    camera = make_module(World([qr_image()])).Picamera2()
+    with pytest.raises(RuntimeError, match="Control Brightness is not advertised by libcamera"):
+        camera.set_controls({"ExposureValue": -1.0, "Brightness": 0.1})
+    assert camera.pending == {"ExposureValue": -1.0}  # earlier names were taken
+    camera.set_controls({"ExposureValue": 99.0})  # no range check in picamera2
+    assert camera.pending == {"ExposureValue": 99.0}
+
+
+def test_picamera_set_ev_after_close_does_nothing() -> None:
+    world = World([qr_image()])
+    source = open_camera(world)
+    source.close()
+    source.set_ev(-1.5)
+    assert "set_controls" not in world.names()
+
+
+def test_replay_records_ev_requests_boundedly(tmp_path: Path) -> None:
+    source = ReplaySource([save(tmp_path / "a.png", flat(9))], fps=0)
+    assert isinstance(source, ExposureControl)
+    for i in range(100):
+        source.set_ev(-i / 100)
+    assert len(source.ev_requests) == 64 and source.ev_requests[-1] == -0.99
+    frame = source.read()
+    assert frame is not None and frame.pixels[0, 0] == 9  # the picture cannot change
