@@ -20,6 +20,13 @@ at least one of ExposureTimeMode and AnalogueGainMode is automatic (control_ids_
 ExposureValue): with the exposure time fixed by `camera.max_exposure_us`, EV moves the gain
 only, which cannot go below 1.0, so the fixed ExposureTime is shortened by the same
 factor as well.
+
+Calling `set_controls` from the capture thread is safe (picamera2's `Controls` takes its
+own lock), but a request can still be lost: when picamera2 recycles a request (in its
+event-loop thread too) it reads the pending controls and then replaces the `Controls`
+object, so controls set between those two steps are dropped. The Raspberry Pi IPA echoes
+ExposureValue in the metadata of the request that carried it, so a request whose echo has
+not come back within `ECHO_FRAMES` frames is sent again (twice at most).
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ MAX_WIDTH, MAX_HEIGHT = 4608, 2592  # the largest sensor we support (Camera Modu
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 BUFFER_COUNT = 3  # one filling, one queued by picamera2, one with us: frames stay recent
 CAPTURE_TIMEOUT_S = 2.0  # no frame for this long (plus two intervals): the camera is gone
+ECHO_FRAMES = 8  # frames an EV request may take to show in the metadata before it is resent
+MAX_RESENDS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,9 +287,11 @@ class PicameraSource:
             timestamp = time.monotonic()
             try:
                 pixels = self._y_plane(request)
-                exposure = self._exposure(request)
+                metadata = self._metadata(request)
             finally:
                 request.release()
+            self._resend_if_lost(metadata)
+            exposure = Exposure.from_metadata(metadata)
             self._sequence += 1
             return Frame(pixels, timestamp, self._sequence, exposure)
 
@@ -300,22 +311,36 @@ class PicameraSource:
         with self._lock:
             if self._closed:
                 return
-            try:
-                self._camera.set_controls(controls)
-            except RuntimeError as exc:  # picamera2: "Control X is not advertised by libcamera"
-                log.warning("camera refused the exposure controls %s: %s", controls, exc)
+            if not self._send(controls):
                 return
-        steer.ev = controls["ExposureValue"]
+        steer.sent(controls)
         log.info("camera exposure: %s", controls)
 
-    @staticmethod
-    def _exposure(request: _Request) -> Exposure | None:
-        """The frame's exposure and focus; None (never an error) when metadata fails."""
+    def _send(self, controls: dict[str, Any]) -> bool:
+        """`set_controls` (the lock held); False, logged, when picamera2 refuses them."""
         try:
-            return Exposure.from_metadata(request.get_metadata())
+            self._camera.set_controls(controls)
+        except RuntimeError as exc:  # picamera2: "Control X is not advertised by libcamera"
+            log.warning("camera refused the exposure controls %s: %s", controls, exc)
+            return False
+        return True
+
+    def _resend_if_lost(self, metadata: dict[str, Any] | None) -> None:
+        """Send the last EV request again when its echo is overdue (the lock held)."""
+        again = None if self._steer is None else self._steer.overdue(metadata)
+        if again is not None:
+            log.info("no echo of the exposure controls %s: sending them again", again)
+            self._send(again)
+
+    @staticmethod
+    def _metadata(request: _Request) -> dict[str, Any] | None:
+        """The frame's metadata; None (never an error) when it fails or is no dict."""
+        try:
+            metadata = request.get_metadata()
         except Exception:  # informational only: the frame itself is good
             log.debug("no metadata for this frame", exc_info=True)
             return None
+        return metadata if isinstance(metadata, dict) else None
 
     def _y_plane(self, request: _Request) -> npt.NDArray[np.uint8]:
         """A copy of the Y plane (height x width, stride padding dropped) of `request`."""
@@ -398,6 +423,9 @@ class _EvSteering:
     fixed_us: int | None  # ExposureTime fixed by camera.max_exposure_us, else None
     min_us: int  # the shortest ExposureTime the camera takes
     ev: float
+    awaiting: dict[str, Any] | None = None  # sent, its echo not seen yet
+    frames_left: int = 0  # until it is overdue
+    resends: int = 0
 
     @classmethod
     def of(cls, base_ev: float, fixed_us: object,
@@ -422,6 +450,30 @@ class _EvSteering:
             scaled = round(self.fixed_us * 2.0 ** min(ev - self.base_ev, 0.0))
             wanted["ExposureTime"] = max(self.min_us, scaled)
         return wanted
+
+    def sent(self, controls: dict[str, Any]) -> None:
+        """`controls` went to picamera2: wait for their echo."""
+        self.ev = controls["ExposureValue"]
+        self.awaiting, self.frames_left, self.resends = controls, ECHO_FRAMES, 0
+
+    def overdue(self, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The controls to send again when this frame still lacks their echo, else None."""
+        if self.awaiting is None:
+            return None
+        echo = None if metadata is None else metadata.get("ExposureValue")
+        if isinstance(echo, (int, float)) and math.isclose(
+                echo, self.awaiting["ExposureValue"], abs_tol=1e-3):  # a float32 in libcamera
+            self.awaiting = None
+            return None
+        self.frames_left -= 1
+        if self.frames_left > 0:
+            return None
+        if self.resends == MAX_RESENDS:  # a camera that never echoes: trust it
+            self.awaiting = None
+            return None
+        self.resends += 1
+        self.frames_left = ECHO_FRAMES
+        return self.awaiting
 
 
 def _number(value: object, default: float) -> float:

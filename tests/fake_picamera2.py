@@ -16,7 +16,9 @@ same dict were taken, and values are not range checked. The controls reach the f
 completes behind the ones already queued): from then on the request metadata's
 ExposureTime is the manual one, and ExposureValue is echoed on that one request, as the
 Raspberry Pi IPA reports it (libcamera src/ipa/rpi/common/ipa_base.cpp). The picture
-itself does not change.
+itself does not change. `World.lose_controls` drops that many set_controls calls (picamera2
+replaces its `Controls` object after reading it when recycling a request, so a call in
+between is lost) and `World.echo = False` stops the ExposureValue echo.
 
 Buffers are YUV420 arrays of shape (height * 3 // 2, stride) like picamera2's, with the
 scene image in the top-left of the Y plane on white, U and V at 128, and stride padding
@@ -91,6 +93,8 @@ class World:
     requests: list[FakeRequest] = field(default_factory=list)
     # (frame number, controls) as each set_controls reached the frames
     applied: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    lose_controls: int = 0  # set_controls calls to drop, as picamera2's recycling race can
+    echo: bool = True  # ExposureValue echoed in metadata, as the Raspberry Pi IPA does
     # per-request metadata as a Camera Module 3 reports it (keys from libcamera's controls)
     metadata: dict[str, Any] = field(default_factory=lambda: {
         "SensorTimestamp": 762452861000, "ExposureTime": 9980, "AnalogueGain": 2.0,
@@ -284,7 +288,10 @@ class FakePicamera2:
             if name not in self.camera_controls:
                 raise RuntimeError(f"Control {name} is not advertised by libcamera")
             self.pending[name] = value
-        if self.started:  # the next queued request carries them
+        if self.world.lose_controls > 0:  # set on a Controls object being replaced
+            self.world.lose_controls -= 1
+            self.pending = {}
+        if self.started and self.pending:  # the next queued request carries them
             self.in_flight.append((self.frames + 1 + LATENCY, self.pending))
             self.pending = {}
 
@@ -296,7 +303,8 @@ class FakePicamera2:
         echoed: dict[str, Any] = {}
         for controls in due:
             self.world.applied.append((self.frames, controls))
-            echoed |= controls
+            echoed |= controls if self.world.echo else {
+                k: v for k, v in controls.items() if k != "ExposureValue"}
             if "ExposureTime" in controls:
                 self.manual["ExposureTime"] = controls["ExposureTime"]
         return echoed | self.manual

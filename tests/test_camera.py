@@ -25,6 +25,8 @@ from PIL import Image
 
 from appliance.camera import (
     BUFFER_COUNT,
+    ECHO_FRAMES,
+    MAX_RESENDS,
     Exposure,
     ExposureControl,
     PicameraSource,
@@ -578,3 +580,25 @@ def test_replay_records_ev_requests_boundedly(tmp_path: Path) -> None:
     assert len(source.ev_requests) == 64 and source.ev_requests[-1] == -0.99
     frame = source.read()
     assert frame is not None and frame.pixels[0, 0] == 9  # the picture cannot change
+
+
+def test_picamera_resends_an_ev_request_whose_echo_never_came() -> None:
+    world = World([qr_image()], lose_controls=1)  # picamera2 dropped the first set_controls
+    source = open_camera(world)
+    source.set_ev(-1.5)
+    wanted = {"ExposureValue": -1.5, "ExposureTime": 5000}
+    seen = exposures(source, ECHO_FRAMES + 4)
+    assert [arg for name, arg in world.calls if name == "set_controls"] == [wanted, wanted]
+    assert seen[:ECHO_FRAMES + 2] == [9980] * (ECHO_FRAMES + 2) and seen[-1] == 5000
+    exposures(source, 3 * ECHO_FRAMES)  # echoed now: never sent again
+    assert world.names().count("set_controls") == 2
+    source.close()
+
+
+def test_picamera_without_echo_resends_twice_then_trusts_the_camera() -> None:
+    world = World([qr_image()], echo=False)  # an IPA that does not report ExposureValue
+    source = open_camera(world)
+    source.set_ev(-1.5)
+    assert exposures(source, 5 * ECHO_FRAMES)[-1] == 5000
+    assert world.names().count("set_controls") == 1 + MAX_RESENDS
+    source.close()
