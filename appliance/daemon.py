@@ -363,11 +363,11 @@ class ScanService:
 
     def _steer_exposure(self, timestamp: float, result: DecodeResult) -> None:
         """Hand the frame's glare advice to the steer and its EV requests to the camera."""
-        source = self._source
-        if self._steer is None or not isinstance(source, ExposureControl):
+        if self._steer is None:
             return
         ev = self._steer.observe(result.advice, timestamp, bool(result.scans or result.rejected))
-        if ev is not None:
+        source = self._source
+        if ev is not None and isinstance(source, ExposureControl):  # rare: the check is slow
             try:
                 source.set_ev(ev)
             except Exception:  # a refused exposure request never stops the scanning
