@@ -202,7 +202,7 @@ class PicameraSource:
         self._closed = False
         self._sequence = 0
         self._timeout_s = CAPTURE_TIMEOUT_S + 2.0 / cfg.fps
-        self._steer: _EvSteering | None = None  # set by _configure
+        self._ev_controls: _EvControls | None = None  # set by _configure
         picamera2, libcamera = _import_picamera2(picamera2_module, libcamera_module)
         self._mapped_array: Callable[..., _Mapped] = picamera2.MappedArray
         try:
@@ -253,7 +253,7 @@ class PicameraSource:
             lores = {"format": "YUV420", "size": (cfg.lores_width, cfg.lores_height)}
         exposure = _exposure_controls(cfg, available)
         controls = exposure | _focus_controls(cfg, available, libcamera)
-        self._steer = _EvSteering.of(cfg.ev, exposure.get("ExposureTime"), available)
+        self._ev_controls = _EvControls.of(cfg.ev, exposure.get("ExposureTime"), available)
         config = camera.create_video_configuration(
             main={"format": "YUV420", "size": (cfg.width, cfg.height)},
             lores=lores,
@@ -298,22 +298,20 @@ class PicameraSource:
     @property
     def ev(self) -> float | None:
         """The EV last asked of the camera (clamped); None when it has no EV control."""
-        return None if self._steer is None else self._steer.ev
+        return None if self._ev_controls is None else self._ev_controls.ev
 
     def set_ev(self, ev: float) -> None:
         """Ask for EV `ev` (clamped to the camera's range; the fixed exposure time, if any,
         shortened alike); picamera2 applies it a few frames later. A camera without
         ExposureValue ignores it; a refusal is logged, never raised."""
-        steer = self._steer
-        if steer is None:
+        known = self._ev_controls
+        if known is None:
             return
-        controls = steer.controls(ev)
+        controls = known.controls(ev)
         with self._lock:
-            if self._closed:
+            if self._closed or not self._send(controls):
                 return
-            if not self._send(controls):
-                return
-        steer.sent(controls)
+            known.sent(controls)
         log.info("camera exposure: %s", controls)
 
     def _send(self, controls: dict[str, Any]) -> bool:
@@ -327,7 +325,7 @@ class PicameraSource:
 
     def _resend_if_lost(self, metadata: dict[str, Any] | None) -> None:
         """Send the last EV request again when its echo is overdue (the lock held)."""
-        again = None if self._steer is None else self._steer.overdue(metadata)
+        again = None if self._ev_controls is None else self._ev_controls.overdue(metadata)
         if again is not None:
             log.info("no echo of the exposure controls %s: sending them again", again)
             self._send(again)
@@ -414,7 +412,7 @@ def _exposure_controls(cfg: CameraConfig, available: dict[str, Any]) -> dict[str
 
 
 @dataclass(slots=True)
-class _EvSteering:
+class _EvControls:
     """The camera's EV range and fixed exposure time: what `set_ev` sends."""
 
     base_ev: float
@@ -429,7 +427,7 @@ class _EvSteering:
 
     @classmethod
     def of(cls, base_ev: float, fixed_us: object,
-           available: dict[str, Any]) -> _EvSteering | None:
+           available: dict[str, Any]) -> _EvControls | None:
         """From the advertised controls; None when the camera has no ExposureValue."""
         if "ExposureValue" not in available:
             log.info("camera lacks ExposureValue: glare cannot darken the picture")
