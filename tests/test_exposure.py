@@ -192,6 +192,9 @@ class QuietBus:
     def wait_connected(self, timeout: float) -> bool:
         return True
 
+    def supervise(self) -> bool:
+        return False
+
     def stop(self, timeout: float = 5.0) -> None: ...
 
 
