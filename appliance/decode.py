@@ -40,6 +40,7 @@ from PIL import Image, ImageFilter
 from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.errors import ConfigError
+from appliance.finder import may_hold_finder
 from appliance.multiframe import RegionStack
 from appliance.preprocess import (
     busiest_box,
@@ -184,6 +185,7 @@ class Decoder:
         self._last = DecodeResult((), ())
         self._repeats = 0
         self._preprocess = cfg.preprocess
+        self._gate = cfg.finder_gate
         self._stack = RegionStack(cfg.multiframe_frames)
         self._budget_s = cfg.multiframe_budget_ms / 1000
         self._weak: npt.NDArray[np.uint8] | None = None  # this frame's denoised region
@@ -228,16 +230,19 @@ class Decoder:
         self._reference = thumb
         start = time.perf_counter()
         located: list[Corners] = []
-        hits = _shifted(self._find(pixels[y0:y1, x0:x1], located), x0, y0)
+        view = pixels[y0:y1, x0:x1]
+        # no finder pattern and nothing followed: no matrix pass, fix or guess can read it
+        matrix = not self._gate or self._stack.box is not None or may_hold_finder(view)
+        hits = _shifted(self._find(view, located, matrix=matrix), x0, y0)
         self._weak, self._weak_glare = None, False
-        if not hits and self._preprocess:
+        if not hits and self._preprocess and matrix:
             whole = (x1 - x0, y1 - y0) == (w, h)
             hits = _shifted(self._preprocessed(pixels[y0:y1, x0:x1], located, whole), x0, y0)
         located = [tuple((x + x0, y + y0) for x, y in c) for c in located]
         advice = 0.0
         if hits:
             self._stack.clear()
-        elif self._stack.depth > 1:
+        elif self._stack.depth > 1 and matrix:
             weak = None
             if (self._weak is not None and not located and self._stack.box is None
                     and self._weak_wait <= 1):  # _multiframe counts it down first
@@ -393,24 +398,26 @@ class Decoder:
         h, w = image.shape
         return self._read_region(image, formats, ((0, 0), (w, 0), (w, h), (0, h)), x0, y0)
 
-    def _find(self, pixels: npt.NDArray[np.uint8], located: list[Corners]) -> list[_Hit]:
+    def _find(self, pixels: npt.NDArray[np.uint8], located: list[Corners], *,
+              matrix: bool = True) -> list[_Hit]:
         """Run the pass ladder; stop at the first pass that finds anything.
 
         Symbols located but not decoded are added to `located` (in `pixels` coordinates).
+        `matrix` False (the finder gate saw no finder pattern): linear codes only.
         """
-        matrix, linear = self._matrix, self._linear
-        if matrix is not None:
+        formats = self._matrix if matrix else None
+        if formats is not None:
             half = _Affine(a=2.0, d=2.0)
-            hits = self._read(pixels[::2, ::2], matrix, half, located,
+            hits = self._read(pixels[::2, ::2], formats, half, located,
                               binarizer=zxingcpp.Binarizer.GlobalHistogram)
             if hits:
                 return hits
-        if linear is not None:
-            hits = self._read_linear(pixels, linear)
+        if self._linear is not None:
+            hits = self._read_linear(pixels, self._linear)
             if hits:
                 return hits
-        if matrix is not None:
-            return self._read_matrix_fallback(pixels, matrix, located)
+        if formats is not None:
+            return self._read_matrix_fallback(pixels, formats, located)
         return []
 
     def _read_matrix_fallback(self, pixels: npt.NDArray[np.uint8],
@@ -429,18 +436,24 @@ class Decoder:
 
     def _read_linear(self, pixels: npt.NDArray[np.uint8],
                      formats: zxingcpp.BarcodeFormats) -> list[_Hit]:
-        """Linear codes along sparse rows, then sparse columns; each also inverted."""
+        """Linear codes along sparse rows, then sparse columns; each also inverted.
+
+        Only the lines that cross enough bar-like edges (`_bar_lines`) are read, stacked:
+        a code's lines all qualify, and zxing-cpp's cost follows the lines it is given.
+        """
         step = _ROW_STEP
-        views = [(pixels[::step, :], _Affine(d=step)),
-                 (pixels[:, ::step].T, _Affine(a=0.0, b=1.0, c=step, d=0.0))]
-        for view, affine in views:
-            if not _has_bars(view):
+        columns = np.ascontiguousarray(pixels[:, ::step]).T  # a strided view is slower
+        for view, transposed in ((pixels[::step, :], False), (columns, True)):
+            busy = _bar_lines(view)
+            if busy.size == 0:
                 continue
-            hits = self._read(view, formats, affine)
+            lines = view[busy]
+            hits = self._read(lines, formats, _IDENTITY)
             if not hits and self._invert:
-                hits = self._read(255 - view, formats, affine)
+                hits = self._read(255 - lines, formats, _IDENTITY)
             if hits:
-                return hits
+                return [_Hit(h.barcode, _line_corners(h.corners, busy, step, transposed))
+                        for h in hits]
         return []
 
     def _read_region(self, pixels: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
@@ -483,19 +496,33 @@ class Decoder:
         return hits
 
 
-def _has_bars(lines: npt.NDArray[np.uint8]) -> bool:
-    """Whether any of these pixel lines crosses enough edges to be a linear code.
+def _bar_lines(lines: npt.NDArray[np.uint8]) -> npt.NDArray[np.intp]:
+    """The indices of the pixel lines that cross enough edges to hold a linear code.
 
     An edge is a step of more than `_BAR_STEP` grey levels over two pixels (blurred,
     low-contrast bars included); EAN-13 has 59 edges and our Code 128 values more, each
-    counted once or more, so a line with fewer than `_BAR_EDGES` cannot hold one. About a
-    fifth of the cost of the zxing-cpp calls it saves on a plain scene.
+    counted once or more, so a line with fewer than `_BAR_EDGES` cannot hold one.
     """
     if lines.shape[1] < 3:
-        return False
-    wide = lines.astype(np.int16)
-    steps = np.abs(wide[:, 2:] - wide[:, :-2]) > _BAR_STEP
-    return bool(steps.sum(axis=1).max() >= _BAR_EDGES)
+        return np.zeros(0, np.intp)
+    ahead, behind = lines[:, 2:], lines[:, :-2]
+    steps = (np.maximum(ahead, behind) - np.minimum(ahead, behind)) > _BAR_STEP  # uint8
+    counts = steps.view(np.uint8).sum(axis=1, dtype=np.uint16)  # count_nonzero is slower
+    return np.flatnonzero(counts >= _BAR_EDGES)
+
+
+def _line_corners(corners: Corners, busy: npt.NDArray[np.intp], step: int,
+                  transposed: bool) -> Corners:
+    """Corners read on stacked `busy` lines (every `step`-th row, or column when
+    `transposed`) in frame pixels."""
+    last = busy.size - 1
+    mapped = []
+    for x, y in corners:
+        line = int(busy[min(max(y, 0), last)]) * step
+        mapped.append((line, x) if transposed else (x, line))
+    if transposed:  # a mirror reverses the winding
+        mapped = [mapped[0], mapped[3], mapped[2], mapped[1]]
+    return tuple(mapped)
 
 
 def _checked(pixels: Any) -> npt.NDArray[np.uint8]:
