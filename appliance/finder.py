@@ -24,14 +24,14 @@ import numpy.typing as npt
 
 Gray = npt.NDArray[np.uint8]
 
-ROW_STEP: Final = 3  # rows sampled: a finder's centre band is >= 2 modules of >= 1.6 px
+ROW_STEP: Final = 4  # rows sampled: a finder's centre band is >= 2 modules of >= 1.6 px
 _BLOCK: Final = 32  # columns per block of the local threshold
 _CONTRAST: Final = 16  # grey levels: a block window with less spread holds no pattern
 _MIN_MODULE: Final = 1.0  # pixels: smaller modules are beyond zxing-cpp as well
 _MAX_MODULE: Final = 40.0  # pixels: a symbol filling a 1280x720 frame
 _SIDE: Final = (0.3, 2.0)  # a side run, in modules (nominal 1), plus one pixel of slack
 _CENTRE: Final = (1.6, 5.0)  # the centre run, in modules (nominal 3)
-_MAX_CANDIDATES: Final = 512  # candidates traced across per frame at most
+_MAX_CANDIDATES: Final = 256  # candidates traced across at most (more: "maybe")
 
 
 def may_hold_finder(pixels: Gray) -> bool:
@@ -94,24 +94,26 @@ def _row_candidates(dark: npt.NDArray[np.bool_]) -> tuple[
     if edges.size < 6:
         empty = np.zeros(0, np.intp)
         return empty, empty, np.zeros(0), np.zeros(0, bool)
-    total = edges[5:] - edges[:-5]  # seven modules; windows across a row end fail below
-    centre = edges[3:-2] - edges[2:-3]
-    ok = (total >= 7 * _MIN_MODULE) & (total <= 7 * _MAX_MODULE)
-    ok &= (7 * centre >= _CENTRE[0] * total - 7) & (7 * centre <= _CENTRE[1] * total + 7)
-    at = np.flatnonzero(ok)
+    runs = np.diff(edges)  # windows that cross a row's end are dropped below
+    total = (edges[5:] - edges[:-5]) / 7.0  # the module size, if this is a finder
+    low, high = total * _SIDE[0] - 1.0, total * _SIDE[1] + 1.0
+    ok = (total >= _MIN_MODULE) & (total <= _MAX_MODULE)
+    ok &= (runs[2:-2] >= total * _CENTRE[0] - 1.0) & (runs[2:-2] <= total * _CENTRE[1] + 1.0)
     for k in (0, 1, 3, 4):
-        side = edges[at + k + 1] - edges[at + k]
-        keep = (7 * side >= _SIDE[0] * total[at] - 7) & (7 * side <= _SIDE[1] * total[at] + 7)
-        at = at[keep]
-    rows = edges[at] // w
-    at = at[rows == (edges[at + 5] - 1) // w]  # all five runs in one row
+        side = runs[k:runs.size - 4 + k]
+        ok &= (side >= low) & (side <= high)
+    at = np.flatnonzero(ok)
+    at = at[edges[at] // w == (edges[at + 5] - 1) // w]  # all five runs in one row
     middle = (edges[at + 2] + edges[at + 3]) // 2
-    return middle // w, middle % w, total[at] / 7.0, flat[middle]
+    return middle // w, middle % w, total[at], flat[middle]
 
 
-# (modules from the centre along the column, must match the centre's polarity): any of
-# each group of three will do (blur and perspective move the rings)
-_PROBES: Final = np.array([0.0, 1.6, 2.0, 2.4, -1.6, -2.0, -2.4, 2.6, 3.0, 3.4, -2.6, -3.0, -3.4])
+# Pixels probed along a candidate's column, in modules from its centre: the centre must
+# have the row's polarity, the ring (about two modules out) the other one and the outer
+# ring (about three) the row's again, on both sides; any probe of a group of three will do
+# (blur and perspective move the rings). The first group rejects most candidates (stripes).
+_FIRST_PROBES: Final = np.array([0.0, 1.6, 2.0, 2.4, -1.6, -2.0, -2.4])
+_RING_PROBES: Final = np.array([2.6, 3.0, 3.4, -2.6, -3.0, -3.4])
 
 
 def _confirmed(pixels: Gray, ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp],
@@ -119,65 +121,69 @@ def _confirmed(pixels: Gray, ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp],
                centre_dark: npt.NDArray[np.bool_]) -> bool:
     """Whether any row candidate shows the pattern along its column and both diagonals.
 
-    A few pixels of the column first (the centre, the ring about two modules above and
-    below, the outer ring about three: along the column a finder's module is the row's,
-    whatever its rotation), which rejects most candidates (vertical stripes) cheaply; then
-    whole runs along the column and the diagonals.
+    A few pixels of the column first (`_FIRST_PROBES`, `_RING_PROBES`: along the column a
+    finder's module is the row's, whatever its rotation); then whole runs along the column
+    and the diagonals for what is left.
     """
-    h = pixels.shape[0]
-    at = ys[:, None] + np.rint(units[:, None] * _PROBES[None, :]).astype(np.intp)
-    same = (pixels[np.clip(at, 0, h - 1), xs[:, None]] < levels[:, None]) == centre_dark[:, None]
-    keep = same[:, 0] & ~same[:, 1:4].all(axis=1) & ~same[:, 4:7].all(axis=1)
-    keep &= same[:, 7:10].any(axis=1) & same[:, 10:13].any(axis=1)
-    picked = np.flatnonzero(keep)[:_MAX_CANDIDATES]
+    same = _probe(pixels, ys, xs, units, levels, centre_dark, _FIRST_PROBES)
+    picked = np.flatnonzero(same[:, 0] & ~same[:, 1:4].all(axis=1) & ~same[:, 4:].all(axis=1))
     if picked.size == 0:
         return False
-    n = picked.size
-    steps = np.repeat(np.array([[1, 0], [1, 1], [1, -1]]), n, axis=0)
-    ok = _runs_across(pixels, np.tile(ys[picked], 3), np.tile(xs[picked], 3),
-                      np.tile(units[picked], 3), np.tile(levels[picked], 3),
-                      np.tile(centre_dark[picked], 3), steps)
-    return bool(ok.reshape(3, n).all(axis=0).any())
+    same = _probe(pixels, ys[picked], xs[picked], units[picked], levels[picked],
+                  centre_dark[picked], _RING_PROBES)
+    picked = picked[same[:, :3].any(axis=1) & same[:, 3:].any(axis=1)]
+    if picked.size == 0:
+        return False
+    if picked.size > _MAX_CANDIDATES:
+        return True  # a frame this busy is read anyway
+    ok = _runs_across(pixels, ys[picked], xs[picked], units[picked], levels[picked],
+                      centre_dark[picked])
+    return bool(ok.all(axis=0).any())
+
+
+def _probe(pixels: Gray, ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp],
+           units: npt.NDArray[np.float64], levels: Gray, centre_dark: npt.NDArray[np.bool_],
+           modules: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Per candidate and probe: whether the pixel `modules` up or down the column has the
+    centre's polarity (rows clipped to the frame)."""
+    at = ys[:, None] + np.rint(units[:, None] * modules[None, :]).astype(np.intp)
+    np.clip(at, 0, pixels.shape[0] - 1, out=at)
+    dark: npt.NDArray[np.bool_] = pixels[at, xs[:, None]] < levels[:, None]
+    return dark == centre_dark[:, None]
+
+
+_DY: Final = np.array([1, 1, 1])[:, None, None]  # the column, then the two diagonals
+_DX: Final = np.array([0, 1, -1])[:, None, None]
+_FIRST_EDGES: Final = np.array([1, 2, 3])
 
 
 def _runs_across(pixels: Gray, ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp],
                  units: npt.NDArray[np.float64], levels: Gray,
-                 centre_dark: npt.NDArray[np.bool_],
-                 steps: npt.NDArray[np.intp]) -> npt.NDArray[np.bool_]:
-    """Which candidates show 1:1:3:1:1 runs along the line through them in direction
-    `steps` (one (dy, dx) per candidate)."""
+                 centre_dark: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Per direction (the column, then the diagonals) and candidate: whether the line
+    through the candidate shows 1:1:3:1:1 runs of the right polarity. (Written with few
+    numpy calls: candidates are few, and each call costs microseconds.)"""
     h, w = pixels.shape
-    reach = int(np.ceil(units.max() * 6)) + 2
+    reach = int(units.max() * 6) + 3
     offsets = np.arange(-reach, reach + 1)
-    row_at = ys[:, None] + steps[:, :1] * offsets[None, :]
-    col_at = xs[:, None] + steps[:, 1:] * offsets[None, :]
-    inside = (row_at >= 0) & (row_at < h) & (col_at >= 0) & (col_at < w)
-    line = pixels[np.clip(row_at, 0, h - 1), np.clip(col_at, 0, w - 1)]
-    dark = (line < levels[:, None]) & inside
-    ok = dark[:, reach] == centre_dark
-    change = dark[:, 1:] != dark[:, :-1]  # change[j]: between offsets j and j+1
-    up_at, up_n = _first_three(change[:, :reach][:, ::-1])  # nearest first
-    down_at, down_n = _first_three(change[:, reach:])
-    ok &= (up_n >= 3) & (down_n >= 3)
-    up_d = up_at + 0.5  # distance of each edge from the centre pixel
-    down_d = down_at + 0.5
-    centre = up_d[:, 0] + down_d[:, 0]
-    rings = np.stack([up_d[:, 1] - up_d[:, 0], up_d[:, 2] - up_d[:, 1],
-                      down_d[:, 1] - down_d[:, 0], down_d[:, 2] - down_d[:, 1]], axis=1)
-    unit = (centre + rings.sum(axis=1)) / 7.0
-    slack = 1.0  # pixels: quantisation and blur
-    ok &= (unit >= 0.4 * units - slack) & (unit <= 2.5 * units + slack)
-    ok &= ((rings >= _SIDE[0] * unit[:, None] - slack)
-           & (rings <= _SIDE[1] * unit[:, None] + slack)).all(axis=1)
-    ok &= (centre >= _CENTRE[0] * unit - slack) & (centre <= _CENTRE[1] * unit + slack)
+    row_at = ys[:, None] + _DY * offsets  # (3, n, 2 reach + 1)
+    col_at = xs[:, None] + _DX * offsets
+    outside = (row_at < 0) | (row_at >= h) | (col_at < 0) | (col_at >= w)
+    line = pixels[np.minimum(np.maximum(row_at, 0), h - 1),
+                  np.minimum(np.maximum(col_at, 0), w - 1)]
+    dark = (line < levels[:, None]) & ~outside
+    change = dark[:, :, 1:] != dark[:, :, :-1]  # [j]: between offsets j and j+1
+    # edges met going up (nearest first), then going down: (6, n, reach)
+    met = np.cumsum(np.concatenate((change[:, :, reach - 1::-1], change[:, :, reach:])), axis=2)
+    # distances (pixels) from the centre to the first three edges each way: (6, n, 3)
+    dist = (met[:, :, :, None] < _FIRST_EDGES).sum(axis=2)
+    up, down = dist[:3], dist[3:]
+    centre = up[:, :, 0] + down[:, :, 0] + 1.0
+    unit = (up[:, :, 2] + down[:, :, 2] + 1.0) / 7.0
+    rings = (dist[:, :, 1:] - dist[:, :, :2]).reshape(2, 3, -1, 2)  # up/down, dir, n, ring
+    ok = (dark[:, :, reach] == centre_dark) & (met[:, :, -1] >= 3).reshape(2, 3, -1).all(axis=0)
+    ok &= ((rings >= (unit * _SIDE[0] - 1.0)[:, :, None])  # a pixel of slack: blur
+           & (rings <= (unit * _SIDE[1] + 1.0)[:, :, None])).all(axis=(0, 3))
+    ok &= (centre >= unit * _CENTRE[0] - 1.0) & (centre <= unit * _CENTRE[1] + 1.0)
+    ok &= (unit >= 0.4 * units - 1.0) & (unit <= 2.5 * units + 1.0)
     return ok
-
-
-def _first_three(change: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.float64],
-                                                         npt.NDArray[np.intp]]:
-    """Per row: the indices of the first three True values (0 when missing), and how many
-    there are (capped at 3)."""
-    counts = np.cumsum(change, axis=1)
-    found = np.minimum(counts[:, -1], 3)
-    at = np.stack([np.argmax(counts >= k, axis=1) for k in (1, 2, 3)], axis=1)
-    return at.astype(np.float64), found
