@@ -40,7 +40,7 @@ from PIL import Image, ImageFilter
 from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.errors import ConfigError
-from appliance.finder import may_hold_finder
+from appliance.finder import MAYBE, Finders, find_finders
 from appliance.multiframe import RegionStack
 from appliance.preprocess import (
     busiest_box,
@@ -186,6 +186,9 @@ class Decoder:
         self._repeats = 0
         self._preprocess = cfg.preprocess
         self._gate = cfg.finder_gate
+        # this frame's, from the finder gate: a matrix symbol may be there; an inverted one
+        self._matrix_now = True
+        self._invert_now = cfg.try_invert
         self._stack = RegionStack(cfg.multiframe_frames)
         self._budget_s = cfg.multiframe_budget_ms / 1000
         self._weak: npt.NDArray[np.uint8] | None = None  # this frame's denoised region
@@ -231,9 +234,9 @@ class Decoder:
         start = time.perf_counter()
         located: list[Corners] = []
         view = pixels[y0:y1, x0:x1]
-        # no finder pattern and nothing followed: no matrix pass, fix or guess can read it
-        matrix = not self._gate or self._stack.box is not None or may_hold_finder(view)
-        hits = _shifted(self._find(view, located, matrix=matrix), x0, y0)
+        self._matrix_now, self._invert_now = True, self._invert  # _find may narrow them
+        hits = _shifted(self._find(view, located), x0, y0)
+        matrix = self._matrix_now  # False: no finder pattern, no fix or guess can read it
         self._weak, self._weak_glare = None, False
         if not hits and self._preprocess and matrix:
             whole = (x1 - x0, y1 - y0) == (w, h)
@@ -252,6 +255,13 @@ class Decoder:
             hits, advice = self._multiframe(pixels, located, weak, start + self._budget_s)
         self._last = self._judged(hits, frame.timestamp, advice)
         return self._last
+
+    def _finders(self, pixels: npt.NDArray[np.uint8]) -> Finders:
+        """The finder patterns `pixels` may hold (finder.py); any, when the gate is off or a
+        symbol is being followed (its region is read whatever this frame shows)."""
+        if not self._gate or self._matrix is None or self._stack.box is not None:
+            return MAYBE
+        return find_finders(pixels)
 
     def _judged(self, hits: list[_Hit], timestamp: float, advice: float) -> DecodeResult:
         """Judge what was read: accepted scans and refused codes."""
@@ -398,14 +408,15 @@ class Decoder:
         h, w = image.shape
         return self._read_region(image, formats, ((0, 0), (w, 0), (w, h), (0, h)), x0, y0)
 
-    def _find(self, pixels: npt.NDArray[np.uint8], located: list[Corners], *,
-              matrix: bool = True) -> list[_Hit]:
+    def _find(self, pixels: npt.NDArray[np.uint8], located: list[Corners]) -> list[_Hit]:
         """Run the pass ladder; stop at the first pass that finds anything.
 
         Symbols located but not decoded are added to `located` (in `pixels` coordinates).
-        `matrix` False (the finder gate saw no finder pattern): linear codes only.
+        Before the full-resolution matrix passes the finder gate looks (`_finders`): without
+        a finder pattern they are skipped, and `_matrix_now` is False for the later stages;
+        without an inverted one they do not try inverted (`_invert_now`).
         """
-        formats = self._matrix if matrix else None
+        formats = self._matrix
         if formats is not None:
             half = _Affine(a=2.0, d=2.0)
             hits = self._read(pixels[::2, ::2], formats, half, located,
@@ -416,9 +427,14 @@ class Decoder:
             hits = self._read_linear(pixels, self._linear)
             if hits:
                 return hits
-        if formats is not None:
-            return self._read_matrix_fallback(pixels, formats, located)
-        return []
+        if formats is None:
+            return []
+        finders = MAYBE if located else self._finders(pixels)  # zxing-cpp saw a symbol
+        self._matrix_now = finders.any
+        self._invert_now = self._invert and finders.light
+        if not finders.any:
+            return []
+        return self._read_matrix_fallback(pixels, formats, located)
 
     def _read_matrix_fallback(self, pixels: npt.NDArray[np.uint8],
                               formats: zxingcpp.BarcodeFormats,
@@ -484,7 +500,7 @@ class Decoder:
         """One zxing-cpp call on `view`; symbols located but not decoded go to `located`."""
         barcodes = zxingcpp.read_barcodes(
             view, formats=formats, try_rotate=False, try_downscale=False,
-            try_invert=self._invert, text_mode=zxingcpp.TextMode.Plain,
+            try_invert=self._invert_now, text_mode=zxingcpp.TextMode.Plain,
             return_errors=located is not None, **options,
         )
         hits = []

@@ -17,6 +17,7 @@ Linear in the pixels read (a third of the rows), numpy only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -25,30 +26,55 @@ import numpy.typing as npt
 Gray = npt.NDArray[np.uint8]
 
 ROW_STEP: Final = 4  # rows sampled: a finder's centre band is >= 2 modules of >= 1.6 px
+_ROW_OFFSET: Final = 2  # the first row sampled
 _BLOCK: Final = 32  # columns per block of the local threshold
 _CONTRAST: Final = 16  # grey levels: a block window with less spread holds no pattern
 _MIN_MODULE: Final = 1.0  # pixels: smaller modules are beyond zxing-cpp as well
-_MAX_MODULE: Final = 40.0  # pixels: a symbol filling a 1280x720 frame
+_MAX_MODULE: Final = 30.0  # pixels: a 21-module symbol filling a 1280x720 frame
 _SIDE: Final = (0.3, 2.0)  # a side run, in modules (nominal 1), plus one pixel of slack
 _CENTRE: Final = (1.6, 5.0)  # the centre run, in modules (nominal 3)
-_MAX_CANDIDATES: Final = 256  # candidates traced across at most (more: "maybe")
+_BUSY: Final = 24  # candidates left after a probe that make a frame "maybe" at once
 
 
-def may_hold_finder(pixels: Gray) -> bool:
-    """Whether `pixels` (2-D uint8) may hold a QR or Micro QR finder pattern.
+@dataclass(frozen=True, slots=True)
+class Finders:
+    """Which finder patterns a frame showed: with a dark centre (a symbol printed dark on
+    light) and with a light centre (an inverted symbol, e.g. a phone in dark mode)."""
 
-    False means no row shows a 1:1:3:1:1 run pattern that its column and both diagonals
-    confirm; True is "maybe". Frames too small to analyse are "maybe" (cheap to read).
+    dark: bool
+    light: bool
+
+    @property
+    def any(self) -> bool:
+        """Whether the frame may hold a symbol at all."""
+        return self.dark or self.light
+
+
+MAYBE: Final = Finders(dark=True, light=True)
+NONE: Final = Finders(dark=False, light=False)
+
+
+def find_finders(pixels: Gray) -> Finders:
+    """The finder patterns `pixels` (2-D uint8) may hold, by polarity.
+
+    A polarity is False when no row shows a 1:1:3:1:1 run pattern of it that its column
+    and both diagonals confirm. Frames too small to analyse (and frames with very many
+    confirmed-looking candidates) are `MAYBE`: cheap to read, or worth reading.
     """
     h, w = pixels.shape
     if h < 3 * ROW_STEP or w < 3 * _BLOCK:
-        return True
-    dark, mids = _dark(pixels[1::ROW_STEP, :])
+        return MAYBE
+    dark, mids = _dark(pixels[_ROW_OFFSET::ROW_STEP, :])
     ys, xs, units, centre_dark = _row_candidates(dark)
     if ys.size == 0:
-        return False
+        return NONE
     levels = mids[ys // 2, xs // _BLOCK]
-    return _confirmed(pixels, ys * ROW_STEP + 1, xs, units, levels, centre_dark)
+    return _confirmed(pixels, ys * ROW_STEP + _ROW_OFFSET, xs, units, levels, centre_dark)
+
+
+def may_hold_finder(pixels: Gray) -> bool:
+    """Whether `pixels` may hold a QR or Micro QR finder pattern of either polarity."""
+    return find_finders(pixels).any
 
 
 def _dark(rows: Gray) -> tuple[npt.NDArray[np.bool_], Gray]:
@@ -108,80 +134,96 @@ def _row_candidates(dark: npt.NDArray[np.bool_]) -> tuple[
     return middle // w, middle % w, total[at], flat[middle]
 
 
-# Pixels probed along a candidate's column, in modules from its centre: the centre must
-# have the row's polarity, the ring (about two modules out) the other one and the outer
-# ring (about three) the row's again, on both sides; any probe of a group of three will do
-# (blur and perspective move the rings). The first group rejects most candidates (stripes).
-_FIRST_PROBES: Final = np.array([0.0, 1.6, 2.0, 2.4, -1.6, -2.0, -2.4])
-_RING_PROBES: Final = np.array([2.6, 3.0, 3.4, -2.6, -3.0, -3.4])
+# Pixels probed along a candidate's column and diagonals, in steps of the row's module
+# from its row, each way: the centre's polarity must give way to the other one (the ring)
+# and come back (the outer ring). The row may cross the centre block anywhere, and a
+# diagonal step is 1 to 1.4 modules long, so the rings may sit from 0.4 to 4.6 away.
+_STEPS: Final = np.array([0.4, 0.7, 1.0, 1.4, 1.8, 2.2, 2.6, 3.0, 3.4, 3.8, 4.2, 4.6])
+_FEW_STEPS: Final = np.array([0.7, 1.4, 2.2, 3.0])  # the ring must show within these
+_WAYS: Final = np.array([[1, 0], [-1, 0], [1, 1], [-1, -1], [1, -1], [-1, 1]])  # (dy, dx)
 
 
 def _confirmed(pixels: Gray, ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp],
                units: npt.NDArray[np.float64], levels: Gray,
-               centre_dark: npt.NDArray[np.bool_]) -> bool:
-    """Whether any row candidate shows the pattern along its column and both diagonals.
+               centre_dark: npt.NDArray[np.bool_]) -> Finders:
+    """The polarities of the row candidates that show the pattern along their column and
+    both diagonals.
 
-    A few pixels of the column first (`_FIRST_PROBES`, `_RING_PROBES`: along the column a
-    finder's module is the row's, whatever its rotation); then whole runs along the column
-    and the diagonals for what is left.
+    Pixels at fixed steps first (`_STEPS`, six ways: along the column a finder's module
+    is the row's whatever its rotation, along a diagonal at most 1.4 times shorter), which
+    rejects most candidates cheaply; then whole runs, column and diagonals, for the rest.
     """
-    same = _probe(pixels, ys, xs, units, levels, centre_dark, _FIRST_PROBES)
-    picked = np.flatnonzero(same[:, 0] & ~same[:, 1:4].all(axis=1) & ~same[:, 4:].all(axis=1))
-    if picked.size == 0:
-        return False
-    same = _probe(pixels, ys[picked], xs[picked], units[picked], levels[picked],
-                  centre_dark[picked], _RING_PROBES)
-    picked = picked[same[:, :3].any(axis=1) & same[:, 3:].any(axis=1)]
-    if picked.size == 0:
-        return False
-    if picked.size > _MAX_CANDIDATES:
-        return True  # a frame this busy is read anyway
+    picked = np.flatnonzero((pixels[ys, xs] < levels) == centre_dark)
+    # the column at a few steps (rejects stripes), then every step along the column and
+    # the diagonals
+    for ways, steps in ((_WAYS[:2], _FEW_STEPS), (_WAYS[:2], _STEPS), (_WAYS[2:], _STEPS)):
+        picked = picked[_rings_seen(pixels, ys[picked], xs[picked], units[picked],
+                                    levels[picked], centre_dark[picked], ways, steps)]
+        if picked.size == 0:
+            return NONE
+        if picked.size > _BUSY:
+            return MAYBE  # text or a pattern: checking every candidate costs more than reading
     ok = _runs_across(pixels, ys[picked], xs[picked], units[picked], levels[picked],
-                      centre_dark[picked])
-    return bool(ok.all(axis=0).any())
+                      centre_dark[picked], _ALL_DY, _ALL_DX)
+    found = centre_dark[picked[ok.all(axis=0)]]
+    if found.size == 0:
+        return NONE
+    return Finders(dark=bool(found.any()), light=not bool(found.all()))
 
 
-def _probe(pixels: Gray, ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp],
-           units: npt.NDArray[np.float64], levels: Gray, centre_dark: npt.NDArray[np.bool_],
-           modules: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
-    """Per candidate and probe: whether the pixel `modules` up or down the column has the
-    centre's polarity (rows clipped to the frame)."""
-    at = ys[:, None] + np.rint(units[:, None] * modules[None, :]).astype(np.intp)
-    np.clip(at, 0, pixels.shape[0] - 1, out=at)
-    dark: npt.NDArray[np.bool_] = pixels[at, xs[:, None]] < levels[:, None]
-    return dark == centre_dark[:, None]
+def _rings_seen(pixels: Gray, ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp],
+                units: npt.NDArray[np.float64], levels: Gray,
+                centre_dark: npt.NDArray[np.bool_],
+                ways: npt.NDArray[np.intp],
+                steps: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Which candidates show the other polarity, then their own again, at `steps` (in
+    modules) along every one of `ways` ((dy, dx) rows); with `_FEW_STEPS`, the other
+    polarity alone."""
+    h, w = pixels.shape
+    reach = np.rint(units[:, None, None] * steps).astype(np.intp)  # (n, 1, steps)
+    rows = np.minimum(np.maximum(ys[:, None, None] + ways[:, :1] * reach, 0), h - 1)
+    cols = np.minimum(np.maximum(xs[:, None, None] + ways[:, 1:] * reach, 0), w - 1)
+    same = (pixels[rows, cols] < levels[:, None, None]) == centre_dark[:, None, None]
+    if steps is _FEW_STEPS:
+        other: npt.NDArray[np.bool_] = (~same).any(axis=2).all(axis=1)
+        return other
+    ring_met = np.cumsum(~same, axis=2) > 0  # the other polarity seen by this step
+    seen: npt.NDArray[np.bool_] = (same & ring_met).any(axis=2).all(axis=1)
+    return seen
 
 
-_DY: Final = np.array([1, 1, 1])[:, None, None]  # the column, then the two diagonals
-_DX: Final = np.array([0, 1, -1])[:, None, None]
+_ALL_DY: Final = np.array([1, 1, 1])[:, None, None]  # the column, then the diagonals
+_ALL_DX: Final = np.array([0, 1, -1])[:, None, None]
 _FIRST_EDGES: Final = np.array([1, 2, 3])
 
 
 def _runs_across(pixels: Gray, ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp],
                  units: npt.NDArray[np.float64], levels: Gray,
-                 centre_dark: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """Per direction (the column, then the diagonals) and candidate: whether the line
-    through the candidate shows 1:1:3:1:1 runs of the right polarity. (Written with few
-    numpy calls: candidates are few, and each call costs microseconds.)"""
+                 centre_dark: npt.NDArray[np.bool_], dy: npt.NDArray[np.intp],
+                 dx: npt.NDArray[np.intp]) -> npt.NDArray[np.bool_]:
+    """Per direction (`dy`, `dx`: k of them, shaped (k, 1, 1)) and candidate: whether the
+    line through the candidate shows 1:1:3:1:1 runs of the right polarity. (Few numpy
+    calls: each costs microseconds, and candidates are few.)"""
     h, w = pixels.shape
     reach = int(units.max() * 6) + 3
     offsets = np.arange(-reach, reach + 1)
-    row_at = ys[:, None] + _DY * offsets  # (3, n, 2 reach + 1)
-    col_at = xs[:, None] + _DX * offsets
+    row_at = ys[:, None] + dy * offsets  # (k, n, 2 reach + 1)
+    col_at = xs[:, None] + dx * offsets
     outside = (row_at < 0) | (row_at >= h) | (col_at < 0) | (col_at >= w)
     line = pixels[np.minimum(np.maximum(row_at, 0), h - 1),
                   np.minimum(np.maximum(col_at, 0), w - 1)]
     dark = (line < levels[:, None]) & ~outside
     change = dark[:, :, 1:] != dark[:, :, :-1]  # [j]: between offsets j and j+1
-    # edges met going up (nearest first), then going down: (6, n, reach)
+    # edges met going up (nearest first), then going down: (2k, n, reach)
     met = np.cumsum(np.concatenate((change[:, :, reach - 1::-1], change[:, :, reach:])), axis=2)
-    # distances (pixels) from the centre to the first three edges each way: (6, n, 3)
+    # distances (pixels) from the centre to the first three edges each way: (2k, n, 3)
     dist = (met[:, :, :, None] < _FIRST_EDGES).sum(axis=2)
-    up, down = dist[:3], dist[3:]
+    k = dy.shape[0]
+    up, down = dist[:k], dist[k:]
     centre = up[:, :, 0] + down[:, :, 0] + 1.0
     unit = (up[:, :, 2] + down[:, :, 2] + 1.0) / 7.0
-    rings = (dist[:, :, 1:] - dist[:, :, :2]).reshape(2, 3, -1, 2)  # up/down, dir, n, ring
-    ok = (dark[:, :, reach] == centre_dark) & (met[:, :, -1] >= 3).reshape(2, 3, -1).all(axis=0)
+    rings = (dist[:, :, 1:] - dist[:, :, :2]).reshape(2, k, -1, 2)  # up/down, dir, n, ring
+    ok = (dark[:, :, reach] == centre_dark) & (met[:, :, -1] >= 3).reshape(2, k, -1).all(axis=0)
     ok &= ((rings >= (unit * _SIDE[0] - 1.0)[:, :, None])  # a pixel of slack: blur
            & (rings <= (unit * _SIDE[1] + 1.0)[:, :, None])).all(axis=(0, 3))
     ok &= (centre >= unit * _CENTRE[0] - 1.0) & (centre <= unit * _CENTRE[1] + 1.0)
