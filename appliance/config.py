@@ -95,7 +95,7 @@ class DecodeConfig(Section):
     preprocess: bool = True
     # A cheap look for QR finder patterns (appliance/finder.py) before the matrix passes:
     # a frame without one skips them, the fixes and the multi-frame guesses.
-    finder_gate: bool = True
+    finder_gate: bool = False
 
 
 class DebounceConfig(Section):

@@ -1,24 +1,29 @@
-"""Could this frame hold a QR or Micro QR symbol? A cheap look for finder patterns.
+"""Could this frame hold a QR or Micro QR symbol? A look for finder patterns in numpy.
 
 Every QR and Micro QR symbol carries a finder pattern: concentric squares whose cross-section
 along any line through their centre runs dark-light-dark-light-dark in the ratio 1:1:3:1:1
-(the other way round when the symbol is inverted). This module looks for that ratio on
-sparse rows, then confirms each candidate across it, along its column, as zxing-cpp's own
-detector does; a frame without one confirmed candidate cannot hold a symbol zxing-cpp would
-read, so the decoder skips its matrix passes (docs/decoding.md).
+(light-dark-light-dark-light when the symbol is inverted). `find_finders` looks for that
+ratio along every 4th row, keeps the candidates whose column and diagonals change polarity
+where a finder's rings would be (a few probed pixels: this rejects stripes and most text),
+then measures whole runs along the column and both diagonals, as zxing-cpp's own detector
+cross-checks. A frame without a confirmed candidate holds no symbol zxing-cpp could read.
 
-Binarisation is local (the midpoint of the darkest and brightest pixel within about 100
-pixels along the row), so gradients, glare beside the symbol and faint print are handled;
-noisy frames are smoothed along the column by averaging two neighbouring rows. The
-tolerances are generous: blur, perspective and rotation bend the ratio, and a frame let
-through costs only the full reader's time, while a symbol refused is a symbol lost.
-Linear in the pixels read (a third of the rows), numpy only.
+Rows are binarised locally (the midpoint of the darkest and brightest sample within about
+100 pixels), so gradients, glare beside a symbol and faint print are handled. Tolerances
+are generous (blur, perspective, rotation and 1.6-pixel modules bend the ratio): a frame let
+through costs only the full reader's time, a symbol refused is a symbol lost. Bounded: at
+most `_MAX_CANDIDATES` candidates are traced along whole runs (more: "maybe").
+
+Measured (docs/benchmarks.md): every QR frame of the bench corpora (seeds 1, 2) that the
+Decoder reads is "maybe"; plain, text and stripes frames are mostly "no". But in numpy, with
+microseconds per call, the look costs about as much as the full-resolution passes it would
+save, so `[decode] finder_gate` is off by default.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +38,19 @@ _MIN_MODULE: Final = 1.0  # pixels: smaller modules are beyond zxing-cpp as well
 _MAX_MODULE: Final = 30.0  # pixels: a 21-module symbol filling a 1280x720 frame
 _SIDE: Final = (0.3, 2.0)  # a side run, in modules (nominal 1), plus one pixel of slack
 _CENTRE: Final = (1.6, 5.0)  # the centre run, in modules (nominal 3)
-_BUSY: Final = 24  # candidates left after a probe that make a frame "maybe" at once
+# Pixels probed along a candidate's column and diagonals, in the row's modules, each way:
+# the centre's polarity must give way to the other one (the ring) and come back (the outer
+# ring). The row may cross the centre block anywhere and a diagonal step is 1 to 1.4
+# modules long, so the rings may sit from 0.4 to 4.6 away; the first, cheap look at the
+# column only asks for the other polarity within three modules.
+_STEPS: Final = np.array([0.4, 0.7, 1.0, 1.4, 1.8, 2.2, 2.6, 3.0, 3.4, 3.8, 4.2, 4.6])
+_FEW_STEPS: Final = np.array([0.7, 1.4, 2.2, 3.0])
+_COLUMN: Final = np.array([[1, 0], [-1, 0]])  # (dy, dx) each way
+_DIAGONALS: Final = np.array([[1, 1], [-1, -1], [1, -1], [-1, 1]])
+_MAX_CANDIDATES: Final = 256  # candidates traced along whole runs at most
+_ALL_DY: Final = np.array([1, 1, 1])[:, None, None]  # whole runs: the column, the diagonals
+_ALL_DX: Final = np.array([0, 1, -1])[:, None, None]
+_FIRST_EDGES: Final = np.array([1, 2, 3])
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,22 +71,39 @@ MAYBE: Final = Finders(dark=True, light=True)
 NONE: Final = Finders(dark=False, light=False)
 
 
+class _Candidates(NamedTuple):
+    """Row runs in 1:1:3:1:1: frame row and column of the centre, module size (pixels),
+    binarisation threshold there, and whether the centre run is dark."""
+
+    ys: npt.NDArray[np.intp]
+    xs: npt.NDArray[np.intp]
+    units: npt.NDArray[np.float64]
+    levels: Gray
+    dark: npt.NDArray[np.bool_]
+
+    def take(self, picked: npt.NDArray[np.intp]) -> _Candidates:
+        """The candidates at indices `picked`."""
+        return _Candidates(self.ys[picked], self.xs[picked], self.units[picked],
+                           self.levels[picked], self.dark[picked])
+
+
 def find_finders(pixels: Gray) -> Finders:
     """The finder patterns `pixels` (2-D uint8) may hold, by polarity.
 
     A polarity is False when no row shows a 1:1:3:1:1 run pattern of it that its column
-    and both diagonals confirm. Frames too small to analyse (and frames with very many
-    confirmed-looking candidates) are `MAYBE`: cheap to read, or worth reading.
+    and both diagonals confirm. Frames too small to analyse (under 12x96) and frames with
+    very many candidates left after the probes are `MAYBE`: cheap to read, or worth it.
     """
     h, w = pixels.shape
     if h < 3 * ROW_STEP or w < 3 * _BLOCK:
         return MAYBE
     dark, mids = _dark(pixels[_ROW_OFFSET::ROW_STEP, :])
-    ys, xs, units, centre_dark = _row_candidates(dark)
-    if ys.size == 0:
+    rows, xs, units, centre_dark = _row_candidates(dark)
+    if rows.size == 0:
         return NONE
-    levels = mids[ys // 2, xs // _BLOCK]
-    return _confirmed(pixels, ys * ROW_STEP + _ROW_OFFSET, xs, units, levels, centre_dark)
+    levels = mids[rows // 2, xs // _BLOCK]
+    return _confirmed(pixels, _Candidates(rows * ROW_STEP + _ROW_OFFSET, xs, units, levels,
+                                          centre_dark))
 
 
 def may_hold_finder(pixels: Gray) -> bool:
@@ -114,7 +148,7 @@ def _row_candidates(dark: npt.NDArray[np.bool_]) -> tuple[
         npt.NDArray[np.bool_]]:
     """Runs of 1:1:3:1:1 along the rows of `dark`: their row, centre column, module size
     and whether the centre run is dark (False: an inverted symbol)."""
-    n, w = dark.shape
+    w = dark.shape[1]
     flat = dark.ravel()
     edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # where a run starts (flat index)
     if edges.size < 6:
@@ -134,57 +168,38 @@ def _row_candidates(dark: npt.NDArray[np.bool_]) -> tuple[
     return middle // w, middle % w, total[at], flat[middle]
 
 
-# Pixels probed along a candidate's column and diagonals, in steps of the row's module
-# from its row, each way: the centre's polarity must give way to the other one (the ring)
-# and come back (the outer ring). The row may cross the centre block anywhere, and a
-# diagonal step is 1 to 1.4 modules long, so the rings may sit from 0.4 to 4.6 away.
-_STEPS: Final = np.array([0.4, 0.7, 1.0, 1.4, 1.8, 2.2, 2.6, 3.0, 3.4, 3.8, 4.2, 4.6])
-_FEW_STEPS: Final = np.array([0.7, 1.4, 2.2, 3.0])  # the ring must show within these
-_WAYS: Final = np.array([[1, 0], [-1, 0], [1, 1], [-1, -1], [1, -1], [-1, 1]])  # (dy, dx)
-
-
-def _confirmed(pixels: Gray, ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp],
-               units: npt.NDArray[np.float64], levels: Gray,
-               centre_dark: npt.NDArray[np.bool_]) -> Finders:
+def _confirmed(pixels: Gray, found: _Candidates) -> Finders:
     """The polarities of the row candidates that show the pattern along their column and
     both diagonals.
 
-    Pixels at fixed steps first (`_STEPS`, six ways: along the column a finder's module
-    is the row's whatever its rotation, along a diagonal at most 1.4 times shorter), which
-    rejects most candidates cheaply; then whole runs, column and diagonals, for the rest.
+    Probed pixels first (`_STEPS`: along the column a finder's module is the row's
+    whatever its rotation, along a diagonal up to 1.4 times shorter), which rejects most
+    candidates cheaply; then whole runs along the column and the diagonals for the rest.
     """
-    picked = np.flatnonzero((pixels[ys, xs] < levels) == centre_dark)
-    # the column at a few steps (rejects stripes), then every step along the column and
-    # the diagonals
-    for ways, steps in ((_WAYS[:2], _FEW_STEPS), (_WAYS[:2], _STEPS), (_WAYS[2:], _STEPS)):
-        picked = picked[_rings_seen(pixels, ys[picked], xs[picked], units[picked],
-                                    levels[picked], centre_dark[picked], ways, steps)]
-        if picked.size == 0:
+    found = found.take(np.flatnonzero((pixels[found.ys, found.xs] < found.levels) == found.dark))
+    for ways, steps, outer in ((_COLUMN, _FEW_STEPS, False), (_COLUMN, _STEPS, True),
+                               (_DIAGONALS, _STEPS, True)):
+        found = found.take(np.flatnonzero(_rings_seen(pixels, found, ways, steps, outer=outer)))
+        if found.ys.size == 0:
             return NONE
-        if picked.size > _BUSY:
-            return MAYBE  # text or a pattern: checking every candidate costs more than reading
-    ok = _runs_across(pixels, ys[picked], xs[picked], units[picked], levels[picked],
-                      centre_dark[picked], _ALL_DY, _ALL_DX)
-    found = centre_dark[picked[ok.all(axis=0)]]
-    if found.size == 0:
+    if found.ys.size > _MAX_CANDIDATES:
+        return MAYBE  # a frame this busy is worth reading; and the arrays stay bounded
+    polarity = found.dark[_runs_across(pixels, found).all(axis=0)]
+    if polarity.size == 0:
         return NONE
-    return Finders(dark=bool(found.any()), light=not bool(found.all()))
+    return Finders(dark=bool(polarity.any()), light=not bool(polarity.all()))
 
 
-def _rings_seen(pixels: Gray, ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp],
-                units: npt.NDArray[np.float64], levels: Gray,
-                centre_dark: npt.NDArray[np.bool_],
-                ways: npt.NDArray[np.intp],
-                steps: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
-    """Which candidates show the other polarity, then their own again, at `steps` (in
-    modules) along every one of `ways` ((dy, dx) rows); with `_FEW_STEPS`, the other
-    polarity alone."""
+def _rings_seen(pixels: Gray, found: _Candidates, ways: npt.NDArray[np.intp],
+                steps: npt.NDArray[np.float64], *, outer: bool) -> npt.NDArray[np.bool_]:
+    """Which candidates show the other polarity (then, if `outer`, their own again) at
+    `steps` (in modules) along every one of `ways` ((dy, dx) rows)."""
     h, w = pixels.shape
-    reach = np.rint(units[:, None, None] * steps).astype(np.intp)  # (n, 1, steps)
-    rows = np.minimum(np.maximum(ys[:, None, None] + ways[:, :1] * reach, 0), h - 1)
-    cols = np.minimum(np.maximum(xs[:, None, None] + ways[:, 1:] * reach, 0), w - 1)
-    same = (pixels[rows, cols] < levels[:, None, None]) == centre_dark[:, None, None]
-    if steps is _FEW_STEPS:
+    reach = np.rint(found.units[:, None, None] * steps).astype(np.intp)  # (n, 1, steps)
+    rows = np.minimum(np.maximum(found.ys[:, None, None] + ways[:, :1] * reach, 0), h - 1)
+    cols = np.minimum(np.maximum(found.xs[:, None, None] + ways[:, 1:] * reach, 0), w - 1)
+    same = (pixels[rows, cols] < found.levels[:, None, None]) == found.dark[:, None, None]
+    if not outer:
         other: npt.NDArray[np.bool_] = (~same).any(axis=2).all(axis=1)
         return other
     ring_met = np.cumsum(~same, axis=2) > 0  # the other polarity seen by this step
@@ -192,18 +207,12 @@ def _rings_seen(pixels: Gray, ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp]
     return seen
 
 
-_ALL_DY: Final = np.array([1, 1, 1])[:, None, None]  # the column, then the diagonals
-_ALL_DX: Final = np.array([0, 1, -1])[:, None, None]
-_FIRST_EDGES: Final = np.array([1, 2, 3])
-
-
-def _runs_across(pixels: Gray, ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp],
-                 units: npt.NDArray[np.float64], levels: Gray,
-                 centre_dark: npt.NDArray[np.bool_], dy: npt.NDArray[np.intp],
-                 dx: npt.NDArray[np.intp]) -> npt.NDArray[np.bool_]:
-    """Per direction (`dy`, `dx`: k of them, shaped (k, 1, 1)) and candidate: whether the
-    line through the candidate shows 1:1:3:1:1 runs of the right polarity. (Few numpy
+def _runs_across(pixels: Gray, found: _Candidates) -> npt.NDArray[np.bool_]:
+    """Per direction (the column, then the diagonals) and candidate: whether the line
+    through the candidate shows 1:1:3:1:1 runs of the candidate's polarity. (Few numpy
     calls: each costs microseconds, and candidates are few.)"""
+    ys, xs, units, levels, centre_dark = found
+    dy, dx = _ALL_DY, _ALL_DX
     h, w = pixels.shape
     reach = int(units.max() * 6) + 3
     offsets = np.arange(-reach, reach + 1)
@@ -223,7 +232,8 @@ def _runs_across(pixels: Gray, ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp
     centre = up[:, :, 0] + down[:, :, 0] + 1.0
     unit = (up[:, :, 2] + down[:, :, 2] + 1.0) / 7.0
     rings = (dist[:, :, 1:] - dist[:, :, :2]).reshape(2, k, -1, 2)  # up/down, dir, n, ring
-    ok = (dark[:, :, reach] == centre_dark) & (met[:, :, -1] >= 3).reshape(2, k, -1).all(axis=0)
+    ok: npt.NDArray[np.bool_] = dark[:, :, reach] == centre_dark
+    ok &= (met[:, :, -1] >= 3).reshape(2, k, -1).all(axis=0)
     ok &= ((rings >= (unit * _SIDE[0] - 1.0)[:, :, None])  # a pixel of slack: blur
            & (rings <= (unit * _SIDE[1] + 1.0)[:, :, None])).all(axis=(0, 3))
     ok &= (centre >= unit * _CENTRE[0] - 1.0) & (centre <= unit * _CENTRE[1] + 1.0)
