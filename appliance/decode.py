@@ -77,6 +77,11 @@ _GLARE_SHARE = 0.04  # saturated share of a followed region that calls for less 
 _GLARE_ADVICE_EV = -1.0
 _GLARE_PIXELS = 400  # saturated pixels (estimated) that make a frame worth a guessed region
 _ROI_LIMIT = 2  # at most this many located-but-undecoded symbols get a closer look
+# the full-resolution matrix passes: (binarizer, try inverted as configured)
+_FULL_PASSES = (
+    (zxingcpp.Binarizer.LocalAverage, True),
+    (zxingcpp.Binarizer.GlobalHistogram, False),
+)
 _SHARPEN = ImageFilter.UnsharpMask(radius=3, percent=250, threshold=0)
 # (upscale, sharpen, binarizer) tried in turn on a located symbol; chosen on the bench corpus
 _ROI_ATTEMPTS = (
@@ -439,9 +444,15 @@ class Decoder:
     def _read_matrix_fallback(self, pixels: npt.NDArray[np.uint8],
                               formats: zxingcpp.BarcodeFormats,
                               located: list[Corners]) -> list[_Hit]:
-        """Full resolution with both binarizers, then a closer look at located symbols."""
-        for binarizer in (zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram):
-            hits = self._read(pixels, formats, _IDENTITY, located, binarizer=binarizer)
+        """Full resolution with both binarizers, then a closer look at located symbols.
+
+        The global-histogram pass does not try inverted: the local-average pass before it
+        and the half-resolution pass already did (no bench frame needs a third look, and
+        it is a tenth of an empty frame's cost).
+        """
+        for binarizer, invert in _FULL_PASSES:
+            hits = self._read(pixels, formats, _IDENTITY, located, invert=invert,
+                              binarizer=binarizer)
             if hits:
                 return hits
         for corners in _distinct(located)[:_ROI_LIMIT]:
@@ -496,11 +507,14 @@ class Decoder:
         return []
 
     def _read(self, view: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats, affine: _Affine,
-              located: list[Corners] | None = None, **options: Any) -> list[_Hit]:
-        """One zxing-cpp call on `view`; symbols located but not decoded go to `located`."""
+              located: list[Corners] | None = None, *, invert: bool = True,
+              **options: Any) -> list[_Hit]:
+        """One zxing-cpp call on `view`; symbols located but not decoded go to `located`.
+
+        `invert` False: not inverted even when the config and the finder gate would."""
         barcodes = zxingcpp.read_barcodes(
             view, formats=formats, try_rotate=False, try_downscale=False,
-            try_invert=self._invert_now, text_mode=zxingcpp.TextMode.Plain,
+            try_invert=self._invert_now and invert, text_mode=zxingcpp.TextMode.Plain,
             return_errors=located is not None, **options,
         )
         hits = []
