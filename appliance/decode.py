@@ -7,8 +7,12 @@ frame with a code usually costs one sub-millisecond pass:
 
 1. matrix codes on a 2x-subsampled view (zero-copy strides), global-histogram binarizer;
 2. linear codes on every 8th row, then every 8th column (cards held sideways), each
-   plain and inverted (zxing-cpp's own inversion covers matrix codes only);
-3. matrix codes at full resolution, local-average then global-histogram binarizer;
+   plain and inverted (zxing-cpp's own inversion covers matrix codes only); only the
+   lines crossing enough bar-like edges are read, stacked;
+3. matrix codes at full resolution, local-average then global-histogram binarizer (the
+   latter not inverted); with `finder_gate`, only when finder.py sees a finder pattern
+   (and inverted only when it sees an inverted one); without one, the fixes and guesses
+   below are skipped too;
 4. only for symbols a pass located but could not decode (at most two): the region,
    upscaled and sharpened, read again;
 5. a noisy or faint frame denoised and stretched (preprocess.py);
