@@ -7,8 +7,12 @@ frame with a code usually costs one sub-millisecond pass:
 
 1. matrix codes on a 2x-subsampled view (zero-copy strides), global-histogram binarizer;
 2. linear codes on every 8th row, then every 8th column (cards held sideways), each
-   plain and inverted (zxing-cpp's own inversion covers matrix codes only);
-3. matrix codes at full resolution, local-average then global-histogram binarizer;
+   plain and inverted (zxing-cpp's own inversion covers matrix codes only); only the
+   lines crossing enough bar-like edges are read, stacked;
+3. matrix codes at full resolution, local-average then global-histogram binarizer (the
+   latter not inverted); with `finder_gate`, only when finder.py sees a finder pattern
+   (and inverted only when it sees an inverted one); without one, the fixes and guesses
+   below are skipped too;
 4. only for symbols a pass located but could not decode (at most two): the region,
    upscaled and sharpened, read again;
 5. a noisy or faint frame denoised and stretched (preprocess.py);
@@ -40,6 +44,7 @@ from PIL import Image, ImageFilter
 from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.errors import ConfigError
+from appliance.finder import MAYBE, Finders, find_finders
 from appliance.multiframe import RegionStack
 from appliance.preprocess import (
     busiest_box,
@@ -76,6 +81,11 @@ _GLARE_SHARE = 0.04  # saturated share of a followed region that calls for less 
 _GLARE_ADVICE_EV = -1.0
 _GLARE_PIXELS = 400  # saturated pixels (estimated) that make a frame worth a guessed region
 _ROI_LIMIT = 2  # at most this many located-but-undecoded symbols get a closer look
+# the full-resolution matrix passes: (binarizer, try inverted as configured)
+_FULL_PASSES = (
+    (zxingcpp.Binarizer.LocalAverage, True),
+    (zxingcpp.Binarizer.GlobalHistogram, False),
+)
 _SHARPEN = ImageFilter.UnsharpMask(radius=3, percent=250, threshold=0)
 # (upscale, sharpen, binarizer) tried in turn on a located symbol; chosen on the bench corpus
 _ROI_ATTEMPTS = (
@@ -184,6 +194,10 @@ class Decoder:
         self._last = DecodeResult((), ())
         self._repeats = 0
         self._preprocess = cfg.preprocess
+        self._gate = cfg.finder_gate
+        # this frame's, from the finder gate: a matrix symbol may be there; an inverted one
+        self._matrix_now = True
+        self._invert_now = cfg.try_invert
         self._stack = RegionStack(cfg.multiframe_frames)
         self._budget_s = cfg.multiframe_budget_ms / 1000
         self._weak: npt.NDArray[np.uint8] | None = None  # this frame's denoised region
@@ -228,16 +242,19 @@ class Decoder:
         self._reference = thumb
         start = time.perf_counter()
         located: list[Corners] = []
-        hits = _shifted(self._find(pixels[y0:y1, x0:x1], located), x0, y0)
+        view = pixels[y0:y1, x0:x1]
+        self._matrix_now, self._invert_now = True, self._invert  # _find may narrow them
+        hits = _shifted(self._find(view, located), x0, y0)
+        matrix = self._matrix_now  # False: no finder pattern, no fix or guess can read it
         self._weak, self._weak_glare = None, False
-        if not hits and self._preprocess:
+        if not hits and self._preprocess and matrix:
             whole = (x1 - x0, y1 - y0) == (w, h)
             hits = _shifted(self._preprocessed(pixels[y0:y1, x0:x1], located, whole), x0, y0)
         located = [tuple((x + x0, y + y0) for x, y in c) for c in located]
         advice = 0.0
         if hits:
             self._stack.clear()
-        elif self._stack.depth > 1:
+        elif self._stack.depth > 1 and matrix:
             weak = None
             if (self._weak is not None and not located and self._stack.box is None
                     and self._weak_wait <= 1):  # _multiframe counts it down first
@@ -247,6 +264,13 @@ class Decoder:
             hits, advice = self._multiframe(pixels, located, weak, start + self._budget_s)
         self._last = self._judged(hits, frame.timestamp, advice)
         return self._last
+
+    def _finders(self, pixels: npt.NDArray[np.uint8]) -> Finders:
+        """The finder patterns `pixels` may hold (finder.py); any, when the gate is off or a
+        symbol is being followed (its region is read whatever this frame shows)."""
+        if not self._gate or self._matrix is None or self._stack.box is not None:
+            return MAYBE
+        return find_finders(pixels)
 
     def _judged(self, hits: list[_Hit], timestamp: float, advice: float) -> DecodeResult:
         """Judge what was read: accepted scans and refused codes."""
@@ -397,28 +421,42 @@ class Decoder:
         """Run the pass ladder; stop at the first pass that finds anything.
 
         Symbols located but not decoded are added to `located` (in `pixels` coordinates).
+        Before the full-resolution matrix passes the finder gate looks (`_finders`): without
+        a finder pattern they are skipped, and `_matrix_now` is False for the later stages;
+        without an inverted one they do not try inverted (`_invert_now`).
         """
-        matrix, linear = self._matrix, self._linear
-        if matrix is not None:
+        formats = self._matrix
+        if formats is not None:
             half = _Affine(a=2.0, d=2.0)
-            hits = self._read(pixels[::2, ::2], matrix, half, located,
+            hits = self._read(pixels[::2, ::2], formats, half, located,
                               binarizer=zxingcpp.Binarizer.GlobalHistogram)
             if hits:
                 return hits
-        if linear is not None:
-            hits = self._read_linear(pixels, linear)
+        if self._linear is not None:
+            hits = self._read_linear(pixels, self._linear)
             if hits:
                 return hits
-        if matrix is not None:
-            return self._read_matrix_fallback(pixels, matrix, located)
-        return []
+        if formats is None:
+            return []
+        finders = MAYBE if located else self._finders(pixels)  # zxing-cpp saw a symbol
+        self._matrix_now = finders.any
+        self._invert_now = self._invert and finders.light
+        if not finders.any:
+            return []
+        return self._read_matrix_fallback(pixels, formats, located)
 
     def _read_matrix_fallback(self, pixels: npt.NDArray[np.uint8],
                               formats: zxingcpp.BarcodeFormats,
                               located: list[Corners]) -> list[_Hit]:
-        """Full resolution with both binarizers, then a closer look at located symbols."""
-        for binarizer in (zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram):
-            hits = self._read(pixels, formats, _IDENTITY, located, binarizer=binarizer)
+        """Full resolution with both binarizers, then a closer look at located symbols.
+
+        The global-histogram pass does not try inverted: the local-average pass before it
+        and the half-resolution pass already did (no bench frame needs a third look, and
+        it is a tenth of an empty frame's cost).
+        """
+        for binarizer, invert in _FULL_PASSES:
+            hits = self._read(pixels, formats, _IDENTITY, located, invert=invert,
+                              binarizer=binarizer)
             if hits:
                 return hits
         for corners in _distinct(located)[:_ROI_LIMIT]:
@@ -429,18 +467,24 @@ class Decoder:
 
     def _read_linear(self, pixels: npt.NDArray[np.uint8],
                      formats: zxingcpp.BarcodeFormats) -> list[_Hit]:
-        """Linear codes along sparse rows, then sparse columns; each also inverted."""
+        """Linear codes along sparse rows, then sparse columns; each also inverted.
+
+        Only the lines that cross enough bar-like edges (`_bar_lines`) are read, stacked:
+        a code's lines all qualify, and zxing-cpp's cost follows the lines it is given.
+        """
         step = _ROW_STEP
-        views = [(pixels[::step, :], _Affine(d=step)),
-                 (pixels[:, ::step].T, _Affine(a=0.0, b=1.0, c=step, d=0.0))]
-        for view, affine in views:
-            if not _has_bars(view):
+        columns = np.ascontiguousarray(pixels[:, ::step]).T  # a strided view is slower
+        for view, transposed in ((pixels[::step, :], False), (columns, True)):
+            busy = _bar_lines(view)
+            if busy.size == 0:
                 continue
-            hits = self._read(view, formats, affine)
+            lines = view[busy]
+            hits = self._read(lines, formats, _IDENTITY)
             if not hits and self._invert:
-                hits = self._read(255 - view, formats, affine)
+                hits = self._read(255 - lines, formats, _IDENTITY)
             if hits:
-                return hits
+                return [_Hit(h.barcode, _line_corners(h.corners, busy, step, transposed))
+                        for h in hits]
         return []
 
     def _read_region(self, pixels: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
@@ -467,11 +511,14 @@ class Decoder:
         return []
 
     def _read(self, view: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats, affine: _Affine,
-              located: list[Corners] | None = None, **options: Any) -> list[_Hit]:
-        """One zxing-cpp call on `view`; symbols located but not decoded go to `located`."""
+              located: list[Corners] | None = None, *, invert: bool = True,
+              **options: Any) -> list[_Hit]:
+        """One zxing-cpp call on `view`; symbols located but not decoded go to `located`.
+
+        `invert` False: not inverted even when the config and the finder gate would."""
         barcodes = zxingcpp.read_barcodes(
             view, formats=formats, try_rotate=False, try_downscale=False,
-            try_invert=self._invert, text_mode=zxingcpp.TextMode.Plain,
+            try_invert=self._invert_now and invert, text_mode=zxingcpp.TextMode.Plain,
             return_errors=located is not None, **options,
         )
         hits = []
@@ -483,19 +530,33 @@ class Decoder:
         return hits
 
 
-def _has_bars(lines: npt.NDArray[np.uint8]) -> bool:
-    """Whether any of these pixel lines crosses enough edges to be a linear code.
+def _bar_lines(lines: npt.NDArray[np.uint8]) -> npt.NDArray[np.intp]:
+    """The indices of the pixel lines that cross enough edges to hold a linear code.
 
     An edge is a step of more than `_BAR_STEP` grey levels over two pixels (blurred,
     low-contrast bars included); EAN-13 has 59 edges and our Code 128 values more, each
-    counted once or more, so a line with fewer than `_BAR_EDGES` cannot hold one. About a
-    fifth of the cost of the zxing-cpp calls it saves on a plain scene.
+    counted once or more, so a line with fewer than `_BAR_EDGES` cannot hold one.
     """
     if lines.shape[1] < 3:
-        return False
-    wide = lines.astype(np.int16)
-    steps = np.abs(wide[:, 2:] - wide[:, :-2]) > _BAR_STEP
-    return bool(steps.sum(axis=1).max() >= _BAR_EDGES)
+        return np.zeros(0, np.intp)
+    ahead, behind = lines[:, 2:], lines[:, :-2]
+    steps = (np.maximum(ahead, behind) - np.minimum(ahead, behind)) > _BAR_STEP  # uint8
+    counts = steps.view(np.uint8).sum(axis=1, dtype=np.uint16)  # count_nonzero is slower
+    return np.flatnonzero(counts >= _BAR_EDGES)
+
+
+def _line_corners(corners: Corners, busy: npt.NDArray[np.intp], step: int,
+                  transposed: bool) -> Corners:
+    """Corners read on stacked `busy` lines (every `step`-th row, or column when
+    `transposed`) in frame pixels."""
+    last = busy.size - 1
+    mapped = []
+    for x, y in corners:
+        line = int(busy[min(max(y, 0), last)]) * step
+        mapped.append((line, x) if transposed else (x, line))
+    if transposed:  # a mirror reverses the winding
+        mapped = [mapped[0], mapped[3], mapped[2], mapped[1]]
+    return tuple(mapped)
 
 
 def _checked(pixels: Any) -> npt.NDArray[np.uint8]:
