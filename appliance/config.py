@@ -101,10 +101,6 @@ class DecodeConfig(Section):
     multiframe_budget_ms: Annotated[float, Field(ge=0, le=100)] = 12.0
     # Contrast stretch, CLAHE and denoising on a located symbol the plain read missed.
     preprocess: bool = True
-    # A look for QR finder patterns (appliance/finder.py) before the full-resolution matrix
-    # passes: a frame without one skips them, the fixes and the multi-frame guesses. Off:
-    # in numpy it costs about what it saves (docs/decoding.md).
-    finder_gate: bool = False
 
 
 class DebounceConfig(Section):

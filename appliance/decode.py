@@ -10,9 +10,7 @@ frame with a code usually costs one sub-millisecond pass:
    plain and inverted (zxing-cpp's own inversion covers matrix codes only); only the
    lines crossing enough bar-like edges are read, stacked;
 3. matrix codes at full resolution, local-average then global-histogram binarizer (the
-   latter not inverted); with `finder_gate`, only when finder.py sees a finder pattern
-   (and inverted only when it sees an inverted one); without one, the fixes and guesses
-   below are skipped too;
+   latter not inverted);
 4. only for symbols a pass located but could not decode (at most two): the region,
    upscaled and sharpened, read again;
 5. a noisy or faint frame denoised and stretched (preprocess.py);
@@ -44,7 +42,6 @@ from PIL import Image, ImageFilter
 from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.errors import ConfigError
-from appliance.finder import MAYBE, Finders, find_finders
 from appliance.multiframe import RegionStack
 from appliance.preprocess import (
     busiest_box,
@@ -194,10 +191,6 @@ class Decoder:
         self._last = DecodeResult((), ())
         self._repeats = 0
         self._preprocess = cfg.preprocess
-        self._gate = cfg.finder_gate
-        # this frame's, from the finder gate: a matrix symbol may be there; an inverted one
-        self._matrix_now = True
-        self._invert_now = cfg.try_invert
         self._stack = RegionStack(cfg.multiframe_frames)
         self._budget_s = cfg.multiframe_budget_ms / 1000
         self._weak: npt.NDArray[np.uint8] | None = None  # this frame's denoised region
@@ -242,19 +235,16 @@ class Decoder:
         self._reference = thumb
         start = time.perf_counter()
         located: list[Corners] = []
-        view = pixels[y0:y1, x0:x1]
-        self._matrix_now, self._invert_now = True, self._invert  # _find may narrow them
-        hits = _shifted(self._find(view, located), x0, y0)
-        matrix = self._matrix_now  # False: no finder pattern, no fix or guess can read it
+        hits = _shifted(self._find(pixels[y0:y1, x0:x1], located), x0, y0)
         self._weak, self._weak_glare = None, False
-        if not hits and self._preprocess and matrix:
+        if not hits and self._preprocess:
             whole = (x1 - x0, y1 - y0) == (w, h)
             hits = _shifted(self._preprocessed(pixels[y0:y1, x0:x1], located, whole), x0, y0)
         located = [tuple((x + x0, y + y0) for x, y in c) for c in located]
         advice = 0.0
         if hits:
             self._stack.clear()
-        elif self._stack.depth > 1 and matrix:
+        elif self._stack.depth > 1:
             weak = None
             if (self._weak is not None and not located and self._stack.box is None
                     and self._weak_wait <= 1):  # _multiframe counts it down first
@@ -264,13 +254,6 @@ class Decoder:
             hits, advice = self._multiframe(pixels, located, weak, start + self._budget_s)
         self._last = self._judged(hits, frame.timestamp, advice)
         return self._last
-
-    def _finders(self, pixels: npt.NDArray[np.uint8]) -> Finders:
-        """The finder patterns `pixels` may hold (finder.py); any, when the gate is off or a
-        symbol is being followed (its region is read whatever this frame shows)."""
-        if not self._gate or self._matrix is None or self._stack.box is not None:
-            return MAYBE
-        return find_finders(pixels)
 
     def _judged(self, hits: list[_Hit], timestamp: float, advice: float) -> DecodeResult:
         """Judge what was read: accepted scans and refused codes."""
@@ -421,9 +404,6 @@ class Decoder:
         """Run the pass ladder; stop at the first pass that finds anything.
 
         Symbols located but not decoded are added to `located` (in `pixels` coordinates).
-        Before the full-resolution matrix passes the finder gate looks (`_finders`): without
-        a finder pattern they are skipped, and `_matrix_now` is False for the later stages;
-        without an inverted one they do not try inverted (`_invert_now`).
         """
         formats = self._matrix
         if formats is not None:
@@ -437,11 +417,6 @@ class Decoder:
             if hits:
                 return hits
         if formats is None:
-            return []
-        finders = MAYBE if located else self._finders(pixels)  # zxing-cpp saw a symbol
-        self._matrix_now = finders.any
-        self._invert_now = self._invert and finders.light
-        if not finders.any:
             return []
         return self._read_matrix_fallback(pixels, formats, located)
 
@@ -515,10 +490,10 @@ class Decoder:
               **options: Any) -> list[_Hit]:
         """One zxing-cpp call on `view`; symbols located but not decoded go to `located`.
 
-        `invert` False: not inverted even when the config and the finder gate would."""
+        `invert` False: not inverted even when the config asks for it."""
         barcodes = zxingcpp.read_barcodes(
             view, formats=formats, try_rotate=False, try_downscale=False,
-            try_invert=self._invert_now and invert, text_mode=zxingcpp.TextMode.Plain,
+            try_invert=self._invert and invert, text_mode=zxingcpp.TextMode.Plain,
             return_errors=located is not None, **options,
         )
         hits = []
