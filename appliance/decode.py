@@ -40,7 +40,7 @@ from PIL import Image, ImageFilter
 from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.errors import ConfigError
-from appliance.multiframe import RegionStack
+from appliance.multiframe import GLARE_PATIENCE, RegionStack, fitted
 from appliance.preprocess import (
     busiest_box,
     denoise,
@@ -49,6 +49,7 @@ from appliance.preprocess import (
     narrow_range,
     noise_level,
     stretch,
+    with_glare,
 )
 from appliance.stillness import TILE, Box, Thumb, changed_box, thumbnail
 
@@ -277,12 +278,13 @@ class Decoder:
         fixed: list[npt.NDArray[np.uint8]] = []
         if noisy or narrow:
             fixed.append(denoise(pixels))  # stretching noise would only make it louder
-            self._weak = fixed[0]
-        elif glare_fraction(pixels[::4, ::4]) * pixels.size > _GLARE_PIXELS:
-            # a glare spot may hide a finder pattern: guess the region (one look, then not
-            # again for a while: bright clutter is common and must not cost every frame)
-            self._weak = pixels
-            self._weak_glare = True
+        self._weak = fixed[0] if fixed else pixels
+        # a glare spot may hide a finder pattern: guess the region (then not again for a
+        # while: bright clutter is common and must not cost every frame); measured on the
+        # denoised frame, as clipped sensor noise saturates pixels too
+        self._weak_glare = glare_fraction(self._weak[::4, ::4]) * pixels.size > _GLARE_PIXELS
+        if not (noisy or narrow or self._weak_glare):
+            self._weak = None
         if narrow:
             fixed.append(stretch(fixed[0]))
         for image in fixed:
@@ -315,8 +317,17 @@ class Decoder:
         elif weak is not None and not self._weak_wait:
             # a guess, not a located symbol: tried briefly, and not again for a while
             self._weak_wait = 3 * stack.depth
-            if self._weak_glare:  # one look at the flattened region (a white sheet on the
-                return self._read_guess(pixels, weak, deadline), 0.0  # counter is no card)
+            if self._weak_glare:  # one look at the flattened region, then followed until
+                # the glare moves off (the box grown over the glare next to it)
+                weak = fitted(with_glare(self._weak if self._weak is not None else pixels,
+                                         weak), pixels.shape)
+                hits = self._read_guess(pixels, weak, deadline)
+                if hits or not stack.start(pixels, weak, patience=GLARE_PATIENCE * stack.depth,
+                                           glared=True):
+                    return hits, 0.0
+                # a still scene (a white sheet on the counter) is not read again for it
+                self._follow_still, self._located, self._fruitless = False, False, 0
+                return [], 0.0
             if stack.start(pixels, weak, patience=stack.depth):
                 self._follow_still, self._located, self._fruitless = True, False, 0
         if stack.box is None or self._matrix is None:
@@ -327,7 +338,8 @@ class Decoder:
         x0, y0, x1, y1 = stack.box
         region = pixels[y0:y1, x0:x1]
         # clipped sensor noise saturates too: glare only where the region is not noisy
-        glare = glare_fraction(region) > _GLARE_SHARE and noise_level(region) < 3 * _NOISY
+        glare = stack.glared or (glare_fraction(region) > _GLARE_SHARE
+                                 and noise_level(region) < 3 * _NOISY)
         # advice only for a located symbol: a guessed region may be a white sheet
         advice = _GLARE_ADVICE_EV if glare and self._located else 0.0
         tried: list[npt.NDArray[np.uint8]] = []
