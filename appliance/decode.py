@@ -42,6 +42,8 @@ from appliance.config import DecodeConfig
 from appliance.errors import ConfigError
 from appliance.multiframe import GLARE_PATIENCE, RegionStack, fitted
 from appliance.preprocess import (
+    SATURATED,
+    SATURATED_DENOISED,
     busiest_box,
     denoise,
     flatten,
@@ -281,8 +283,10 @@ class Decoder:
         self._weak = fixed[0] if fixed else pixels
         # a glare spot may hide a finder pattern: guess the region (then not again for a
         # while: bright clutter is common and must not cost every frame); measured on the
-        # denoised frame, as clipped sensor noise saturates pixels too
-        self._weak_glare = glare_fraction(self._weak[::4, ::4]) * pixels.size > _GLARE_PIXELS
+        # denoised frame, and not in heavy noise, as clipped sensor noise saturates too
+        level = SATURATED_DENOISED if fixed else SATURATED
+        self._weak_glare = (self._noise < 4 * _NOISY and pixels.size
+                            * glare_fraction(self._weak[::4, ::4], level) > _GLARE_PIXELS)
         if not (noisy or narrow or self._weak_glare):
             self._weak = None
         if narrow:
@@ -346,7 +350,8 @@ class Decoder:
         # every combination cheaply first, then closer looks; a guessed region: the newest
         # crop and the mean only (noise, faint print), no closer looks
         for closer in (False, True) if self._located else (False,):
-            combos = (stack.combinations(glare, every=self._located) if not closer
+            combos = (stack.combinations(glare if self._located else stack.glared,
+                                         every=self._located) if not closer
                       else (("", i) for i in tried))
             for name, image in combos:
                 if time.perf_counter() > deadline:

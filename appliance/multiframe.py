@@ -191,7 +191,7 @@ def _shift(reference: npt.NDArray[np.float32], window: Gray, count: int = 1,
     edges next to saturated pixels are left out (a glare's rim moves over the card, it
     would pull the match with it).
     """
-    ref = _edges(reference / max(1, count), glare)
+    ref = _edges((reference / max(1, count)).astype(np.float32), glare)
     win = _edges(window.astype(np.float32), glare)
     fh, fw = win.shape
     spectrum = np.fft.rfft2(win) * np.conj(np.fft.rfft2(ref, s=(fh, fw)))
@@ -207,7 +207,7 @@ def _edges(image: npt.NDArray[np.float32], glare: bool = False) -> npt.NDArray[n
                                     - image[1:-1, :-2] - image[1:-1, 2:])
     if glare:
         centre = image[1:-1, 1:-1]  # glare where the 5-point mean is bright (not noise)
-        bright = (4 * centre - out) / 5 >= _GLARE_LEVEL
+        bright = (5 * centre - out) / 5 >= _GLARE_LEVEL
         for _ in range(_GLARE_REACH):  # a cheap dilation: a cross of the reach
             grown = bright.copy()
             grown[1:] |= bright[:-1]

@@ -34,6 +34,7 @@ _NOISE_ROW_STEP: Final = 8
 _NOISE_ROWS: Final = 12  # rows sampled at most: about ten thousand differences
 _LAPLACE_TO_SIGMA: Final = 1.0 / (0.6745 * np.sqrt(6.0))  # median |2a-b-c| of N(0,s): 1.65 s
 SATURATED: Final = 250
+SATURATED_DENOISED: Final = 240  # a denoised frame's glare: its noisy pixels were clipped
 _TILE: Final = 16
 _FLAT_RADIUS: Final = 8  # pixels: wider than a module, narrower than a glare spot
 _WINDOW: Final = 5  # tiles: the smallest symbol we follow spans about 5x5 tiles
@@ -96,11 +97,11 @@ def flatten(pixels: Gray) -> Gray:
     return out
 
 
-def glare_fraction(pixels: Gray) -> float:
-    """The share of saturated pixels (>= 250) in `pixels`."""
+def glare_fraction(pixels: Gray, level: int = SATURATED) -> float:
+    """The share of saturated pixels (>= `level`, default 250) in `pixels`."""
     if pixels.size == 0:
         return 0.0
-    return float(np.count_nonzero(pixels >= SATURATED)) / pixels.size
+    return float(np.count_nonzero(pixels >= level)) / pixels.size
 
 
 def with_glare(pixels: Gray, box: tuple[int, int, int, int],

@@ -7,7 +7,8 @@ screen ("screen_glare") shows the code dark-on-light or light-on-dark inside its
 reflects a lamp: a large saturated ellipse with a soft rim that starts over a finder pattern
 and crosses the code diagonally, a few pixels a frame, so that every module is clear of it
 in some frame but the code never is whole in one; half the screens are in dim, noisy light. Scenes
-without a code are a still counter (noise only) or a changing one (an object sliding past).
+without a code are a still counter (noise only), a changing one (an object sliding past) or
+a phone held up without a code (an app's text and buttons) reflecting a moving lamp.
 Used by bench/decode.py and the multi-frame tests; randomness only from the seed.
 """
 
@@ -23,7 +24,7 @@ from appliance.samples import Gray
 
 CONDITIONS: Final = ("clean", "noise", "low_contrast", "glare", "screen_glare", "motion",
                      "finger")
-EMPTY_SCENES: Final = ("still", "changing")
+EMPTY_SCENES: Final = ("still", "changing", "glared")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,8 @@ def held_card(condition: str, seed: int, length: int = 20,
 
 def empty_scene(kind: str, seed: int, length: int = 20,
                 size: tuple[int, int] = (640, 480)) -> Sequence:
-    """A counter without a code: `still` (noise only) or `changing` (an object passes)."""
+    """A counter without a code: `still` (noise only), `changing` (an object passes) or
+    `glared` (a held phone showing no code, a lamp's reflection crossing its screen)."""
     if kind not in EMPTY_SCENES:
         raise ValueError(f"unknown empty scene {kind!r}")
     rng = np.random.default_rng([seed, 99, EMPTY_SCENES.index(kind), length])
@@ -83,8 +85,14 @@ def empty_scene(kind: str, seed: int, length: int = 20,
     w, h = size
     frames = []
     shade, side = int(rng.integers(0, 256)), int(rng.integers(60, 160))
+    phone, lamp = _blank_phone(rng)
+    px = int(rng.integers(8, w - phone.shape[1] - 8))
+    py = int(rng.integers(8, h - phone.shape[0] - 8))
     for i in range(length):
         frame = scene.copy()
+        if kind == "glared":
+            x, y = px + int(rng.integers(-2, 3)), py + int(rng.integers(-2, 3))
+            frame[y:y + phone.shape[0], x:x + phone.shape[1]] = _lit(phone, lamp, i, length)
         if kind == "changing":
             x = int((i * w) / length) - side // 2
             y = h // 3
@@ -148,6 +156,20 @@ def _phone(code: Gray, module: int, rng: np.random.Generator) -> tuple[Gray, _La
     radii = (radius * float(rng.uniform(0.9, 1.1)), radius * float(rng.uniform(0.85, 1.0)))
     sigma = float(rng.choice([4.0, 18.0]))  # an evening counter: bright or dim and noisy
     return phone, _Lamp(start, end, radii, sigma)
+
+
+def _blank_phone(rng: np.random.Generator) -> tuple[Gray, _Lamp]:
+    """A phone showing an app without a code (lines of text, a button) and its lamp."""
+    screen = np.full((int(rng.integers(150, 200)), int(rng.integers(90, 120))), 200, np.uint8)
+    for row in range(12, screen.shape[0] - 40, 14):  # text lines of random length
+        screen[row:row + 6, 10:10 + int(rng.integers(20, screen.shape[1] - 20))] = 40
+    screen[-34:-12, 12:-12] = 60  # a button
+    if rng.integers(0, 2):
+        screen = samples.invert(screen)
+    phone: Gray = np.pad(screen, 8, constant_values=12)
+    h, w = phone.shape
+    radius = 0.3 * w
+    return phone, _Lamp((0.3 * w, 0.2 * h), (0.7 * w, 0.8 * h), (radius, 0.9 * radius), 3.0)
 
 
 def _lit(phone: Gray, lamp: _Lamp, i: int, length: int) -> Gray:
