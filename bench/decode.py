@@ -229,6 +229,23 @@ def report(corpus: list[Sample], outcomes: list[Outcome]) -> None:
             print(f"  false positive by {o.name}: {corpus[i].name}")
 
 
+def report_qr(corpus: list[Sample], outcomes: list[Outcome]) -> None:
+    """Detection per distortion on the QR frames only (the OpenCV peers read no other
+    format), as a markdown table: where a peer still beats us on single frames."""
+    qr = [i for i, s in enumerate(corpus) if s.expected is not None and "-QRCode-" in s.name]
+    print("\nQR frames only, detection per distortion (single frames; bold: the best)")
+    print("| distortion | n | " + " | ".join(o.name.replace("cv2 ", "") for o in outcomes) + " |")
+    print("|---|---|" + "---|" * len(outcomes))
+    for dist in ("clean", *DISTORTIONS):
+        idx = [i for i in qr if dist in (corpus[i].distortions or ("clean",))]
+        if not idx:
+            continue
+        rates = [100 * sum(corpus[i].expected in o.found[i] for i in idx) / len(idx)
+                 for o in outcomes]
+        cells = [f"**{r:.0f}%**" if r == max(rates) else f"{r:.0f}%" for r in rates]
+        print(f"| {dist.replace('_', ' ')} | {len(idx)} | " + " | ".join(cells) + " |")
+
+
 @dataclass
 class Held:
     """One decoder's results on the held-card sequences of one condition."""
@@ -437,6 +454,7 @@ def main() -> None:
         outcomes.append(run(name, read, corpus, args.repeat))
         print(f"  {name}: {time.perf_counter() - start:.1f} s", flush=True)
     report(corpus, outcomes)
+    report_qr(corpus, outcomes)
 
 
 if __name__ == "__main__":
