@@ -40,7 +40,13 @@ from PIL import Image, ImageFilter
 from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.errors import ConfigError
-from appliance.multiframe import GLARE_PATIENCE, RegionStack, fitted
+from appliance.multiframe import (
+    GLARE_EVERY,
+    GLARE_PATIENCE,
+    GLARE_STILL,
+    RegionStack,
+    fitted,
+)
 from appliance.preprocess import (
     SATURATED,
     SATURATED_DENOISED,
@@ -346,9 +352,16 @@ class Decoder:
                                  and noise_level(region) < 3 * _NOISY)
         # advice only for a located symbol: a guessed region may be a white sheet
         advice = _GLARE_ADVICE_EV if glare and self._located else 0.0
+        guessed_glare = stack.glared and not self._located
+        if guessed_glare and stack.glare_still >= GLARE_STILL:  # a white sheet on the
+            stack.clear()  # counter, not a tilting phone: dropped
+            return [], advice
+        if guessed_glare and (stack.glare_still or stack.seen % GLARE_EVERY):
+            return [], advice  # its minimum changes little from one frame to the next
         tried: list[npt.NDArray[np.uint8]] = []
         # every combination cheaply first, then closer looks; a guessed region: the newest
-        # crop and the mean only (noise, faint print), no closer looks
+        # crop and the mean only (noise, faint print), no closer looks; a region guessed
+        # from glare: its minimum only (the newest was read with the frame)
         for closer in (False, True) if self._located else (False,):
             combos = (stack.combinations(glare if self._located else stack.glared,
                                          every=self._located) if not closer
@@ -356,6 +369,8 @@ class Decoder:
             for name, image in combos:
                 if time.perf_counter() > deadline:
                     return [], advice
+                if guessed_glare and name == "newest":
+                    continue
                 hits = self._read_combined(image, self._matrix, x0, y0, deadline,
                                            closer=closer)
                 if hits:

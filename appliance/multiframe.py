@@ -39,6 +39,9 @@ MIN_SIDE: Final = 24
 LOW_SPAN: Final = 2  # the running minimum covers the last 2-4 stack depths of crops
 _GLARE_LEVEL: Final = 245  # grey level from which a pixel counts as glare for alignment
 _GLARE_REACH: Final = 3  # pixels around glare left out of the alignment
+_MOVED: Final = 0.1  # share of the glare's pixels that must change for it to have moved
+GLARE_EVERY: Final = 3  # a region guessed from glare is read every this many frames
+GLARE_STILL: Final = 3  # crops with unmoving glare after which a glare guess is dropped
 GLARE_PATIENCE: Final = 3  # stack depths a region guessed from glare is followed unconfirmed
 
 
@@ -54,6 +57,8 @@ class RegionStack:
         self._fresh: Gray | None = None  # minimum of the crops since the last swap
         self._since = 0  # crops in `_fresh`
         self._pushed = 0  # crops since the region was started
+        self._glare: npt.NDArray[np.bool_] | None = None  # the newest crop's glare
+        self.glare_still = 0  # crops in a row whose glare did not move (a `glared` region)
         self._unconfirmed = 0
         self._patience = 4 * depth
         self._frame_shape: tuple[int, ...] = (0, 0)
@@ -62,10 +67,16 @@ class RegionStack:
     def __len__(self) -> int:
         return len(self._crops)
 
+    @property
+    def seen(self) -> int:
+        """Crops added since the region was started."""
+        return self._pushed
+
     def clear(self) -> None:
         """Forget the region."""
         self.box, self._sum, self._unconfirmed, self.glared = None, None, 0, False
         self._low, self._fresh, self._since, self._pushed = None, None, 0, 0
+        self._glare, self.glare_still = None, 0
         self._crops.clear()
 
     def start(self, pixels: Gray, box: Box, patience: int | None = None,
@@ -104,6 +115,8 @@ class RegionStack:
         if pixels.shape != self._frame_shape:  # another camera mode: start again
             self.clear()
             return False
+        if self.glared:
+            self._glare_moved(pixels[y0:y1, x0:x1])
         window = pixels[max(0, y0 - SEARCH):y1 + SEARCH, max(0, x0 - SEARCH):x1 + SEARCH]
         pad = ((max(0, SEARCH - y0), max(0, y1 + SEARCH - h)),
                (max(0, SEARCH - x0), max(0, x1 + SEARCH - w)))
@@ -150,6 +163,20 @@ class RegionStack:
             elif name == "max":
                 yield name, np.stack(self._crops).max(axis=0)
 
+    def _glare_moved(self, crop: Gray) -> None:
+        """Count the frames in a row whose glare stayed where it was (`glare_still`).
+
+        `crop` is this frame at the last crop's box, before alignment: a lamp's reflection
+        on a tilting phone moves in the frame, a white sheet on the counter does not (and
+        an alignment that wanders over a plain sheet must not make it seem to). It moved
+        when more than `_MOVED` of the glare changed.
+        """
+        glare = _glare_mask(crop)
+        if self._glare is not None and glare.shape == self._glare.shape:
+            changed = int(np.count_nonzero(glare ^ self._glare))
+            either = int(np.count_nonzero(glare | self._glare))
+            self.glare_still = 0 if changed > _MOVED * either else self.glare_still + 1
+
     def low(self) -> Gray:
         """The per-pixel minimum of the last `LOW_SPAN`..`2 * LOW_SPAN` depths of crops."""
         if self._fresh is None:
@@ -162,11 +189,22 @@ class RegionStack:
         self._crops.append(crop)
         self._sum = crop.astype(np.float32) if self._sum is None else self._sum + crop
         self._pushed += 1
+        if self.glared:
+            self._glare = _glare_mask(crop)
         if self._fresh is None or self._since >= LOW_SPAN * self.depth:
             self._low, self._fresh, self._since = self._fresh, crop.copy(), 1
         else:
             np.minimum(self._fresh, crop, out=self._fresh)
             self._since += 1
+
+
+def _glare_mask(crop: Gray) -> npt.NDArray[np.bool_]:
+    """Where the mean of 2x2 pixels is `_GLARE_LEVEL` or more (noise averaged out), at
+    half size."""
+    h, w = (crop.shape[0] // 2) * 2, (crop.shape[1] // 2) * 2
+    quads = crop[:h:2, :w:2].astype(np.uint16) + crop[1:h:2, :w:2] + crop[:h:2, 1:w:2]
+    mask: npt.NDArray[np.bool_] = (quads + crop[1:h:2, 1:w:2]) >= 4 * _GLARE_LEVEL
+    return mask
 
 
 def fitted(box: Box, shape: tuple[int, ...]) -> Box:
