@@ -231,11 +231,23 @@ def _shift(reference: npt.NDArray[np.float32], window: Gray, count: int = 1,
     """
     ref = _edges((reference / max(1, count)).astype(np.float32), glare)
     win = _edges(window.astype(np.float32), glare)
-    fh, fw = win.shape
-    spectrum = np.fft.rfft2(win) * np.conj(np.fft.rfft2(ref, s=(fh, fw)))
-    corr = np.fft.irfft2(spectrum, s=(fh, fw))[: 2 * SEARCH + 1, : 2 * SEARCH + 1]
+    size = (_fast(win.shape[0]), _fast(win.shape[1]))  # zero-padded: the lags kept do not wrap
+    spectrum = np.fft.rfft2(win, s=size) * np.conj(np.fft.rfft2(ref, s=size))
+    corr = np.fft.irfft2(spectrum, s=size)[: 2 * SEARCH + 1, : 2 * SEARCH + 1]
     dy, dx = np.unravel_index(int(np.argmax(corr)), corr.shape)
     return int(dx) - SEARCH, int(dy) - SEARCH
+
+
+def _fast(n: int) -> int:
+    """The smallest length >= `n` whose only prime factors are 2, 3 and 5 (a fast FFT)."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
 
 
 def _edges(image: npt.NDArray[np.float32], glare: bool = False) -> npt.NDArray[np.float32]:
