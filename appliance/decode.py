@@ -318,7 +318,11 @@ class Decoder:
             x0, y0, x1, y1 = stack.box
             inside = [b for b in boxes if x0 <= (b[0] + b[2]) / 2 <= x1
                       and y0 <= (b[1] + b[3]) / 2 <= y1]
-            if not stack.follow(pixels, confirmed=bool(inside)) and boxes:
+            glared = stack.glared
+            lost = not stack.follow(pixels, confirmed=bool(inside))
+            if lost and glared:  # a glare guess ran out: no new one for a while
+                self._weak_wait = 3 * stack.depth
+            if lost and boxes:
                 self._follow_still = self._located = stack.start(pixels, boxes[0])
                 self._fruitless = 0
         elif boxes:
@@ -354,7 +358,8 @@ class Decoder:
         advice = _GLARE_ADVICE_EV if glare and self._located else 0.0
         guessed_glare = stack.glared and not self._located
         if guessed_glare and stack.glare_still >= GLARE_STILL:  # a white sheet on the
-            stack.clear()  # counter, not a tilting phone: dropped
+            stack.clear()  # counter, not a tilting phone: dropped, and no new guess soon
+            self._weak_wait = 3 * stack.depth
             return [], advice
         if guessed_glare and (stack.glare_still or stack.seen % GLARE_EVERY):
             return [], advice  # its minimum changes little from one frame to the next

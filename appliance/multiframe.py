@@ -39,9 +39,10 @@ MIN_SIDE: Final = 24
 LOW_SPAN: Final = 2  # the running minimum covers the last 2-4 stack depths of crops
 _GLARE_LEVEL: Final = 245  # grey level from which a pixel counts as glare for alignment
 _GLARE_REACH: Final = 3  # pixels around glare left out of the alignment
-_MOVED: Final = 0.1  # share of the glare's pixels that must change for it to have moved
+_RESIZED: Final = 0.8  # a moved glare kept its size: came and went differ by less than this
+_MOVED: Final = 12  # half-size pixels of glare that must both come and go for it to have moved
 GLARE_EVERY: Final = 3  # a region guessed from glare is read every this many frames
-GLARE_STILL: Final = 3  # crops with unmoving glare after which a glare guess is dropped
+GLARE_STILL: Final = 3  # frames of unmoving glare after which a glare guess is dropped
 GLARE_PATIENCE: Final = 3  # stack depths a region guessed from glare is followed unconfirmed
 
 
@@ -117,6 +118,9 @@ class RegionStack:
             return False
         if self.glared:
             self._glare_moved(pixels[y0:y1, x0:x1])
+            if self.glare_still:  # nothing new under the glare: not worth aligning
+                self._glare = _glare_mask(pixels[y0:y1, x0:x1])  # the box stays
+                return True
         window = pixels[max(0, y0 - SEARCH):y1 + SEARCH, max(0, x0 - SEARCH):x1 + SEARCH]
         pad = ((max(0, SEARCH - y0), max(0, y1 + SEARCH - h)),
                (max(0, SEARCH - x0), max(0, x1 + SEARCH - w)))
@@ -166,16 +170,21 @@ class RegionStack:
     def _glare_moved(self, crop: Gray) -> None:
         """Count the frames in a row whose glare stayed where it was (`glare_still`).
 
+        A frame whose glare did not move is not added (its minimum would add nothing).
         `crop` is this frame at the last crop's box, before alignment: a lamp's reflection
         on a tilting phone moves in the frame, a white sheet on the counter does not (and
         an alignment that wanders over a plain sheet must not make it seem to). It moved
-        when more than `_MOVED` of the glare changed.
+        when `_MOVED` pixels of glare (at half size) both came and went and its size changed
+        by less than `_RESIZED` of that (a dark object sliding over a white one covers or
+        uncovers it, and flicker at the edge of a bright area does not keep a size).
         """
         glare = _glare_mask(crop)
         if self._glare is not None and glare.shape == self._glare.shape:
-            changed = int(np.count_nonzero(glare ^ self._glare))
-            either = int(np.count_nonzero(glare | self._glare))
-            self.glare_still = 0 if changed > _MOVED * either else self.glare_still + 1
+            came = int(np.count_nonzero(glare & ~self._glare))
+            went = int(np.count_nonzero(self._glare & ~glare))
+            # both came and went (not just covered or uncovered), and kept its size
+            moved = min(came, went) >= _MOVED and abs(came - went) <= _RESIZED * max(came, went)
+            self.glare_still = 0 if moved else self.glare_still + 1
 
     def low(self) -> Gray:
         """The per-pixel minimum of the last `LOW_SPAN`..`2 * LOW_SPAN` depths of crops."""
@@ -199,11 +208,15 @@ class RegionStack:
 
 
 def _glare_mask(crop: Gray) -> npt.NDArray[np.bool_]:
-    """Where the mean of 2x2 pixels is `_GLARE_LEVEL` or more (noise averaged out), at
-    half size."""
+    """Solid glare at half size: where the mean of 2x2 pixels is `_GLARE_LEVEL` or more
+    (noise averaged out), and so are its four neighbours (specks and thin bands of
+    clipped noise are not a lamp's reflection)."""
     h, w = (crop.shape[0] // 2) * 2, (crop.shape[1] // 2) * 2
     quads = crop[:h:2, :w:2].astype(np.uint16) + crop[1:h:2, :w:2] + crop[:h:2, 1:w:2]
-    mask: npt.NDArray[np.bool_] = (quads + crop[1:h:2, 1:w:2]) >= 4 * _GLARE_LEVEL
+    bright = (quads + crop[1:h:2, 1:w:2]) >= 4 * _GLARE_LEVEL
+    mask = np.zeros_like(bright)
+    mask[1:-1, 1:-1] = (bright[1:-1, 1:-1] & bright[:-2, 1:-1] & bright[2:, 1:-1]
+                        & bright[1:-1, :-2] & bright[1:-1, 2:])
     return mask
 
 
