@@ -175,6 +175,30 @@ def test_the_low_forgets_what_is_older_than_four_stack_depths() -> None:
         RegionStack(depth=2).low()
 
 
+def test_glare_that_stays_put_is_a_white_sheet_and_glare_that_moves_a_reflection() -> None:
+    rng = np.random.default_rng(5)
+    box = (200, 100, 360, 260)
+    sheet = texture().copy()
+    sheet[140:200, 240:320] = 255  # a white sheet: saturated, still
+    stack = RegionStack(depth=6)
+    stack.start(sheet, box, glared=True)
+    for step in range(1, 4):
+        assert stack.follow(samples.noise(sheet, rng, 3.0), confirmed=False)
+        assert stack.glare_still == step
+    assert len(stack) == 1  # frames whose glare stayed put add nothing
+    lamp = RegionStack(depth=6)
+    crop = texture()[100:260, 200:360]
+    for i in range(5):  # a reflection crossing the region, 5 pixels a frame
+        frame = texture().copy()
+        frame[100:260, 200:360] = samples.glare(crop, (40 + 5 * i, 60 + 5 * i), (25, 20), 400)
+        if i == 0:
+            lamp.start(frame, box, glared=True)
+        else:
+            assert lamp.follow(samples.noise(frame, rng, 3.0), confirmed=False)
+            assert lamp.glare_still == 0
+    assert len(lamp) == 5
+
+
 def test_a_guessed_box_grows_over_the_glare_beside_it_and_fits_the_frame() -> None:
     frame = np.full((480, 640), 100, np.uint8)
     frame[200:260, 300:380] = 255  # a saturated patch right of the busy box
