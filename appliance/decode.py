@@ -307,7 +307,9 @@ class Decoder:
     def _multiframe(self, pixels: npt.NDArray[np.uint8], located: list[Corners],
                     weak: Box | None, deadline: float) -> tuple[list[_Hit], float]:
         """Follow a located-but-unread symbol (or, in a noisy or faint frame, the busiest
-        region: `weak`); read combinations of its aligned crops.
+        region: `weak`; in a glared one, that region grown over the glare, followed while
+        the glare moves and read by its running minimum every few frames); read
+        combinations of its aligned crops.
 
         Returns what was read and the exposure advice for the region (multiframe.py).
         """
