@@ -139,7 +139,10 @@ def _wechat_models() -> list[str] | None:
 
 def _cv_qr(detector: object) -> ReadFn:
     def read(pixels: np.ndarray) -> set[str]:
-        text = detector.detectAndDecode(pixels)[0]  # type: ignore[attr-defined]
+        try:
+            text = detector.detectAndDecode(pixels)[0]  # type: ignore[attr-defined]
+        except Exception:  # cv2.error: OpenCV 4.14 raises on degenerate corners (no read)
+            return set()
         return {text} if text else set()
 
     return read
