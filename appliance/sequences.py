@@ -22,8 +22,9 @@ import numpy as np
 from appliance import samples
 from appliance.samples import Gray
 
-CONDITIONS: Final = ("clean", "noise", "low_contrast", "glare", "screen_glare", "motion",
-                     "finger")
+# new conditions go last: a condition's index seeds its cards
+CONDITIONS: Final = ("clean", "noise", "low_contrast", "glare", "motion", "finger",
+                     "screen_glare")
 EMPTY_SCENES: Final = ("still", "changing", "glared")
 
 
@@ -85,13 +86,12 @@ def empty_scene(kind: str, seed: int, length: int = 20,
     w, h = size
     frames = []
     shade, side = int(rng.integers(0, 256)), int(rng.integers(60, 160))
-    phone, lamp = _blank_phone(rng)
-    px = int(rng.integers(8, w - phone.shape[1] - 8))
-    py = int(rng.integers(8, h - phone.shape[0] - 8))
+    phone, lamp = _blank_phone(rng) if kind == "glared" else (None, None)
     for i in range(length):
         frame = scene.copy()
-        if kind == "glared":
-            x, y = px + int(rng.integers(-2, 3)), py + int(rng.integers(-2, 3))
+        if phone is not None and lamp is not None:
+            x = (w - phone.shape[1]) // 3 + int(rng.integers(-2, 3))  # held: a hand's jitter
+            y = (h - phone.shape[0]) // 2 + int(rng.integers(-2, 3))
             frame[y:y + phone.shape[0], x:x + phone.shape[1]] = _lit(phone, lamp, i, length)
         if kind == "changing":
             x = int((i * w) / length) - side // 2
