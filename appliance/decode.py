@@ -42,8 +42,16 @@ from PIL import Image, ImageFilter
 from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.errors import ConfigError
-from appliance.multiframe import RegionStack
+from appliance.multiframe import (
+    GLARE_EVERY,
+    GLARE_PATIENCE,
+    GLARE_STILL,
+    RegionStack,
+    fitted,
+)
 from appliance.preprocess import (
+    SATURATED,
+    SATURATED_DENOISED,
     busiest_box,
     denoise,
     flatten,
@@ -51,6 +59,7 @@ from appliance.preprocess import (
     narrow_range,
     noise_level,
     stretch,
+    with_glare,
 )
 from appliance.stillness import TILE, Box, Thumb, changed_box, thumbnail
 
@@ -284,12 +293,15 @@ class Decoder:
         fixed: list[npt.NDArray[np.uint8]] = []
         if noisy or narrow:
             fixed.append(denoise(pixels))  # stretching noise would only make it louder
-            self._weak = fixed[0]
-        elif glare_fraction(pixels[::4, ::4]) * pixels.size > _GLARE_PIXELS:
-            # a glare spot may hide a finder pattern: guess the region (one look, then not
-            # again for a while: bright clutter is common and must not cost every frame)
-            self._weak = pixels
-            self._weak_glare = True
+        self._weak = fixed[0] if fixed else pixels
+        # a glare spot may hide a finder pattern: guess the region (then not again for a
+        # while: bright clutter is common and must not cost every frame); measured on the
+        # denoised frame, and not in heavy noise, as clipped sensor noise saturates too
+        level = SATURATED_DENOISED if fixed else SATURATED
+        self._weak_glare = (self._noise < 4 * _NOISY and pixels.size
+                            * glare_fraction(self._weak[::4, ::4], level) > _GLARE_PIXELS)
+        if not (noisy or narrow or self._weak_glare):
+            self._weak = None
         if narrow:
             fixed.append(stretch(fixed[0]))
         for image in fixed:
@@ -302,7 +314,9 @@ class Decoder:
     def _multiframe(self, pixels: npt.NDArray[np.uint8], located: list[Corners],
                     weak: Box | None, deadline: float) -> tuple[list[_Hit], float]:
         """Follow a located-but-unread symbol (or, in a noisy or faint frame, the busiest
-        region: `weak`); read combinations of its aligned crops.
+        region: `weak`; in a glared one, that region grown over the glare, followed while
+        the glare moves and read by its running minimum every few frames); read
+        combinations of its aligned crops.
 
         Returns what was read and the exposure advice for the region (multiframe.py).
         """
@@ -313,7 +327,11 @@ class Decoder:
             x0, y0, x1, y1 = stack.box
             inside = [b for b in boxes if x0 <= (b[0] + b[2]) / 2 <= x1
                       and y0 <= (b[1] + b[3]) / 2 <= y1]
-            if not stack.follow(pixels, confirmed=bool(inside)) and boxes:
+            glared = stack.glared
+            lost = not stack.follow(pixels, confirmed=bool(inside))
+            if lost and glared:  # a glare guess ran out: no new one for a while
+                self._weak_wait = 3 * stack.depth
+            if lost and boxes:
                 self._follow_still = self._located = stack.start(pixels, boxes[0])
                 self._fruitless = 0
         elif boxes:
@@ -322,8 +340,17 @@ class Decoder:
         elif weak is not None and not self._weak_wait:
             # a guess, not a located symbol: tried briefly, and not again for a while
             self._weak_wait = 3 * stack.depth
-            if self._weak_glare:  # one look at the flattened region (a white sheet on the
-                return self._read_guess(pixels, weak, deadline), 0.0  # counter is no card)
+            if self._weak_glare:  # one look at the flattened region, then followed until
+                # the glare moves off (the box grown over the glare next to it)
+                weak = fitted(with_glare(self._weak if self._weak is not None else pixels,
+                                         weak), pixels.shape)
+                hits = self._read_guess(pixels, weak, deadline)
+                if hits or not stack.start(pixels, weak, patience=GLARE_PATIENCE * stack.depth,
+                                           glared=True):
+                    return hits, 0.0
+                # a still scene (a white sheet on the counter) is not read again for it
+                self._follow_still, self._located, self._fruitless = False, False, 0
+                return [], 0.0
             if stack.start(pixels, weak, patience=stack.depth):
                 self._follow_still, self._located, self._fruitless = True, False, 0
         if stack.box is None or self._matrix is None:
@@ -334,18 +361,30 @@ class Decoder:
         x0, y0, x1, y1 = stack.box
         region = pixels[y0:y1, x0:x1]
         # clipped sensor noise saturates too: glare only where the region is not noisy
-        glare = glare_fraction(region) > _GLARE_SHARE and noise_level(region) < 3 * _NOISY
+        glare = stack.glared or (glare_fraction(region) > _GLARE_SHARE
+                                 and noise_level(region) < 3 * _NOISY)
         # advice only for a located symbol: a guessed region may be a white sheet
         advice = _GLARE_ADVICE_EV if glare and self._located else 0.0
+        guessed_glare = stack.glared and not self._located
+        if guessed_glare and stack.glare_still >= GLARE_STILL:  # a white sheet on the
+            stack.clear()  # counter, not a tilting phone: dropped, and no new guess soon
+            self._weak_wait = 3 * stack.depth
+            return [], advice
+        if guessed_glare and (stack.glare_still or stack.seen % GLARE_EVERY):
+            return [], advice  # its minimum changes little from one frame to the next
         tried: list[npt.NDArray[np.uint8]] = []
         # every combination cheaply first, then closer looks; a guessed region: the newest
-        # crop and the mean only (noise, faint print), no closer looks
+        # crop and the mean only (noise, faint print), no closer looks; a region guessed
+        # from glare: its minimum only (the newest was read with the frame)
         for closer in (False, True) if self._located else (False,):
-            combos = (stack.combinations(glare, every=self._located) if not closer
+            combos = (stack.combinations(glare if self._located else stack.glared,
+                                         every=self._located) if not closer
                       else (("", i) for i in tried))
             for name, image in combos:
                 if time.perf_counter() > deadline:
                     return [], advice
+                if guessed_glare and name == "newest":
+                    continue
                 hits = self._read_combined(image, self._matrix, x0, y0, deadline,
                                            closer=closer)
                 if hits:

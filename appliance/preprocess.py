@@ -11,6 +11,8 @@
   typical tile (modules alternate; a counter, a box or a line mostly does not).
 - `flatten`: the region minus its 17x17 box mean, amplified: what survives of the modules
   at a glare spot's bright rim (and under uneven light) becomes full contrast again.
+- `with_glare`: a guessed box grown over the saturated pixels next to it (a glare spot is
+  flat, not busy, and may hide a third of a code).
 - `glare_fraction`: the share of saturated pixels in a region, the basis of the exposure
   advice (`DecodeResult.advice`).
 
@@ -32,6 +34,7 @@ _NOISE_ROW_STEP: Final = 8
 _NOISE_ROWS: Final = 12  # rows sampled at most: about ten thousand differences
 _LAPLACE_TO_SIGMA: Final = 1.0 / (0.6745 * np.sqrt(6.0))  # median |2a-b-c| of N(0,s): 1.65 s
 SATURATED: Final = 250
+SATURATED_DENOISED: Final = 240  # a denoised frame's glare: its noisy pixels were clipped
 _TILE: Final = 16
 _FLAT_RADIUS: Final = 8  # pixels: wider than a module, narrower than a glare spot
 _WINDOW: Final = 5  # tiles: the smallest symbol we follow spans about 5x5 tiles
@@ -94,11 +97,26 @@ def flatten(pixels: Gray) -> Gray:
     return out
 
 
-def glare_fraction(pixels: Gray) -> float:
-    """The share of saturated pixels (>= 250) in `pixels`."""
+def glare_fraction(pixels: Gray, level: int = SATURATED) -> float:
+    """The share of saturated pixels (>= `level`, default 250) in `pixels`."""
     if pixels.size == 0:
         return 0.0
-    return float(np.count_nonzero(pixels >= SATURATED)) / pixels.size
+    return float(np.count_nonzero(pixels >= level)) / pixels.size
+
+
+def with_glare(pixels: Gray, box: tuple[int, int, int, int],
+               reach: int = 2 * _TILE) -> tuple[int, int, int, int]:
+    """`box` grown to hold the saturated pixels within `reach` of it (every 2nd pixel
+    looked at), plus a margin of half a tile."""
+    h, w = pixels.shape
+    x0, y0 = max(0, box[0] - reach), max(0, box[1] - reach)
+    x1, y1 = min(w, box[2] + reach), min(h, box[3] + reach)
+    ys, xs = np.nonzero(pixels[y0:y1:2, x0:x1:2] >= SATURATED)
+    if not len(xs):
+        return box
+    m = _TILE // 2
+    return (min(box[0], x0 + 2 * int(xs.min()) - m), min(box[1], y0 + 2 * int(ys.min()) - m),
+            max(box[2], x0 + 2 * int(xs.max()) + m), max(box[3], y0 + 2 * int(ys.max()) + m))
 
 
 def busiest_box(pixels: Gray) -> tuple[int, int, int, int] | None:

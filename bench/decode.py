@@ -1,6 +1,7 @@
 """Benchmark `appliance.decode.Decoder` against raw zxing-cpp, pyzbar and OpenCV.
 
 Usage: .venv/bin/python bench/decode.py [--count N] [--seed S] [--repeat R] [--sequences K]
+                                       [--runs N] [--no-corpus]
 
 Single frames: a generated corpus (appliance.samples.make_corpus) of frames at 640x480 and
 1280x720 with and without codes is decoded by every available decoder. Each frame is timed
@@ -12,13 +13,15 @@ ratios to raw zxing-cpp with default options from the same run, and the time on 
 without a code as a ratio to raw zxing-cpp QR's on them (of totals and of medians).
 
 Sequences (appliance.sequences, 30 fps timestamps): K held cards per condition, 20 frames
-each. Our Decoder keeps its state through a card (one instance per card) and its results go
+each, in N runs (`--runs`, default 3) on different seeds (run r: seeds r*K .. r*K+K-1,
+other cards and other noise); every figure is the median over the runs, with the range.
+Our Decoder keeps its state through a card (one instance per card) and its results go
 through the daemon's Debouncer; a peer reads each frame alone. Per condition: cards read,
-scans reported per card (1.00 is right: one beep per card), median frames to the first read.
-Scenes without a code, still and changing (90 frames each): milliseconds per frame of our
-Decoder and of raw zxing-cpp QR (`read_barcodes(img, formats=QRCode)`, default options),
-timed on the same frames back to back, and the ratio of their totals (all frames, and the
-frames after each scene's first).
+scans reported per card (1.00 is right: one beep per card), median frames to the first
+read; printed as a markdown table. Scenes without a code, still, changing and glared (90
+frames each): milliseconds per frame of our Decoder and of raw zxing-cpp QR
+(`read_barcodes(img, formats=QRCode)`, default options), timed on the same frames back to
+back, and the ratio of their totals (all frames, and the frames after each scene's first).
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def peers() -> tuple[dict[str, ReadFn], list[str]]:
     found: dict[str, ReadFn] = {"leat Decoder": ours, "zxing-cpp raw": raw,
                                 "zxing-cpp raw QR": raw_qr}
     try:
-        from pyzbar import pyzbar
+        from pyzbar import pyzbar  # type: ignore[import-untyped]
 
         def zbar(pixels: np.ndarray) -> set[str]:
             return {d.data.decode("utf-8", "replace") for d in pyzbar.decode(pixels)}
@@ -137,7 +140,10 @@ def _wechat_models() -> list[str] | None:
 
 def _cv_qr(detector: object) -> ReadFn:
     def read(pixels: np.ndarray) -> set[str]:
-        text = detector.detectAndDecode(pixels)[0]  # type: ignore[attr-defined]
+        try:
+            text = detector.detectAndDecode(pixels)[0]  # type: ignore[attr-defined]
+        except Exception:  # cv2.error: OpenCV 4.14 raises on degenerate corners (no read)
+            return set()
         return {text} if text else set()
 
     return read
@@ -233,6 +239,23 @@ def report(corpus: list[Sample], outcomes: list[Outcome]) -> None:
             print(f"  false positive by {o.name}: {corpus[i].name}")
 
 
+def report_qr(corpus: list[Sample], outcomes: list[Outcome]) -> None:
+    """Detection per distortion on the QR frames only (the OpenCV peers read no other
+    format), as a markdown table: where a peer still beats us on single frames."""
+    qr = [i for i, s in enumerate(corpus) if s.expected is not None and "-QRCode-" in s.name]
+    print("\nQR frames only, detection per distortion (single frames; bold: the best)")
+    print("| distortion | n | " + " | ".join(o.name.replace("cv2 ", "") for o in outcomes) + " |")
+    print("|---|---|" + "---|" * len(outcomes))
+    for dist in ("clean", *DISTORTIONS):
+        idx = [i for i in qr if dist in (corpus[i].distortions or ("clean",))]
+        if not idx:
+            continue
+        rates = [100 * sum(corpus[i].expected in o.found[i] for i in idx) / len(idx)
+                 for o in outcomes]
+        cells = [f"**{r:.0f}%**" if r == max(rates) else f"{r:.0f}%" for r in rates]
+        print(f"| {dist.replace('_', ' ')} | {len(idx)} | " + " | ".join(cells) + " |")
+
+
 @dataclass
 class Held:
     """One decoder's results on the held-card sequences of one condition."""
@@ -244,29 +267,39 @@ class Held:
     first: list[int] = field(default_factory=list)
 
 
-def run_sequences(readers: dict[str, ReadFn], count: int, length: int) -> None:
-    """Held cards per condition, then the cost of empty scenes; print both tables."""
-    names = ["leat Decoder", *(n for n in readers if n != "leat Decoder")]
-    table: dict[tuple[str, str], Held] = {}
+@dataclass
+class Empty:
+    """Our Decoder and raw zxing-cpp QR on the scenes without a code of one kind."""
+
+    ours_ms: list[float] = field(default_factory=list)
+    raw_ms: list[float] = field(default_factory=list)
+    later: list[tuple[float, float]] = field(default_factory=list)  # after each scene's first
+    found: int = 0
+
+    def ratio(self) -> float:
+        """Our total time over raw zxing-cpp QR's, all frames."""
+        return sum(self.ours_ms) / sum(self.raw_ms)
+
+    def steady(self) -> float:
+        """The same ratio over the frames after each scene's first."""
+        return sum(o for o, _ in self.later) / sum(r for _, r in self.later)
+
+
+HeldTable = dict[tuple[str, str], Held]
+
+
+def held_cards(readers: dict[str, ReadFn], names: list[str], count: int, length: int,
+               first_seed: int) -> HeldTable:
+    """Every decoder on `count` held cards per condition (seeds from `first_seed` on)."""
+    table: HeldTable = {}
     for condition in sequences.CONDITIONS:
-        for seed in range(count):
+        for seed in range(first_seed, first_seed + count):
             seq = sequences.held_card(condition, seed, length)
             for name in names:
                 held = table.setdefault((condition, name), Held())
                 held.cards += 1
                 _held_card(name, readers.get(name), seq, held)
-    print(f"\nheld cards: {count} per condition, {length} frames each at {FPS} fps; "
-          "cards read / scans per card / median frames to the first read")
-    short = [n.replace("cv2 ", "")[:18] for n in names]
-    print(f"{'condition':13} " + " ".join(f"{n:>24}" for n in short))
-    for condition in sequences.CONDITIONS:
-        cells = []
-        for name in names:
-            h = table[(condition, name)]
-            first = f"{statistics.median(h.first):.0f}" if h.first else "-"
-            fp = f" FP{h.false}" if h.false else ""
-            cells.append(f"{h.read:3d}/{h.cards} {h.reported / h.cards:4.2f} {first:>3}{fp:>5}")
-        print(f"{condition:13} " + " ".join(f"{c:>24}" for c in cells))
+    return table
 
 
 def _held_card(name: str, read: ReadFn | None, seq: sequences.Sequence, held: Held) -> None:
@@ -291,37 +324,106 @@ def _held_card(name: str, read: ReadFn | None, seq: sequences.Sequence, held: He
         held.first.append(first)
 
 
-def empty_cost(count: int, length: int) -> None:
+def empty_scenes(count: int, length: int, first_seed: int) -> dict[str, Empty]:
     """Milliseconds per empty frame: our Decoder vs raw zxing-cpp QR, back to back.
 
     Each scene's first frame is a new scene to our Decoder (read in full, like a single
-    frame); the ratio is given over all frames and over the frames after the first.
+    frame); the ratio is kept over all frames and over the frames after the first.
     """
     qr = zxingcpp.BarcodeFormat.QRCode
-    print(f"\nscenes without a code (640x480, {count} scenes x {length} frames): ms per frame")
-    print(f"{'scene':10} {'ours med':>9} {'raw QR med':>10} {'ours total':>10} "
-          f"{'raw total':>9} {'ours/raw':>8} {'after 1st':>9} {'found':>5}")
+    out: dict[str, Empty] = {}
     for kind in sequences.EMPTY_SCENES:
-        ours_ms: list[float] = []
-        raw_ms: list[float] = []
-        later: list[tuple[float, float]] = []
-        found = 0
-        for seed in range(count):
+        empty = out.setdefault(kind, Empty())
+        for seed in range(first_seed, first_seed + count):
             decoder = Decoder(DecodeConfig())
             for i, pixels in enumerate(sequences.empty_scene(kind, seed, length).frames):
                 start = time.perf_counter()
                 zxingcpp.read_barcodes(pixels, formats=qr)
-                raw_ms.append((time.perf_counter() - start) * 1000)
+                empty.raw_ms.append((time.perf_counter() - start) * 1000)
                 start = time.perf_counter()
                 result = decoder.decode(Frame(pixels, i / FPS, i))
-                ours_ms.append((time.perf_counter() - start) * 1000)
-                found += len(result.scans) + len(result.rejected)
+                empty.ours_ms.append((time.perf_counter() - start) * 1000)
+                empty.found += len(result.scans) + len(result.rejected)
                 if i:
-                    later.append((ours_ms[-1], raw_ms[-1]))
-        steady = sum(o for o, _ in later) / sum(r for _, r in later)
-        print(f"{kind:10} {statistics.median(ours_ms):9.3f} {statistics.median(raw_ms):10.3f} "
-              f"{sum(ours_ms):10.1f} {sum(raw_ms):9.1f} {sum(ours_ms) / sum(raw_ms):8.3f} "
-              f"{steady:9.3f} {found:5d}")
+                    empty.later.append((empty.ours_ms[-1], empty.raw_ms[-1]))
+    return out
+
+
+def _spread(values: list[float], fmt: str = "{:.0f}") -> str:
+    """The median of `values`, and their range when they differ: "12 (11-12)"."""
+    mid = fmt.format(statistics.median(values))
+    low, high = fmt.format(min(values)), fmt.format(max(values))
+    return mid if low == high else f"{mid} ({low}-{high})"
+
+
+def _held_cell(runs: list[HeldTable], key: tuple[str, str], bold: bool) -> str:
+    """One decoder on one condition over the runs: median cards read (range), scans per
+    card, frames to the first read (the median of each run's median), false reads."""
+    helds = [run[key] for run in runs]
+    cards = helds[0].cards
+    read = _spread([h.read for h in helds])
+    cell = f"**{read}/{cards}**" if bold else f"{read}/{cards}"
+    if statistics.median(h.read for h in helds) > 0:
+        cell += f" {statistics.median(h.reported / h.cards for h in helds):.2f}"
+        firsts = [statistics.median(h.first) for h in helds if h.first]
+        cell += f" {statistics.median(firsts):.0f}"
+    false = sum(h.false for h in helds)
+    return cell + (f" ({false} false reads)" if false else "")
+
+
+def print_held(runs: list[HeldTable], names: list[str], count: int, length: int) -> None:
+    """The per-condition table over `runs` (medians), as text and as markdown, and how far
+    our Decoder is above the best peer."""
+    print(f"\nheld cards: {len(runs)} run(s) x {count} cards per condition, {length} frames "
+          f"each at {FPS} fps; median over runs (range): cards read, scans per card, "
+          "frames to the first read")
+    head = ["condition", *(n.replace("cv2 ", "") for n in names)]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    margins = []
+    for condition in sequences.CONDITIONS:
+        reads = {n: statistics.median(r[(condition, n)].read for r in runs) for n in names}
+        best = max(reads.values())
+        cells = [_held_cell(runs, (condition, n), reads[n] == best and best > 0) for n in names]
+        print(f"| {condition.replace('_', ' ')} | " + " | ".join(cells) + " |")
+        peer = max((v for n, v in reads.items() if n != "leat Decoder"), default=0.0)
+        margins.append(f"{condition} {reads['leat Decoder'] - peer:+.0f}")
+    print("ours minus the best peer, cards read (median): " + ", ".join(margins))
+
+
+def print_empty(runs: list[dict[str, Empty]], count: int, length: int) -> None:
+    """The cost of empty scenes over `runs` (medians, range), as a markdown table."""
+    print(f"\nscenes without a code: {len(runs)} run(s) x {count} scenes x {length} frames, "
+          "640x480; ms per frame and our time over raw zxing-cpp QR's (same frames, back to "
+          "back); median over runs (range)")
+    print("| scene | ours median ms | raw QR median ms | ours / raw (all frames) "
+          "| after each scene's first frame | codes found |")
+    print("|---|---|---|---|---|---|")
+    for kind in sequences.EMPTY_SCENES:
+        empties = [run[kind] for run in runs]
+        ours = _spread([statistics.median(e.ours_ms) for e in empties], "{:.3f}")
+        raw = _spread([statistics.median(e.raw_ms) for e in empties], "{:.3f}")
+        ratio = _spread([e.ratio() for e in empties], "{:.3f}")
+        steady = _spread([e.steady() for e in empties], "{:.3f}")
+        print(f"| {kind} | {ours} | {raw} | **{ratio}** | {steady} | "
+              f"{sum(e.found for e in empties)} |")
+
+
+def run_sequences(readers: dict[str, ReadFn], count: int, length: int, empty_length: int,
+                  runs: int) -> None:
+    """Held cards and empty scenes `runs` times, each run on its own seeds (run r: seeds
+    r*count .. r*count+count-1, so other cards and other noise); print medians."""
+    names = ["leat Decoder", *(n for n in readers if n != "leat Decoder")]
+    held: list[HeldTable] = []
+    empty: list[dict[str, Empty]] = []
+    for r in range(runs):
+        start = time.perf_counter()
+        held.append(held_cards(readers, names, count, length, r * count))
+        empty.append(empty_scenes(count, empty_length, r * count))
+        print(f"  run {r + 1}/{runs}: seeds {r * count}-{(r + 1) * count - 1}, "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+    print_held(held, names, count, length)
+    print_empty(empty, count, empty_length)
 
 
 def main() -> None:
@@ -335,6 +437,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=20, help="frames per held card")
     parser.add_argument("--empty-length", type=int, default=90,
                         help="frames per scene without a code (3 s at 30 fps)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="repeats of the sequences, each on its own seeds (medians printed)")
     parser.add_argument("--no-corpus", action="store_true", help="sequences only")
     args = parser.parse_args()
 
@@ -346,9 +450,8 @@ def main() -> None:
     if args.only:
         readers = {n: r for n, r in readers.items()
                    if n in args.only or n in ("leat Decoder", "zxing-cpp raw", "zxing-cpp raw QR")}
-    if args.sequences:
-        run_sequences(readers, args.sequences, args.length)
-        empty_cost(args.sequences, args.empty_length)
+    if args.sequences and args.runs > 0:
+        run_sequences(readers, args.sequences, args.length, args.empty_length, args.runs)
     if args.no_corpus:
         return
     start = time.perf_counter()
@@ -361,6 +464,7 @@ def main() -> None:
         outcomes.append(run(name, read, corpus, args.repeat))
         print(f"  {name}: {time.perf_counter() - start:.1f} s", flush=True)
     report(corpus, outcomes)
+    report_qr(corpus, outcomes)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zxingcpp
 
 from appliance import samples, sequences
 from appliance.camera import Frame
 from appliance.config import DebounceConfig, DecodeConfig
 from appliance.debounce import Debouncer
 from appliance.decode import Decoder
-from appliance.multiframe import SEARCH, RegionStack, _shift
+from appliance.multiframe import MAX_SIDE, SEARCH, RegionStack, _shift, fitted
+from appliance.preprocess import with_glare
 
 SIZE = (640, 480)
 # The widest time budget: reads must not depend on how busy the test machine is.
@@ -73,14 +75,16 @@ def test_a_stack_refuses_regions_too_small_too_large_or_off_the_frame(
     assert stack.box is None and len(stack) == 0
 
 
-def test_a_region_at_the_frame_edge_is_followed_in_place() -> None:
+def test_a_region_at_the_frame_edge_is_followed_as_far_as_the_frame_goes() -> None:
     base = texture()
     stack = RegionStack(depth=4)
     assert stack.start(base, (-20, 0, 100, 100))  # clipped to the frame
     assert stack.box == (0, 0, 100, 100)
-    assert stack.follow(moved(base, 2, 2), confirmed=True)  # no room to search: kept
+    assert stack.follow(moved(base, 2, 2), confirmed=True)  # searched as if the frame went on
+    assert stack.box == (2, 2, 102, 102)
+    assert stack.follow(moved(base, -3, -1), confirmed=True)  # it cannot leave the frame
     assert stack.box == (0, 0, 100, 100)
-    assert len(stack) == 2
+    assert len(stack) == 3
 
 
 def test_a_stack_drops_a_region_not_confirmed_for_its_patience() -> None:
@@ -116,9 +120,11 @@ def test_combinations_remove_noise_a_moving_occluder_and_moving_glare() -> None:
     assert list(combos) == ["newest", "min", "mean", "median", "max"]
     assert [name for name, _ in stack.combinations(glare=False)] == [
         "newest", "mean", "median", "min", "max"]
-    # a guessed region: the newest crop and the mean only
-    assert [name for name, _ in stack.combinations(glare=True, every=False)] == [
+    # a guessed region: the newest crop and the mean only; guessed from glare: the minimum
+    assert [name for name, _ in stack.combinations(glare=False, every=False)] == [
         "newest", "mean"]
+    assert [name for name, _ in stack.combinations(glare=True, every=False)] == [
+        "newest", "min"]
     truth = crop.astype(np.float32)
     one = np.abs(frames[5][100:260, 200:360].astype(np.float32) - truth)
     # the median removes the occluder that covered the spot in under half the frames
@@ -129,6 +135,105 @@ def test_combinations_remove_noise_a_moving_occluder_and_moving_glare() -> None:
     quiet = np.s_[100:150, 60:150]
     assert (np.abs(combos["mean"][quiet] - truth[quiet]).mean()
             < 0.6 * one[quiet].mean())
+
+
+def test_the_low_keeps_the_minimum_of_more_crops_than_the_stack() -> None:
+    crop = texture()[100:260, 200:360]
+    stack = RegionStack(depth=2)
+    frames = []
+    for i in range(4):  # the glare covers the left half, then moves off to the right
+        frame = texture().copy()
+        lit = samples.glare(crop, (40 + 30 * i, 80), (40, 60), 400)
+        frame[100:260, 200:360] = lit
+        frames.append(frame)
+    stack.start(frames[0], (200, 100, 360, 260), glared=True)
+    assert stack.glared
+    stack.follow(frames[1], confirmed=False)
+    assert [name for name, _ in stack.combinations(glare=True)] == [
+        "newest", "min", "mean", "max"]  # two crops: the low would be the min
+    for frame in frames[2:]:
+        stack.follow(frame, confirmed=False)
+    combos = dict(stack.combinations(glare=True))
+    assert list(combos)[:3] == ["newest", "low", "min"]
+    expected = np.min([f[100:260, 200:360] for f in frames], axis=0)
+    assert np.array_equal(combos["low"], expected)
+    assert (combos["low"] >= 250).sum() < (combos["min"] >= 250).sum()
+    stack.clear()
+    assert not stack.glared
+
+
+def test_the_low_forgets_what_is_older_than_four_stack_depths() -> None:
+    base = texture()
+    stack = RegionStack(depth=2)
+    dark = (base // 2).astype(np.uint8)  # a shadow over the first frame only
+    stack.start(dark, (200, 100, 360, 260))
+    for _ in range(8):
+        stack.follow(base, confirmed=True)
+        assert stack.box == (200, 100, 360, 260)
+    assert np.array_equal(stack.low(), base[100:260, 200:360])
+    with pytest.raises(ValueError, match="no region"):
+        RegionStack(depth=2).low()
+
+
+def test_glare_that_stays_put_is_a_white_sheet_and_glare_that_moves_a_reflection() -> None:
+    rng = np.random.default_rng(5)
+    box = (200, 100, 360, 260)
+    sheet = texture().copy()
+    sheet[140:200, 240:320] = 255  # a white sheet: saturated, still
+    stack = RegionStack(depth=6)
+    stack.start(sheet, box, glared=True)
+    for step in range(1, 4):
+        assert stack.follow(samples.noise(sheet, rng, 3.0), confirmed=False)
+        assert stack.glare_still == step
+    assert len(stack) == 1  # frames whose glare stayed put add nothing
+    lamp = RegionStack(depth=6)
+    crop = texture()[100:260, 200:360]
+    for i in range(5):  # a reflection crossing the region, 5 pixels a frame
+        frame = texture().copy()
+        frame[100:260, 200:360] = samples.glare(crop, (40 + 5 * i, 60 + 5 * i), (25, 20), 400)
+        if i == 0:
+            lamp.start(frame, box, glared=True)
+        else:
+            assert lamp.follow(samples.noise(frame, rng, 3.0), confirmed=False)
+            assert lamp.glare_still == 0
+    assert len(lamp) == 5
+
+
+def test_a_guessed_box_grows_over_the_glare_beside_it_and_fits_the_frame() -> None:
+    frame = np.full((480, 640), 100, np.uint8)
+    frame[200:260, 300:380] = 255  # a saturated patch right of the busy box
+    # grown over the saturated pixels within two tiles (32 pixels) of it, plus half a tile
+    assert with_glare(frame, (220, 190, 310, 270)) == (220, 190, 310 + 30 + 8, 270)
+    assert with_glare(frame, (0, 0, 50, 50)) == (0, 0, 50, 50)  # none within reach
+    assert fitted((-10, 300, 100, 490), (480, 640)) == (SEARCH, 300, 100, 480 - SEARCH)
+    x0, _, x1, _ = fitted((0, 100, 600, 200), (480, 640))
+    assert x1 - x0 == MAX_SIDE and x0 == 300 - MAX_SIDE // 2
+
+
+def test_a_phone_screen_reflecting_a_lamp_is_read_only_from_several_frames() -> None:
+    seq = sequences.held_card("screen_glare", 4)
+    # no frame shows the whole code: raw zxing-cpp (all formats, all options) reads none
+    assert not any(zxingcpp.read_barcodes(p) for p in seq.frames)
+    # yet every module is clear of the glare in some frame: the aligned minimum reads
+    assert seq.box is not None
+    x0, y0, x1, y1 = seq.box
+    aligned = [p[y0 + dy:y1 + dy, x0 + dx:x1 + dx] for p, (dx, dy) in zip(
+        seq.frames, seq.offsets, strict=True)]
+    assert [b.text for b in zxingcpp.read_barcodes(np.min(aligned, axis=0))] == [seq.expected]
+    decoder = Decoder(GENEROUS)
+    debouncer = Debouncer(DebounceConfig())
+    reported: list[str] = []
+    seen = reads(decoder, seq)
+    text = seq.expected or ""
+    for i in range(len(seq.frames)):
+        reported += debouncer.observe([text] if seen[i] == "R" else [], i / 30)
+    assert "R" in seen[:16] and reported == [seq.expected]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_screen_glare_cards_are_read_in_dim_light_and_dark_mode_alike(seed: int) -> None:
+    seq = sequences.held_card("screen_glare", seed)
+    assert "R" in reads(Decoder(GENEROUS), seq)
 
 
 def test_one_crop_is_only_the_newest() -> None:
@@ -229,7 +334,7 @@ def test_a_symbol_that_never_decodes_stops_costing_every_still_frame() -> None:
     reads_in_full: list[int] = []
 
     class Counting(Decoder):
-        def _find(self, pixels: np.ndarray, located: list) -> list:  # type: ignore[override]
+        def _find(self, pixels: np.ndarray, located: list) -> list:  # type: ignore[type-arg]
             reads_in_full.append(pixels.size)
             return super()._find(pixels, located)
 
