@@ -15,8 +15,9 @@ frame with a code usually costs one sub-millisecond pass:
    upscaled and sharpened, read again;
 5. a noisy or faint frame denoised and stretched (preprocess.py);
 6. a located-but-unread symbol (or the busiest region of a noisy, faint or glared frame; a
-   glared one grown over its glare and followed while the glare moves) followed over frames; aligned combinations of its crops read within a time budget
-   (multiframe.py). docs/decoding.md shows each stage on hard frames.
+   glared one grown over its glare and followed while the glare moves) followed over
+   frames; aligned combinations of its crops read within a time budget (multiframe.py).
+   docs/decoding.md shows each stage on hard frames.
 
 "QRCode" in the config means the classic QR symbol (models 1 and 2); Micro QR and rMQR,
 which zxing-cpp files under the same family, must be named to be read.

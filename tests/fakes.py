@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 SHOP = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"  # the sandbox seed's shop
 
@@ -53,3 +55,26 @@ def prepared_stores(state_dir: Path) -> tuple[Path, Path]:
     Outbox.prepare(outbox)
     Ledger.prepare(ledger)
     return outbox, ledger
+
+
+class QuietBus:
+    """A daemon bus (`appliance.daemon.BusLike`) that keeps every event; always connected."""
+
+    def __init__(self) -> None:
+        self.events: list[Mapping[str, Any]] = []
+
+    def start(self) -> None: ...
+
+    def publish_event(self, name: str, payload: Mapping[str, Any],
+                      expiry_s: float | None = None) -> None:
+        self.events.append(payload)
+
+    def set_state(self, payload: Mapping[str, Any]) -> None: ...
+
+    def wait_connected(self, timeout: float) -> bool:
+        return True
+
+    def supervise(self) -> bool:
+        return False
+
+    def stop(self, timeout: float = 5.0) -> None: ...

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from broker import Mosquitto, Subscriber
+from fakes import QuietBus
 from gpiozero.pins.mock import MockFactory
 
 from appliance import contract
@@ -129,30 +130,18 @@ def test_daemon_events_sent_while_broker_down_arrive_after_it_returns(
     assert len(messages) == len(expected)
 
 
-class BlockingBus:
+class BlockingBus(QuietBus):
     """A bus whose publish blocks until released, to fill the scan queue."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.release = threading.Event()
-        self.events: list[Mapping[str, Any]] = []
-
-    def start(self) -> None: ...
 
     def publish_event(
         self, name: str, payload: Mapping[str, Any], expiry_s: float | None = None
     ) -> None:
         self.release.wait(10)
         self.events.append(payload)
-
-    def set_state(self, payload: Mapping[str, Any]) -> None: ...
-
-    def wait_connected(self, timeout: float) -> bool:
-        return True
-
-    def supervise(self) -> bool:
-        return False
-
-    def stop(self, timeout: float = 5.0) -> None: ...
 
 
 class RecordingFeedback:

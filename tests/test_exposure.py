@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from fakes import QuietBus
 from PIL import Image
 
 from appliance import sequences
@@ -173,29 +173,6 @@ class SteeredReplay(ReplaySource):
     def set_ev(self, ev: float) -> None:
         super().set_ev(ev)
         self.asked.append((self._now() - 100.0, ev))
-
-
-class QuietBus:
-    """Takes every event; connected."""
-
-    def __init__(self) -> None:
-        self.events: list[Mapping[str, Any]] = []
-
-    def start(self) -> None: ...
-
-    def publish_event(self, name: str, payload: Mapping[str, Any],
-                      expiry_s: float | None = None) -> None:
-        self.events.append(payload)
-
-    def set_state(self, payload: Mapping[str, Any]) -> None: ...
-
-    def wait_connected(self, timeout: float) -> bool:
-        return True
-
-    def supervise(self) -> bool:
-        return False
-
-    def stop(self, timeout: float = 5.0) -> None: ...
 
 
 class NoFeedback:
