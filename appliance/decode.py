@@ -87,6 +87,7 @@ _NOISY = 6.0  # estimated noise (grey levels) above which a failed frame is deno
 _GLARE_SHARE = 0.04  # saturated share of a followed region that calls for less exposure
 _GLARE_ADVICE_EV = -1.0
 _GLARE_PIXELS = 400  # saturated pixels (estimated) that make a frame worth a guessed region
+_GLARE_REST = 8  # stack depths without a new guess after one dropped for unmoving glare
 _ROI_LIMIT = 2  # at most this many located-but-undecoded symbols get a closer look
 # the full-resolution matrix passes: (binarizer, try inverted as configured)
 _FULL_PASSES = (
@@ -403,15 +404,19 @@ class Decoder:
         crop = pixels[y0:y1, x0:x1]
         if self._matrix is None or min(crop.shape) < 3:
             return []
-        hits = self._read_combined(crop, self._matrix, x0, y0, deadline, closer=False)
+        hits = self._read_combined(crop, self._matrix, x0, y0, deadline, closer=False,
+                                   seen=True)
         if hits:
             self._weak_wait = 0
         return hits
 
     def _read_combined(self, image: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
-                       x0: int, y0: int, deadline: float, *, closer: bool) -> list[_Hit]:
+                       x0: int, y0: int, deadline: float, *, closer: bool,
+                       seen: bool = False) -> list[_Hit]:
         """One crop of the followed region: as it is and fixed (denoised, stretched,
-        flattened) with both binarizers; `closer`: at half size and upscaled instead."""
+        flattened) with both binarizers; `closer`: at half size and upscaled instead.
+        `seen`: the crop is part of the frame just read, whose local-average pass saw it
+        alike (its global histogram differs: the crop is read with that binarizer)."""
         affine = _Affine(ox=x0, oy=y0)
         views = [image]
         if self._preprocess:
@@ -425,6 +430,8 @@ class Decoder:
                                      deadline)
         for view in views:
             for binarizer in (zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram):
+                if seen and view is image and binarizer == zxingcpp.Binarizer.LocalAverage:
+                    continue
                 hits = self._read(view, formats, affine, binarizer=binarizer)
                 if hits or time.perf_counter() > deadline:
                     return hits

@@ -124,10 +124,7 @@ def busiest_box(pixels: Gray) -> tuple[int, int, int, int] | None:
     rows, cols = pixels.shape[0] // _TILE, pixels.shape[1] // _TILE
     if rows < _WINDOW or cols < _WINDOW:
         return None
-    k = _TILE // 4
-    sub = pixels[: rows * _TILE : 4, : cols * _TILE : 4].astype(np.float32)
-    tiles = sub.reshape(rows, k, cols, k)
-    spread = tiles.std(axis=(1, 3))
+    spread = _tile_spread(pixels, rows, cols)
     busy = spread > max(_BUSY_FACTOR * float(np.median(spread)), _BUSY_MIN)
     sums = np.pad(busy.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     w = _WINDOW
@@ -141,3 +138,29 @@ def busiest_box(pixels: Gray) -> tuple[int, int, int, int] | None:
     y0, y1 = r0 + int(ys.min()), r0 + int(ys.max()) + 1
     x0, x1 = c0 + int(xs.min()), c0 + int(xs.max()) + 1
     return ((x0 - 1) * _TILE, (y0 - 1) * _TILE, (x1 + 1) * _TILE, (y1 + 1) * _TILE)
+
+
+def _tile_spread(pixels: Gray, rows: int, cols: int) -> npt.NDArray[np.float32]:
+    """The standard deviation of 16 samples (every 4th pixel of every 4th row) per tile.
+
+    Strided adds, as in stillness.thumbnail: numpy reduces tiny axes (a 4-D view's std)
+    several times slower.
+    """
+    sub = pixels[: rows * _TILE : 4, : cols * _TILE : 4].astype(np.int32)
+    k = _TILE // 4
+    sums, power = _tile_sums(sub, k), _tile_sums(sub * sub, k)
+    n = k * k
+    spread: npt.NDArray[np.float32] = np.sqrt(
+        np.maximum(n * power - sums * sums, 0).astype(np.float32)) * np.float32(1 / n)
+    return spread
+
+
+def _tile_sums(samples: npt.NDArray[np.int32], k: int) -> npt.NDArray[np.int32]:
+    """Sums of `k` x `k` blocks of `samples`."""
+    rows = samples[0::k].copy()
+    for i in range(1, k):
+        rows += samples[i::k]
+    out = rows[:, 0::k].copy()
+    for i in range(1, k):
+        out += rows[:, i::k]
+    return out

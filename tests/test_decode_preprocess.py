@@ -10,6 +10,7 @@ from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.decode import Decoder
 from appliance.errors import ConfigError
+from appliance.preprocess import _tile_spread as tile_spread
 from appliance.preprocess import (
     busiest_box,
     denoise,
@@ -67,6 +68,14 @@ def test_busiest_box_finds_a_card_zxing_cannot_locate(condition: str) -> None:
             found += (box[0] <= x0 + 8 and box[1] <= y0 + 8 and box[2] >= x1 - 8
                       and box[3] >= y1 - 8)
     assert found >= 3
+
+
+def test_tile_spread_is_the_standard_deviation_of_each_tiles_samples() -> None:
+    pixels = np.random.default_rng(3).integers(0, 256, (70, 100), dtype=np.uint8)
+    rows, cols = 70 // 16, 100 // 16
+    sampled = pixels[: rows * 16 : 4, : cols * 16 : 4].astype(np.float64)
+    expected = sampled.reshape(rows, 4, cols, 4).std(axis=(1, 3))
+    assert np.allclose(tile_spread(pixels, rows, cols), expected, atol=1e-3)
 
 
 def test_busiest_box_ignores_a_flat_frame_and_tiny_frames() -> None:

@@ -53,6 +53,14 @@ def test_shift_finds_how_far_the_region_moved(dx: int, dy: int, sigma: float) ->
     assert _shift(ref, window) == (dx, dy)
 
 
+@pytest.mark.parametrize(("dx", "dy"), [(1, -1), (-3, 4), (SEARCH, -SEARCH)])
+def test_shift_of_a_small_region_is_found_at_full_size(dx: int, dy: int) -> None:
+    base = texture()
+    ref = base[110:174, 210:274].astype(np.float32)  # 64x64: under the halved size
+    window = moved(base, dx, dy)[110 - SEARCH:174 + SEARCH, 210 - SEARCH:274 + SEARCH]
+    assert _shift(ref, window) == (dx, dy)
+
+
 def test_a_stack_follows_a_moving_region_and_keeps_crops_aligned() -> None:
     base = texture()
     stack = RegionStack(depth=4)
