@@ -259,7 +259,7 @@ class Decoder:
             weak = None
             if (self._weak is not None and not located and self._stack.box is None
                     and self._weak_wait <= 1):  # _multiframe counts it down first
-                weak = busiest_box(self._weak)  # noisy or faint: zxing-cpp located nothing
+                weak = self._guess(self._weak)  # zxing-cpp located nothing
             if weak is not None:
                 weak = (weak[0] + x0, weak[1] + y0, weak[2] + x0, weak[3] + y0)
             hits, advice = self._multiframe(pixels, located, weak, start + self._budget_s)
@@ -313,6 +313,21 @@ class Decoder:
                     return hits
         return []
 
+    def _guess(self, weak: npt.NDArray[np.uint8]) -> Box | None:
+        """Where in the noisy, faint or glared `weak` (this read's region, fixed) a symbol
+        zxing-cpp could not locate most likely is: its busiest tiles, grown over the glare
+        in and next to them. Glare away from the busy tiles hides nothing of them: a frame
+        that is neither noisy nor faint then has no guess (a white sheet beside clutter).
+        """
+        box = busiest_box(weak)
+        if box is None or not self._weak_glare:
+            return box
+        grown = with_glare(weak, box)
+        if grown is not None:
+            return grown
+        self._weak_glare = False  # followed, if at all, for noise or faint print
+        return box if self._noisy or self._narrow else None
+
     def _multiframe(self, pixels: npt.NDArray[np.uint8], located: list[Corners],
                     weak: Box | None, deadline: float) -> tuple[list[_Hit], float]:
         """Follow a located-but-unread symbol (or, in a noisy or faint frame, the busiest
@@ -344,8 +359,7 @@ class Decoder:
             self._weak_wait = 3 * stack.depth
             if self._weak_glare:  # one look at the flattened region, then followed until
                 # the glare moves off (the box grown over the glare next to it)
-                weak = fitted(with_glare(self._weak if self._weak is not None else pixels,
-                                         weak), pixels.shape)
+                weak = fitted(weak, pixels.shape)
                 hits = self._read_guess(pixels, weak, deadline)
                 if hits or not stack.start(pixels, weak, patience=GLARE_PATIENCE * stack.depth,
                                            glared=True):

@@ -105,15 +105,15 @@ def glare_fraction(pixels: Gray, level: int = SATURATED) -> float:
 
 
 def with_glare(pixels: Gray, box: tuple[int, int, int, int],
-               reach: int = 2 * _TILE) -> tuple[int, int, int, int]:
-    """`box` grown to hold the saturated pixels within `reach` of it (every 2nd pixel
-    looked at), plus a margin of half a tile."""
+               reach: int = 2 * _TILE) -> tuple[int, int, int, int] | None:
+    """`box` grown to hold the saturated pixels in it and within `reach` of it (every 2nd
+    pixel looked at), plus a margin of half a tile; None when there are none."""
     h, w = pixels.shape
     x0, y0 = max(0, box[0] - reach), max(0, box[1] - reach)
     x1, y1 = min(w, box[2] + reach), min(h, box[3] + reach)
     ys, xs = np.nonzero(pixels[y0:y1:2, x0:x1:2] >= SATURATED)
     if not len(xs):
-        return box
+        return None
     m = _TILE // 2
     return (min(box[0], x0 + 2 * int(xs.min()) - m), min(box[1], y0 + 2 * int(ys.min()) - m),
             max(box[2], x0 + 2 * int(xs.max()) + m), max(box[3], y0 + 2 * int(ys.max()) + m))

@@ -212,10 +212,22 @@ def test_a_guessed_box_grows_over_the_glare_beside_it_and_fits_the_frame() -> No
     frame[200:260, 300:380] = 255  # a saturated patch right of the busy box
     # grown over the saturated pixels within two tiles (32 pixels) of it, plus half a tile
     assert with_glare(frame, (220, 190, 310, 270)) == (220, 190, 310 + 30 + 8, 270)
-    assert with_glare(frame, (0, 0, 50, 50)) == (0, 0, 50, 50)  # none within reach
+    assert with_glare(frame, (0, 0, 50, 50)) is None  # none within reach
     assert fitted((-10, 300, 100, 490), (480, 640)) == (SEARCH, 300, 100, 480 - SEARCH)
     x0, _, x1, _ = fitted((0, 100, 600, 200), (480, 640))
     assert x1 - x0 == MAX_SIDE and x0 == 300 - MAX_SIDE // 2
+
+
+def test_glare_away_from_the_busy_tiles_starts_no_guess_and_glare_beside_them_does() -> None:
+    rng = np.random.default_rng(5)
+    blocks = rng.integers(0, 2, (20, 20), dtype=np.uint8) * 200 + 20  # busy, no finders
+    for gap, guessed in ((300, False), (0, True)):
+        frame = np.full((480, 640), 110, np.uint8)
+        frame[150:270, 100:220] = np.kron(blocks, np.ones((6, 6), np.uint8))
+        frame[180:240, 220 + gap:280 + gap] = 255  # a white sheet, far off or touching
+        decoder = Decoder(DecodeConfig())
+        assert decoder.decode(Frame(samples.noise(frame, rng, 2.0), 0.0, 0)).scans == ()
+        assert (decoder._stack.box is not None) is guessed
 
 
 def test_a_phone_screen_reflecting_a_lamp_is_read_only_from_several_frames() -> None:
