@@ -5,7 +5,8 @@ scene without codes is read only where it changed (stillness.py). What is read g
 through a fixed ladder of cheap passes and stops at the first that finds a symbol, so a
 frame with a code usually costs one sub-millisecond pass:
 
-1. matrix codes on a 2x-subsampled view (zero-copy strides), global-histogram binarizer;
+1. matrix codes on a 2x-subsampled view (zero-copy strides), global-histogram binarizer
+   (skipped for a view under 320x240 pixels, such as a small changed part);
 2. linear codes on every 8th row, then every 8th column (cards held sideways), each
    plain and inverted (zxing-cpp's own inversion covers matrix codes only); only the
    lines crossing enough bar-like edges are read, stacked;
@@ -79,6 +80,7 @@ _ALIASES: dict[str, tuple[zxingcpp.BarcodeFormat, ...]] = {
     "QRCode": (_F.QRCodeModel1, _F.QRCodeModel2),
 }
 _LINEAR = frozenset(zxingcpp.barcode_formats_list(zxingcpp.BarcodeFormats(_F.AllLinear)))
+_HALF_PASS_PIXELS = 320 * 240  # a smaller view (a changed part) is read at full size only
 _ROW_STEP = 8  # linear codes are tall: every 8th row still crosses the bars many times
 _BAR_STEP = 10  # grey levels over two pixels: an edge for the linear-code gate
 _BAR_EDGES = 40  # edge pixels a line needs before the linear reader is asked
@@ -467,7 +469,7 @@ class Decoder:
         Symbols located but not decoded are added to `located` (in `pixels` coordinates).
         """
         formats = self._matrix
-        if formats is not None:
+        if formats is not None and pixels.size >= _HALF_PASS_PIXELS:
             half = _Affine(a=2.0, d=2.0)
             hits = self._read(pixels[::2, ::2], formats, half, located,
                               binarizer=zxingcpp.Binarizer.GlobalHistogram)

@@ -242,7 +242,8 @@ def _shift(reference: npt.NDArray[np.float32], window: Gray, count: int = 1,
     does not pull it and sensor noise, uncorrelated, does not move it. A region of
     `_HALVED` pixels or more is correlated at half size first (2x2 means: numpy's FFT is
     slow along columns, and a 320-pixel region took 7 ms), then the pixel is chosen among
-    the coarse peak's neighbours by correlating the window halved at their parity.
+    the coarse peak's neighbours (one axis, then the other) by correlating the window
+    halved at their parity.
     `glare`: edges next to saturated pixels are left out (a glare's rim moves over the
     card, it would pull the match with it).
     """
@@ -262,19 +263,21 @@ def _shift(reference: npt.NDArray[np.float32], window: Gray, count: int = 1,
         return halves[py, px]
 
     cx, cy = _peak(ref_edges, halved_window(0, 0), SEARCH // 2)
-    best, score = (2 * cx, 2 * cy), -np.inf
     rows, cols = ref_edges.shape
-    for sy in range(max(-SEARCH, 2 * cy - 1), min(SEARCH, 2 * cy + 1) + 1):
-        for sx in range(max(-SEARCH, 2 * cx - 1), min(SEARCH, 2 * cx + 1) + 1):
-            py, px = (sy + SEARCH) % 2, (sx + SEARCH) % 2
-            ly, lx = (sy + SEARCH - py) // 2, (sx + SEARCH - px) // 2
-            part = halved_window(py, px)[ly:ly + rows, lx:lx + cols]
-            if part.shape != ref_edges.shape:
-                continue
-            value = float(np.vdot(part, ref_edges))
-            if value > score:
-                best, score = (sx, sy), value
-    return best
+
+    def score(sx: int, sy: int) -> float:
+        py, px = sy % 2, sx % 2  # SEARCH is even: the window's parity is the shift's
+        ly, lx = (sy + SEARCH - py) // 2, (sx + SEARCH - px) // 2
+        part = halved_window(py, px)[ly:ly + rows, lx:lx + cols]
+        return float(np.vdot(part, ref_edges)) if part.shape == ref_edges.shape else -np.inf
+
+    def near(centre: int) -> range:
+        return range(max(-SEARCH, 2 * centre - 1), min(SEARCH, 2 * centre + 1) + 1)
+
+    # one axis, then the other: three halved windows and five products instead of 4 and 9
+    dx = max(near(cx), key=lambda sx: score(sx, 2 * cy))
+    dy = max(near(cy), key=lambda sy: score(dx, sy))
+    return dx, dy
 
 
 def _peak(ref_edges: npt.NDArray[np.float32], win_edges: npt.NDArray[np.float32],

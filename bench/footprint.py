@@ -11,6 +11,8 @@ notify socket of our own in `$NOTIFY_SOCKET`, a private Mosquitto, a replay came
   warm-up, divided by the window: a fraction of one core;
 - RSS: VmRSS of the process at the end of the run (60 s after the start; `--quick`: 20 s).
 
+The daemon gets the unit's malloc settings (`MALLOC_ARENA_MAX`), as under systemd.
+
 Scenarios: empty frames (a textured scene without any code) at 15 and 30 fps, and the
 same with one scan a second (each second one frame shows a loyalty-card QR; four distinct
 codes rotate, so each is seen again after it left the view and its cooldown passed).
@@ -56,6 +58,7 @@ from machine import describe
 from appliance.localbroker import LocalMosquitto
 from appliance.samples import background, place, render_code
 
+UNIT = Path(__file__).resolve().parents[1] / "systemd" / "leat-scanner.service"
 SIZE = (640, 360)  # the default lores stream: what the daemon decodes on a Pi
 CODES = 4  # distinct codes in the one-scan-a-second replay
 WARMUP_S = 5.0
@@ -72,6 +75,16 @@ class Run:
     scans_per_s: float  # events/scan received during the CPU window
     latencies_ms: list[float] = field(default_factory=list)  # capture -> event received
     previews: int = 0  # preview JPEGs the viewer received
+
+
+def unit_malloc_settings() -> dict[str, str]:
+    """The glibc malloc settings (MALLOC_*) the systemd unit's Environment= lines give."""
+    settings = {}
+    for line in UNIT.read_text().splitlines():
+        name, _, value = line.removeprefix("Environment=").partition("=")
+        if line.startswith("Environment=") and name.startswith("MALLOC_"):
+            settings[name] = value
+    return settings
 
 
 def write_frames(folder: Path, fps: int, scans: bool) -> None:
@@ -164,6 +177,7 @@ port = {port}
     manager.bind(str(address))
     manager.settimeout(30)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEAT_SCANNER_")}
+    env.update(unit_malloc_settings())  # as systemd runs it
     env["NOTIFY_SOCKET"] = str(address)
     scans: list[tuple[float, float]] = []  # (monotonic, latency ms) per scan event
 

@@ -934,7 +934,7 @@ def test_unit_has_the_expected_keys() -> None:
     assert service["WatchdogSec"] == ["30"]
     # lgpio's .lgd-nfy* pipe goes to a writable directory (gpiozero issue 1106)
     assert service["WorkingDirectory"] == ["/var/lib/leat-scanner"]
-    assert service["Environment"] == ["LG_WD=/var/lib/leat-scanner"]
+    assert service["Environment"] == ["LG_WD=/var/lib/leat-scanner", "MALLOC_ARENA_MAX=2"]
     assert service["SupplementaryGroups"] == ["video gpio"]
     assert "network-online.target" in unit["Unit"]["Wants"][0]
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
