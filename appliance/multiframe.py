@@ -250,9 +250,7 @@ def _shift(reference: npt.NDArray[np.float32], window: Gray, count: int = 1,
     ref = (reference / max(1, count)).astype(np.float32)
     win = window.astype(np.float32)
     if ref.size < _HALVED:
-        ref_edges, win_edges = _edges(ref, glare), _edges(win, glare)
-        dx, dy = _peak(ref_edges, win_edges, SEARCH)
-        return dx, dy
+        return _peak(_edges(ref, glare), _edges(win, glare), SEARCH)
     reach = (_GLARE_REACH + 1) // 2
     ref_edges = _edges(_halved(ref), glare, reach)
     halves: dict[tuple[int, int], npt.NDArray[np.float32]] = {}
