@@ -45,7 +45,6 @@ from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.errors import ConfigError
 from appliance.multiframe import (
-    GLARE_EVERY,
     GLARE_PATIENCE,
     GLARE_STILL,
     RegionStack,
@@ -388,8 +387,8 @@ class Decoder:
             stack.clear()  # counter, not a tilting phone: dropped, and no new guess soon
             self._weak_wait = 3 * stack.depth
             return [], advice
-        if guessed_glare and (stack.glare_still or stack.seen % GLARE_EVERY):
-            return [], advice  # its minimum changes little from one frame to the next
+        if guessed_glare and not stack.added:
+            return [], advice  # looked at every few frames (multiframe.py)
         tried: list[npt.NDArray[np.uint8]] = []
         # every combination cheaply first, then closer looks; a guessed region: the newest
         # crop and the mean only (noise, faint print), no closer looks; a region guessed

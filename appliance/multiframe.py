@@ -42,8 +42,8 @@ _GLARE_REACH: Final = 3  # pixels around glare left out of the alignment
 _HALVED: Final = 96 * 96  # a region of this many pixels or more is aligned at half size
 _RESIZED: Final = 0.8  # a moved glare kept its size: came and went differ by less than this
 _MOVED: Final = 12  # half-size pixels of glare that must both come and go for it to have moved
-GLARE_EVERY: Final = 3  # a region guessed from glare is read every this many frames
-GLARE_STILL: Final = 3  # frames of unmoving glare after which a glare guess is dropped
+GLARE_EVERY: Final = 3  # a region guessed from glare is looked at every this many frames
+GLARE_STILL: Final = 3  # looks at unmoving glare after which a glare guess is dropped
 GLARE_PATIENCE: Final = 3  # stack depths a region guessed from glare is followed unconfirmed
 
 
@@ -60,7 +60,9 @@ class RegionStack:
         self._since = 0  # crops in `_fresh`
         self._pushed = 0  # crops since the region was started
         self._glare: npt.NDArray[np.bool_] | None = None  # the newest crop's glare
-        self.glare_still = 0  # crops in a row whose glare did not move (a `glared` region)
+        self.glare_still = 0  # looks in a row whose glare did not move (a `glared` region)
+        self._skipped = 0  # frames since a `glared` region was last looked at
+        self.added = False  # the last `follow` added a crop
         self._unconfirmed = 0
         self._patience = 4 * depth
         self._frame_shape: tuple[int, ...] = (0, 0)
@@ -69,16 +71,11 @@ class RegionStack:
     def __len__(self) -> int:
         return len(self._crops)
 
-    @property
-    def seen(self) -> int:
-        """Crops added since the region was started."""
-        return self._pushed
-
     def clear(self) -> None:
         """Forget the region."""
         self.box, self._sum, self._unconfirmed, self.glared = None, None, 0, False
         self._low, self._fresh, self._since, self._pushed = None, None, 0, 0
-        self._glare, self.glare_still = None, 0
+        self._glare, self.glare_still, self._skipped, self.added = None, 0, 0, False
         self._crops.clear()
 
     def start(self, pixels: Gray, box: Box, patience: int | None = None,
@@ -104,8 +101,12 @@ class RegionStack:
     def follow(self, pixels: Gray, confirmed: bool) -> bool:
         """Add this frame's crop of the region, aligned; False (and cleared) when lost.
 
-        `confirmed`: the frame located a symbol inside the region again.
+        `confirmed`: the frame located a symbol inside the region again. A `glared`
+        region is looked at every `GLARE_EVERY` frames only (`added` says whether this one
+        was): a lamp's reflection moves a few pixels a frame, so the minimum of every third
+        frame uncovers about what every frame's would, for a third of the alignments.
         """
+        self.added = False
         if self.box is None or self._sum is None:
             return False
         self._unconfirmed = 0 if confirmed else self._unconfirmed + 1
@@ -118,6 +119,9 @@ class RegionStack:
             self.clear()
             return False
         if self.glared:
+            self._skipped = (self._skipped + 1) % GLARE_EVERY
+            if self._skipped:
+                return True
             self._glare_moved(pixels[y0:y1, x0:x1])
             if self.glare_still:  # nothing new under the glare: not worth aligning
                 self._glare = _glare_mask(pixels[y0:y1, x0:x1])  # the box stays
@@ -194,6 +198,7 @@ class RegionStack:
         return self._fresh if self._low is None else np.minimum(self._low, self._fresh)
 
     def _push(self, crop: Gray) -> None:
+        self.added = True
         if len(self._crops) == self.depth and self._sum is not None:
             self._sum -= self._crops[0]
         self._crops.append(crop)

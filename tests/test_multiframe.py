@@ -11,7 +11,7 @@ from appliance.camera import Frame
 from appliance.config import DebounceConfig, DecodeConfig
 from appliance.debounce import Debouncer
 from appliance.decode import Decoder
-from appliance.multiframe import MAX_SIDE, SEARCH, RegionStack, _shift, fitted
+from appliance.multiframe import GLARE_EVERY, MAX_SIDE, SEARCH, RegionStack, _shift, fitted
 from appliance.preprocess import with_glare
 
 SIZE = (640, 480)
@@ -145,6 +145,13 @@ def test_combinations_remove_noise_a_moving_occluder_and_moving_glare() -> None:
             < 0.6 * one[quiet].mean())
 
 
+def look(stack: RegionStack, frame: np.ndarray) -> None:
+    """Follow a region guessed from glare until it is looked at (every GLARE_EVERY frames)."""
+    for _ in range(GLARE_EVERY):
+        assert stack.follow(frame, confirmed=False)
+    assert stack.added
+
+
 def test_the_low_keeps_the_minimum_of_more_crops_than_the_stack() -> None:
     crop = texture()[100:260, 200:360]
     stack = RegionStack(depth=2)
@@ -154,13 +161,13 @@ def test_the_low_keeps_the_minimum_of_more_crops_than_the_stack() -> None:
         lit = samples.glare(crop, (40 + 30 * i, 80), (40, 60), 400)
         frame[100:260, 200:360] = lit
         frames.append(frame)
-    stack.start(frames[0], (200, 100, 360, 260), glared=True)
+    stack.start(frames[0], (200, 100, 360, 260), patience=100, glared=True)
     assert stack.glared
-    stack.follow(frames[1], confirmed=False)
+    look(stack, frames[1])
     assert [name for name, _ in stack.combinations(glare=True)] == [
         "newest", "min", "mean", "max"]  # two crops: the low would be the min
     for frame in frames[2:]:
-        stack.follow(frame, confirmed=False)
+        look(stack, frame)
     combos = dict(stack.combinations(glare=True))
     assert list(combos)[:3] == ["newest", "low", "min"]
     expected = np.min([f[100:260, 200:360] for f in frames], axis=0)
@@ -191,19 +198,23 @@ def test_glare_that_stays_put_is_a_white_sheet_and_glare_that_moves_a_reflection
     stack = RegionStack(depth=6)
     stack.start(sheet, box, glared=True)
     for step in range(1, 4):
-        assert stack.follow(samples.noise(sheet, rng, 3.0), confirmed=False)
+        for _ in range(GLARE_EVERY):  # looked at every GLARE_EVERY frames only
+            assert stack.follow(samples.noise(sheet, rng, 3.0), confirmed=False)
         assert stack.glare_still == step
     assert len(stack) == 1  # frames whose glare stayed put add nothing
     lamp = RegionStack(depth=6)
     crop = texture()[100:260, 200:360]
-    for i in range(5):  # a reflection crossing the region, 5 pixels a frame
+    added = []
+    for i in range(1 + 4 * GLARE_EVERY):  # a reflection crossing the region, 2 pixels a frame
         frame = texture().copy()
-        frame[100:260, 200:360] = samples.glare(crop, (40 + 5 * i, 60 + 5 * i), (25, 20), 400)
+        frame[100:260, 200:360] = samples.glare(crop, (40 + 2 * i, 60 + 2 * i), (25, 20), 400)
         if i == 0:
             lamp.start(frame, box, glared=True)
         else:
             assert lamp.follow(samples.noise(frame, rng, 3.0), confirmed=False)
             assert lamp.glare_still == 0
+            added.append(lamp.added)
+    assert added == ([False] * (GLARE_EVERY - 1) + [True]) * 4  # every GLARE_EVERY-th frame
     assert len(lamp) == 5
 
 
