@@ -245,53 +245,52 @@ def _shift(reference: npt.NDArray[np.float32], window: Gray, count: int = 1,
     `window` is the reference's box grown by SEARCH on every side; the match is the peak of
     the cross-correlation of their edges (a 4-neighbour Laplacian), so a lighting gradient
     does not pull it and sensor noise, uncorrelated, does not move it. A region of
-    `_HALVED` pixels or more is correlated at half size first (2x2 means: numpy's FFT is
-    slow along columns, and a 320-pixel region took 7 ms), then the pixel is chosen among
-    the coarse peak's neighbours (one axis, then the other) by correlating the window
-    halved at their parity.
+    `_HALVED` pixels or more is correlated at half size (2x2 means: numpy's FFT is slow
+    along columns, and a 320-pixel region took 7 ms at full size); the pixel is where the
+    parabola through the peak and its neighbours peaks (an odd shift falls halfway between
+    two half-size lags, an even one on a lag).
     `glare`: edges next to saturated pixels are left out (a glare's rim moves over the
     card, it would pull the match with it).
     """
     ref = (reference / max(1, count)).astype(np.float32)
     win = window.astype(np.float32)
     if ref.size < _HALVED:
-        return _peak(_edges(ref, glare), _edges(win, glare), SEARCH)
+        corr = _correlation(_edges(ref, glare), _edges(win, glare), SEARCH)
+        row, col = np.unravel_index(int(np.argmax(corr)), corr.shape)
+        return int(col) - SEARCH, int(row) - SEARCH
     reach = (_GLARE_REACH + 1) // 2
-    ref_edges = _edges(_halved(ref), glare, reach)
-    halves: dict[tuple[int, int], npt.NDArray[np.float32]] = {}
-
-    def halved_window(py: int, px: int) -> npt.NDArray[np.float32]:
-        if (py, px) not in halves:
-            halves[py, px] = _edges(_halved(win[py:, px:]), glare, reach)
-        return halves[py, px]
-
-    cx, cy = _peak(ref_edges, halved_window(0, 0), SEARCH // 2)
-    rows, cols = ref_edges.shape
-
-    def score(sx: int, sy: int) -> float:
-        py, px = sy % 2, sx % 2  # SEARCH is even: the window's parity is the shift's
-        ly, lx = (sy + SEARCH - py) // 2, (sx + SEARCH - px) // 2
-        part = halved_window(py, px)[ly:ly + rows, lx:lx + cols]
-        return float(np.vdot(part, ref_edges)) if part.shape == ref_edges.shape else -np.inf
-
-    def near(centre: int) -> range:
-        return range(max(-SEARCH, 2 * centre - 1), min(SEARCH, 2 * centre + 1) + 1)
-
-    # one axis, then the other: three halved windows and five products instead of 4 and 9
-    dx = max(near(cx), key=lambda sx: score(sx, 2 * cy))
-    dy = max(near(cy), key=lambda sy: score(dx, sy))
-    return dx, dy
+    half = SEARCH // 2
+    # one lag more on every side, so that a peak at the last lag has two neighbours
+    corr = _correlation(_edges(_halved(ref), glare, reach), _edges(_halved(win), glare, reach),
+                        half, beyond=1)
+    core = corr[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(core)), core.shape)
+    y, x = int(row) + 1, int(col) + 1
+    dx = round(2 * (x - 1 - half + _vertex(corr[y, x - 1:x + 2])))
+    dy = round(2 * (y - 1 - half + _vertex(corr[y - 1:y + 2, x])))
+    return min(max(dx, -SEARCH), SEARCH), min(max(dy, -SEARCH), SEARCH)
 
 
-def _peak(ref_edges: npt.NDArray[np.float32], win_edges: npt.NDArray[np.float32],
-          search: int) -> tuple[int, int]:
-    """The (dx, dy) within +-`search` of the cross-correlation's peak (FFT, zero-padded so
-    that the lags kept do not wrap)."""
-    size = (_fast(win_edges.shape[0]), _fast(win_edges.shape[1]))
+def _vertex(samples: npt.NDArray[np.float64]) -> float:
+    """Where, between -0.5 and 0.5, the parabola through three samples around a peak peaks."""
+    left, centre, right = (float(v) for v in samples)
+    curve = left - 2 * centre + right
+    if curve >= 0:
+        return 0.0
+    return min(max(0.5 * (left - right) / curve, -0.5), 0.5)
+
+
+def _correlation(ref_edges: npt.NDArray[np.float32], win_edges: npt.NDArray[np.float32],
+                 search: int, beyond: int = 0) -> npt.NDArray[np.float64]:
+    """The cross-correlation at lags -`search`-`beyond` .. `search`+`beyond` on both axes
+    (index `search + beyond`: no shift), by FFT, zero-padded so that no lag wraps (the
+    lags `beyond` the window overlap it in part)."""
+    size = (_fast(win_edges.shape[0] + beyond), _fast(win_edges.shape[1] + beyond))
     spectrum = np.fft.rfft2(win_edges, s=size) * np.conj(np.fft.rfft2(ref_edges, s=size))
-    corr = np.fft.irfft2(spectrum, s=size)[: 2 * search + 1, : 2 * search + 1]
-    dy, dx = np.unravel_index(int(np.argmax(corr)), corr.shape)
-    return int(dx) - search, int(dy) - search
+    full = np.fft.irfft2(spectrum, s=size)
+    lags = np.arange(-beyond, 2 * search + beyond + 1)
+    corr: npt.NDArray[np.float64] = full[np.ix_(lags, lags)]
+    return corr
 
 
 def _halved(image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -53,6 +53,21 @@ def test_shift_finds_how_far_the_region_moved(dx: int, dy: int, sigma: float) ->
     assert _shift(ref, window) == (dx, dy)
 
 
+@pytest.mark.parametrize("glare", [False, True])
+def test_every_shift_within_the_search_is_found_to_the_pixel_at_half_size(glare: bool) -> None:
+    base = texture()
+    ref = base[100:260, 200:360].astype(np.float32)  # 160x160: correlated at half size
+    rng = np.random.default_rng(3)
+    wrong = []
+    for dx in range(-SEARCH, SEARCH + 1):
+        for dy in range(-SEARCH, SEARCH + 1):  # odd shifts fall between half-size pixels
+            now = samples.noise(moved(base, dx, dy)[100 - SEARCH:260 + SEARCH,
+                                                    200 - SEARCH:360 + SEARCH], rng, 30.0)
+            if _shift(ref, now, glare=glare) != (dx, dy):
+                wrong.append((dx, dy))
+    assert wrong == []
+
+
 @pytest.mark.parametrize(("dx", "dy"), [(1, -1), (-3, 4), (SEARCH, -SEARCH)])
 def test_shift_of_a_small_region_is_found_at_full_size(dx: int, dy: int) -> None:
     base = texture()
