@@ -11,6 +11,7 @@ where: the bounding box of the changed tiles, so a partial change is read only t
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 import numpy as np
@@ -58,12 +59,12 @@ def changed_box(thumb: Thumb, reference: Thumb | None, threshold: float, noise: 
     if reference is None or thumb.shape != reference.shape or thumb.size == 0:
         return (0, 0, 0, 0)
     samples = (TILE // _STEP) ** 2
-    limit = max(threshold, _NOISE_SIGMAS * noise * np.sqrt(2.0) / np.sqrt(samples)) * samples
-    moved = np.abs(thumb - reference) > limit
-    if not moved.any():
+    limit = max(threshold, _NOISE_SIGMAS * noise * math.sqrt(2.0 / samples)) * samples
+    difference = thumb - reference
+    np.abs(difference, out=difference)
+    rows, cols = np.nonzero(difference > limit)  # row-major: rows come sorted
+    if not rows.size:
         return None
-    rows = np.flatnonzero(moved.any(axis=1))
-    cols = np.flatnonzero(moved.any(axis=0))
     r0, r1 = max(0, int(rows[0]) - margin), min(thumb.shape[0], int(rows[-1]) + 1 + margin)
-    c0, c1 = max(0, int(cols[0]) - margin), min(thumb.shape[1], int(cols[-1]) + 1 + margin)
+    c0, c1 = max(0, int(cols.min()) - margin), min(thumb.shape[1], int(cols.max()) + 1 + margin)
     return (c0 * TILE, r0 * TILE, c1 * TILE, r1 * TILE)
