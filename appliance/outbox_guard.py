@@ -262,7 +262,7 @@ class MarkFile:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise OutboxError(f"cannot read the outbox mark {self.path}: {exc}") from exc
+            raise OutboxError(f"cannot read the mark {self.path}: {exc}") from exc
         marks = [m for m in (self._unpack(data[i * self._SPACING:]) for i in (0, 1)) if m]
         if not marks:
             raise OutboxDamaged(f"its mark {self.path} is unreadable ({len(data)} bytes)")

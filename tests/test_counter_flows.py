@@ -12,6 +12,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from test_orders import order_body
 
 from appliance import contract
 from appliance.daemon import ScanService, build
+from appliance.outbox_guard import MarkFile, mark_path
 from appliance.pos.ledger import Ledger, LedgerDamaged, identity_path
 from appliance.samples import write_demo_frames
 from appliance.sandbox.server import LeatSandbox
@@ -228,6 +230,46 @@ def test_a_damaged_ledger_is_refused_never_recreated(tmp_path: Path, damage: str
         Ledger.prepare(path)
     assert "commands.sqlite3" in caught.value.reason
     assert (path.stat().st_size if path.exists() else None) == size  # left as found
+
+
+def test_an_older_copy_of_the_ledger_put_back_is_refused_as_rolled_back(tmp_path: Path) -> None:
+    path = tmp_path / "commands.sqlite3"
+    _record_one_redeem(path)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    for file in tmp_path.glob("commands.sqlite3*"):  # a backup of the ledger alone
+        if file.name in ("commands.sqlite3", "commands.sqlite3-wal"):
+            shutil.copy(file, backup / file.name)
+    ledger = Ledger(path)
+    try:  # a second spend, after the backup
+        assert ledger.begin("spent-2", "reward.redeem", {"reward_uuid": COFFEE}, None) is None
+        ledger.finish("spent-2", {"status": "ok", "data": {"uuid": "r-2"}})
+    finally:
+        ledger.close()
+    Ledger.prepare(path)  # as it is: the mark agrees
+    for file in backup.iterdir():  # the backup put back: spent-2 would be spent again
+        shutil.copy(file, path.with_name(file.name))
+    size = path.stat().st_size
+    with pytest.raises(LedgerDamaged) as caught:
+        Ledger.prepare(path)
+    assert "rolled back" in caught.value.reason
+    assert "counts 2 write(s), its mark commands.sqlite3.mark 4" in caught.value.reason
+    assert path.stat().st_size == size  # left as found
+
+
+def test_a_ledger_ahead_of_its_mark_catches_the_mark_up(tmp_path: Path) -> None:
+    """A stop between a write's commit and its mark leaves the mark one behind."""
+    path = tmp_path / "commands.sqlite3"
+    _record_one_redeem(path)
+    marks = MarkFile(mark_path(path))
+    mark = marks.read()
+    assert mark is not None and mark.stored == 2  # the running row, then its outcome
+    marks.create(replace(mark, stored=1))
+    Ledger.prepare(path)
+    assert marks.read() == mark
+    mark_path(path).unlink()  # a ledger older than marks: adopted as it is
+    Ledger.prepare(path)
+    assert marks.read() == mark
 
 
 def test_a_fresh_or_older_ledger_is_adopted_and_checked_again(tmp_path: Path) -> None:

@@ -18,14 +18,19 @@ the uuid is stored with the optional args that let the durable executor settle a
 
 Damage. The ledger is what stops a retried request_id from spending twice, so it is never
 silently recreated: `prepare()` gives a new ledger a random identity, kept in the file and in
-`commands.sqlite3.id` beside it. A ledger that is missing or empty while its identity file
-exists, fails `PRAGMA quick_check`, is not a database, or holds another identity raises
-`LedgerDamaged`; the daemon then refuses every command `storage_damaged` (orders, which the
-outbox guards, go on) until a technician moves the `commands.sqlite3*` files aside.
+`commands.sqlite3.id` beside it. Every write counts itself in the file (`ledger_meta`) and,
+after its commit, in `commands.sqlite3.mark` (the outbox's mark format: two CRC-checked
+slots rewritten in place with fdatasync), so an older copy of the ledger put back (a restored
+backup, a swapped SD card image) is behind its mark. A ledger that is missing or empty while
+its identity file exists, fails `PRAGMA quick_check`, is not a database, holds another
+identity, or is behind its mark raises `LedgerDamaged`; the daemon then refuses every command
+`storage_damaged` (orders, which the outbox guards, go on) until a technician moves the
+`commands.sqlite3*` files aside.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,14 +38,21 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-from appliance.errors import ApplianceError
-from appliance.outbox_guard import OutboxNotWritable, settle_owner, write_atomically
+from appliance.errors import ApplianceError, OutboxError
+from appliance.outbox_guard import (
+    Mark,
+    MarkFile,
+    OutboxNotWritable,
+    mark_path,
+    settle_owner,
+    write_atomically,
+)
 
 KEEP_S: Final = 48 * 3600  # at least the 24 h the contract promises
 KEEP_TAKEN_S: Final = 31 * 24 * 3600  # a give-back (a return) may come weeks later
@@ -108,7 +120,7 @@ class LedgerDamaged(ApplianceError):
 def ledger_files(path: Path) -> list[Path]:
     """Every file that belongs to the ledger at `path`."""
     return [path, *(path.with_name(path.name + s) for s in ("-wal", "-shm")),
-            identity_path(path)]
+            identity_path(path), mark_path(path)]
 
 
 def identity_path(path: Path) -> Path:
@@ -137,6 +149,8 @@ class Ledger:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._held: dict[str, Entry] = {}  # reads in flight or not yet written
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._mark = MarkFile(mark_path(path))
+        self._identity = _mark_identity(_meta(self._db, "identity") or "")
 
     @staticmethod
     def prepare(path: Path) -> None:
@@ -159,12 +173,17 @@ class Ledger:
     def _check(path: Path) -> None:
         id_file = identity_path(path)
         known = id_file.read_text(encoding="ascii").strip() if id_file.exists() else None
+        marks = MarkFile(mark_path(path))
+        try:
+            mark = marks.read()  # before the database: it is written after each commit
+        except OutboxError as exc:
+            raise LedgerDamaged(str(exc)) from exc
         size = path.stat().st_size if path.exists() else None
         if known is not None and not size:
             state = "missing" if size is None else "empty (0 bytes)"
             raise LedgerDamaged(f"{path} is {state} but {id_file.name} says it held commands")
         try:
-            identity = Ledger._prepare(path)
+            identity, writes = Ledger._prepare(path)
         except sqlite3.DatabaseError as exc:
             raise LedgerDamaged(f"{path} cannot be read: {exc}") from exc
         if known is None:
@@ -172,10 +191,19 @@ class Ledger:
         elif known != identity:
             raise LedgerDamaged(f"{path} is not the ledger {id_file.name} names (another "
                                 "file, or an older copy, was put in its place)")
+        if mark is not None and mark.identity != _mark_identity(identity):
+            raise LedgerDamaged(f"{path} is not the ledger its mark {marks.path.name} "
+                                "belongs to (another file was put in its place)")
+        if mark is not None and writes < mark.stored:
+            raise LedgerDamaged(
+                f"{path} was rolled back: it counts {writes} write(s), its mark "
+                f"{marks.path.name} {mark.stored} (an older copy was put in its place)")
+        if mark is None or writes > mark.stored:  # a ledger older than marks, or a stop
+            marks.create(Mark(_mark_identity(identity), writes, 0))  # between the two
 
     @staticmethod
-    def _prepare(path: Path) -> str:
-        """Schema, migration and integrity check; the ledger's identity."""
+    def _prepare(path: Path) -> tuple[str, int]:
+        """Schema, migration and integrity check; the ledger's identity and write count."""
         db = sqlite3.connect(path, isolation_level=None)
         try:
             check = db.execute("PRAGMA quick_check").fetchone()
@@ -201,12 +229,13 @@ class Ledger:
                            "(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                 db.execute("INSERT OR IGNORE INTO ledger_meta VALUES ('identity', ?)",
                            (str(uuid.uuid4()),))
-                row = db.execute("SELECT value FROM ledger_meta WHERE key = 'identity'").fetchone()
+                db.execute("INSERT OR IGNORE INTO ledger_meta VALUES ('writes', '0')")
+                identity, writes = _meta(db, "identity"), _meta(db, "writes")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-            return str(row[0])
+            return str(identity), int(writes or 0)
         finally:
             db.close()
 
@@ -219,6 +248,23 @@ class Ledger:
         self._writer.shutdown(wait=True)
         with self._lock:
             self._db.close()
+            self._mark.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction, counted in the file and, after its commit, in the mark
+        (the caller holds `_lock`). An exception inside rolls it back."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            writes = int(self._db.execute(
+                "UPDATE ledger_meta SET value = CAST(value AS INTEGER) + 1 "
+                "WHERE key = 'writes' RETURNING value").fetchone()[0])
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        self._mark.write(Mark(self._identity, writes, 0))
 
     def begin(
         self, request_id: str, verb: str, args: Mapping[str, Any], transaction: str | None,
@@ -252,8 +298,7 @@ class Ledger:
     def _begin_durable(self, new: Entry) -> Entry | None:
         """The recorded entry of `new.request_id`, else `new` written as `running`."""
         now = new.started_at
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing():
             self._db.execute("DELETE FROM commands WHERE updated_at < ? AND state = 'done'",
                              (now - KEEP_S,))
             row = self._db.execute(
@@ -265,8 +310,6 @@ class Ledger:
                     (new.request_id, new.verb, new.body_hash, json.dumps(new.args),
                      new.transaction, now, now),
                 )
-        finally:
-            self._db.execute("COMMIT")
         return None if row is None else _entry(row)
 
     def finish(self, request_id: str, response: Mapping[str, Any], *, final: bool = True
@@ -282,8 +325,7 @@ class Ledger:
                     held, state="done" if final else "unknown", response=dict(response))
                 self._writer.submit(self._write_held, request_id)
                 return
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._writing():
                 self._db.execute(
                     "UPDATE commands SET state = ?, response = ?, updated_at = ? "
                     "WHERE request_id = ?",
@@ -297,8 +339,6 @@ class Ledger:
                                      (now - KEEP_TAKEN_S,))
                     _record_taken(self._db, row[0], json.loads(row[1]), response, now)
                     _record_lock(self._db, row[0], response, now)
-            finally:
-                self._db.execute("COMMIT")
 
     def _write_held(self, request_id: str) -> None:
         """Write a read's outcome held in memory (the ledger's writer thread)."""
@@ -307,8 +347,7 @@ class Ledger:
             entry = self._held.get(request_id)
             if entry is None:  # forgotten meanwhile
                 return
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._writing():
                 self._db.execute("DELETE FROM commands WHERE updated_at < ? AND state = 'done'",
                                  (now - KEEP_S,))
                 self._db.execute(
@@ -317,15 +356,14 @@ class Ledger:
                      entry.transaction, entry.state, json.dumps(entry.response),
                      entry.started_at, now),
                 )
-            finally:
-                self._db.execute("COMMIT")
             del self._held[request_id]
 
     def forget(self, request_id: str) -> None:
         """Drop a command that did nothing at Leat: the same request may be sent again."""
         with self._lock:
             self._held.pop(request_id, None)
-            self._db.execute("DELETE FROM commands WHERE request_id = ?", (request_id,))
+            with self._writing():
+                self._db.execute("DELETE FROM commands WHERE request_id = ?", (request_id,))
 
     def unsettled(self) -> list[Entry]:
         """Commands left `running` (the device stopped during the call) or `unknown`."""
@@ -405,6 +443,17 @@ def _record_lock(db: sqlite3.Connection, verb: str, response: Mapping[str, Any],
         db.executemany("INSERT OR REPLACE INTO voucher_locks VALUES (?, ?, ?)",
                        [(v, key, at) for v in (data.get("voucher_uuid"), data.get("code"))
                         if isinstance(v, str) and v])
+
+
+def _meta(db: sqlite3.Connection, key: str) -> str | None:
+    """A value of `ledger_meta` (None when it is not there)."""
+    row = db.execute("SELECT value FROM ledger_meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _mark_identity(identity: str) -> str:
+    """The ledger's identity (a UUID) as the mark stores it: 32 hex digits."""
+    return uuid.UUID(identity).hex if identity else "0" * 32
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
