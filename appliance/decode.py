@@ -9,7 +9,7 @@ frame with a code usually costs one sub-millisecond pass:
    (skipped for a view under 320x240 pixels, such as a small changed part);
 2. linear codes on every 8th row, then every 8th column (cards held sideways), each
    plain and inverted (zxing-cpp's own inversion covers matrix codes only); only the
-   lines crossing enough bar-like edges are read, stacked;
+   lines crossing enough bar-like edges are read, stacked (linear.py);
 3. matrix codes at full resolution, local-average then global-histogram binarizer (the
    latter not inverted);
 4. only for symbols a pass located but could not decode (at most two): the region,
@@ -23,15 +23,14 @@ frame with a code usually costs one sub-millisecond pass:
 "QRCode" in the config means the classic QR symbol (models 1 and 2); Micro QR and rMQR,
 which zxing-cpp files under the same family, must be named to be read.
 
-What was read is then judged: binary payloads, over-long texts and control characters are
-refused (`Rejected`), and logged without the payload (it may be personal data).
+What was read is then judged (payload.py): binary payloads, over-long texts and control
+characters are refused (`Rejected`), and logged without the payload (it may be personal data).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
@@ -44,12 +43,14 @@ from PIL import Image, ImageFilter
 from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.errors import ConfigError
+from appliance.linear import ROW_STEP, bar_lines, line_corners
 from appliance.multiframe import (
     GLARE_PATIENCE,
     GLARE_STILL,
     RegionStack,
     fitted,
 )
+from appliance.payload import judge
 from appliance.preprocess import (
     SATURATED,
     SATURATED_DENOISED,
@@ -80,9 +81,6 @@ _ALIASES: dict[str, tuple[zxingcpp.BarcodeFormat, ...]] = {
 }
 _LINEAR = frozenset(zxingcpp.barcode_formats_list(zxingcpp.BarcodeFormats(_F.AllLinear)))
 _HALF_PASS_PIXELS = 320 * 240  # a smaller view (a changed part) is read at full size only
-_ROW_STEP = 8  # linear codes are tall: every 8th row still crosses the bars many times
-_BAR_STEP = 10  # grey levels over two pixels: an edge for the linear-code gate
-_BAR_EDGES = 40  # edge pixels a line needs before the linear reader is asked
 _NEW_SCENE = 0.6  # a change over this share of the frame is read in full, as a new scene
 _NOISY = 6.0  # estimated noise (grey levels) above which a failed frame is denoised
 _GLARE_SHARE = 0.04  # saturated share of a followed region that calls for less exposure
@@ -166,7 +164,6 @@ class _Affine(NamedTuple):
 
 
 _IDENTITY = _Affine()
-_CATEGORY_NAMES = {"Cc": "control character", "Cf": "format character"}
 
 
 class _Hit(NamedTuple):
@@ -273,7 +270,7 @@ class Decoder:
         rejected: list[Rejected] = []
         for hit in hits:
             fmt = hit.barcode.format.name
-            text, reason = _judge(hit.barcode, self._max_length)
+            text, reason = judge(hit.barcode, self._max_length)
             if reason is None:
                 scans.append(Scan(text, fmt, hit.corners, timestamp))
             else:
@@ -506,13 +503,13 @@ class Decoder:
                      formats: zxingcpp.BarcodeFormats) -> list[_Hit]:
         """Linear codes along sparse rows, then sparse columns; each also inverted.
 
-        Only the lines that cross enough bar-like edges (`_bar_lines`) are read, stacked:
+        Only the lines that cross enough bar-like edges (`bar_lines`) are read, stacked:
         a code's lines all qualify, and zxing-cpp's cost follows the lines it is given.
         """
-        step = _ROW_STEP
+        step = ROW_STEP
         columns = np.ascontiguousarray(pixels[:, ::step]).T  # a strided view is slower
         for view, transposed in ((pixels[::step, :], False), (columns, True)):
-            busy = _bar_lines(view)
+            busy = bar_lines(view)
             if busy.size == 0:
                 continue
             lines = view[busy]
@@ -520,7 +517,7 @@ class Decoder:
             if not hits and self._invert:
                 hits = self._read(255 - lines, formats, _IDENTITY)
             if hits:
-                return [_Hit(h.barcode, _line_corners(h.corners, busy, step, transposed))
+                return [_Hit(h.barcode, line_corners(h.corners, busy, step, transposed))
                         for h in hits]
         return []
 
@@ -565,35 +562,6 @@ class Decoder:
             elif located is not None:
                 located.append(affine.corners(barcode))
         return hits
-
-
-def _bar_lines(lines: npt.NDArray[np.uint8]) -> npt.NDArray[np.intp]:
-    """The indices of the pixel lines that cross enough edges to hold a linear code.
-
-    An edge is a step of more than `_BAR_STEP` grey levels over two pixels (blurred,
-    low-contrast bars included); EAN-13 has 59 edges and our Code 128 values more, each
-    counted once or more, so a line with fewer than `_BAR_EDGES` cannot hold one.
-    """
-    if lines.shape[1] < 3:
-        return np.zeros(0, np.intp)
-    ahead, behind = lines[:, 2:], lines[:, :-2]
-    steps = (np.maximum(ahead, behind) - np.minimum(ahead, behind)) > _BAR_STEP  # uint8
-    counts = steps.view(np.uint8).sum(axis=1, dtype=np.uint16)  # count_nonzero is slower
-    return np.flatnonzero(counts >= _BAR_EDGES)
-
-
-def _line_corners(corners: Corners, busy: npt.NDArray[np.intp], step: int,
-                  transposed: bool) -> Corners:
-    """Corners read on stacked `busy` lines (every `step`-th row, or column when
-    `transposed`) in frame pixels."""
-    last = busy.size - 1
-    mapped = []
-    for x, y in corners:
-        line = int(busy[min(max(y, 0), last)]) * step
-        mapped.append((line, x) if transposed else (x, line))
-    if transposed:  # a mirror reverses the winding
-        mapped = [mapped[0], mapped[3], mapped[2], mapped[1]]
-    return tuple(mapped)
 
 
 def _checked(pixels: Any) -> npt.NDArray[np.uint8]:
@@ -659,30 +627,3 @@ def _distinct(located: list[Corners]) -> list[Corners]:
     return kept
 
 
-def _judge(barcode: Any, max_length: int) -> tuple[str, str | None]:
-    """The payload as text and why it is refused (None: accepted).
-
-    A trailing CR/LF is trimmed first: scanner-style generators end texts with a line break
-    the code's owner never typed. Any other character of Unicode category C is refused:
-    controls (Cc), format characters (Cf: U+202E reverses what a screen shows, zero-width
-    characters hide in ids), surrogates, private use and unassigned code points.
-    """
-    text: str = barcode.text
-    if barcode.content_type in (zxingcpp.ContentType.Binary, zxingcpp.ContentType.Mixed):
-        try:  # UTF-8 without an ECI marker is common; real binary is not valid UTF-8
-            text = bytes(barcode.bytes).decode("utf-8")
-        except UnicodeDecodeError:
-            return text, "binary payload"
-    text = text.rstrip("\r\n")
-    if not text:
-        return text, "empty"
-    if "\ufffd" in text:
-        return text, "undecodable bytes"
-    if len(text) > max_length:
-        return text, f"too long ({len(text)} > {max_length} characters)"
-    for char in text:
-        category = unicodedata.category(char)
-        if category.startswith("C"):
-            kind = _CATEGORY_NAMES.get(category, "unassigned or private character")
-            return text, f"{kind} U+{ord(char):04X}"
-    return text, None
