@@ -125,8 +125,9 @@ def busiest_box(pixels: Gray) -> tuple[int, int, int, int] | None:
     if rows < _WINDOW or cols < _WINDOW:
         return None
     spread = _tile_spread(pixels, rows, cols)
-    busy = spread > max(_BUSY_FACTOR * float(np.median(spread)), _BUSY_MIN)
-    sums = np.pad(busy.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    busy = spread > max(_BUSY_FACTOR * float(_median(spread)), _BUSY_MIN)
+    sums = np.zeros((rows + 1, cols + 1), np.int32)  # np.pad costs several times more
+    np.cumsum(np.cumsum(busy, 0, dtype=np.int32), 1, out=sums[1:, 1:])
     w = _WINDOW
     counts = sums[w:, w:] - sums[:-w, w:] - sums[w:, :-w] + sums[:-w, :-w]
     r, c = np.unravel_index(int(np.argmax(counts)), counts.shape)
@@ -138,6 +139,16 @@ def busiest_box(pixels: Gray) -> tuple[int, int, int, int] | None:
     y0, y1 = r0 + int(ys.min()), r0 + int(ys.max()) + 1
     x0, x1 = c0 + int(xs.min()), c0 + int(xs.max()) + 1
     return ((x0 - 1) * _TILE, (y0 - 1) * _TILE, (x1 + 1) * _TILE, (y1 + 1) * _TILE)
+
+
+def _median(values: npt.NDArray[np.float32]) -> np.float32:
+    """`np.median(values)`, the same number (float32) for a third of its cost."""
+    flat = values.ravel()
+    k = flat.size // 2
+    if flat.size % 2:
+        return np.float32(np.partition(flat, k)[k])
+    part = np.partition(flat, (k - 1, k))
+    return np.float32((part[k - 1] + part[k]) / np.float32(2))
 
 
 def _tile_spread(pixels: Gray, rows: int, cols: int) -> npt.NDArray[np.float32]:

@@ -10,8 +10,8 @@ from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.decode import Decoder
 from appliance.errors import ConfigError
-from appliance.preprocess import _tile_spread as tile_spread
 from appliance.preprocess import (
+    _median,
     busiest_box,
     denoise,
     glare_fraction,
@@ -19,6 +19,7 @@ from appliance.preprocess import (
     noise_level,
     stretch,
 )
+from appliance.preprocess import _tile_spread as tile_spread
 
 
 def counter(seed: int = 1) -> np.ndarray:
@@ -105,3 +106,12 @@ def test_decode_config_defaults_and_limits() -> None:
                              "LEAT_SCANNER_DECODE__STILL_THRESHOLD": "-1"})
     assert len(info.value.problems) == 4
     assert all(p.startswith("decode.") for p in info.value.problems)
+
+
+def test_the_busy_tiles_median_is_numpys_median() -> None:
+    rng = np.random.default_rng(8)
+    for rows, cols in ((30, 40), (29, 41), (5, 5), (1, 2)):
+        for spread in (rng.random((rows, cols)).astype(np.float32) * 50,
+                       np.round(rng.random((rows, cols)) * 4).astype(np.float32)):  # ties
+            got = _median(spread)
+            assert got == np.median(spread) and got.dtype == np.float32
