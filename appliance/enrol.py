@@ -28,13 +28,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING, Final
 
 from appliance.errors import ApplianceError
 from appliance.feedback import Signal
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,21 @@ def make_code(
     }
     plain = json.dumps(payload, separators=(",", ":")).encode("utf-8")
     nonce = secrets.token_bytes(NONCE_BYTES)
-    sealed = AESGCM(key).encrypt(nonce, plain, _aad(device_id))
+    sealed = _aesgcm(key).encrypt(nonce, plain, _aad(device_id))
     code = PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode("ascii").rstrip("=")
     if len(code) > MAX_CODE_CHARS:
         raise EnrolError(f"the code would be {len(code)} characters, more than the "
                          f"{MAX_CODE_CHARS} the device reads: install these secrets with "
                          "`provision secrets` over SSH instead")
     return code
+
+
+def _aesgcm(key: bytes) -> AESGCM:
+    """AES-GCM with `key`. `cryptography` is imported on first use: the daemon holds about
+    7 MB less while no enrolment code is scanned (measured: RSS with and without it)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
 
 
 def _check_value(name: str, value: str) -> None:
@@ -138,8 +146,10 @@ def open_code(key: bytes, device_id: str, code: str) -> Enrolment:
         raise EnrolError("malformed enrolment code") from None
     if len(raw) <= NONCE_BYTES + 16:
         raise EnrolError("malformed enrolment code")
+    from cryptography.exceptions import InvalidTag
+
     try:
-        plain = AESGCM(key).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], _aad(device_id))
+        plain = _aesgcm(key).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], _aad(device_id))
     except InvalidTag:
         raise EnrolError("refused: made for another device or another fleet key, or "
                          "altered") from None

@@ -268,8 +268,9 @@ class MarkFile:
             raise OutboxDamaged(f"its mark {self.path} is unreadable ({len(data)} bytes)")
         return max(marks, key=lambda m: m.stored)
 
-    def write(self, mark: Mark) -> None:
-        """Record `mark` durably (creates the file when it is missing)."""
+    def write(self, mark: Mark, *, sync: bool = True) -> None:
+        """Record `mark` (creates the file when it is missing); `sync`: durably, before
+        returning (False: the kernel writes it back within seconds)."""
         if self._fd is None:
             try:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
@@ -277,7 +278,8 @@ class MarkFile:
                 self.create(mark)
                 return
         os.pwrite(self._fd, self._pack(mark), (mark.stored % 2) * self._SPACING)
-        os.fdatasync(self._fd)
+        if sync:
+            os.fdatasync(self._fd)
 
     def create(self, mark: Mark) -> None:
         """A new mark file with `mark` in both slots (temp file, fsync, rename, dir fsync)."""

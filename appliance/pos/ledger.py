@@ -20,8 +20,8 @@ Damage. The ledger is what stops a retried request_id from spending twice, so it
 silently recreated: `prepare()` gives a new ledger a random identity, kept in the file and in
 `commands.sqlite3.id` beside it. Every write counts itself in the file (`ledger_meta`) and,
 after its commit, in `commands.sqlite3.mark` (the outbox's mark format: two CRC-checked
-slots rewritten in place with fdatasync), so an older copy of the ledger put back (a restored
-backup, a swapped SD card image) is behind its mark. A ledger that is missing or empty while
+slots rewritten in place), so an older copy of the ledger put back (a restored backup, a
+swapped SD card image) is behind its mark. A ledger that is missing or empty while
 its identity file exists, fails `PRAGMA quick_check`, is not a database, holds another
 identity, or is behind its mark raises `LedgerDamaged`; the daemon then refuses every command
 `storage_damaged` (orders, which the outbox guards, go on) until a technician moves the
@@ -253,7 +253,12 @@ class Ledger:
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """One write transaction, counted in the file and, after its commit, in the mark
-        (the caller holds `_lock`). An exception inside rolls it back."""
+        (the caller holds `_lock`). An exception inside rolls it back.
+
+        The mark is not synced: the commit already is (synchronous=FULL), and a mark that a
+        power cut leaves behind the ledger is caught up at the next start; only a copy put
+        back within the kernel's writeback delay of its last write would go unnoticed. A
+        value-taking command's reply waits for no third fsync."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -264,7 +269,7 @@ class Ledger:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
-        self._mark.write(Mark(self._identity, writes, 0))
+        self._mark.write(Mark(self._identity, writes, 0), sync=False)
 
     def begin(
         self, request_id: str, verb: str, args: Mapping[str, Any], transaction: str | None,
