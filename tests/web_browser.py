@@ -16,6 +16,7 @@ from typing import Any
 
 from PIL import Image
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -41,7 +42,12 @@ def chromium() -> webdriver.Chrome:
 
 
 def text(driver: webdriver.Chrome, element_id: str) -> str:
-    return str(driver.find_element(By.ID, element_id).text)
+    """The element's visible text; "" if the page was replaced between finding and reading it
+    (a form's POST answered by a redirect), so a `wait_for` simply polls again."""
+    try:
+        return str(driver.find_element(By.ID, element_id).text)
+    except StaleElementReferenceException:
+        return ""
 
 
 def hint_codes(driver: webdriver.Chrome) -> list[str]:
