@@ -36,12 +36,11 @@ from appliance.config import Config, capabilities, read_secret
 from appliance.debounce import Debouncer
 from appliance.decode import Decoder, DecodeResult, Scan
 from appliance.enrol import EnrolError, Enroller, SpoolStore, UsedCodes, read_fleet_key
-from appliance.errors import CameraError, ConfigError
+from appliance.errors import CameraError, ConfigError, OutboxDamaged
 from appliance.exposure import ExposureSteer, SteerSettings
 from appliance.feedback import FeedbackLike, FeedbackState, Signal, open_feedback
 from appliance.forwarder import Forwarder, TokenSettings
 from appliance.outbox import Outbox, outbox_state
-from appliance.outbox_guard import OutboxDamaged
 from appliance.pipeline import ScanHandler
 from appliance.pos.intake import OrderRequests
 from appliance.pos.ledger import Ledger, LedgerDamaged

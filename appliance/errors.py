@@ -9,6 +9,7 @@
     │   └── LeatAuthError               401: our credentials are wrong
     ├── BusError                        MQTT connect/publish problems
     └── OutboxError                     durable queue refused or failed
+        └── OutboxDamaged               a store that must not be used until a technician acts
 
 Library errors are translated at the boundary module and chained (`raise ... from exc`).
 """
@@ -86,3 +87,11 @@ class BusError(ApplianceError):
 
 class OutboxError(ApplianceError):
     """The durable outbox refused or failed an operation."""
+
+
+class OutboxDamaged(OutboxError):
+    """The outbox must not take new orders until a technician acts; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"outbox damaged: {reason}")
+        self.reason = reason

@@ -55,8 +55,8 @@ from typing import Any, Final
 import sqlite_utils
 
 from appliance import outbox_guard as guard
-from appliance.errors import OutboxError
-from appliance.outbox_guard import Mark, MarkFile, OutboxDamaged
+from appliance.errors import OutboxDamaged, OutboxError
+from appliance.markfile import Mark, MarkFile
 
 log = logging.getLogger(__name__)
 

@@ -40,16 +40,13 @@ import logging
 import os
 import pwd
 import sqlite3
-import struct
-import threading
 import uuid
-import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from appliance.errors import OutboxError
+from appliance.errors import OutboxDamaged, OutboxError
+from appliance.markfile import Mark, MarkFile, fsync_dir, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +141,6 @@ def migrate(conn: sqlite3.Connection) -> bool:
     return True
 
 
-class OutboxDamaged(OutboxError):
-    """The outbox must not take new orders until a technician acts; `reason` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"outbox damaged: {reason}")
-        self.reason = reason
-
-
 class OutboxNotWritable(OutboxDamaged):
     """An outbox file this process cannot write (e.g. created by root); names the fix."""
 
@@ -213,15 +202,6 @@ def _stamp_versions(conn: sqlite3.Connection) -> None:
                      (SCHEMA_VERSION, MIN_READER_VERSION))
 
 
-@dataclass(frozen=True, slots=True)
-class Mark:
-    """The high-water mark: which database, how many items it ever stored, the last id."""
-
-    identity: str
-    stored: int
-    last_id: int
-
-
 def mark_path(path: Path) -> Path:
     """The mark file next to the outbox database."""
     return path.with_name(path.name + ".mark")
@@ -236,98 +216,6 @@ def companions(path: Path) -> list[Path]:
     """Every file that belongs to the outbox at `path`."""
     return [path, *(path.with_name(path.name + s) for s in ("-wal", "-shm")),
             mark_path(path), flag_path(path)]
-
-
-class MarkFile:
-    """The mark on disk: two fixed slots, each with a CRC, written alternately in place.
-
-    A write is one pwrite of 44 bytes into the slot `stored % 2` and one fdatasync (the file
-    never changes size), so a power cut can tear at most the slot being written; `read()`
-    takes the valid slot with the highest count.
-    """
-
-    _SLOT = struct.Struct("<8s16sQQ")
-    _MAGIC = b"LSMARK01"
-    _SPACING = 512  # each slot in its own disk sector
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def read(self) -> Mark | None:
-        """The mark, None when there is no file; OutboxDamaged when it is unreadable."""
-        try:
-            with self.path.open("rb") as file:
-                data = file.read(2 * self._SPACING)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise OutboxError(f"cannot read the mark {self.path}: {exc}") from exc
-        marks = [m for m in (self._unpack(data[i * self._SPACING:]) for i in (0, 1)) if m]
-        if not marks:
-            raise OutboxDamaged(f"its mark {self.path} is unreadable ({len(data)} bytes)")
-        return max(marks, key=lambda m: m.stored)
-
-    def write(self, mark: Mark, *, sync: bool = True) -> None:
-        """Record `mark` (creates the file when it is missing); `sync`: durably, before
-        returning (False: the kernel writes it back within seconds)."""
-        if self._fd is None:
-            try:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-            except FileNotFoundError:
-                self.create(mark)
-                return
-        os.pwrite(self._fd, self._pack(mark), (mark.stored % 2) * self._SPACING)
-        if sync:
-            os.fdatasync(self._fd)
-
-    def create(self, mark: Mark) -> None:
-        """A new mark file with `mark` in both slots (temp file, fsync, rename, dir fsync)."""
-        self.close()
-        slot = self._pack(mark).ljust(self._SPACING, b"\0")
-        write_atomically(self.path, slot + slot)
-
-    def close(self) -> None:
-        """Close the file (idempotent)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def _pack(self, mark: Mark) -> bytes:
-        body = self._SLOT.pack(self._MAGIC, bytes.fromhex(mark.identity), mark.stored,
-                               mark.last_id)
-        return body + struct.pack("<I", zlib.crc32(body))
-
-    def _unpack(self, data: bytes) -> Mark | None:
-        size = self._SLOT.size
-        if len(data) < size + 4:
-            return None
-        body, (crc,) = data[:size], struct.unpack("<I", data[size:size + 4])
-        if zlib.crc32(body) != crc:
-            return None
-        magic, identity, stored, last_id = self._SLOT.unpack(body)
-        return Mark(identity.hex(), stored, last_id) if magic == self._MAGIC else None
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`: temp file, fsync, rename, fsync of the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- the damage flag ----------------------------------------------------------------------
@@ -607,7 +495,7 @@ def create(path: Path) -> None:
         for stale in ("-wal", "-shm"):  # an empty -wal or an index of a file that is gone
             path.with_name(path.name + stale).unlink(missing_ok=True)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except (OSError, sqlite3.Error) as exc:
         tmp.unlink(missing_ok=True)
         raise OutboxError(f"cannot create outbox {path}: {exc}") from exc
@@ -658,7 +546,7 @@ def repair(path: Path) -> str:
                 done = (f"moved {', '.join(moved) or 'nothing'} aside and started an empty "
                         f"outbox at {path}")
             flag_path(path).unlink(missing_ok=True)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
     except OSError as exc:
         raise OutboxError(f"cannot repair outbox {path}: {exc}") from exc
     finally:

@@ -23,7 +23,8 @@ from test_orders import order_body
 
 from appliance import contract
 from appliance.daemon import ScanService, build
-from appliance.outbox_guard import MarkFile, mark_path
+from appliance.markfile import MarkFile
+from appliance.outbox_guard import mark_path
 from appliance.pos.ledger import Ledger, LedgerDamaged, identity_path
 from appliance.samples import write_demo_frames
 from appliance.sandbox.server import LeatSandbox

@@ -21,6 +21,7 @@ import pytest
 from appliance import outbox as outbox_module
 from appliance import outbox_cli
 from appliance.errors import OutboxError
+from appliance.markfile import Mark, MarkFile
 from appliance.outbox import (
     ORDER_NOT_DELIVERED,
     Kind,
@@ -30,7 +31,7 @@ from appliance.outbox import (
     State,
     backoff_delay,
 )
-from appliance.outbox_guard import Mark, MarkFile, mark_path
+from appliance.outbox_guard import mark_path
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_750_000_000.0

@@ -35,9 +35,8 @@ from jsonschema.exceptions import best_match
 
 from appliance import contract
 from appliance.bus import Message
-from appliance.errors import OutboxError
+from appliance.errors import OutboxDamaged, OutboxError
 from appliance.outbox import Item, Kind, Outbox, OutboxConflict, OutboxFull
-from appliance.outbox_guard import OutboxDamaged
 from appliance.pos.amounts import check_amounts
 from appliance.pos.commands import VERBS as COMMANDS
 from appliance.pos.errors import RequestError, clip

@@ -45,14 +45,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from appliance.errors import ApplianceError, OutboxError
-from appliance.outbox_guard import (
-    Mark,
-    MarkFile,
-    OutboxNotWritable,
-    mark_path,
-    settle_owner,
-    write_atomically,
-)
+from appliance.markfile import Mark, MarkFile, write_atomically
+from appliance.outbox_guard import OutboxNotWritable, mark_path, settle_owner
 
 KEEP_S: Final = 48 * 3600  # at least the 24 h the contract promises
 KEEP_TAKEN_S: Final = 31 * 24 * 3600  # a give-back (a return) may come weeks later

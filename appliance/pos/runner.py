@@ -27,10 +27,10 @@ from appliance.errors import (
     LeatAuthError,
     LeatRejected,
     LeatUnavailable,
+    OutboxDamaged,
     OutboxError,
 )
 from appliance.outbox import Kind, Outbox, OutboxConflict, OutboxFull
-from appliance.outbox_guard import OutboxDamaged
 from appliance.pos import money, reversals, verbs
 from appliance.pos.commands import VERBS, Rule
 from appliance.pos.errors import RequestError, clip
