@@ -24,7 +24,7 @@ from appliance.commands_durable import GIVE_BACK_VERBS, validate_args
 from appliance.config import MqttConfig
 from appliance.forwarder import Forwarder
 from appliance.leat.client import LeatClient
-from appliance.leat.models import Voucher, VoucherLock
+from appliance.leat.payments import Voucher, VoucherLock
 from appliance.outbox import Item, Kind, Outbox, State
 from appliance.sandbox.server import LeatSandbox
 

@@ -19,7 +19,8 @@ import pytest
 
 from appliance.config import LeatConfig
 from appliance.errors import ConfigError, LeatAuthError, LeatRejected, LeatUnavailable
-from appliance.leat.client import API_PREFIX, LeatClient, retry_after_seconds
+from appliance.leat.client import LeatClient
+from appliance.leat.http import API_PREFIX, retry_after_seconds
 
 SHOP = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"
 PAT = "pat-0123456789-very-secret-token"

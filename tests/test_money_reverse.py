@@ -23,7 +23,7 @@ from test_daemon import BASE
 from appliance import contract
 from appliance.commands_durable import same_giftcard_tx
 from appliance.leat.client import LeatClient
-from appliance.leat.models import GiftcardTransaction, ListedGiftcardTransaction
+from appliance.leat.payments import GiftcardTransaction, ListedGiftcardTransaction
 from appliance.outbox import Kind, Outbox
 from appliance.samples import DEMO_SHOP_UUID
 from appliance.sandbox.server import LeatSandbox

@@ -14,7 +14,7 @@ from appliance import contract
 from appliance.codes import Classifier
 from appliance.config import CodesConfig
 from appliance.leat.client import LeatClient
-from appliance.leat.models import Giftcard
+from appliance.leat.payments import Giftcard
 from appliance.pipeline import ScanHandler
 from appliance.resolve import Resolver, giftcard_block
 from appliance.samples import DEMO_SHOP_UUID

@@ -1,9 +1,10 @@
-"""Typed, validated results of Leat API calls (docs/leat-assumptions.md).
+"""Typed, validated results of Leat API calls (docs/leat-assumptions.md): contacts, tiers,
+rewards, loyalty transactions, promotions, orders, the shop and the program (vouchers,
+giftcards and prepaid balances: payments.py).
 
-Every value the appliance uses is read from Leat's JSON through `Fields`, which checks its
-type. A required field that is missing or of the wrong type raises
-`LeatUnavailable("malformed response from Leat: <path>", ambiguous=True)`: the call may have
-been carried out, but we cannot tell what Leat did. Extra fields are ignored, and the
+Every value the appliance uses is read from Leat's JSON through `Fields` (fields.py), which
+checks its type: a required field missing or of the wrong type raises `LeatUnavailable`
+(ambiguous: the call may have been carried out). Extra fields are ignored, and the
 documented variants are accepted (reward `type`/`reward_type`, slim or full collect
 responses, `result.type` in any casing, giftcard transactions with nested `card{}`).
 """
@@ -13,145 +14,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from types import MappingProxyType
-from typing import Any
+from datetime import datetime
 
-from appliance.errors import LeatUnavailable
+from appliance.leat.fields import Fields, no_attributes, upper
 
 log = logging.getLogger(__name__)
 
 POINTS_TRANSACTION = "POINTS_TRANSACTION"
-
-_EMPTY: Mapping[str, object] = MappingProxyType({})
-
-
-def _no_attributes() -> Mapping[str, object]:
-    return _EMPTY
-
-
-def malformed(where: str) -> LeatUnavailable:
-    """The error for a response that lacks `where` or has it in the wrong type."""
-    return LeatUnavailable(f"malformed response from Leat: {where}", ambiguous=True)
-
-
-class Fields:
-    """Typed access to one JSON object of a response; `where` names it in errors."""
-
-    def __init__(self, raw: object, where: str = "data") -> None:
-        if not isinstance(raw, dict):
-            raise malformed(where)
-        self.raw: dict[str, Any] = raw
-        self.where = where
-
-    def _path(self, key: str) -> str:
-        return f"{self.where}.{key}"
-
-    def has(self, key: str) -> bool:
-        """True when `key` is present and not null."""
-        return self.raw.get(key) is not None
-
-    def req_str(self, key: str) -> str:
-        """A required string."""
-        value = self.raw.get(key)
-        if not isinstance(value, str):
-            raise malformed(self._path(key))
-        return value
-
-    def opt_str(self, key: str) -> str | None:
-        """An optional string (absent or null gives None)."""
-        value = self.raw.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise malformed(self._path(key))
-        return value
-
-    def req_int(self, key: str) -> int:
-        """A required integer (an integral JSON float such as 50.0 is accepted)."""
-        value = self.opt_int(key)
-        if value is None:
-            raise malformed(self._path(key))
-        return value
-
-    def opt_int(self, key: str) -> int | None:
-        """An optional integer."""
-        value = self.raw.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool):
-            raise malformed(self._path(key))
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise malformed(self._path(key))
-
-    def req_bool(self, key: str) -> bool:
-        """A required boolean."""
-        value = self.raw.get(key)
-        if not isinstance(value, bool):
-            raise malformed(self._path(key))
-        return value
-
-    def opt_bool(self, key: str, default: bool) -> bool:
-        """An optional boolean with a default for absent or null."""
-        value = self.raw.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise malformed(self._path(key))
-        return value
-
-    def opt_datetime(self, key: str) -> datetime | None:
-        """An optional ISO-8601 timestamp; one without an offset is taken as UTC."""
-        text = self.opt_str(key)
-        if text is None or not text.strip():
-            return None
-        try:
-            value = datetime.fromisoformat(text.strip())
-        except ValueError:
-            raise malformed(self._path(key)) from None
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-    def req_obj(self, key: str) -> Fields:
-        """A required nested object."""
-        return Fields(self.raw.get(key), self._path(key))
-
-    def opt_obj(self, key: str) -> Fields | None:
-        """An optional nested object; absent, null, `{}` or `[]` (PHP's empty array) give None."""
-        value = self.raw.get(key)
-        if value is None or value in ({}, []):
-            return None
-        return Fields(value, self._path(key))
-
-    def array(self, key: str) -> list[object]:
-        """An optional array (absent or null gives [])."""
-        value = self.raw.get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise malformed(self._path(key))
-        return value
-
-    def extras(self, known: frozenset[str]) -> Mapping[str, object]:
-        """The keys not in `known` (Leat flattens custom attributes onto objects), read-only."""
-        values = {k: v for k, v in self.raw.items() if k not in known}
-        nested = self.raw.get("attributes")
-        if isinstance(nested, dict):
-            values.update(nested)
-        return MappingProxyType(values) if values else _EMPTY
-
-
-def parse_list(raw: object, where: str = "data") -> list[Fields]:
-    """Each object of a JSON array."""
-    if not isinstance(raw, list):
-        raise malformed(where)
-    return [Fields(item, f"{where}[{i}]") for i, item in enumerate(raw)]
-
-
-def _upper(value: str | None) -> str | None:
-    return value.upper() if value is not None else None
 
 
 @dataclass(frozen=True)
@@ -298,7 +167,7 @@ class Reward:
     is_active: bool
     pre_redeemable: bool
     description: str | None = None
-    attributes: Mapping[str, object] = field(default_factory=_no_attributes, compare=False)
+    attributes: Mapping[str, object] = field(default_factory=no_attributes, compare=False)
 
     @classmethod
     def parse(cls, f: Fields) -> Reward:
@@ -309,7 +178,7 @@ class Reward:
             uuid=f.req_str("uuid"),
             title=f.req_str("title"),
             required_credits=f.req_int("required_credits"),
-            reward_type=_upper(kind),
+            reward_type=upper(kind),
             is_active=active,
             pre_redeemable=f.opt_bool("pre_redeemable", False),
             description=f.opt_str("description"),
@@ -486,223 +355,13 @@ class Promotion:
 
     uuid: str
     name: str | None
-    attributes: Mapping[str, object] = field(default_factory=_no_attributes, compare=False)
+    attributes: Mapping[str, object] = field(default_factory=no_attributes, compare=False)
 
     @classmethod
     def parse(cls, f: Fields) -> Promotion:
         """From a promotion object (custom attributes flattened or under `attributes`)."""
         return cls(
             uuid=f.req_str("uuid"), name=f.opt_str("name"), attributes=f.extras(_PROMOTION_KEYS)
-        )
-
-
-@dataclass(frozen=True)
-class Voucher:
-    """A voucher; `status` is ACTIVE, REDEEMED, EXPIRED, DEACTIVATED, INACTIVE or LOCKED."""
-
-    uuid: str
-    code: str
-    status: str
-    name: str | None
-    expiration_date: datetime | None
-    redeemed_at: datetime | None
-    is_redeemed: bool
-    redemptions_remaining: int | None
-    contact: ContactRef | None
-    promotion: Promotion | None
-    attributes: Mapping[str, object] = field(default_factory=_no_attributes, compare=False)
-
-    @classmethod
-    def parse(cls, f: Fields) -> Voucher:
-        """From a voucher object."""
-        status = f.req_str("status").upper()
-        contact = f.opt_obj("contact")
-        promotion = f.opt_obj("promotion")
-        attributes = f.opt_obj("attributes")
-        return cls(
-            uuid=f.req_str("uuid"),
-            code=f.req_str("code"),
-            status=status,
-            name=f.opt_str("name"),
-            expiration_date=f.opt_datetime("expiration_date"),
-            redeemed_at=f.opt_datetime("redeemed_at"),
-            is_redeemed=f.opt_bool("is_redeemed", status == "REDEEMED"),
-            redemptions_remaining=f.opt_int("redemptions_remaining"),
-            contact=ContactRef.parse(contact) if contact else None,
-            promotion=Promotion.parse(promotion) if promotion else None,
-            attributes=MappingProxyType(dict(attributes.raw)) if attributes else _EMPTY,
-        )
-
-
-@dataclass(frozen=True)
-class VoucherLock:
-    """A voucher lock (or its release); redeem with `release_key` while locked."""
-
-    voucher_uuid: str
-    status: str
-    release_key: str | None
-    system_release_at: datetime | None
-    locked_at: datetime | None = None
-
-    @classmethod
-    def parse(cls, f: Fields) -> VoucherLock:
-        """From `{voucher{uuid, status}, lock{release_key, system_release_at, ...}}`."""
-        voucher = f.req_obj("voucher")
-        lock = f.opt_obj("lock")
-        return cls(
-            voucher_uuid=voucher.req_str("uuid"),
-            status=voucher.req_str("status").upper(),
-            release_key=lock.opt_str("release_key") if lock else None,
-            system_release_at=lock.opt_datetime("system_release_at") if lock else None,
-            locked_at=lock.opt_datetime("locked_at") if lock else None,
-        )
-
-
-@dataclass(frozen=True)
-class VoucherRedemption:
-    """A redeemed voucher; reverse it by `redemption_uuid` (newer Leat) or the voucher uuid."""
-
-    voucher: Voucher
-    redemption_uuid: str | None
-
-    @classmethod
-    def parse(cls, f: Fields) -> VoucherRedemption:
-        """From the voucher object plus `voucher_redemption{uuid}`, or `{voucher, ...}`."""
-        body = f.req_obj("voucher") if not f.has("code") and f.has("voucher") else f
-        redemption = f.opt_obj("voucher_redemption")
-        return cls(
-            voucher=Voucher.parse(body),
-            redemption_uuid=redemption.req_str("uuid") if redemption else None,
-        )
-
-
-@dataclass(frozen=True)
-class VoucherReversal:
-    """A reversed voucher redemption; `reversed_uuid` is the uuid Leat accepted."""
-
-    reversed_uuid: str
-    voucher: Voucher | None
-
-
-@dataclass(frozen=True)
-class Giftcard:
-    """A giftcard; `amount_in_cents` is its current balance."""
-
-    uuid: str
-    hash: str
-    active: bool
-    amount_in_cents: int
-    expiration_date: datetime | None
-    type: str | None
-    upgradeable: bool | None = None  # can be loaded (5006 otherwise)
-    max_amount_in_cents: int | None = None  # its program's limit on the balance (5008)
-    program_name: str | None = None
-
-    @classmethod
-    def parse(cls, f: Fields) -> Giftcard:
-        """From a giftcard object (with its `giftcard_program{}` when Leat includes it)."""
-        program = f.opt_obj("giftcard_program")
-        upgradeable = f.raw.get("upgradeable")
-        return cls(
-            uuid=f.req_str("uuid"),
-            hash=f.req_str("hash"),
-            active=f.req_bool("active"),
-            amount_in_cents=f.req_int("amount_in_cents"),
-            expiration_date=f.opt_datetime("expiration_date"),
-            type=_upper(f.opt_str("type")),
-            upgradeable=upgradeable if isinstance(upgradeable, bool) else None,
-            max_amount_in_cents=program.opt_int("max_amount_in_cents") if program else None,
-            program_name=program.opt_str("name") if program else None,
-        )
-
-
-@dataclass(frozen=True)
-class GiftcardTransaction:
-    """A giftcard payment (negative) or top-up; Leat does not say the balance after it."""
-
-    uuid: str
-    amount_in_cents: int
-    giftcard_uuid: str | None
-    shop_uuid: str | None
-    type: str | None
-    created_at: datetime | None
-    id: int | None = None  # Leat's list items may show `uuid: null`, never a null id
-
-    @classmethod
-    def parse(cls, f: Fields) -> GiftcardTransaction:
-        """From a transaction with nested `card{}`/`shop{}` (the SDK's `card_id` is ignored)."""
-        card = f.opt_obj("card")
-        shop = f.opt_obj("shop")
-        return cls(
-            uuid=f.req_str("uuid"),
-            amount_in_cents=f.req_int("amount_in_cents"),
-            giftcard_uuid=card.opt_str("uuid") if card else None,
-            shop_uuid=shop.opt_str("uuid") if shop else None,
-            type=f.opt_str("type"),
-            created_at=f.opt_datetime("created_at"),
-            id=f.opt_int("id"),
-        )
-
-
-@dataclass(frozen=True)
-class ListedGiftcardTransaction:
-    """One item of List Giftcard Transactions (LD): its `uuid` may be null there.
-
-    LD's example lists `{id, uuid: null, amount_in_cents, type, settled, card{id, uuid:
-    null}, shop{id, uuid, name}, settlements, created_at}`: an item without a uuid is still
-    a transaction that happened (a reconciler must count it, never skip it).
-    """
-
-    id: int | None
-    uuid: str | None
-    amount_in_cents: int
-    giftcard_uuid: str | None
-    shop_uuid: str | None
-    settled: bool
-    created_at: datetime | None
-
-    @classmethod
-    def parse(cls, f: Fields) -> ListedGiftcardTransaction:
-        """From a list item."""
-        card, shop = f.opt_obj("card"), f.opt_obj("shop")
-        return cls(
-            id=f.opt_int("id"),
-            uuid=f.opt_str("uuid"),
-            amount_in_cents=f.req_int("amount_in_cents"),
-            giftcard_uuid=card.opt_str("uuid") if card else None,
-            shop_uuid=shop.opt_str("uuid") if shop else None,
-            settled=f.opt_bool("settled", False),
-            created_at=f.opt_datetime("created_at"),
-        )
-
-
-@dataclass(frozen=True)
-class PrepaidTransaction:
-    """A prepaid payment (negative) or top-up, with the contact's balance after it.
-
-    `contact_uuid` is set on list items only (LD's List Prepaid Transactions example
-    carries `contact{uuid, email}`; the create and reverse answers do not).
-    """
-
-    uuid: str
-    amount_in_cents: int
-    balance_after_cents: int | None
-    created_at: datetime | None
-    shop_uuid: str | None = None
-    contact_uuid: str | None = None
-
-    @classmethod
-    def parse(cls, f: Fields) -> PrepaidTransaction:
-        """From a prepaid transaction object (an answer or a list item)."""
-        balance, shop, contact = f.opt_obj("prepaid_balance"), f.opt_obj("shop"), f.opt_obj(
-            "contact")
-        return cls(
-            uuid=f.req_str("uuid"),
-            amount_in_cents=f.req_int("amount_in_cents"),
-            balance_after_cents=balance.opt_int("balance_in_cents") if balance else None,
-            created_at=f.opt_datetime("created_at"),
-            shop_uuid=shop.opt_str("uuid") if shop else None,
-            contact_uuid=contact.opt_str("uuid") if contact else None,
         )
 
 
@@ -726,8 +385,8 @@ class Order:
         return cls(
             uuid=f.req_str("uuid"),
             external_identifier=f.req_str("external_identifier"),
-            status=_upper(f.opt_str("status")),
-            payment_status=_upper(f.opt_str("payment_status")),
+            status=upper(f.opt_str("status")),
+            payment_status=upper(f.opt_str("payment_status")),
             currency=f.opt_str("currency"),
             total_order_amount=f.opt_int("total_order_amount"),
             contact_uuid=contact.opt_str("uuid") if contact else None,
@@ -748,7 +407,7 @@ class PointsResult:
         """From `result`: `{type, data{points, new_balance}}` (or the draft's `points` beside)."""
         if f is None:
             return cls(type=None, points=None, new_balance=None)
-        kind = _upper(f.opt_str("type"))
+        kind = upper(f.opt_str("type"))
         data = f.opt_obj("data")
         source = data if data is not None and (data.has("points") or data.has("new_balance")) else f
         if kind not in (None, POINTS_TRANSACTION):
@@ -804,7 +463,7 @@ class ReturnResult:
         result = PointsResult.parse(f.opt_obj("result"))
         return cls(
             uuid=ret.req_str("uuid"),
-            status=_upper(ret.opt_str("status")),
+            status=upper(ret.opt_str("status")),
             order_uuid=order.opt_str("uuid") if order else None,
             points=result.points,
             new_balance=result.new_balance,

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from appliance.errors import LeatRejected, LeatUnavailable
 from appliance.leat.client import MAX_GIFTCARD_TXS_PAGE, MAX_PREPAID_TXS_PAGE
-from appliance.leat.models import Giftcard, ListedGiftcardTransaction, PrepaidTransaction
+from appliance.leat.payments import Giftcard, ListedGiftcardTransaction, PrepaidTransaction
 from appliance.pos.errors import RequestError
 from appliance.pos.verbs import CLOCK_SKEW, CannotTell, Context, Handler, NotApplied
 
