@@ -132,7 +132,7 @@ def _load(args: argparse.Namespace) -> config.Config:
 
 
 def _run(args: argparse.Namespace, cfg: config.Config) -> int:
-    from appliance.daemon import build
+    from appliance.assembly import build
     from appliance.web.run import attach
 
     _validated(cfg)

@@ -29,8 +29,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from appliance.assembly import build
 from appliance.config import Config, read_secret
-from appliance.daemon import build
 from appliance.errors import BusError
 from appliance.feedback import Feedback, FeedbackLike, Signal
 from appliance.localbroker import LocalMosquitto

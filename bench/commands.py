@@ -1,6 +1,6 @@
 """POS verbs through the device: reply latency per verb at Leat latency L, vs the bare Leat call.
 
-The whole device runs (`daemon.build`: the bus, the request worker, the outbox, the
+The whole device runs (`assembly.build`: the bus, the request worker, the outbox, the
 forwarder, the real httpx client) against a private Mosquitto and the Leat sandbox, which
 adds latency L to every call. A paho MQTT v5 client (the POS) publishes each request at
 QoS 1 with a response topic and correlation data, one at a time, and times its reply (and,
@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # order 
 from machine import describe
 from test_orders import order_body
 
+from appliance.assembly import build
 from appliance.camera import Frame
 from appliance.config import Config
-from appliance.daemon import build
 from appliance.feedback import NullFeedback
 from appliance.leat.client import LeatClient
 from appliance.localbroker import LocalMosquitto

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from machine import describe
 
+from appliance.assembly import build
 from appliance.config import Config
-from appliance.daemon import build
 from appliance.feedback import NullFeedback
 from appliance.leat.client import LeatClient
 from appliance.localbroker import LocalMosquitto

@@ -1,6 +1,6 @@
 """The shop-to-fleet bridge (appliance/brokerconf.py, docs/fleet.md) with two real Mosquitto
 instances on loopback: the shop's, started from the generated files, and one playing the
-central MQTT 5 cluster (TLS, a password per device). A real device (`daemon.build`, the Leat
+central MQTT 5 cluster (TLS, a password per device). A real device (`assembly.build`, the Leat
 sandbox over HTTP) runs behind the shop broker; a central POS sees its scans and availability
 and gets its requests answered through the bridge."""
 
@@ -22,9 +22,10 @@ from test_broker_lockdown import PASSWORDS, Client, GeneratedBroker, shop_spec
 from test_daemon import RecordingFeedback, leat_config
 
 from appliance import brokerconf
+from appliance.assembly import build
 from appliance.brokerconf import BRIDGE_CONF, TLS_DIR, Bridge, BrokerConfError
 from appliance.config import Config
-from appliance.daemon import ScanService, build
+from appliance.daemon import ScanService
 from appliance.samples import write_demo_frames
 from appliance.sandbox.server import LeatSandbox
 

@@ -1,4 +1,4 @@
-"""Every POS command verb through the whole device (`daemon.build`: bus, request worker, command
+"""Every POS command verb through the whole device (`assembly.build`: bus, request worker, command
 runner, ledger, outbox, forwarder) over a real Mosquitto, against the Leat sandbox over HTTP:
 the counter flows of Leat's kiosk and POS guides, each reply and event checked against its
 schema and against what the sandbox then holds."""
@@ -22,7 +22,8 @@ from test_daemon import BASE, RecordingFeedback, leat_config
 from test_orders import order_body
 
 from appliance import contract
-from appliance.daemon import ScanService, build
+from appliance.assembly import build
+from appliance.daemon import ScanService
 from appliance.markfile import MarkFile
 from appliance.outbox_guard import mark_path
 from appliance.pos.ledger import Ledger, LedgerDamaged, identity_path

@@ -19,10 +19,11 @@ from fakes import QuietBus
 from gpiozero.pins.mock import MockFactory
 
 from appliance import contract
+from appliance.assembly import build
 from appliance.camera import Frame, ReplaySource
 from appliance.codes import Classifier
 from appliance.config import CodesConfig, Config, DebounceConfig, DecodeConfig
-from appliance.daemon import Heartbeats, ScanService, build
+from appliance.daemon import Heartbeats, ScanService
 from appliance.debounce import Debouncer
 from appliance.decode import Decoder
 from appliance.feedback import Feedback, Signal

@@ -19,9 +19,9 @@ from PIL import Image
 from test_daemon import BASE, make_config, payloads
 
 from appliance import cli
+from appliance.assembly import build
 from appliance.camera import ReplaySource
 from appliance.config import DecodeConfig
-from appliance.daemon import build
 from appliance.decode import Decoder
 from appliance.enrol import (
     PREFIX,

@@ -25,9 +25,9 @@ from paho.mqtt.properties import Properties
 from test_orders import claim, order_body
 
 from appliance import contract
+from appliance.assembly import build
 from appliance.bus import BROKER_MAX_PACKET_BYTES, MAX_PACKET_BYTES, MqttBus
 from appliance.config import Config, MqttConfig
-from appliance.daemon import build
 from appliance.pos.errors import ERRORS
 from appliance.pos.intake import MAX_REQUEST_BYTES, OrderRequests
 from appliance.samples import write_demo_frames

@@ -1,4 +1,4 @@
-"""giftcard.reverse and prepaid.reverse through the whole device (`daemon.build`) over a real
+"""giftcard.reverse and prepaid.reverse through the whole device (`assembly.build`) over a real
 Mosquitto, against the Leat sandbox over HTTP: accepted, run exactly once by the durable
 outbox, the final outcome with the balance after on `events/command`; a giftcard's non-last
 transaction refused on arrival, or `failed` with Leat's 55025 when one slips in later; Leat

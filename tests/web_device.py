@@ -1,5 +1,5 @@
 """A running scanner with its technician page, for tests/test_web*.py: the real daemon
-(`daemon.build`) on replayed frames, a real Mosquitto, gpiozero's MockFactory for the pins,
+(`assembly.build`) on replayed frames, a real Mosquitto, gpiozero's MockFactory for the pins,
 and the page on a free loopback port."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from broker import Mosquitto
 from gpiozero.pins.mock import MockFactory
 from PIL import Image
 
+from appliance.assembly import build
 from appliance.camera import Frame, FrameSource
 from appliance.config import Config
-from appliance.daemon import ScanService, build
+from appliance.daemon import ScanService
 from appliance.feedback import Feedback
 from appliance.samples import background, low_contrast, render_code
 from appliance.web.run import Attached, attach
