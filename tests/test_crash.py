@@ -189,4 +189,4 @@ def test_fresh_starts_serve_at_once_and_a_damaged_outbox_keeps_the_device_up(
         states = [json.loads(m.payload) for m in pos.on(f"{BASE}/state")]
         assert "empty (0 bytes)" in states[-1]["outbox"]["damaged"]
         contract.validate("state", states[-1])
-        assert "ERROR appliance.daemon: outbox unusable" in log.read_text(encoding="utf-8")
+        assert "ERROR appliance.assembly: outbox unusable" in log.read_text(encoding="utf-8")
