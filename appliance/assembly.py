@@ -16,7 +16,7 @@ from typing import Any
 
 from appliance import CONTRACT_VERSION, __version__
 from appliance.bus import MqttBus
-from appliance.camera import FrameSource, open_source
+from appliance.camera import open_source
 from appliance.codes import Classifier
 from appliance.config import Config, capabilities, read_secret
 from appliance.daemon import Heartbeats, ScanService
@@ -33,6 +33,7 @@ from appliance.pos.intake import OrderRequests
 from appliance.pos.ledger import Ledger, LedgerDamaged
 from appliance.resolve import Resolver
 from appliance.sdnotify import Notifier
+from appliance.source import FrameSource
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,13 @@
-"""Frame sources: the `FrameSource` seam, picamera2 on the Pi, image replay everywhere else.
+"""The camera on the Pi (`PicameraSource`, a `FrameSource` of source.py) and `open_source`,
+which opens the source the config names (picamera2 here, or replay.py's images).
 
 `PicameraSource` follows picamera2's documented API (the Picamera2 manual and
 `picamera2/picamera2.py`, `picamera2/request.py`): a video configuration with YUV420
 streams, controls passed in the configuration, `capture_request()` / `MappedArray` /
 `release()`. The Y plane of YUV420 is the grayscale picture, so no colour conversion is
-done. `ReplaySource` plays PNG/JPEG files decoded once at construction.
+done.
 
-Both are also an `ExposureControl`: `set_ev` is how glare steering (appliance/exposure.py)
+Both sources are also an `ExposureControl`: `set_ev` is how glare steering (appliance/exposure.py)
 darkens the picture. On the Pi it is `Picamera2.set_controls({"ExposureValue": ev})`,
 which picamera2 (picamera2/picamera2.py `set_controls`, picamera2/controls.py
 `Controls.__setattr__`) checks by name only: a control the camera does not advertise
@@ -31,111 +32,30 @@ not come back within `ECHO_FRAMES` frames is sent again (twice at most).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import math
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
 from appliance.config import CameraConfig
 from appliance.errors import CameraError, ConfigError
+from appliance.replay import ReplaySource
+from appliance.source import Exposure, Frame, FrameSource
 
 log = logging.getLogger(__name__)
 
-MAX_WIDTH, MAX_HEIGHT = 4608, 2592  # the largest sensor we support (Camera Module 3)
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 BUFFER_COUNT = 3  # one filling, one queued by picamera2, one with us: frames stay recent
 CAPTURE_TIMEOUT_S = 2.0  # no frame for this long (plus two intervals): the camera is gone
 ECHO_FRAMES = 8  # frames an EV request may take to show in the metadata before it is resent
 MAX_RESENDS = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Exposure:
-    """What the sensor used for one frame, from picamera2's per-request metadata
-    (`CompletedRequest.get_metadata()`, as picamera2's examples/metadata_with_image.py reads
-    it): ExposureTime (µs), AnalogueGain, LensPosition (dioptres, on autofocus modules),
-    FocusFoM (libcamera's focus figure of merit: higher is sharper) and Lux. A value that
-    is missing, not a number or out of range is None."""
-
-    exposure_us: int | None = None
-    analogue_gain: float | None = None
-    lens_position: float | None = None
-    focus_fom: int | None = None
-    lux: float | None = None
-
-    @classmethod
-    def from_metadata(cls, metadata: object) -> Exposure | None:
-        """From a metadata dict; None when it is not one or holds none of the five."""
-        if not isinstance(metadata, dict):
-            return None
-        found = cls(
-            exposure_us=_bounded_int(metadata.get("ExposureTime"), 10_000_000),
-            analogue_gain=_bounded_float(metadata.get("AnalogueGain"), 1_000.0),
-            lens_position=_bounded_float(metadata.get("LensPosition"), 1_000.0),
-            focus_fom=_bounded_int(metadata.get("FocusFoM"), 10**9),
-            lux=_bounded_float(metadata.get("Lux"), 10**6),
-        )
-        return None if found == cls() else found
-
-
-def _bounded_float(value: object, limit: float) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if 0 <= value <= limit else None  # NaN fails both
-
-
-def _bounded_int(value: object, limit: int) -> int | None:
-    number = _bounded_float(value, limit)
-    return None if number is None else round(number)
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One grayscale frame.
-
-    `pixels` is 2-D (height, width) uint8 and may be a strided view into a camera buffer
-    (no copy); `timestamp` is `time.monotonic()` seconds at capture; `sequence` counts up;
-    `exposure` is what the camera used (None for replayed frames).
-    """
-
-    pixels: npt.NDArray[np.uint8]
-    timestamp: float
-    sequence: int
-    exposure: Exposure | None = None
-
-
-class FrameSource(Protocol):
-    """Anything that yields frames."""
-
-    def read(self) -> Frame | None:
-        """The next frame (blocking for at most about one frame interval); None at end of stream."""
-        ...
-
-    def close(self) -> None:
-        """Release the device or files."""
-        ...
-
-
-@runtime_checkable
-class ExposureControl(Protocol):
-    """A frame source whose exposure can be steered (glare: appliance/exposure.py)."""
-
-    def set_ev(self, ev: float) -> None:
-        """Ask for exposure compensation `ev` (stops, 0 = the AGC's own choice); it applies
-        some frames later, as far as the camera can; never raises for a missing control."""
-        ...
 
 
 class _Request(Protocol):
@@ -492,119 +412,6 @@ def _focus_controls(cfg: CameraConfig, available: dict[str, Any], libcamera: Any
     if cfg.autofocus == "continuous":
         return {"AfMode": modes.Continuous}
     return {"AfMode": modes.Manual, "LensPosition": cfg.lens_position}
-
-
-class ReplaySource:
-    """Frames from PNG/JPEG files (a folder means its images in name order), paced at `fps`."""
-
-    def __init__(
-        self,
-        paths: Sequence[Path],
-        fps: float,
-        loop: bool = False,
-        clock: Callable[[], float] = time.monotonic,
-        wait: Callable[[float], object] = time.sleep,
-    ) -> None:
-        if fps < 0:
-            raise CameraError(f"replay fps must be 0 (as fast as possible) or more, not {fps}")
-        self._images = _load_all(_image_files(paths))
-        self._interval = 1.0 / fps if fps else 0.0
-        self._loop = loop
-        self._clock = clock
-        self._wait = wait
-        self._index = 0
-        self._sequence = 0
-        self._due: float | None = None
-        self._closed = False
-        self.ev_requests: deque[float] = deque(maxlen=64)  # what glare steering asked for
-        log.info("replaying %d image(s) at %s fps%s", len(self._images), fps or "max",
-                 ", looping" if loop else "")
-
-    def read(self) -> Frame | None:
-        """The next image, waiting until it is due; None after the last unless looping."""
-        if self._closed:
-            return None
-        if self._index == len(self._images):
-            if not self._loop:
-                return None
-            self._index = 0
-        if self._interval:
-            now = self._clock()
-            if self._due is None or now - self._due > self._interval:
-                self._due = now  # first frame, or fell behind: restart the schedule, no burst
-            elif self._due > now:
-                self._wait(self._due - now)
-            self._due += self._interval
-        pixels = self._images[self._index]
-        self._index += 1
-        self._sequence += 1
-        return Frame(pixels, self._clock(), self._sequence)
-
-    def close(self) -> None:
-        """End the stream (the images are already in memory)."""
-        self._closed = True
-
-    def set_ev(self, ev: float) -> None:
-        """Recorded in `ev_requests` (bounded) only: replayed images cannot change."""
-        self.ev_requests.append(ev)
-
-
-def _image_files(paths: Sequence[Path]) -> list[Path]:
-    """The files named, with each folder replaced by its PNG/JPEG files in name order."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                raise CameraError(f"{path}: folder has no .png, .jpg or .jpeg files")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise CameraError(f"{path}: no such file or folder")
-    if not files:
-        raise CameraError("replay: no image files given")
-    return files
-
-
-def _load_all(files: Sequence[Path]) -> list[npt.NDArray[np.uint8]]:
-    """Every file decoded; identical files (same bytes) share one read-only array, so a
-    long replay of mostly empty frames costs the memory of its distinct images only."""
-    decoded: dict[bytes, npt.NDArray[np.uint8]] = {}
-    images = []
-    for path in files:
-        try:
-            digest = hashlib.sha256(path.read_bytes()).digest()
-        except OSError as exc:
-            raise CameraError(f"{path}: cannot read ({exc})") from exc
-        if digest not in decoded:
-            decoded[digest] = _load_gray(path)
-        images.append(decoded[digest])
-    return images
-
-
-def _load_gray(path: Path) -> npt.NDArray[np.uint8]:
-    """`path` decoded (PNG or JPEG only) to a read-only contiguous grayscale array."""
-    try:
-        with Image.open(path, formats=["PNG", "JPEG"]) as image:
-            width, height = image.size
-            if width > MAX_WIDTH or height > MAX_HEIGHT:
-                raise CameraError(
-                    f"{path}: image is {width}x{height}, larger than {MAX_WIDTH}x{MAX_HEIGHT}"
-                )
-            image.load()
-            if "A" in image.getbands() or "transparency" in image.info:
-                # Transparent pixels would turn black: put the image on white paper.
-                paper = Image.new("RGBA", image.size, "white")
-                gray = Image.alpha_composite(paper, image.convert("RGBA")).convert("L")
-            else:
-                gray = image.convert("L")
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise CameraError(f"{path}: not a readable PNG or JPEG image ({exc})") from exc
-    pixels = np.array(gray, dtype=np.uint8)
-    pixels.flags.writeable = False  # shared by every loop of the replay
-    return pixels
 
 
 def open_source(cfg: CameraConfig) -> FrameSource:

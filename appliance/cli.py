@@ -162,9 +162,9 @@ def _demo(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _decode(args: argparse.Namespace, cfg: config.Config, out: TextIO | None = None) -> int:
-    from appliance.camera import ReplaySource
     from appliance.codes import Classifier
     from appliance.decode import Decoder, parse_formats
+    from appliance.replay import ReplaySource
 
     out = out or sys.stdout
     device_reads = {*cfg.decode.formats, *(f.name for f in parse_formats(cfg.decode.formats))}
@@ -206,7 +206,7 @@ TECHNICIAN_FORMATS = ("MicroQRCode",)
 
 def _image_paths(paths: Sequence[Path]) -> list[Path]:
     """The paths given, each folder replaced by its images in name order."""
-    from appliance.camera import IMAGE_SUFFIXES
+    from appliance.replay import IMAGE_SUFFIXES
 
     found: list[Path] = []
     for path in paths:

@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from appliance.camera import ExposureControl, Frame, FrameSource
 from appliance.debounce import Debouncer
 from appliance.decode import Decoder, DecodeResult, Scan
 from appliance.enrol import Enroller
@@ -39,6 +38,7 @@ from appliance.outbox import Outbox, outbox_state
 from appliance.pipeline import ScanHandler
 from appliance.resolve import Resolver
 from appliance.sdnotify import Notifier
+from appliance.source import ExposureControl, Frame, FrameSource
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,6 @@ import numpy.typing as npt
 import zxingcpp
 from PIL import Image, ImageFilter
 
-from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.errors import ConfigError
 from appliance.linear import ROW_STEP, bar_lines, line_corners
@@ -63,6 +62,7 @@ from appliance.preprocess import (
     stretch,
     with_glare,
 )
+from appliance.source import Frame
 from appliance.stillness import TILE, Box, Thumb, changed_box, thumbnail
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 `Decoder.decode` returns `DecodeResult.advice`: -1.0 (one stop darker) on a frame where
 glare saturates a followed, unread code region, 0.0 otherwise. `ExposureSteer` turns that
-stream into a few EV requests for the camera (`camera.ExposureControl.set_ev`):
+stream into a few EV requests for the camera (`source.ExposureControl.set_ev`):
 
 - a step darker (the advice, at most `step` stops) at most once per `interval_s`, because
   a control set with picamera2's `set_controls` only reaches the sensor a few frames later

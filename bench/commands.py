@@ -42,12 +42,12 @@ from machine import describe
 from test_orders import order_body
 
 from appliance.assembly import build
-from appliance.camera import Frame
 from appliance.config import Config
 from appliance.feedback import NullFeedback
 from appliance.leat.client import LeatClient
 from appliance.localbroker import LocalMosquitto
 from appliance.samples import DEMO_CODES, DEMO_SHOP_UUID
+from appliance.source import Frame
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "bench"

@@ -43,11 +43,11 @@ import zxingcpp
 from machine import describe
 
 from appliance import sequences
-from appliance.camera import Frame
 from appliance.config import DebounceConfig, DecodeConfig
 from appliance.debounce import Debouncer
 from appliance.decode import Decoder
 from appliance.samples import DISTORTIONS, Sample, make_corpus
+from appliance.source import Frame
 
 FPS = 30
 

@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from machine import describe
 
-from appliance.camera import Frame, ReplaySource
 from appliance.codes import Classifier
 from appliance.config import CodesConfig, DebounceConfig, DecodeConfig, MqttConfig
 from appliance.daemon import ScanService
@@ -36,7 +35,9 @@ from appliance.decode import Decoder, DecodeResult
 from appliance.feedback import NullFeedback
 from appliance.localbroker import LocalMosquitto
 from appliance.pipeline import ScanHandler
+from appliance.replay import ReplaySource
 from appliance.samples import background, place, render_code
+from appliance.source import Frame
 
 BASE = "leat-scanner/bench"
 

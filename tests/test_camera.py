@@ -23,18 +23,11 @@ from fake_picamera2 import (
 )
 from PIL import Image
 
-from appliance.camera import (
-    BUFFER_COUNT,
-    ECHO_FRAMES,
-    MAX_RESENDS,
-    Exposure,
-    ExposureControl,
-    PicameraSource,
-    ReplaySource,
-    open_source,
-)
+from appliance.camera import BUFFER_COUNT, ECHO_FRAMES, MAX_RESENDS, PicameraSource, open_source
 from appliance.config import CameraConfig
 from appliance.errors import CameraError, ConfigError
+from appliance.replay import ReplaySource
+from appliance.source import Exposure, ExposureControl
 
 TEXT = "LEAT-4711-CARD"
 

@@ -20,7 +20,6 @@ from gpiozero.pins.mock import MockFactory
 
 from appliance import contract
 from appliance.assembly import build
-from appliance.camera import Frame, ReplaySource
 from appliance.codes import Classifier
 from appliance.config import CodesConfig, Config, DebounceConfig, DecodeConfig
 from appliance.daemon import Heartbeats, ScanService
@@ -28,6 +27,7 @@ from appliance.debounce import Debouncer
 from appliance.decode import Decoder
 from appliance.feedback import Feedback, Signal
 from appliance.pipeline import ScanHandler
+from appliance.replay import ReplaySource
 from appliance.samples import (
     DEMO_CODES,
     DEMO_PHONE_CARD,
@@ -35,6 +35,7 @@ from appliance.samples import (
     render_code,
     write_demo_frames,
 )
+from appliance.source import Frame
 
 BASE = "leat-scanner/test-counter"
 

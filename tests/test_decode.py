@@ -9,10 +9,10 @@ import pytest
 import zxingcpp
 
 from appliance import samples
-from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.decode import Decoder, DecodeResult, Rejected, Scan
 from appliance.errors import ConfigError
+from appliance.source import Frame
 
 TEXT = "LC-7F3K9Q2M"
 

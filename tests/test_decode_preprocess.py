@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from appliance import config, samples, sequences
-from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.decode import Decoder
 from appliance.errors import ConfigError
@@ -20,6 +19,7 @@ from appliance.preprocess import (
     stretch,
 )
 from appliance.preprocess import _tile_spread as tile_spread
+from appliance.source import Frame
 
 
 def counter(seed: int = 1) -> np.ndarray:

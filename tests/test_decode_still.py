@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from appliance import samples
-from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.decode import Decoder
 from appliance.preprocess import noise_level
+from appliance.source import Frame
 from appliance.stillness import TILE, changed_box, thumbnail
 
 TEXT = "LC-7F3K9Q2M"

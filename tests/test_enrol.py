@@ -20,7 +20,6 @@ from test_daemon import BASE, make_config, payloads
 
 from appliance import cli
 from appliance.assembly import build
-from appliance.camera import ReplaySource
 from appliance.config import DecodeConfig
 from appliance.decode import Decoder
 from appliance.enrol import (
@@ -37,6 +36,7 @@ from appliance.enrol import (
 )
 from appliance.enrol_tools import install_credentials, install_spool
 from appliance.feedback import Feedback, Signal
+from appliance.replay import ReplaySource
 from appliance.samples import DEMO_CODES, background, place, render_code
 
 DEVICE = "test-counter"

@@ -13,7 +13,6 @@ from fakes import QuietBus
 from PIL import Image
 
 from appliance import sequences
-from appliance.camera import ExposureControl, ReplaySource
 from appliance.codes import Classifier
 from appliance.config import CameraConfig, CodesConfig, DebounceConfig, DecodeConfig, load
 from appliance.daemon import ScanService
@@ -23,6 +22,8 @@ from appliance.errors import ConfigError
 from appliance.exposure import ExposureSteer, SteerSettings
 from appliance.feedback import Signal
 from appliance.pipeline import ScanHandler
+from appliance.replay import ReplaySource
+from appliance.source import ExposureControl
 
 BASE = -0.5
 GLARE = -1.0  # what the decoder advises on a glared, followed region

@@ -7,12 +7,12 @@ import pytest
 import zxingcpp
 
 from appliance import samples, sequences
-from appliance.camera import Frame
 from appliance.config import DebounceConfig, DecodeConfig
 from appliance.debounce import Debouncer
 from appliance.decode import Decoder
 from appliance.multiframe import GLARE_EVERY, MAX_SIDE, SEARCH, RegionStack, _shift, fitted
 from appliance.preprocess import with_glare
+from appliance.source import Frame
 
 SIZE = (640, 480)
 # The widest time budget: reads must not depend on how busy the test machine is.

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from appliance import samples
-from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.decode import Decoder
+from appliance.source import Frame
 
 
 def test_render_code_has_a_white_quiet_zone() -> None:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from web_device import card_frame
 
-from appliance.camera import Frame
 from appliance.config import DecodeConfig
 from appliance.decode import Decoder
 from appliance.samples import blur, glare
+from appliance.source import Frame
 from appliance.web.hints import GLARE, OUT_OF_FOCUS, TOO_DARK, TOO_SMALL, frame_hints, sharpness
 
 DECODER = Decoder(DecodeConfig())

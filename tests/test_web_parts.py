@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from fakes import Clock
 
-from appliance.camera import Exposure, Frame
 from appliance.config import CameraConfig
 from appliance.decode import DecodeResult, Rejected, Scan
+from appliance.source import Exposure, Frame
 from appliance.web import auth, frames
 from appliance.web.preview import HOLD_S, LINGER_S, PreviewTap, TooManyViewers
 from appliance.web.server import WebPage, WebSettings

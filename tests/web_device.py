@@ -17,11 +17,11 @@ from gpiozero.pins.mock import MockFactory
 from PIL import Image
 
 from appliance.assembly import build
-from appliance.camera import Frame, FrameSource
 from appliance.config import Config
 from appliance.daemon import ScanService
 from appliance.feedback import Feedback
 from appliance.samples import background, low_contrast, render_code
+from appliance.source import Frame, FrameSource
 from appliance.web.run import Attached, attach
 
 CARD = "LC-7F3K9Q2MWX"  # masked: "LC******WX"

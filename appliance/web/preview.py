@@ -19,10 +19,10 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from appliance.camera import Frame
 from appliance.decode import DecodeResult, Scan
 from appliance.feedback import Signal
 from appliance.privacy import mask
+from appliance.source import Frame
 
 LINGER_S = 2.0  # a viewer that has not polled for this long is gone
 HOLD_S = 1.5  # a read (or refusal) stays shown this long: codes flash by in a frame or two
