@@ -82,7 +82,7 @@ from appliance.leat.client import MAX_GIFTCARD_TXS_PAGE as MAX_TX_PAGE
 from appliance.leat.client import MAX_PREPAID_TXS_PAGE as MAX_PREPAID_PAGE
 from appliance.leat.client import LeatClient
 from appliance.leat.payments import PrepaidTransaction
-from appliance.outbox import Item, Kind, State
+from appliance.outbox_items import Item, Kind, State
 
 GIVE_BACK_VERBS: Final = frozenset(
     {"reward.reverse", "reward.collect_reverse", "voucher.release", "voucher.reverse",

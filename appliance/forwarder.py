@@ -86,7 +86,8 @@ from appliance.errors import (
 )
 from appliance.leat.client import LeatClient
 from appliance.leat.token import DEFAULT_UNIT, loyalty_token_url
-from appliance.outbox import Item, Kind, Outbox, State, backoff_delay
+from appliance.outbox import Outbox
+from appliance.outbox_items import Item, Kind, State, backoff_delay
 from appliance.pipeline import ScanHandler
 
 log = logging.getLogger(__name__)

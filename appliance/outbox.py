@@ -38,17 +38,12 @@ mark (`outbox_guard.migrate`).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
 import os
-import random
 import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
@@ -57,95 +52,20 @@ import sqlite_utils
 from appliance import outbox_guard as guard
 from appliance.errors import OutboxDamaged, OutboxError
 from appliance.markfile import Mark, MarkFile
+from appliance.outbox_items import (
+    Enqueued,
+    Item,
+    Kind,
+    OutboxConflict,
+    OutboxFull,
+    State,
+    canonical_json,
+    item_from_row,
+)
 
 log = logging.getLogger(__name__)
 
 ORDER_NOT_DELIVERED: Final = "its order was not delivered"
-
-class State(StrEnum):
-    """Where an item is in its life."""
-
-    PENDING = "pending"
-    SENDING = "sending"
-    DELIVERED = "delivered"
-    DEAD = "dead"
-
-
-class Kind(StrEnum):
-    """What an item is forwarded as."""
-
-    ORDER = "order"
-    RETURN = "return"
-    COMMAND = "command"  # a give-back POS command: external_identifier is its request_id
-
-
-class OutboxFull(OutboxError):
-    """The outbox refused a new item: too many waiting, or the disk is (nearly) full."""
-
-
-class OutboxConflict(OutboxError):
-    """The same (kind, external_identifier) was enqueued before with different content."""
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One stored order or return, as read back from the file."""
-
-    id: int
-    kind: Kind
-    external_identifier: str
-    order_external_identifier: str | None
-    body: dict[str, Any]
-    customer_identifier: str | None
-    transaction: str | None
-    state: State
-    attempts: int
-    next_attempt_at: float
-    created_at: float
-    updated_at: float
-    ambiguous: bool
-    result: dict[str, Any] | None
-    error_code: int | None
-    error_message: str | None
-
-
-@dataclass(frozen=True)
-class Enqueued:
-    """What `enqueue()` did: the stored item, and whether this call created it."""
-
-    item: Item
-    created: bool
-
-
-def canonical_json(value: Mapping[str, Any]) -> str:
-    """`value` as canonical JSON text (sorted keys, no spaces); OutboxError if not JSON."""
-    try:
-        return json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
-    except (TypeError, ValueError) as exc:
-        raise OutboxError(f"not storable as JSON: {exc}") from exc
-
-
-def backoff_delay(
-    attempt: int,
-    *,
-    base_s: float = 1.0,
-    cap_s: float = 300.0,
-    rng: random.Random | None = None,
-    retry_after: float | None = None,
-) -> float:
-    """Seconds to wait before attempt `attempt + 1`: full jitter, Retry-After as a floor."""
-    exponent = min(max(attempt, 1) - 1, 62)  # 2**62 s is past any cap; avoids float overflow
-    ceiling = min(cap_s, base_s * 2.0**exponent)
-    delay = (rng if rng is not None else _RNG).uniform(0.0, max(ceiling, 0.0))
-    if retry_after is not None and math.isfinite(retry_after):
-        delay = max(delay, retry_after)
-    return delay
-
-
-_RNG = random.Random()
-
 
 def _subject(table: str) -> str:
     """SQL for the Leat object a command acts on (NULL: none known; an unreadable body too):
@@ -173,47 +93,6 @@ _DUE: Final = (
              AND """  # noqa: S608
     + _subject("c") + " = " + _subject("r") + "))\n    ORDER BY r.id LIMIT ?"
 )
-
-
-def _item(row: sqlite3.Row) -> Item:
-    """An Item from a row; OutboxError naming the id when the row is not what we wrote."""
-    item_id = row["id"]
-    try:
-        body = json.loads(row["body"])
-        result = None if row["result"] is None else json.loads(row["result"])
-        if not isinstance(body, dict) or not (result is None or isinstance(result, dict)):
-            raise ValueError("body/result is not a JSON object")
-        for name in ("external_identifier",):
-            if not isinstance(row[name], str) or not row[name]:
-                raise ValueError(f"{name} is empty")
-        for name in ("order_external_identifier", "customer_identifier", "pos_transaction",
-                     "error_message"):
-            if row[name] is not None and not isinstance(row[name], str):
-                raise ValueError(f"{name} is not text")
-        if row["error_code"] is not None and not isinstance(row["error_code"], int):
-            raise ValueError("error_code is not an integer")
-        if not isinstance(row["attempts"], int) or row["ambiguous"] not in (0, 1):
-            raise ValueError("attempts/ambiguous malformed")
-        return Item(
-            id=int(item_id),
-            kind=Kind(row["kind"]),
-            external_identifier=row["external_identifier"],
-            order_external_identifier=row["order_external_identifier"],
-            body=body,
-            customer_identifier=row["customer_identifier"],
-            transaction=row["pos_transaction"],
-            state=State(row["state"]),
-            attempts=row["attempts"],
-            next_attempt_at=float(row["next_attempt_at"]),
-            created_at=float(row["created_at"]),
-            updated_at=float(row["updated_at"]),
-            ambiguous=bool(row["ambiguous"]),
-            result=result,
-            error_code=row["error_code"],
-            error_message=row["error_message"],
-        )
-    except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
-        raise OutboxError(f"outbox item {item_id} is corrupted: {exc}") from exc
 
 
 class Outbox:
@@ -386,7 +265,7 @@ class Outbox:
             ).fetchone()
             if row is None:
                 raise self._refusal(conn, item_id, f"expected {' or '.join(states)}")
-        return _item(row)
+        return item_from_row(row)
 
     def _refusal(self, conn: sqlite3.Connection, item_id: int, why: str) -> OutboxError:
         """Why a guarded write matched no row: the item is missing, or in the wrong state."""
@@ -421,7 +300,7 @@ class Outbox:
                 (str(kind), external_identifier),
             ).fetchone()
             if row is not None:
-                existing = _item(row)
+                existing = item_from_row(row)
                 if (
                     row["body"] != text
                     or existing.customer_identifier != customer_identifier
@@ -466,7 +345,7 @@ class Outbox:
             self._mark.write(Mark(self._identity, stored, int(new["id"])))
         except OSError as exc:  # stored, but not acknowledged: the POS sends it again
             raise OutboxError(f"cannot update the outbox mark {self._mark.path}: {exc}") from exc
-        return Enqueued(_item(new), created=True)
+        return Enqueued(item_from_row(new), created=True)
 
     def _check_damage(self, *, after_commit: bool = False) -> None:
         """OutboxDamaged when the outbox was found damaged, or (after a commit) its file was
@@ -513,7 +392,7 @@ class Outbox:
         items: list[Item] = []
         for row in rows:
             try:
-                items.append(_item(row))
+                items.append(item_from_row(row))
             except OutboxError as exc:
                 log.error("%s; marking it dead", exc)
                 with contextlib.suppress(OutboxError):
@@ -544,7 +423,7 @@ class Outbox:
                 "WHERE id = ? AND state = 'pending' RETURNING *",
                 (self._clock(), item_id),
             ).fetchone()
-        return None if row is None else _item(row)
+        return None if row is None else item_from_row(row)
 
     def mark_delivered(self, item_id: int, result: Mapping[str, Any]) -> Item:
         """SENDING -> DELIVERED with Leat's result; clears ambiguity and errors."""
@@ -608,7 +487,7 @@ class Outbox:
             ).fetchone()
             if row is None:
                 raise self._refusal(conn, item_id, "only pending or dead items can be dropped")
-        return _item(row)
+        return item_from_row(row)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -616,7 +495,7 @@ class Outbox:
         """The item with this id, or None."""
         with self._read() as conn:
             row = self._row(conn, item_id)
-        return None if row is None else _item(row)
+        return None if row is None else item_from_row(row)
 
     def find(self, kind: Kind, external_identifier: str) -> Item | None:
         """The item for (kind, external_identifier), or None."""
@@ -625,7 +504,7 @@ class Outbox:
                 "SELECT * FROM outbox WHERE kind = ? AND external_identifier = ?",
                 (str(Kind(kind)), external_identifier),
             ).fetchone()
-        return None if row is None else _item(row)
+        return None if row is None else item_from_row(row)
 
     def items(self, states: Collection[State] | None = None, limit: int = 100) -> list[Item]:
         """Items (in these states), oldest first."""
@@ -640,7 +519,7 @@ class Outbox:
                 f"SELECT * FROM outbox {where} ORDER BY id LIMIT ?",  # noqa: S608 (placeholders)
                 (*params, limit),
             ).fetchall()
-        return [_item(row) for row in rows]
+        return [item_from_row(row) for row in rows]
 
     def depth(self) -> int:
         """How many items wait for Leat (PENDING + SENDING)."""

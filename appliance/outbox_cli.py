@@ -26,7 +26,8 @@ from typing import Any, TextIO
 from appliance import outbox_guard
 from appliance.config import DEFAULT_PATH
 from appliance.errors import OutboxError
-from appliance.outbox import Item, Kind, Outbox, State
+from appliance.outbox import Outbox
+from appliance.outbox_items import Item, Kind, State
 from appliance.privacy import mask_email
 
 log = logging.getLogger(__name__)

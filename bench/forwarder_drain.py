@@ -33,7 +33,8 @@ from machine import describe
 
 from appliance.forwarder import Forwarder
 from appliance.leat.client import LeatClient
-from appliance.outbox import Kind, Outbox, State
+from appliance.outbox import Outbox
+from appliance.outbox_items import Kind, State
 from appliance.sandbox.server import LeatSandbox
 
 SHOP = "4f1c2a9e-5b7d-4e3a-9c1f-2d8e6a0b7c35"

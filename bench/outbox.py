@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from machine import describe
 
-from appliance.outbox import Kind, Outbox
+from appliance.outbox import Outbox
+from appliance.outbox_items import Kind
 
 TARGET = 1_000.0
 

@@ -309,7 +309,8 @@ def test_cli_sandbox_serves_until_sigterm() -> None:
 def test_cli_outbox_lists_and_retries_items(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from appliance.outbox import Kind, Outbox
+    from appliance.outbox import Outbox
+    from appliance.outbox_items import Kind
 
     state = tmp_path / "state"
     cfg = tmp_path / "config.toml"

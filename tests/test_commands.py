@@ -24,7 +24,8 @@ from appliance import contract
 from appliance.bus import Message
 from appliance.forwarder import Forwarder
 from appliance.leat.client import LeatClient
-from appliance.outbox import Kind, Outbox, State
+from appliance.outbox import Outbox
+from appliance.outbox_items import Kind, State
 from appliance.pos.commands import VERBS, rules_table
 from appliance.pos.intake import OrderRequests
 from appliance.pos.ledger import Conflict, Ledger

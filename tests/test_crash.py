@@ -15,7 +15,8 @@ from broker import Mosquitto, Subscriber
 from test_orders import order_body
 
 from appliance import contract
-from appliance.outbox import Outbox, State
+from appliance.outbox import Outbox
+from appliance.outbox_items import State
 from appliance.samples import DEMO_SHOP_UUID, write_demo_frames
 from appliance.sandbox.server import LeatSandbox
 

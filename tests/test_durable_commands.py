@@ -25,7 +25,8 @@ from appliance.config import MqttConfig
 from appliance.forwarder import Forwarder
 from appliance.leat.client import LeatClient
 from appliance.leat.payments import Voucher, VoucherLock
-from appliance.outbox import Item, Kind, Outbox, State
+from appliance.outbox import Outbox
+from appliance.outbox_items import Item, Kind, State
 from appliance.sandbox.server import LeatSandbox
 
 JANE = "c0a80101-1a2b-4c3d-8e4f-000000000001"

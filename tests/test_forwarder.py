@@ -27,7 +27,8 @@ from appliance.errors import BusError
 from appliance.forwarder import Forwarder, TokenSettings
 from appliance.leat.client import LeatClient
 from appliance.leat.token import verify
-from appliance.outbox import Kind, Outbox, State
+from appliance.outbox import Outbox
+from appliance.outbox_items import Kind, State
 from appliance.sandbox.server import LeatSandbox
 
 JANE = "c0a80101-1a2b-4c3d-8e4f-000000000001"

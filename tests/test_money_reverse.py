@@ -24,7 +24,8 @@ from appliance import contract
 from appliance.commands_durable import same_giftcard_tx
 from appliance.leat.client import LeatClient
 from appliance.leat.payments import GiftcardTransaction, ListedGiftcardTransaction
-from appliance.outbox import Kind, Outbox
+from appliance.outbox import Outbox
+from appliance.outbox_items import Kind
 from appliance.samples import DEMO_SHOP_UUID
 from appliance.sandbox.server import LeatSandbox
 

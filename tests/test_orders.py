@@ -18,7 +18,8 @@ from paho.mqtt.properties import Properties
 from appliance import contract
 from appliance.bus import Message, MqttBus, encode
 from appliance.config import MqttConfig
-from appliance.outbox import Item, Kind, Outbox, State
+from appliance.outbox import Outbox
+from appliance.outbox_items import Item, Kind, State
 from appliance.pos.amounts import check_amounts
 from appliance.pos.errors import RequestError
 from appliance.pos.intake import MAX_REQUEST_BYTES, OrderRequests

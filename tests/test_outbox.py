@@ -22,16 +22,9 @@ from appliance import outbox as outbox_module
 from appliance import outbox_cli
 from appliance.errors import OutboxError
 from appliance.markfile import Mark, MarkFile
-from appliance.outbox import (
-    ORDER_NOT_DELIVERED,
-    Kind,
-    Outbox,
-    OutboxConflict,
-    OutboxFull,
-    State,
-    backoff_delay,
-)
+from appliance.outbox import ORDER_NOT_DELIVERED, Outbox
 from appliance.outbox_guard import mark_path
+from appliance.outbox_items import Kind, OutboxConflict, OutboxFull, State, backoff_delay
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_750_000_000.0
@@ -517,7 +510,8 @@ WRITER = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from appliance.outbox import Kind, Outbox
+from appliance.outbox import Outbox
+from appliance.outbox_items import Kind
 box = Outbox(Path(sys.argv[2]), min_free_bytes=0)
 prefix = sys.argv[3]
 i = 0

@@ -25,8 +25,9 @@ from test_orders import order_body
 from appliance import cli, outbox_guard
 from appliance.errors import OutboxDamaged, OutboxError
 from appliance.markfile import Mark, MarkFile
-from appliance.outbox import Kind, Outbox, outbox_state
+from appliance.outbox import Outbox, outbox_state
 from appliance.outbox_guard import OutboxNotWritable
+from appliance.outbox_items import Kind
 from appliance.pos.intake import OrderRequests
 from appliance.pos.ledger import Ledger, LedgerDamaged, ledger_files
 from appliance.samples import write_demo_frames

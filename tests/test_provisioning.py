@@ -23,7 +23,8 @@ import pytest
 from packaging.requirements import Requirement
 
 from appliance import config
-from appliance.outbox import Kind, Outbox
+from appliance.outbox import Outbox
+from appliance.outbox_items import Kind
 
 REPO = Path(__file__).resolve().parents[1]
 PROVISIONING = REPO / "provisioning"

@@ -36,7 +36,8 @@ from jsonschema.exceptions import best_match
 from appliance import contract
 from appliance.bus import Message
 from appliance.errors import OutboxDamaged, OutboxError
-from appliance.outbox import Item, Kind, Outbox, OutboxConflict, OutboxFull
+from appliance.outbox import Outbox
+from appliance.outbox_items import Item, Kind, OutboxConflict, OutboxFull
 from appliance.pos.amounts import check_amounts
 from appliance.pos.commands import VERBS as COMMANDS
 from appliance.pos.errors import RequestError, clip

@@ -30,7 +30,8 @@ from appliance.errors import (
     OutboxDamaged,
     OutboxError,
 )
-from appliance.outbox import Kind, Outbox, OutboxConflict, OutboxFull
+from appliance.outbox import Outbox
+from appliance.outbox_items import Kind, OutboxConflict, OutboxFull
 from appliance.pos import money, reversals, verbs
 from appliance.pos.commands import VERBS, Rule
 from appliance.pos.errors import RequestError, clip

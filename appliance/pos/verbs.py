@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from appliance.codes import Code, Kind
 from appliance.errors import LeatRejected, LeatUnavailable
-from appliance.outbox import Kind as ItemKind
-from appliance.outbox import Outbox, State
+from appliance.outbox import Outbox
+from appliance.outbox_items import Kind as ItemKind
+from appliance.outbox_items import State
 from appliance.pos.errors import RequestError
 from appliance.pos.ledger import Ledger
 from appliance.resolve import Resolution, Resolver, voucher_block
