@@ -428,25 +428,35 @@ class Decoder:
         """One crop of the followed region: as it is and fixed (denoised, stretched,
         flattened) with both binarizers; `closer`: at half size and upscaled instead.
         `seen`: the crop is part of the frame just read, whose local-average pass saw it
-        alike (its global histogram differs: the crop is read with that binarizer)."""
+        alike (its global histogram differs: the crop is read with that binarizer).
+
+        A region guessed from glare is read as it is (local average) and flattened (both
+        binarizers) only: on 36 screen-glare cards (bench/decode.py) the reads left out
+        read no card these miss, and without them the same cards are read sooner.
+        """
         affine = _Affine(ox=x0, oy=y0)
+        local, histogram = zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram
         views = [image]
-        if self._preprocess:
-            if noise_level(image) > _NOISY:
-                views.append(denoise(image))
-            if narrow_range(views[-1]):
-                views.append(stretch(views[-1]))
-            views.append(flatten(views[-1]))  # glare rims, uneven light
-        if closer:
-            return self._read_closer(views[-2 if len(views) > 1 else -1], formats, x0, y0,
-                                     deadline)
-        for view in views:
-            for binarizer in (zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram):
-                if seen and view is image and binarizer == zxingcpp.Binarizer.LocalAverage:
-                    continue
-                hits = self._read(view, formats, affine, binarizer=binarizer)
-                if hits or time.perf_counter() > deadline:
-                    return hits
+        if self._preprocess and self._stack.glared and not self._located and not closer:
+            flat = flatten(image)
+            attempts = [(image, local), (flat, local), (flat, histogram)]
+        else:
+            if self._preprocess:
+                if noise_level(image) > _NOISY:
+                    views.append(denoise(image))
+                if narrow_range(views[-1]):
+                    views.append(stretch(views[-1]))
+                views.append(flatten(views[-1]))  # glare rims, uneven light
+            if closer:
+                return self._read_closer(views[-2 if len(views) > 1 else -1], formats, x0, y0,
+                                         deadline)
+            attempts = [(view, binarizer) for view in views for binarizer in (local, histogram)]
+        for view, binarizer in attempts:
+            if seen and view is image and binarizer == local:
+                continue
+            hits = self._read(view, formats, affine, binarizer=binarizer)
+            if hits or time.perf_counter() > deadline:
+                return hits
         return []
 
     def _read_closer(self, image: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
