@@ -106,6 +106,7 @@ def test_login_refuses_a_wrong_password(
         assert browser.current_url == dev.url + "/login"
         browser.find_element(By.ID, "password").send_keys("wrong")
         browser.find_element(By.ID, "login").click()
+        wait_for(lambda: browser.current_url.endswith("/login?refused=password"))
         wait_for(lambda: text(browser, "login-error") == "Wrong password.")
         assert browser.get_cookies() == []
         screenshot(browser, "web-login-refused.png")

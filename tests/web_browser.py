@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -42,11 +42,12 @@ def chromium() -> webdriver.Chrome:
 
 
 def text(driver: webdriver.Chrome, element_id: str) -> str:
-    """The element's visible text; "" if the page was replaced between finding and reading it
-    (a form's POST answered by a redirect), so a `wait_for` simply polls again."""
+    """The element's visible text; "" while a navigation (a form's POST answered by a
+    redirect) has the element missing or replaced between finding and reading it, so a
+    `wait_for` simply polls again (a wrong id still fails it: it times out)."""
     try:
         return str(driver.find_element(By.ID, element_id).text)
-    except StaleElementReferenceException:
+    except (NoSuchElementException, StaleElementReferenceException):
         return ""
 
 
