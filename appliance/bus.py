@@ -97,7 +97,7 @@ class Service(Protocol):
         """Answer what is queued, then end the worker."""
 
 
-class _PahoOutageFilter(logging.Filter):
+class PahoOutageFilter(logging.Filter):
     """Drops what paho logs at ERROR about an outage the bus reports itself, once:
     "failed to receive on socket: <error>" when the connection breaks (paho-mqtt 2.2
     `Client._packet_read`; `on_disconnect` then only says "Unspecified error"), and "Client is
@@ -171,9 +171,9 @@ class MqttBus:
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
         )
         paho_log = log.getChild(f"paho.{client_id}")  # one per connection: its own filter
-        outage = next((f for f in paho_log.filters if isinstance(f, _PahoOutageFilter)), None)
+        outage = next((f for f in paho_log.filters if isinstance(f, PahoOutageFilter)), None)
         if outage is None:
-            outage = _PahoOutageFilter()
+            outage = PahoOutageFilter()
             paho_log.addFilter(outage)
         self._outage = outage
         client.enable_logger(paho_log)

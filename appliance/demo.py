@@ -30,6 +30,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from appliance.assembly import build
+from appliance.bus import PahoOutageFilter
 from appliance.config import Config, read_secret
 from appliance.errors import BusError
 from appliance.feedback import Feedback, FeedbackLike, Signal
@@ -76,8 +77,12 @@ class Viewer:
             client_id=f"leat-scanner-demo-viewer-{cfg.device.id}",
             protocol=mqtt.MQTTv5,
         )
-        # paho reports a benign race at disconnect on stderr unless it has a logger
-        self._client.enable_logger(logging.getLogger(__name__ + ".viewer"))
+        # paho reports a benign race at disconnect ("Client is not connected", from its loop
+        # thread) on stderr unless it has a logger, and at ERROR on that logger: filtered
+        viewer_log = logging.getLogger(__name__ + ".viewer")
+        if not any(isinstance(f, PahoOutageFilter) for f in viewer_log.filters):
+            viewer_log.addFilter(PahoOutageFilter())
+        self._client.enable_logger(viewer_log)
         if cfg.mqtt.username:
             self._client.username_pw_set(
                 cfg.mqtt.username, read_secret("mqtt-password", cfg.mqtt.password_file)
