@@ -46,8 +46,8 @@ class Fields:
 
     def req_str(self, key: str) -> str:
         """A required string."""
-        value = self.raw.get(key)
-        if not isinstance(value, str):
+        value = self.opt_str(key)
+        if value is None:
             raise malformed(self._path(key))
         return value
 
