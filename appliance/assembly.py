@@ -22,11 +22,12 @@ from appliance.config import Config, capabilities, read_secret
 from appliance.daemon import Heartbeats, ScanService
 from appliance.debounce import Debouncer
 from appliance.decode import Decoder
+from appliance.delivery import TokenSettings
 from appliance.enrol import EnrolError, Enroller, SpoolStore, UsedCodes, read_fleet_key
 from appliance.errors import CameraError, ConfigError, OutboxDamaged
 from appliance.exposure import ExposureSteer, SteerSettings
 from appliance.feedback import FeedbackLike, FeedbackState, open_feedback
-from appliance.forwarder import Forwarder, TokenSettings
+from appliance.forwarder import Forwarder
 from appliance.outbox import Outbox
 from appliance.pipeline import ScanHandler
 from appliance.pos.intake import OrderRequests

@@ -25,15 +25,12 @@ posted again and Leat's duplicate answer counts as delivered (ASSUMPTION, as the
 answers: 400, 1003 "The external identifier has already been taken."). The outbox makes a
 return due only after its order is delivered.
 
-Commands. A give-back POS command (kind COMMAND: reverse, release, collect-reverse) is run
-by `commands_durable.execute()`, told whether an earlier attempt may have reached Leat; it
-settles that through what Leat can be asked (see that module) and raises
-`commands_durable.Unexplained` when it cannot tell, which is held like an order Leat's
-answer about which was not understood. Its final outcome goes out on `events/command`.
-
-Customers. A scanned `customer_identifier` is resolved at send time (so a card scanned while
-offline still earns points); an unknown, inactive or unlinked card is DEAD. An order with no
-customer at all never calls Leat: it gets a Loyalty Token claim URL (Leat's Loyalty Token docs).
+What one attempt calls is delivery.py's: an order's lookup, its customer card resolved at send
+time (so a card scanned while offline still earns points; an unknown, inactive or unlinked
+card is DEAD), a Loyalty Token claim URL for an order without a customer, a give-back
+command run by `commands_durable.execute()` (its `Unexplained` is held like an order Leat's
+answer about which was not understood). A command's final outcome goes out on
+`events/command`, an order's or return's on `events/order`.
 
 Probe mode. While Leat is reachable, due items go out `concurrency` at a time, and a failed
 item waits its own backoff (`backoff_delay`: full jitter, Retry-After as a floor). Once an
@@ -48,7 +45,7 @@ Leat answers others (a poison order's 5xx) keep growing their own backoff, and a
 picks the oldest due item, so one such item cannot hold the queue in probe mode.
 
 Threads. `run()` (or `drain_once()`) owns a ThreadPoolExecutor of `concurrency` workers that
-only talk to Leat (`LeatClient` is thread-safe) and return a verdict. The loop thread owns
+only talk to Leat (`Delivery.attempt`) and return a verdict. The loop thread owns
 the one `Outbox` it opened (so no SQLite connection ever crosses threads): it claims an item
 before handing it to a worker and records the verdict afterwards, and it alone keeps the
 reachability state. SQLite serialises writers anyway, and keeping its fsyncs off the workers
@@ -61,7 +58,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import threading
 import time
 import uuid
@@ -69,23 +65,15 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
 from jsonschema import ValidationError
 
 from appliance import commands_durable, contract
-from appliance.errors import (
-    BusError,
-    LeatAuthError,
-    LeatRejected,
-    LeatUnavailable,
-    OutboxError,
-)
+from appliance.delivery import Delivery, TokenSettings, Verdict
+from appliance.errors import BusError, OutboxError
 from appliance.leat.client import LeatClient
-from appliance.leat.token import DEFAULT_UNIT, loyalty_token_url
 from appliance.outbox import Outbox
 from appliance.outbox_items import Item, Kind, State, backoff_delay
 from appliance.pipeline import ScanHandler
@@ -93,64 +81,9 @@ from appliance.pipeline import ScanHandler
 log = logging.getLogger(__name__)
 
 SCHEMA: Final = "leat-scanner/events/order/1"
-INVALID_INPUT: Final = 1003
 IDLE_POLL_S: Final = 30.0  # longest sleep with nothing scheduled (also catches CLI retries)
 STOP_POLL_S: Final = 0.25  # how often a wait on `wake` looks at `stop`
 MIN_WAIT_S: Final = 0.05
-_DUPLICATE = re.compile(r"external[ _]identifier\b.*\b(already|taken|exists|duplicate)", re.I)
-_DUPLICATE_DETAIL = re.compile(r"\b(already|taken|exists|duplicate|unique)\b", re.I)
-EXTERNAL_IDENTIFIER: Final = "external_identifier"
-
-
-@dataclass(frozen=True)
-class TokenSettings:
-    """What a Loyalty Token claim URL needs (`[leat] portal_url`, the account secret)."""
-
-    portal_url: str
-    account_secret: str
-    shop_uuid: str | None = None
-    unit_name: str = DEFAULT_UNIT
-
-    def __repr__(self) -> str:
-        return f"TokenSettings(portal_url={self.portal_url!r}, account_secret=<hidden>)"
-
-
-@dataclass(frozen=True)
-class _Verdict:
-    """What a worker learned about one item; the loop thread records it."""
-
-    state: State  # DELIVERED, DEAD, or PENDING (try again)
-    leat: bool | None  # Leat answered (True), was unreachable (False), or was not asked
-    result: Mapping[str, Any] | None = None
-    code: int | None = None
-    message: str = ""
-    retry_after: float | None = None
-    ambiguous: bool = False
-    auth: bool = False
-    unexplained: bool = False  # Leat's answer was not understood: keep it, raise the alert
-    reason: str = "leat_rejected"  # a command's error code when DEAD (events/command)
-
-
-class _Dead(Exception):
-    """Give the item up: DEAD with this code and message (`leat`: Leat said so)."""
-
-    def __init__(
-        self,
-        code: int | None,
-        message: str,
-        *,
-        leat: bool | None = None,
-        reason: str = "leat_rejected",
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.leat = leat
-        self.reason = reason
-
-
-class _Unexplained(Exception):
-    """Leat answered, but not in a way that tells whether the order is there: keep it."""
 
 
 class Forwarder:
@@ -177,15 +110,13 @@ class Forwarder:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.outbox_path = Path(outbox_path)
-        self._client = client
+        self._delivery = Delivery(client, shop_uuid=shop_uuid, token=token)
         self._publish = publish
         self.device_id = device_id
-        self.shop_uuid = shop_uuid
         self.concurrency = concurrency
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.probe_max_s = probe_max_s
-        self._token = token
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._wake = wake
@@ -243,10 +174,7 @@ class Forwarder:
         the request handler can put it in its response and the order event repeats it.
         Thread-safe: it reads only settings and `item`.
         """
-        try:
-            return self._claim_url(item)
-        except _Dead:
-            return None
+        return self._delivery.claim_url(item)
 
     def drain_once(self) -> int:
         """Send everything due now (each item at most once) and wait; how many were attempted."""
@@ -265,7 +193,7 @@ class Forwarder:
         seen: set[int] = set()
         requeued = 0  # attempted items that may be due again (excluded from new fetches)
         queue: deque[int] = deque()
-        in_flight: dict[Future[_Verdict], tuple[Item, bool]] = {}
+        in_flight: dict[Future[Verdict], tuple[Item, bool]] = {}
         batch = max(64, 16 * self.concurrency)
         exhausted = False
 
@@ -289,7 +217,7 @@ class Forwarder:
                 seen.add(item_id)
                 item = outbox.claim(item_id)
                 if item is not None:  # else taken, dropped or made dead meanwhile
-                    in_flight[pool.submit(self._call, item)] = (item, probe)
+                    in_flight[pool.submit(self._delivery.attempt, item)] = (item, probe)
 
         count = 0
         try:
@@ -317,7 +245,7 @@ class Forwarder:
                 self._note(verdict)
                 self._record(outbox, item, probe, verdict)
 
-    def _note(self, verdict: _Verdict) -> None:
+    def _note(self, verdict: Verdict) -> None:
         """Update reachability and the probe schedule from one attempt's verdict."""
         if verdict.leat is True:
             if self._reachable is False:
@@ -368,181 +296,9 @@ class Forwarder:
             elif self._wake.wait(min(remaining, STOP_POLL_S)):
                 return
 
-    # ----------------------------------------------------------------------- one attempt
-
-    def _call(self, item: Item) -> _Verdict:
-        """Forward one claimed item to Leat (on a worker thread: no SQLite here)."""
-        try:
-            send = {Kind.RETURN: self._send_return, Kind.COMMAND: self._send_command}.get(
-                item.kind, self._send_order
-            )
-            result = send(item)
-        except _Dead as dead:
-            return _Verdict(
-                State.DEAD, dead.leat, code=dead.code, message=dead.message, reason=dead.reason
-            )
-        except (_Unexplained, commands_durable.Unexplained) as exc:
-            return _Verdict(State.PENDING, True, message=str(exc), ambiguous=True, unexplained=True)
-        except LeatRejected as exc:
-            return _Verdict(State.DEAD, True, code=exc.code, message=exc.leat_message)
-        except LeatUnavailable as exc:
-            return _Verdict(
-                State.PENDING,
-                False,
-                message=str(exc),
-                retry_after=exc.retry_after,
-                ambiguous=exc.ambiguous,
-            )
-        except LeatAuthError as exc:
-            return _Verdict(State.PENDING, False, message=str(exc), auth=True)
-        except Exception as exc:  # a bug: keep the item, and assume it may have gone out
-            log.exception("forwarding %s %d failed unexpectedly", item.kind, item.id)
-            error = f"internal error: {type(exc).__name__}"
-            return _Verdict(State.PENDING, None, message=error, ambiguous=True)
-        return _Verdict(State.DELIVERED, None if "claim_url" in result else True, result)
-
-    def _send_order(self, item: Item) -> dict[str, Any]:
-        """Post one order (after a lookup when ambiguous); the result to store."""
-        ext = item.external_identifier
-        if item.ambiguous:
-            found = self._find(item)
-            if found is not None:
-                log.info("order %d was already in Leat; not posting it again", item.id)
-                return {"leat_uuid": found, "points": None, "new_balance": None, "found": "lookup"}
-        body = dict(item.body)
-        contact = body.get("contact")
-        has_contact = isinstance(contact, Mapping) and bool(contact.get("uuid"))
-        if not has_contact and item.customer_identifier:
-            body["contact"] = {"uuid": self._resolve(item.customer_identifier)}
-        elif not has_contact:
-            return {
-                "leat_uuid": None,
-                "points": None,
-                "new_balance": None,
-                "claim_url": self._claim_url(item),
-            }
-        if self.shop_uuid and not body.get("business_profile"):
-            body["business_profile"] = {"uuid": self.shop_uuid}
-        body["external_identifier"] = ext
-        try:
-            result = self._client.create_and_process_order(body)
-        except LeatRejected as exc:
-            if not (item.ambiguous and self._is_duplicate(exc)):
-                raise  # a duplicate of an order that never left: another order has its id
-            found = self._find(item)
-            if found is None:
-                raise _Unexplained(
-                    "Leat calls the order a duplicate, but orders/find does not find it"
-                ) from exc
-            log.info("order %d was already in Leat (duplicate answer, found)", item.id)
-            return {"leat_uuid": found, "points": None, "new_balance": None, "found": "duplicate"}
-        return {
-            "leat_uuid": None if result.order is None else result.order.uuid,
-            "points": result.points,
-            "new_balance": result.new_balance,
-        }
-
-    def _send_return(self, item: Item) -> dict[str, Any]:
-        """Post one return; its order must be delivered (the outbox holds it back until then)."""
-        body = dict(item.body)
-        if not body.get("order") and item.order_external_identifier:
-            body["order"] = {"external_identifier": item.order_external_identifier}
-        body["external_identifier"] = item.external_identifier
-        try:
-            result = self._client.create_and_process_order_return(body)
-        except LeatRejected as exc:
-            if not (item.ambiguous and self._is_duplicate(exc)):
-                raise
-            log.info("return %d was already in Leat (duplicate answer)", item.id)
-            return {"leat_uuid": None, "points": None, "new_balance": None, "found": "duplicate"}
-        return {
-            "leat_uuid": result.uuid,
-            "points": result.points,
-            "new_balance": result.new_balance,
-        }
-
-    def _send_command(self, item: Item) -> dict[str, Any]:
-        """Execute one give-back command (`commands_durable`, which settles ambiguity)."""
-        verb, args = item.body.get("verb"), item.body.get("args")
-        if not isinstance(verb, str) or not isinstance(args, Mapping):
-            raise _Dead(None, "invalid command: body needs verb and args", reason="internal")
-        try:
-            data = commands_durable.execute(self._client, verb, args, ambiguous=item.ambiguous)
-        except ValueError as exc:
-            raise _Dead(None, f"invalid command: {exc}", reason="invalid_request") from exc
-        if data.get("already"):
-            log.info("command %d (%s) had taken effect already; not sent again", item.id, verb)
-        return {"verb": verb, "data": data}
-
-    def _find(self, item: Item) -> str | None:
-        """The Leat uuid of an ambiguous order, None when Leat says it has none;
-        `_Unexplained` when Leat's answer is neither (undocumented, so never taken as no)."""
-        try:
-            with commands_durable.read_only():
-                found = self._client.find_order(item.external_identifier)
-        except LeatRejected as exc:
-            raise _Unexplained(
-                f"orders/find answered HTTP {exc.status_code}, code {exc.code}: neither the "
-                "order nor a known 'not found'"
-            ) from exc
-        return None if found is None else found.uuid
-
-    def _resolve(self, identifier: str) -> str:
-        """The contact uuid of a scanned identifier; `_Dead` when it has none."""
-        try:
-            with commands_durable.read_only():
-                found = self._client.find_contact_identifier(identifier)
-        except LeatRejected as exc:
-            raise _Dead(
-                exc.code, f"customer card not usable: {exc.leat_message}", leat=True
-            ) from exc
-        if not found.active:
-            raise _Dead(60004, "customer card not usable: the identifier is inactive", leat=True)
-        if found.contact is None:
-            raise _Dead(None, "customer card not usable: it is not linked to a contact", leat=True)
-        return found.contact.uuid
-
-    def _claim_url(self, item: Item) -> str:
-        """A Loyalty Token URL for an order without a customer; `_Dead` when none can be made."""
-        token = self._token
-        shop = (token.shop_uuid if token else None) or self.shop_uuid
-        if token is None or not shop:
-            raise _Dead(
-                None,
-                "no customer and no loyalty token settings ([leat] portal_url, account secret"
-                + ("" if shop else ", shop_uuid")
-                + ")",
-            )
-        amount = item.body.get("total_order_amount")
-        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-            raise _Dead(None, "no customer and no positive total_order_amount for a claim URL")
-        try:
-            return loyalty_token_url(
-                portal_url=token.portal_url,
-                shop_uuid=shop,
-                unique_id=item.external_identifier,
-                unit_value=str(Decimal(amount) / 100),
-                secret=token.account_secret,
-                unit_name=token.unit_name,
-                timestamp=int(item.created_at),
-            )
-        except ValueError as exc:
-            raise _Dead(None, f"cannot make a loyalty token claim URL: {exc}") from exc
-
-    @staticmethod
-    def _is_duplicate(exc: LeatRejected) -> bool:
-        """Leat's answer to a repeated external_identifier (ASSUMPTION: 1003, as the sandbox):
-        said in the message, or in `errors.external_identifier` under a generic message."""
-        if exc.code != INVALID_INPUT:
-            return False
-        if _DUPLICATE.search(exc.leat_message) is not None:
-            return True
-        details = exc.errors.get(EXTERNAL_IDENTIFIER, ())
-        return any(_DUPLICATE_DETAIL.search(text) for text in details)
-
     # ------------------------------------------------------------------------- recording
 
-    def _record(self, outbox: Outbox, item: Item, probe: bool, verdict: _Verdict) -> None:
+    def _record(self, outbox: Outbox, item: Item, probe: bool, verdict: Verdict) -> None:
         """Store a worker's verdict (loop thread) and announce a final one."""
         self._hold(item, verdict)
         try:
@@ -570,7 +326,7 @@ class Forwarder:
         except OutboxError:  # left SENDING: recover() makes it ambiguous after a restart
             log.exception("could not record the outcome of %s %d", item.kind, item.id)
 
-    def _hold(self, item: Item, verdict: _Verdict) -> None:
+    def _hold(self, item: Item, verdict: Verdict) -> None:
         """Keep `alert` in step: which items wait because Leat's answer was not understood.
 
         An item leaves the set once Leat gives an answer we understand (or it is final); an
@@ -598,7 +354,7 @@ class Forwarder:
         reason = self._held.get(item.id) or next(iter(self._held.values()))
         self._alert = f"{len(self._held)} item(s) held, never given up: {reason}"
 
-    def _retry(self, outbox: Outbox, item: Item, probe: bool, verdict: _Verdict) -> None:
+    def _retry(self, outbox: Outbox, item: Item, probe: bool, verdict: Verdict) -> None:
         """Back to PENDING: its own backoff, or at most probe_max_s after a failed probe."""
         if verdict.auth and not self._auth_logged:
             self._auth_logged = True
@@ -724,4 +480,4 @@ def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-__all__ = ["SCHEMA", "Forwarder", "TokenSettings"]
+__all__ = ["SCHEMA", "Forwarder"]

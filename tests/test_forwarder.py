@@ -23,8 +23,9 @@ import pytest
 from fakes import SHOP, Clock
 
 from appliance import contract
+from appliance.delivery import TokenSettings
 from appliance.errors import BusError
-from appliance.forwarder import Forwarder, TokenSettings
+from appliance.forwarder import Forwarder
 from appliance.leat.client import LeatClient
 from appliance.leat.token import verify
 from appliance.outbox import Outbox
