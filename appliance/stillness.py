@@ -62,9 +62,12 @@ def changed_box(thumb: Thumb, reference: Thumb | None, threshold: float, noise: 
     limit = max(threshold, _NOISE_SIGMAS * noise * math.sqrt(2.0 / samples)) * samples
     difference = thumb - reference
     np.abs(difference, out=difference)
-    rows, cols = np.nonzero(difference > limit)  # row-major: rows come sorted
-    if not rows.size:
+    changed = np.flatnonzero(difference > limit)  # row-major, sorted; a third cheaper than
+    if not changed.size:  # np.nonzero's row and column arrays
         return None
-    r0, r1 = max(0, int(rows[0]) - margin), min(thumb.shape[0], int(rows[-1]) + 1 + margin)
-    c0, c1 = max(0, int(cols.min()) - margin), min(thumb.shape[1], int(cols.max()) + 1 + margin)
+    width = thumb.shape[1]
+    cols = changed % width
+    r0 = max(0, int(changed[0]) // width - margin)
+    r1 = min(thumb.shape[0], int(changed[-1]) // width + 1 + margin)
+    c0, c1 = max(0, int(cols.min()) - margin), min(width, int(cols.max()) + 1 + margin)
     return (c0 * TILE, r0 * TILE, c1 * TILE, r1 * TILE)
