@@ -210,7 +210,9 @@ def test_orders_unknown_verb_and_wake(outbox_path: Path) -> None:
     handler = OrderRequests(
         outbox_path, Replies(), base_topic=BASE, shop_uuid=SHOP, wake=wake, claim_url=claim
     )
-    assert handler.handle("order.delete", b"{}")["error"]["code"] == "invalid_request"
+    unknown = handler.handle("order.delete", request(transaction="t-1", request_id="r-1"))
+    assert unknown["error"]["code"] == "invalid_request"
+    assert (unknown["transaction"], unknown["request_id"]) == ("t-1", "r-1")  # matchable
     assert not wake.is_set()
     handler.handle("order.create", request(order=order_body()))
     assert wake.is_set()
@@ -616,6 +618,13 @@ def test_orders_refused_response_topic_is_answered_on_the_default_topic(
     assert topic == f"{BASE}/response/order.create"
     assert correlation == b"c-1"
     assert response["error"]["code"] == "invalid_response_topic"
+    assert response["transaction"] is None  # the body had none; a command's request_id:
+    command = Message(f"{BASE}/request/voucher.redeem", request(request_id="r-2", transaction="t-2"),
+                      response_topic="$SYS/x")
+    handler.on_message(command)
+    refused = replies.sent[-1][1]
+    assert (refused["transaction"], refused["request_id"]) == ("t-2", "r-2")
+    contract.validate("response", refused)
     assert stored(outbox_path) == []
 
 
@@ -634,12 +643,18 @@ def test_orders_full_backlog_answers_busy_at_once_and_stop_answers_the_rest(
     [(topic, busy, _)] = replies.sent
     assert topic == f"{BASE}/response/order.create"
     assert busy["error"]["code"] == "busy"
+    assert busy["transaction"] == "t-2"  # the POS can tell which request it was
     handler.start()
     handler.stop(timeout=10)  # answers what waits, then ends the worker
     assert [r["status"] for _, r, _ in replies.sent] == ["error", "ok", "ok"]
     assert [r["transaction"] for _, r, _ in replies.sent[1:]] == ["t-0", "t-1"]
-    handler.on_message(Message(f"{BASE}/request/order.create", request(order=order_body())))
-    assert replies.sent[-1][1]["error"]["code"] == "busy"  # after stop: refused, not lost
+    handler.on_message(Message(f"{BASE}/request/order.create",
+                               request(transaction="t-9", request_id="r-9", order=order_body())))
+    stopping = replies.sent[-1][1]
+    assert stopping["error"]["code"] == "busy"  # after stop: refused, not lost
+    assert "stopping" in stopping["error"]["message"]
+    assert (stopping["transaction"], stopping["request_id"]) == ("t-9", "r-9")
+    contract.validate("response", stopping)
     assert len(stored(outbox_path)) == 2
 
 
