@@ -506,6 +506,16 @@ class Outbox:
             ).fetchone()
         return None if row is None else item_from_row(row)
 
+    def returns_of(self, order_external_identifier: str) -> list[Item]:
+        """The returns stored for an order (any state), oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT * FROM outbox WHERE kind = 'return' AND order_external_identifier = ? "
+                "ORDER BY id",
+                (order_external_identifier,),
+            ).fetchall()
+        return [item_from_row(row) for row in rows]
+
     def items(self, states: Collection[State] | None = None, limit: int = 100) -> list[Item]:
         """Items (in these states), oldest first."""
         where, params = "", tuple[str, ...]()

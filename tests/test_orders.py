@@ -12,6 +12,7 @@ import jsonschema
 import paho.mqtt.client as mqtt
 import pytest
 from broker import Mosquitto, Subscriber
+from jsonschema import ValidationError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -194,6 +195,85 @@ def test_orders_return_waits_for_its_order(handler: OrderRequests, outbox_path: 
         assert [i.id for i in outbox.due()] == [ret.id]
     finally:
         outbox.close()
+
+
+def returned(ext: str, *lines: tuple[str, int], order: str = "pos-1001",
+             key: str = "line_items") -> bytes:
+    body: dict[str, Any] = {"external_identifier": ext, "status": "COMPLETED",
+                            "order": {"external_identifier": order}}
+    if lines:
+        body[key] = [{"external_identifier": line, "quantity": n} for line, n in lines]
+    return request(**{"return": body})
+
+
+def test_orders_a_return_that_cannot_be_delivered_is_refused_at_the_door(
+    handler: OrderRequests, outbox_path: Path
+) -> None:
+    assert handler.handle("order.create", request(order=order_body()))["status"] == "ok"
+
+    def refusal(payload: bytes) -> str:
+        response = handler.handle("order.return", payload)
+        contract.validate("response", response)
+        assert response["error"]["code"] == "invalid_request", response
+        return str(response["error"]["message"])
+
+    assert "nothing to return" in refusal(returned("r-0"))
+    assert "'pos-1001-9' is not a line of order 'pos-1001'" in refusal(
+        returned("r-1", ("pos-1001-9", 1)))
+    assert "only 1 of the 1 ordered are left" in refusal(returned("r-2", ("pos-1001-1", 2)))
+    # the sub-line (2 ordered): one now, one later, then none is left
+    for ext in ("r-3", "r-4"):
+        ok = handler.handle("order.return",
+                            returned(ext, ("pos-1001-1a", 1), key="sub_line_items"))
+        assert ok["status"] == "ok", ok
+    again = handler.handle("order.return",
+                           returned("r-4", ("pos-1001-1a", 1), key="sub_line_items"))
+    assert again["data"]["duplicate"] is True  # the same return again is still the same reply
+    assert "only 0 of the 2 ordered" in refusal(
+        returned("r-5", ("pos-1001-1a", 1), key="sub_line_items"))
+    # an order rung up elsewhere is Leat's to check
+    assert handler.handle("order.return", returned("r-6", ("x-1", 5), order="other"))[
+        "status"] == "ok"
+    assert [i.external_identifier for i in stored(outbox_path)] == ["pos-1001", "r-3", "r-4", "r-6"]
+    with Outbox(outbox_path) as outbox:  # Leat refused the order: its return cannot go
+        order = outbox.find(Kind.ORDER, "pos-1001")
+        assert order is not None and outbox.claim(order.id) is not None
+        outbox.mark_dead(order.id, code=1003, message="refused")
+    assert "is dead on this device" in refusal(returned("r-7", ("pos-1001-1", 1)))
+
+
+@pytest.mark.parametrize(
+    ("schema", "fields", "message"),
+    [
+        ("order_request", {"order": {**order_body(), "contact": {"uuid": "u"}}},
+         "order/contact: Not allowed here: give the customer in `customer`."),
+        ("order_request", {"order": order_body(), "customer": {"identifier": 5}},
+         "customer/identifier: 5 is not of type 'string'"),
+        ("order_request", {"order": order_body(), "customer": {"contact_uuid": "c",
+                                                                "identifier": "i"}},
+         "customer: give exactly one of null, contact_uuid, identifier"),
+        ("command_contact_lookup", {"request_id": "r-1", "email": "a@example.com",
+                                    "identifier": "x"},
+         "(top level): give exactly one of identifier, email, contact_uuid"),
+        ("command_contact_lookup", {"request_id": "r-1", "contact_uuid": "not-a-uuid"},
+         "contact_uuid: 'not-a-uuid' is not a valid uuid"),
+    ],
+)
+def test_orders_schema_refusals_say_what_the_contract_wants(
+    schema: str, fields: dict[str, Any], message: str
+) -> None:
+    """Not jsonschema's Python reprs of the schema ("should not be valid under {}")."""
+    with pytest.raises(ValidationError) as refused:
+        contract.validate(schema, fields)
+    assert contract.explain(refused.value) == message
+
+
+def test_orders_a_refused_order_names_what_the_contract_wants(handler: OrderRequests) -> None:
+    response = handler.handle("order.create", request(order={**order_body(), "contact": {}}))
+    assert response["error"] == {
+        "code": "invalid_request",
+        "message": "order/contact: Not allowed here: give the customer in `customer`.",
+    }
 
 
 def test_orders_anonymous_order_gets_a_claim_url(handler: OrderRequests) -> None:
@@ -619,8 +699,8 @@ def test_orders_refused_response_topic_is_answered_on_the_default_topic(
     assert correlation == b"c-1"
     assert response["error"]["code"] == "invalid_response_topic"
     assert response["transaction"] is None  # the body had none; a command's request_id:
-    command = Message(f"{BASE}/request/voucher.redeem", request(request_id="r-2", transaction="t-2"),
-                      response_topic="$SYS/x")
+    command = Message(f"{BASE}/request/voucher.redeem",
+                      request(request_id="r-2", transaction="t-2"), response_topic="$SYS/x")
     handler.on_message(command)
     refused = replies.sent[-1][1]
     assert (refused["transaction"], refused["request_id"]) == ("t-2", "r-2")

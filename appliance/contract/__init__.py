@@ -16,7 +16,7 @@ from itertools import islice
 from typing import Any, cast
 
 from jsonschema import Draft202012Validator, FormatChecker
-from jsonschema.exceptions import best_match
+from jsonschema.exceptions import ValidationError, best_match
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +91,43 @@ def validate(name: str, payload: object) -> None:
     error = best_match(islice(_validator(name).iter_errors(payload), MAX_ERRORS))
     if error is not None:
         raise error
+
+
+def explain(error: ValidationError) -> str:
+    """A schema refusal a POS developer can act on: where, and what the contract wants
+    (jsonschema's own messages print Python reprs of the schema for `not` and `oneOf`)."""
+    where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+    own = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "not" and own.get("description"):  # a field the contract forbids
+        return f"{where}: {own['description']}"
+    if error.validator in ("oneOf", "anyOf") and isinstance(error.validator_value, list):
+        choices = error.validator_value
+        labels = [_label(choice) for choice in choices]
+        if all(labels):
+            fits = [i for i, choice in enumerate(choices) if isinstance(error.instance, dict)
+                    and choice.get("required") and set(choice["required"]) <= error.instance.keys()]
+            if len(fits) == 1:  # the one alternative it meant: what is wrong inside it
+                inside = best_match(e for e in error.context or ()
+                                    if e.relative_schema_path[0] == fits[0])
+                if inside is not None:
+                    return explain(inside)
+            many = "exactly one" if error.validator == "oneOf" else "at least one"
+            return f"{where}: give {many} of {', '.join(map(str, labels))}"
+        deepest = best_match(error.context or ())
+        if deepest is not None:
+            return explain(deepest)
+    if error.validator == "format":
+        shown = repr(error.instance)
+        shown = shown if len(shown) <= 60 else shown[:60] + "..."
+        return f"{where}: {shown} is not a valid {error.validator_value}"
+    return f"{where}: {error.message}"
+
+
+def _label(choice: object) -> str | None:
+    """How `explain` names one alternative of a oneOf / anyOf: its required keys, or null."""
+    if not isinstance(choice, dict):
+        return None
+    required = choice.get("required")
+    if isinstance(required, list) and required:
+        return " and ".join(map(str, required))
+    return "null" if choice.get("type") == "null" else None

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from jsonschema import ValidationError
-from jsonschema.exceptions import best_match
 
 from appliance import contract
 from appliance.bus import Message
@@ -41,6 +40,7 @@ from appliance.outbox_items import Item, Kind, OutboxConflict, OutboxFull
 from appliance.pos.amounts import check_amounts
 from appliance.pos.commands import VERBS as COMMANDS
 from appliance.pos.errors import RequestError, clip
+from appliance.pos.returns import check_return
 
 if TYPE_CHECKING:
     from appliance.pos.runner import Commands  # imports httpx: only with Leat
@@ -343,9 +343,15 @@ class OrderRequests:
                 )
             else:
                 body = request["return"]
-                enqueued = self._open().enqueue(
+                outbox = self._open()
+                order_id = body["order"]["external_identifier"]
+                if outbox.find(Kind.RETURN, body["external_identifier"]) is None:  # else the
+                    # same return again (a duplicate) or another body (a conflict): enqueue says
+                    check_return(body, outbox.find(Kind.ORDER, order_id),
+                                 outbox.returns_of(order_id))
+                enqueued = outbox.enqueue(
                     kind, body["external_identifier"], body,
-                    order_external_identifier=body["order"]["external_identifier"],
+                    order_external_identifier=order_id,
                     transaction=request.get("transaction"),
                 )
         except OutboxConflict as exc:
@@ -482,9 +488,7 @@ def _check_schema(name: str, request: Mapping[str, Any]) -> None:
     try:
         contract.validate(name, request)
     except ValidationError as exc:
-        error = best_match([exc]) or exc
-        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise RequestError("invalid_request", f"{where}: {error.message}") from None
+        raise RequestError("invalid_request", contract.explain(exc)) from None
 
 
 def _under(topic: str, root: str) -> bool:
