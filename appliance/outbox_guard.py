@@ -47,6 +47,7 @@ from typing import Any, Final
 
 from appliance.errors import OutboxDamaged, OutboxError
 from appliance.markfile import Mark, MarkFile, fsync_dir, write_atomically
+from appliance.sqlite_file import wal_at_risk
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +298,11 @@ def _name(number: int, lookup: Callable[[int], Any]) -> str:
 
 
 def connect(path: Path, mode: str) -> sqlite3.Connection:
-    """A connection that never creates the file (`mode` "ro" or "rw", SQLite URI)."""
+    """A connection that never creates the file (`mode` "ro" or "rw", SQLite URI);
+    OutboxDamaged, without opening it, when that could lose its WAL (sqlite_file.py)."""
+    risk = wal_at_risk(path)
+    if risk is not None:
+        raise OutboxDamaged(risk)
     conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode={mode}", uri=True,
                            timeout=BUSY_TIMEOUT_S)
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
@@ -563,7 +568,7 @@ def _keepable(path: Path) -> tuple[Mark, int] | None:
         return None
     try:
         conn = connect(path, "rw")
-    except sqlite3.Error:
+    except (sqlite3.Error, OutboxDamaged):  # moved aside whole, its WAL with it
         return None
     try:
         if [str(r[0]) for r in conn.execute("PRAGMA quick_check(1)")] != ["ok"]:

@@ -195,6 +195,58 @@ def test_truncated_outbox_is_damage(path: Path, keep: str) -> None:
     assert_refused(path, "quick_check|not a readable SQLite database|rolled back")
 
 
+def crashed_with_commits_in_the_wal(path: Path, tmp_path: Path) -> bytes:
+    """The files as a kill -9 leaves them: the last acked orders only in the -wal (a copy
+    taken while the writer is still open, before any checkpoint); returns the WAL's bytes."""
+    fill(path, count=5)
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    with Outbox(path, min_free_bytes=0) as box:
+        box.connection.execute("PRAGMA wal_autocheckpoint = 0")
+        for i in range(3):
+            box.enqueue(Kind.ORDER, f"IN-WAL-{i}", {"pad": "y" * 600})
+        for file in path.parent.iterdir():
+            (crashed / file.name).write_bytes(file.read_bytes())
+    for file in path.parent.iterdir():
+        file.unlink()
+    for file in crashed.iterdir():
+        (path.parent / file.name).write_bytes(file.read_bytes())
+    wal = path.with_name(path.name + "-wal").read_bytes()
+    assert len(wal) > 3 * 600
+    return wal
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty"])
+def test_a_wal_holding_acked_orders_is_never_thrown_away(
+    path: Path, tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    """SQLite deletes the -wal of a main file it cannot read as it closes a read-write
+    connection; opening it at all would lose the orders only the WAL holds."""
+    wal = crashed_with_commits_in_the_wal(path, tmp_path)
+    path.write_bytes(b"\x00garbage" * 512 if damage == "garbage" else b"")
+    for attempt in (lambda: Outbox.prepare(path), lambda: Outbox(path)):
+        with pytest.raises(OutboxDamaged, match=r"holds .* bytes of commits|empty \(0 bytes\)"):
+            attempt()
+        assert path.with_name(path.name + "-wal").read_bytes() == wal
+    code, out, _ = run_cli("outbox", "repair", "--accept-loss", "--config", str(config),
+                           capsys=capsys)
+    assert code == 0 and "aside" in out
+    [aside] = [p for p in path.parent.iterdir() if p.name.startswith("outbox.sqlite3-wal.aside-")]
+    assert aside.read_bytes() == wal  # moved aside whole, for sqlite3 .recover
+
+
+def test_a_command_ledger_whose_wal_is_at_risk_is_damaged_not_opened(tmp_path: Path) -> None:
+    ledger = tmp_path / "commands.sqlite3"
+    Ledger.prepare(ledger)
+    ledger.with_name(ledger.name + "-wal").write_bytes(b"\x37\x7f\x06\x82" + b"\0" * 4000)
+    ledger.write_bytes(b"not a database")
+    with pytest.raises(LedgerDamaged, match="holds 4004 bytes of commits"):
+        Ledger.prepare(ledger)
+    with pytest.raises(LedgerDamaged, match="holds 4004 bytes of commits"):
+        Ledger(ledger)
+    assert ledger.with_name(ledger.name + "-wal").stat().st_size == 4004
+
+
 def roll_back(path: Path, tmp_path: Path, *, kept: int, lost: int) -> None:
     """Store `kept` orders, copy the file, store `lost` more, then restore the older copy
     over it (a backup restored, or an SD card that lost its last writes)."""

@@ -47,6 +47,7 @@ from typing import Any, Final
 from appliance.errors import ApplianceError, OutboxError
 from appliance.markfile import Mark, MarkFile, write_atomically
 from appliance.outbox_guard import OutboxNotWritable, mark_path, settle_owner
+from appliance.sqlite_file import wal_at_risk
 
 KEEP_S: Final = 48 * 3600  # at least the 24 h the contract promises
 KEEP_TAKEN_S: Final = 31 * 24 * 3600  # a give-back (a return) may come weeks later
@@ -138,6 +139,7 @@ class Ledger:
     def __init__(self, path: Path, *, clock: Any = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
+        _refuse_wal_at_risk(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
@@ -198,6 +200,7 @@ class Ledger:
     @staticmethod
     def _prepare(path: Path) -> tuple[str, int]:
         """Schema, migration and integrity check; the ledger's identity and write count."""
+        _refuse_wal_at_risk(path)
         db = sqlite3.connect(path, isolation_level=None)
         try:
             check = db.execute("PRAGMA quick_check").fetchone()
@@ -462,3 +465,10 @@ def _entry(row: tuple[Any, ...]) -> Entry:
         transaction=transaction, state=state,
         response=None if response is None else json.loads(response), started_at=started,
     )
+
+
+def _refuse_wal_at_risk(path: Path) -> None:
+    """LedgerDamaged, before SQLite opens `path`, when opening it could lose its WAL."""
+    risk = wal_at_risk(Path(path))
+    if risk is not None:
+        raise LedgerDamaged(risk)
