@@ -75,6 +75,8 @@ class Message:
     # the request expires `expiry_s` after `received_at` (time.monotonic()).
     expiry_s: int | None = None
     received_at: float = field(default_factory=time.monotonic, compare=False)
+    # a retained message handed out as we subscribed (not one published while we listen)
+    retained: bool = False
 
     def json(self) -> Any:
         """The payload decoded as UTF-8 JSON (raises ValueError when it is not)."""
@@ -512,6 +514,7 @@ class MqttBus:
             correlation_data=getattr(props, "CorrelationData", None),
             user_properties=tuple(getattr(props, "UserProperty", ())),
             expiry_s=getattr(props, "MessageExpiryInterval", None),
+            retained=bool(msg.retain),
         )
         with self._lock:
             items = list(self._handlers.items())

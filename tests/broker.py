@@ -127,10 +127,10 @@ class Subscriber:
             return [m for m in self.messages if m.topic == topic]
 
     def publish(self, topic: str, payload: bytes, properties: Any = None,
-                timeout: float = 10.0) -> None:
+                timeout: float = 10.0, retain: bool = False) -> None:
         """Publish at QoS 1 and wait for the broker's acknowledgement."""
         self.wait_subscribed(timeout)
-        info = self._client.publish(topic, payload, qos=1, properties=properties)
+        info = self._client.publish(topic, payload, qos=1, properties=properties, retain=retain)
         info.wait_for_publish(timeout)
         assert info.is_published(), f"publish to {topic} not acknowledged in {timeout} s"
 

@@ -149,6 +149,41 @@ def test_hostile_huge_and_deep_requests_are_answered_and_the_device_stays_connec
     assert "jane.doe@example.com" not in caplog.text
 
 
+def test_hostile_retained_request_is_never_run_however_often_it_is_handed_out(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """A retained request comes again at every subscription (each restart, each reconnect):
+    run then, it would take money or store an order long after the POS gave up on it."""
+    outbox = tmp_path / "outbox.sqlite3"
+    body = {"customer": {"identifier": "LC-1"}, "order": order_body("kept-1"),
+            "transaction": "t-kept"}
+    with Subscriber(broker, f"{BASE}/#", "pos/#") as pos:
+        pos.wait_subscribed()
+        pos.publish(REQUEST, json.dumps(body).encode(), v5(POS_REPLY, b"r"), retain=True)
+        for start in range(2):  # the device starts (again): the broker hands it out each time
+            device = Device(broker, outbox, None)
+            try:
+                [*_, refused] = pos.wait_for(
+                    lambda ms, n=start: len([m for m in ms if m.topic == POS_REPLY]) > n)
+            finally:
+                device.bus.stop()
+            answer = json.loads(refused.payload)
+            contract.validate("response", answer)
+            assert answer["error"]["code"] == "retained"
+            assert answer["transaction"] == "t-kept"
+        pos.publish(REQUEST, b"", retain=True)  # the POS clears it: not a request, no reply
+        device = Device(broker, outbox, None)
+        try:
+            pos.publish(REQUEST, json.dumps({**body, "transaction": "t-live"}).encode(),
+                        v5(POS_REPLY, b"live"))
+            [*_, live] = pos.wait_for(
+                lambda ms: len([m for m in ms if m.topic == POS_REPLY]) == 3)
+        finally:
+            device.bus.stop()
+    assert json.loads(live.payload)["status"] == "ok"  # a live request runs as ever
+    assert len(pos.on(POS_REPLY)) == 3
+
+
 def test_hostile_slow_request_never_holds_paho_thread(
     broker: Mosquitto, tmp_path: Path
 ) -> None:

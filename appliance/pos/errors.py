@@ -12,6 +12,7 @@ ERRORS: Final = (
     "too_deep",  # nested deeper than MAX_DEPTH, checked before parsing
     "nested_sub_lines",  # a sub-line with sub-lines: Leat's orders have one level
     "invalid_response_topic",  # answered on the default topic instead
+    "retained",  # a retained request (handed out again at every subscription): never run
     "amounts_inconsistent",  # a line's total is not price x quantity - discount_amount
     "conflict",  # another body under the same external_identifier
     "outbox_full",

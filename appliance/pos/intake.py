@@ -178,10 +178,20 @@ class OrderRequests:
     def on_message(self, message: Message) -> None:
         """Bus handler for `request/+` (paho's thread): refuse at the door or queue."""
         verb = _verb(message.topic)
+        if not message.payload:  # how a POS clears a retained message: not a request
+            log.debug("request %s: empty message ignored", clip(verb, 64))
+            return
         topic, problem = self.reply_topic(message.response_topic, verb)
         refusal = None
         if problem is not None:
             refusal = RequestError("invalid_response_topic", problem)
+        elif message.retained:
+            refusal = RequestError(
+                "retained",
+                "a retained request is never run: the broker hands it out again at every "
+                "subscription, so it would run late, or twice; publish requests with retain "
+                "false (and clear this one with an empty retained message)",
+            )
         elif len(message.payload) > MAX_REQUEST_BYTES:
             refusal = RequestError(
                 "too_large", f"{len(message.payload)} bytes; at most {MAX_REQUEST_BYTES}"
