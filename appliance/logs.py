@@ -12,9 +12,10 @@ from collections import deque
 #   ([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-])[A-Za-z0-9.-]*(\.[A-Za-z]{2,})
 # matched it, found in linear time: that regex backtracks quadratically on a long run of
 # address characters (a 250 kB field quoted in a log line took ~52 s, on paho's thread).
-_LOCAL = re.compile(r"[A-Za-z0-9._%+-]+")  # the local part, matched on the reversed text
-_DOMAIN = re.compile(r"[A-Za-z0-9-][A-Za-z0-9.-]*")
-_TLD = re.compile(r"\.[A-Za-z]{2,}")
+# Letters and digits of any script (\\w, less "_" in the domain): "jané@exämple.com" too.
+_LOCAL = re.compile(r"[\w.%+-]+")  # the local part, matched on the reversed text
+_DOMAIN = re.compile(r"[^\W_][\w.-]*")
+_TLD = re.compile(r"\.[^\W\d_]{2,}")
 BEARER = re.compile(r"(?i)(bearer\s+|token=|secret=|password=)[^\s&\"']+")
 
 
@@ -62,6 +63,14 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class RedactingFormatter(logging.Formatter):
+    """Masks the whole formatted line, a traceback's exception messages included (a
+    `Filter` sees the message only)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return BEARER.sub(r"\1***", mask_emails(super().format(record)))
+
+
 def setup(level: str = "INFO") -> None:
     """Configure the root logger once: stderr, no timestamps under journald."""
     under_journald = "JOURNAL_STREAM" in os.environ
@@ -69,7 +78,7 @@ def setup(level: str = "INFO") -> None:
     if not under_journald:
         fmt = "%(asctime)s " + fmt
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(RedactingFormatter(fmt))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 import pytest
 
-from appliance.logs import RedactingFilter, mask_emails
+from appliance.logs import RedactingFilter, RedactingFormatter, mask_emails
 
 
 def test_logs_redacting_filter_masks_emails_and_tokens(caplog: pytest.LogCaptureFixture) -> None:
@@ -68,3 +69,16 @@ def test_logs_masking_is_linear_on_adversarial_text(size: int, unit: str) -> Non
 )
 def test_logs_mask_emails_keeps_the_masking_rules(text: str, masked: str) -> None:
     assert mask_emails(text) == masked
+
+
+def test_logs_formatter_masks_tracebacks_and_addresses_of_any_script() -> None:
+    formatter = RedactingFormatter("%(levelname)s %(message)s")
+    try:
+        raise ValueError("no contact jané.døe@exämple.com (Bearer abc.def)")
+    except ValueError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "lookup of %s failed",
+                                   ("zoë@voorbeeld.nl",), sys.exc_info())
+    line = formatter.format(record)
+    assert "ValueError: no contact j***@e***.com (Bearer ***" in line  # the traceback too
+    assert "lookup of z***@v***.nl failed" in line
+    assert "døe" not in line and "zoë" not in line and "abc.def" not in line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -266,6 +267,22 @@ def test_orders_schema_refusals_say_what_the_contract_wants(
     with pytest.raises(ValidationError) as refused:
         contract.validate(schema, fields)
     assert contract.explain(refused.value) == message
+
+
+def test_orders_refusals_log_where_never_what_was_sent(
+    handler: OrderRequests, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="appliance.pos.intake")
+    card, email = "6277123456789012" * 20, "jané.døe@exämple.com"  # the card: too long
+    response = handler.handle("order.create", request(
+        order=order_body(), customer={"identifier": card}))
+    assert card[:32] in response["error"]["message"]  # the POS is told what it sent ...
+    handler.handle("contact.lookup", request(request_id="r-1", email=email, identifier=card))
+    handler.handle("order.create\u200b", request(order=order_body()))
+    text = caplog.text
+    assert "request order.create refused: invalid_request at customer/identifier" in text
+    assert card[:8] not in text and "døe" not in text  # ... the log never is
+    assert "order.create\\u200b" in text  # a zero-width character shown, not hidden
 
 
 def test_orders_a_refused_order_names_what_the_contract_wants(handler: OrderRequests) -> None:

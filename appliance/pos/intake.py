@@ -169,7 +169,7 @@ class OrderRequests:
             self._send(topic, self.handle(_verb(message.topic), message.payload, message),
                        message)
         except Exception:  # top of a thread loop: serve the next request
-            log.exception("requests: answering %s failed", clip(message.topic, 64))
+            log.exception("requests: answering %s failed", _shown(message.topic))
         finally:
             self._busy_since = None
 
@@ -210,7 +210,7 @@ class OrderRequests:
                 "the device is " + ("stopping" if closed else "answering other requests")
                 + "; send it again shortly",
             )
-        log.info("request %s refused: %s (%s)", clip(verb, 64), refusal.code, refusal)
+        log.info("request %s refused: %s (%s)", _shown(verb), refusal.code, refusal)
         transaction, echo = _ids(verb, message.payload, ECHO_BYTES)
         self._send(topic, {**_response(transaction, error=refusal), **echo}, message)
 
@@ -247,7 +247,7 @@ class OrderRequests:
         try:
             self._reply(topic, response, message.correlation_data)
         except Exception:  # the bus refused (queue full): log it, keep serving
-            log.exception("requests: could not publish the reply to %s", clip(topic, 64))
+            log.exception("requests: could not publish the reply to %s", _shown(topic))
 
     # ------------------------------------------------------------------ the work
 
@@ -278,15 +278,15 @@ class OrderRequests:
             _check_schema(schema_name, request)
             item, created, warnings = self._store(kind, request)
         except RequestError as exc:
-            log.info("request %s refused: %s (%s)", clip(verb, 64), exc.code, exc)
+            log.info("request %s refused: %s%s", _shown(verb), exc.code, _where(exc))
             return {**_response(transaction, error=exc), **echo}
         except Exception:  # a handler must answer, whatever happened
-            log.exception("request %s failed", clip(verb, 64))
+            log.exception("request %s failed", _shown(verb))
             return {**_response(transaction, error=RequestError("internal", "internal error")),
                     **echo}
         if self._wake is not None:
             self._wake.set()
-        log.info("%s %s stored (outbox id %d%s); %d warning(s)", kind.value, verb, item.id,
+        log.info("%s %s stored (outbox id %d%s); %d warning(s)", kind.value, _shown(verb), item.id,
                  "" if created else ", duplicate", len(warnings))
         return {**_response(transaction, data={
             "outbox_id": item.id,
@@ -303,7 +303,7 @@ class OrderRequests:
         try:
             request = parse(payload)
         except RequestError as exc:
-            log.info("command %s refused: %s (%s)", clip(verb, 64), exc.code, exc)
+            log.info("command %s refused: %s%s", _shown(verb), exc.code, _where(exc))
             return {**_response(None, error=exc), "request_id": None}
         transaction, echo = _ids_of(verb, request)
         try:
@@ -318,7 +318,7 @@ class OrderRequests:
                 raise RequestError("not_configured", "commands need Leat configured")
             _check_schema(COMMANDS[verb].schema, request)
         except RequestError as exc:
-            log.info("command %s refused: %s (%s)", clip(verb, 64), exc.code, exc)
+            log.info("command %s refused: %s%s", _shown(verb), exc.code, _where(exc))
             return {**_response(transaction, error=exc), **echo}
         received = message.received_at if message is not None else time.monotonic()
         return self._commands.handle(
@@ -499,6 +499,22 @@ def _check_schema(name: str, request: Mapping[str, Any]) -> None:
         contract.validate(name, request)
     except ValidationError as exc:
         raise RequestError("invalid_request", contract.explain(exc)) from None
+
+
+_PATH = re.compile(r"[\w/()]{1,80}(?=: )")  # the "where" that starts a refusal's message
+
+
+def _where(refusal: RequestError) -> str:
+    """Where a refusal's message says the problem is (" at order/contact"), for the log: the
+    message itself may quote what the POS sent (a card number, an e-mail address)."""
+    found = _PATH.match(str(refusal))
+    return f" at {found.group()}" if found else ""
+
+
+def _shown(text: str) -> str:
+    """A topic or verb for the log: clipped, and every non-ASCII character escaped (a
+    zero-width or right-to-left character must not hide in a log line)."""
+    return clip(text.encode("ascii", "backslashreplace").decode("ascii"), 64)
 
 
 def _under(topic: str, root: str) -> bool:
