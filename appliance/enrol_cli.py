@@ -55,6 +55,8 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     put.add_argument("--leat-token-file", metavar="FILE", help="Leat API token, or - (stdin)")
     put.add_argument("--account-secret-file", metavar="FILE", help="account secret, or -")
     put.add_argument("--client-secret-file", metavar="FILE", help="OAuth client secret, or -")
+    put.add_argument("--web-password-file", metavar="FILE",
+                     help="the technician page's password (web.lan), or -")
     put.add_argument("--enrol-key-file", metavar="FILE",
                      help="the fleet key this device accepts enrolment codes for, or -")
     put.add_argument("--from-spool", type=Path, metavar="DIR",
@@ -127,6 +129,7 @@ def _provision_secrets(args: argparse.Namespace, cfg: config.Config) -> int:
         sources = {"leat-token": args.leat_token_file,
                    "leat-account-secret": args.account_secret_file,
                    "leat-client-secret": args.client_secret_file,
+                   "web-password": args.web_password_file,
                    "enrol-key": args.enrol_key_file}
         values = _values(args, sources)
         if "enrol-key" in values:

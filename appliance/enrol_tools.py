@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 CREDSTORE: Final = Path("/etc/credstore")  # provisioning/lib.sh CREDSTORE
 CRED_PREFIX: Final = "leat-scanner."  # provisioning/lib.sh CRED_PREFIX
 # What `provision secrets` installs (credential names, as LoadCredential= in the unit).
-INSTALLABLE: Final = ("leat-token", "leat-account-secret", "leat-client-secret", "enrol-key")
+INSTALLABLE: Final = ("leat-token", "leat-account-secret", "leat-client-secret", "web-password",
+                      "enrol-key")
 MAX_SPOOL_FILES: Final = 16
 MAX_SPOOL_BYTES: Final = 4 * 3 * MAX_SECRET_BYTES  # three secrets, JSON-escaped at worst
 QR_MODULE_PX: Final = 8

@@ -237,6 +237,11 @@ def test_provision_secrets_reads_files_and_stdin(
     monkeypatch.setattr(sys, "stdin", _Stdin("acct-secret\n"))
     assert cli.main(argv) == 0
     assert "nothing to change" in capsys.readouterr().out
+    password = secret_file(tmp_path / "web", "counter-2026")  # the technician page on the LAN
+    assert cli.main(["provision", "secrets", "--credstore", str(store),
+                     "--web-password-file", str(password)]) == 0
+    assert (store / "leat-scanner.web-password").read_text() == "counter-2026\n"
+    assert (store / "leat-scanner.web-password").stat().st_mode & 0o777 == 0o600
     bad_key = secret_file(tmp_path / "bad", "not a key")
     assert cli.main(["provision", "secrets", "--credstore", str(store),
                      "--enrol-key-file", str(bad_key)]) == 2

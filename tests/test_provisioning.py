@@ -34,7 +34,7 @@ MOSQUITTO_CONF = REPO / "systemd" / "mosquitto-leat.conf"
 STEPS = sorted(PROVISIONING.glob("[0-9][0-9]-*.sh"))
 SCRIPTS = [PROVISION, *STEPS]  # executables
 SHELL_FILES = [*SCRIPTS, PROVISIONING / "lib.sh"]
-SECRET_NAMES = ("mqtt-password", "leat-token", "leat-client-secret", "leat-account-secret")
+SECRET_NAMES = tuple(config.SECRETS)  # every secret the config reads from a credential
 
 
 @pytest.fixture
