@@ -22,7 +22,7 @@ from broker import Mosquitto, Subscriber
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from test_orders import claim, order_body
+from test_orders import CONTACT, claim, order_body
 
 from appliance import contract
 from appliance.assembly import build
@@ -319,7 +319,7 @@ def fuzz_case(rng: random.Random, n: int) -> tuple[str, bytes, str | None]:
     """One hostile request: (verb, payload, response topic)."""
     body: dict[str, Any] = {"transaction": f"fz-{n}", "order": order_body(f"fz-{n}")}
     if rng.random() < 0.5:
-        body["customer"] = rng.choice([{"identifier": "LC-1"}, {"contact_uuid": "c-1"}, None,
+        body["customer"] = rng.choice([{"identifier": "LC-1"}, {"contact_uuid": CONTACT}, None,
                                        {"email": "a@b.c"}, [], "LC-1"])
     order = body["order"]
     line = order["line_items"][0]

@@ -34,6 +34,9 @@ def claim(item: Item) -> str:
     return f"https://portal.example/l?unique_id={item.external_identifier}"
 
 
+CONTACT = "0a8b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d"  # a Leat contact uuid
+
+
 def order_body(ext: str = "pos-1001") -> dict[str, Any]:
     return {
         "external_identifier": ext,
@@ -114,13 +117,13 @@ def test_orders_valid_order_is_stored_then_answered(
 def test_orders_same_request_twice_gives_same_reply_and_one_row(
     handler: OrderRequests, outbox_path: Path
 ) -> None:
-    payload = request(customer={"contact_uuid": "c-1"}, order=order_body())
+    payload = request(customer={"contact_uuid": CONTACT}, order=order_body())
     first = handler.handle("order.create", payload)
     second = handler.handle("order.create", payload)
     assert first["data"]["outbox_id"] == second["data"]["outbox_id"]
     assert second["data"]["duplicate"] is True
     [item] = stored(outbox_path)
-    assert item.body["contact"] == {"uuid": "c-1"}
+    assert item.body["contact"] == {"uuid": CONTACT}
 
 
 def test_orders_different_body_under_same_id_is_a_conflict(
@@ -250,7 +253,7 @@ def test_orders_a_return_that_cannot_be_delivered_is_refused_at_the_door(
          "order/contact: Not allowed here: give the customer in `customer`."),
         ("order_request", {"order": order_body(), "customer": {"identifier": 5}},
          "customer/identifier: 5 is not of type 'string'"),
-        ("order_request", {"order": order_body(), "customer": {"contact_uuid": "c",
+        ("order_request", {"order": order_body(), "customer": {"contact_uuid": CONTACT,
                                                                 "identifier": "i"}},
          "customer: give exactly one of null, contact_uuid, identifier"),
         ("command_contact_lookup", {"request_id": "r-1", "email": "a@example.com",
@@ -258,6 +261,8 @@ def test_orders_a_return_that_cannot_be_delivered_is_refused_at_the_door(
          "(top level): give exactly one of identifier, email, contact_uuid"),
         ("command_contact_lookup", {"request_id": "r-1", "contact_uuid": "not-a-uuid"},
          "contact_uuid: 'not-a-uuid' is not a valid uuid"),
+        ("order_request", {"order": order_body(), "customer": {"contact_uuid": "c-1"}},
+         "customer/contact_uuid: 'c-1' is not a valid uuid"),
     ],
 )
 def test_orders_schema_refusals_say_what_the_contract_wants(
@@ -296,9 +301,8 @@ def test_orders_a_refused_order_names_what_the_contract_wants(handler: OrderRequ
 def test_orders_anonymous_order_gets_a_claim_url(handler: OrderRequests) -> None:
     response = handler.handle("order.create", request(order=order_body()))
     assert response["data"]["claim_url"] == "https://portal.example/l?unique_id=pos-1001"
-    named = handler.handle(
-        "order.create", request(customer={"contact_uuid": "c"}, order=order_body("pos-2"))
-    )
+    named = handler.handle("order.create", request(customer={"contact_uuid": CONTACT},
+                                                   order=order_body("pos-2")))
     assert named["data"]["claim_url"] is None
 
 
@@ -451,7 +455,7 @@ def test_orders_leat_documented_order_is_accepted_without_warnings(
     # refused Leat's own example; a line-level discount must count in the total.
     response = handler.handle(
         "order.create",
-        request(customer={"contact_uuid": "c-1"}, order=leat_example(applied_to)),
+        request(customer={"contact_uuid": CONTACT}, order=leat_example(applied_to)),
     )
     contract.validate("response", response)
     assert response["status"] == "ok", response
@@ -589,7 +593,7 @@ def test_orders_lone_surrogates_are_refused_and_the_reply_encodes(
 
 
 def test_orders_surrogate_pairs_are_fine(handler: OrderRequests) -> None:
-    customer = {"contact_uuid": "c-1"}
+    customer = {"contact_uuid": CONTACT}
     payload = json.dumps({"transaction": "till \U0001f600", "customer": customer,
                           "order": order_body()}).encode()  # ensure_ascii: a \\ud83d\\ude00 pair
     assert b"\\ud83d\\ude00" in payload
@@ -799,7 +803,7 @@ def test_orders_numbers_that_are_not_json_are_refused(
     handler: OrderRequests, outbox_path: Path, number: bytes
 ) -> None:
     # NaN passes every minimum and maximum of the schema (comparisons with NaN are false)
-    body = json.dumps({"customer": {"contact_uuid": "c-1"}, "order": order_body()})
+    body = json.dumps({"customer": {"contact_uuid": CONTACT}, "order": order_body()})
     payload = body.replace('"applied_to": "ORDER"', '"applied_to": "ORDER", "value": 0').encode()
     assert handler.handle("order.create", payload)["status"] == "ok"  # the field is fine
     payload = payload.replace(b'"value": 0', b'"value": ' + number)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_orders import order_body
+from test_orders import CONTACT, order_body
 
 from appliance import cli, outbox_guard
 from appliance.errors import OutboxDamaged, OutboxError
@@ -321,7 +321,7 @@ def test_damaged_outbox_answers_storage_damaged_and_stores_nothing(path: Path) -
     replies: list[dict[str, Any]] = []
     requests = OrderRequests(path, lambda t, p, c: replies.append(dict(p)),
                              base_topic="b", shop_uuid=None)
-    request = {"customer": {"contact_uuid": "c-1"}, "order": order_body("POS-1")}
+    request = {"customer": {"contact_uuid": CONTACT}, "order": order_body("POS-1")}
     response = requests.handle("order.create", json.dumps(request).encode())
     assert response["status"] == "error"
     assert response["error"]["code"] == "storage_damaged"
