@@ -124,3 +124,39 @@ def test_order_requests_echo_an_optional_request_id(tmp_path: Path) -> None:
     without = requests.handle("order.create", json.dumps({**body, "request_id": None}).encode())
     assert without["error"]["code"] == "invalid_request"
 
+
+
+def test_an_order_is_answered_while_lookups_wait_for_a_slow_leat(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """Orders (SQLite only) and commands (Leat calls) have a worker each: an order is not
+    queued behind lookups that each wait seconds for Leat."""
+    outbox, ledger = prepared_stores(tmp_path / "state")
+    bus = MqttBus(MqttConfig(host=broker.host, port=broker.port), BASE, DEVICE, None, {"x": 1})
+    with LeatSandbox() as sandbox, LeatClient(
+        sandbox.url, token=sandbox.personal_access_token, shop_uuid=SHOP, timeout_s=5.0
+    ) as leat, Subscriber(broker, REPLIES) as pos:
+        commands = Commands(leat, ledger, outbox, bus.publish_event, device_id=DEVICE)
+        requests = OrderRequests(outbox, bus.publish_response, base_topic=BASE,
+                                 shop_uuid=SHOP, commands=commands)
+        bus.serve("request/+", requests)
+        bus.start()
+        try:
+            assert bus.wait_serving(10)
+            pos.wait_subscribed()
+            sandbox.faults.set(latency_s=1.5, only_paths=("/contact-identifiers",))
+            for n in range(3):  # 4.5 s of lookups, one after the other
+                pos.publish(f"{BASE}/request/contact.lookup",
+                            json.dumps({"request_id": f"slow-{n}",
+                                        "identifier": "LC-7F3K9Q2M"}).encode(),
+                            request_properties(REPLIES, f"lookup-{n}".encode()))
+            order = {"customer": {"identifier": "LC-7F3K9Q2M"}, "order": order_body("fast-1")}
+            pos.publish(f"{BASE}/request/order.create", json.dumps(order).encode(),
+                        request_properties(REPLIES, b"order"))
+            [first] = pos.wait_for(lambda ms: len(ms) >= 1, timeout=10)[:1]
+            replies = pos.wait_for(lambda ms: len(ms) == 4, timeout=20)
+        finally:
+            bus.stop()
+    assert first.properties.CorrelationData == b"order"  # before any lookup came back
+    assert json.loads(first.payload)["status"] == "ok"
+    assert {json.loads(r.payload)["status"] for r in replies} == {"ok"}

@@ -8,9 +8,11 @@ same reply (`duplicate: true`) and no second order; a different body under the s
 external_identifier is a `conflict`.
 
 Threads: `on_message` runs on paho's network thread and does only what costs nothing (the
-reply topic, the size before any decoding) before queueing the request for this service's
-own worker thread (`MqttBus.serve` starts and stops it); when `backlog` requests already
-wait, it answers `busy` at once. paho acknowledges a QoS 1 request when it arrives, so every
+reply topic, the size before any decoding) before queueing the request for one of this
+service's two worker threads (`lanes.py`; `MqttBus.serve` starts and stops them): orders and
+returns on one, commands (which may wait seconds for Leat) on the other, so an order never
+waits behind a lookup. When `backlog` requests already wait in its lane, it answers `busy`
+at once. paho acknowledges a QoS 1 request when it arrives, so every
 request is answered or refused, never dropped: `stop()` answers what is queued. (paho's
 manual acks would let the broker redeliver instead, and would redeliver forever a request
 that kills the process.) The worker has its own Outbox (SQLite connection).
@@ -21,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import queue
 import re
 import threading
 import time
@@ -40,6 +41,7 @@ from appliance.outbox_items import Item, Kind, OutboxConflict, OutboxFull
 from appliance.pos.amounts import check_amounts
 from appliance.pos.commands import VERBS as COMMANDS
 from appliance.pos.errors import RequestError, clip
+from appliance.pos.lanes import Lane
 from appliance.pos.returns import check_return
 
 if TYPE_CHECKING:
@@ -104,74 +106,63 @@ class OrderRequests:
         self._claim_url = claim_url
         self._commands = commands
         self._commands_refused = commands_refused
-        self._jobs: queue.Queue[tuple[Message, str] | None] = queue.Queue(maxsize=backlog)
+        # orders and returns (SQLite only) never wait behind commands (Leat calls): lanes.py
+        self._orders: Lane[tuple[Message, str]] = Lane("requests", backlog, self._answer,
+                                                       self._close_outbox)
+        self._command_lane: Lane[tuple[Message, str]] = Lane(
+            "command-requests", backlog, self._answer, self._close_outbox)
         self._lock = threading.Lock()
         self._closed = False
-        self._worker: threading.Thread | None = None
-        self._busy_since: float | None = None
+        self._started = False
         self._local = threading.local()  # each thread's own Outbox (SQLite connection)
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Start the worker thread (once)."""
+        """Start the worker threads (once)."""
         with self._lock:
-            if self._worker is None and not self._closed:
-                if self._commands is not None:
-                    self._commands.resume()
-                self._worker = threading.Thread(target=self._work, name="requests", daemon=True)
-                self._worker.start()
+            if self._started or self._closed:
+                return
+            self._started = True
+            if self._commands is not None:
+                self._commands.resume()
+            for lane in self._lanes:
+                lane.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Answer the requests already queued, then end the worker; later ones get `busy`."""
+        """Answer the requests already queued, then end the workers; later ones get `busy`."""
         with self._lock:
             self._closed = True
-            worker = self._worker
-        if worker is None:  # never started: answer what waits here
-            while True:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    return
-                if job is not None:
-                    self._answer(*job)
-        try:
-            self._jobs.put(None, timeout=timeout)
-        except queue.Full:
-            log.warning("requests: the worker did not take its stop within %.1f s", timeout)
-        worker.join(timeout)
+        for lane in self._lanes:
+            lane.stop(timeout)
         if self._commands is not None:
             self._commands.close()
 
     @property
     def busy_since(self) -> float | None:
-        """`time.monotonic()` when the worker took the request it is on; None while idle (a
-        watchdog can call a request that takes minutes a stall)."""
-        return self._busy_since
+        """`time.monotonic()` when the longest-busy worker took the request it is on; None
+        while both are idle (a watchdog can call a request that takes minutes a stall)."""
+        busy = [lane.busy_since for lane in self._lanes if lane.busy_since is not None]
+        return min(busy, default=None)
 
     @property
     def waiting(self) -> int:
-        """Requests queued for the worker."""
-        return self._jobs.qsize()
+        """Requests queued for the workers."""
+        return sum(lane.waiting for lane in self._lanes)
 
-    def _work(self) -> None:
-        try:
-            while (job := self._jobs.get()) is not None:
-                self._answer(*job)
-        finally:
-            outbox: Outbox | None = getattr(self._local, "outbox", None)
-            if outbox is not None:
-                outbox.close()
+    @property
+    def _lanes(self) -> tuple[Lane[tuple[Message, str]], ...]:
+        return (self._orders, self._command_lane)
 
-    def _answer(self, message: Message, topic: str) -> None:
-        self._busy_since = time.monotonic()
-        try:
-            self._send(topic, self.handle(_verb(message.topic), message.payload, message),
-                       message)
-        except Exception:  # top of a thread loop: serve the next request
-            log.exception("requests: answering %s failed", _shown(message.topic))
-        finally:
-            self._busy_since = None
+    def _close_outbox(self) -> None:
+        """A worker's end: close its own Outbox."""
+        outbox: Outbox | None = getattr(self._local, "outbox", None)
+        if outbox is not None:
+            outbox.close()
+
+    def _answer(self, job: tuple[Message, str]) -> None:
+        message, topic = job
+        self._send(topic, self.handle(_verb(message.topic), message.payload, message), message)
 
     # ------------------------------------------------------------------ paho's thread
 
@@ -199,12 +190,9 @@ class OrderRequests:
         else:
             with self._lock:
                 closed = self._closed
-            try:
-                if not closed:
-                    self._jobs.put_nowait((message, topic))
-                    return
-            except queue.Full:
-                pass
+            lane = self._command_lane if verb in COMMANDS else self._orders
+            if not closed and lane.offer((message, topic)):
+                return
             refusal = RequestError(
                 "busy",
                 "the device is " + ("stopping" if closed else "answering other requests")

@@ -3,8 +3,8 @@ value-taking ones online only, within the deadline and never past their expiry, 
 outcomes reconciled (in the background when it takes longer, the final outcome then
 published on `events/command`), give-back ones stored in the durable outbox.
 
-Called on the request worker thread (`intake.py`), one request at a time; Leat calls run on
-a small pool so the worker can answer at the deadline while a slow call finishes.
+Called on the command worker thread (`intake.py`, `lanes.py`), one request at a time; Leat
+calls run on a small pool so the worker can answer at the deadline while a slow call finishes.
 """
 
 from __future__ import annotations
