@@ -239,7 +239,8 @@ class Delivery:
         if not found.active:
             raise _Dead(60004, "customer card not usable: the identifier is inactive", leat=True)
         if found.contact is None:
-            raise _Dead(None, "customer card not usable: it is not linked to a contact", leat=True)
+            raise _Dead(60011, "customer card not usable: it is not linked to a contact",
+                        leat=True)  # the code events/identification gives it (resolve.py)
         return found.contact.uuid
 
     def _claim_url(self, item: Item) -> str:

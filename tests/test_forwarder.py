@@ -393,7 +393,7 @@ def test_forwarder_resolves_a_scanned_card_at_send_time(
 
 
 @pytest.mark.parametrize(
-    ("card", "code"), [("LC-NOSUCH00", 60003), ("LC-INACTIVE9", 60004), ("LC-UNLINKED7", None)]
+    ("card", "code"), [("LC-NOSUCH00", 60003), ("LC-INACTIVE9", 60004), ("LC-UNLINKED7", 60011)]
 )
 def test_forwarder_unusable_card_is_dead(
     forwarder: Forwarder,
