@@ -274,19 +274,27 @@ def _outbox(args: argparse.Namespace, cfg: config.Config) -> int:
     return run(args, cfg.outbox_path, sys.stdout)
 
 
+_STORED = {
+    True: "installed as a systemd credential (the service gets it at start)",
+    None: "not visible to this user (systemd credentials are root's: sudo leat-scanner check "
+          "shows whether it is installed)",
+}
+
+
 def _check(args: argparse.Namespace, cfg: config.Config) -> int:
-    found = _validated(cfg)
+    found = _validated(cfg, credential_store=True)
     for name, present in found.secrets.items():
-        print(f"secret {name}: {'present' if present else 'not configured'}")
+        shown = "present" if present else "not configured"
+        print(f"secret {name}: {_STORED.get(found.stored.get(name, False), shown)}")
     print(json.dumps(cfg.model_dump(mode="json"), indent=2))
     print(f"base topic: {cfg.base_topic}")
-    print(f"capabilities: {', '.join(config.capabilities(cfg))}")
+    print(f"capabilities: {', '.join(config.capabilities(cfg, present=found.secrets))}")
     return 0
 
 
-def _validated(cfg: config.Config) -> config.Validation:
+def _validated(cfg: config.Config, *, credential_store: bool = False) -> config.Validation:
     """The one validation of `check` and `run`: warnings logged, problems raised (exit 2)."""
-    found = config.validate(cfg)
+    found = config.validate(cfg, credential_store=credential_store)
     for warning in found.warnings:
         log.warning("%s", warning)
     if found.problems:

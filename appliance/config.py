@@ -12,9 +12,9 @@ import os
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -360,6 +360,12 @@ SECRETS: dict[str, str] = {  # credential name -> the config key naming its file
 }
 
 
+# Where systemd looks for the unit's credentials (LoadCredential= with a bare name,
+# systemd.exec(5)), and their prefix there (provisioning/lib.sh, enrol_tools.py)
+CREDENTIAL_STORES: tuple[Path, ...] = (Path("/etc/credstore"), Path("/run/credstore"))
+CREDENTIAL_PREFIX: Final = "leat-scanner."
+
+
 @dataclass(frozen=True)
 class Validation:
     """What `check` reports and what stops `run`: problems (exit 2) and warnings."""
@@ -367,26 +373,56 @@ class Validation:
     problems: tuple[str, ...]
     warnings: tuple[str, ...]
     secrets: Mapping[str, bool]  # credential name -> present (never the value)
+    # `check` outside the service: secrets found in the credential store (True) or that this
+    # user may not look for there (None); the service gets them as credentials at start
+    stored: Mapping[str, bool | None] = field(default_factory=dict)
+
+
+def stored_credential(name: str) -> bool | None:
+    """Whether the systemd credential store holds the unit's credential `name`; None when
+    this user may not look (the stores are root's)."""
+    blocked = False
+    for store in CREDENTIAL_STORES:
+        try:
+            if (store / f"{CREDENTIAL_PREFIX}{name}").exists():
+                return True
+        except PermissionError:
+            blocked = True
+    return None if blocked else False
 
 
 def validate(
     cfg: Config,
     environ: Mapping[str, str] | None = None,
     device_id: Callable[[], identity.DeviceId] = identity.default_device_id,
+    *,
+    credential_store: bool = False,
 ) -> Validation:
     """Every problem of a loaded config that would make the device fail or accept what it
-    cannot deliver, each with its key path; the one validation of `check` and `run`."""
+    cannot deliver, each with its key path; the one validation of `check` and `run`.
+
+    `credential_store` (`check`): outside the service, where no $CREDENTIALS_DIRECTORY is
+    set, a secret in the systemd credential store counts as present (the service gets it),
+    and so does one this user may not look for (never a false problem)."""
+    environ = os.environ if environ is None else environ
     problems: list[str] = []
     warnings: list[str] = []
     present: dict[str, bool] = {}
+    stored: dict[str, bool | None] = {}
     for name, key in SECRETS.items():
-        section, field = key.split(".")
-        file: Path | None = getattr(getattr(cfg, section), field)
+        section, attribute = key.split(".")
+        file: Path | None = getattr(getattr(cfg, section), attribute)
         try:
             present[name] = read_secret(name, file, environ) is not None
         except ConfigError as exc:
             present[name] = False
             problems += [f"{key}: {problem}" for problem in exc.problems]
+            continue
+        if (credential_store and not present[name] and file is None
+                and not environ.get("CREDENTIALS_DIRECTORY")):
+            found = stored_credential(name)
+            if found is not False:
+                present[name], stored[name] = True, found
     problems += _leat_problems(cfg.leat, present)
     problems += _file_problems(cfg)
     problems += _rule_problems(cfg)
@@ -409,18 +445,24 @@ def validate(
             f"{cfg.device.id!r}; every new card is called 'raspberrypi' and two devices with "
             f"one id collide on MQTT: set device.id"
         )
-    return Validation(tuple(problems), tuple(warnings), present)
+    return Validation(tuple(problems), tuple(warnings), present, stored)
 
 
-def capabilities(cfg: Config, environ: Mapping[str, str] | None = None) -> list[str]:
-    """What this device offers on the bus (`info.capabilities`), for a validated config."""
+def capabilities(cfg: Config, environ: Mapping[str, str] | None = None,
+                 present: Mapping[str, bool] | None = None) -> list[str]:
+    """What this device offers on the bus (`info.capabilities`), for a validated config;
+    `present`: which secrets there are (`Validation.secrets`), instead of reading them."""
     leat = cfg.leat
+
+    def has(name: str, file: Path | None) -> bool:
+        if present is not None:
+            return present[name]
+        return read_secret(name, file, environ) is not None
+
     found = ["scan"]
-    if leat.client_id is not None or read_secret("leat-token", leat.token_file, environ):
+    if leat.client_id is not None or has("leat-token", leat.token_file):
         found += ["identify", "orders", "commands"]
-        if leat.portal_url and read_secret(
-            "leat-account-secret", leat.account_secret_file, environ
-        ):
+        if leat.portal_url and has("leat-account-secret", leat.account_secret_file):
             found.append("anonymous_orders")
     if cfg.feedback.enabled:
         found.append("feedback")

@@ -12,6 +12,7 @@ import pytest
 from broker import Mosquitto, MosquittoMissingError
 from fakes import SHOP, Clock
 
+from appliance import config
 from appliance.forwarder import Forwarder
 from appliance.leat.client import LeatClient
 from appliance.outbox import Outbox
@@ -21,11 +22,14 @@ PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Remove `LEAT_SCANNER_*` overrides and proxy settings so tests see defaults only."""
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Remove `LEAT_SCANNER_*` overrides and proxy settings so tests see defaults only, and
+    never this machine's systemd credential store (`check` looks there)."""
     for name in list(os.environ):
         if name.startswith("LEAT_SCANNER_") or name.lower() in PROXY_VARIABLES:
             monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setattr(config, "CREDENTIAL_STORES", (tmp_path / "no-credstore",))
 
 
 @pytest.fixture(autouse=True)

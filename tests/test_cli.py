@@ -168,6 +168,32 @@ def test_cli_check_warns_about_a_hostname_id_and_names_capabilities(
     assert "capabilities: scan\n" in captured.out
 
 
+def test_cli_check_outside_the_service_sees_the_installed_credentials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A technician's `sudo leat-scanner check` has no $CREDENTIALS_DIRECTORY (only the
+    service gets one): what `provision secrets` installed must not read as missing."""
+    from appliance import config
+
+    store = tmp_path / "credstore"
+    store.mkdir()
+    for name in ("leat-token", "web-password"):
+        (store / f"leat-scanner.{name}").write_text("x", encoding="utf-8")
+    monkeypatch.setattr(config, "CREDENTIAL_STORES", (tmp_path / "absent", store))
+    path = tmp_path / "config.toml"
+    path.write_text('[device]\nid = "till-7"\n[leat]\nshop_uuid = "s-1"\n'
+                    '[web]\nenabled = true\nlan = true\nhost = "0.0.0.0"\n', encoding="utf-8")
+    assert main(["check", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "secret leat-token: installed as a systemd credential" in out
+    assert "secret web-password: installed as a systemd credential" in out
+    assert "secret mqtt-password: not configured" in out
+    assert "capabilities: scan, identify, orders, commands" in out
+    # `run` reads secrets only as the service gets them: there, none arrived
+    assert main(["run", "--config", str(path)]) == 2
+    assert "web.lan: the page on the LAN needs a password" in capsys.readouterr().err
+
+
 def test_cli_run_missing_default_config_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
