@@ -265,7 +265,9 @@ switch_current() {
 install_secret() {
   local src=$1 name=$2
   install_file "$src" "$CREDSTORE/$CRED_PREFIX$name" 0600 root root
-  if [[ "$INSTALLED" == 1 ]]; then
+  if [[ "$INSTALLED" == 1 && "$DRY_RUN" == 1 ]]; then
+    note "credential $name would be installed"
+  elif [[ "$INSTALLED" == 1 ]]; then
     note "credential $name installed"
   else
     note "credential $name up to date"

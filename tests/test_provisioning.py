@@ -200,8 +200,12 @@ def test_a_failing_command_in_a_sourced_step_stops_it(root: Path, scratch: Path)
 # --- provision: the plan, validation, reruns ----------------------------------------------
 
 
-def test_provision_dry_run_prints_plan_and_changes_nothing(root: Path, scratch: Path) -> None:
-    result = provision(scratch, "--dry-run", "--root", root, "--device-id", "counter-1")
+def test_provision_dry_run_prints_plan_and_changes_nothing(
+    root: Path, scratch: Path, tmp_path: Path
+) -> None:
+    token = secret_file(tmp_path, 0o600)
+    result = provision(scratch, "--dry-run", "--root", root, "--device-id", "counter-1",
+                       "--leat-token-file", token)
 
     assert result.returncode == 0, result.stderr
     assert "would: install /etc/leat-scanner/config.toml" in result.stdout
@@ -209,6 +213,8 @@ def test_provision_dry_run_prints_plan_and_changes_nothing(root: Path, scratch: 
     assert "would: link /opt/leat-scanner/current -> versions/" in result.stdout
     assert "each device generates its own at the first boot" in result.stdout
     assert "change(s) planned, none made" in result.stdout
+    assert "credential leat-token would be installed" in result.stdout  # not "installed"
+    assert "credential leat-token installed" not in result.stdout
     assert files_under(root) == []
     assert files_under(scratch) == []
 
