@@ -12,11 +12,15 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from appliance import __version__, config, logs
 from appliance.errors import ApplianceError, CameraError, ConfigError
 from appliance.outbox_guard import OutboxTooNew
+
+if TYPE_CHECKING:  # imported where used: a command loads only what it needs
+    from appliance.codes import Classifier
+    from appliance.decode import Decoder
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +168,6 @@ def _demo(args: argparse.Namespace, cfg: config.Config) -> int:
 def _decode(args: argparse.Namespace, cfg: config.Config, out: TextIO | None = None) -> int:
     from appliance.codes import Classifier
     from appliance.decode import Decoder, parse_formats
-    from appliance.replay import ReplaySource
 
     out = out or sys.stdout
     device_reads = {*cfg.decode.formats, *(f.name for f in parse_formats(cfg.decode.formats))}
@@ -173,6 +176,21 @@ def _decode(args: argparse.Namespace, cfg: config.Config, out: TextIO | None = N
     extra = tuple(name for name in TECHNICIAN_FORMATS if name not in cfg.decode.formats)
     decoder = Decoder(cfg.decode.model_copy(update={"formats": (*cfg.decode.formats, *extra)}))
     classifier = Classifier(cfg.codes)
+    replay_log = logging.getLogger("appliance.replay")  # not "replaying 1 image(s)" per file
+    level = replay_log.level
+    replay_log.setLevel(logging.WARNING)
+    try:
+        status = _decode_each(args, decoder, classifier, device_reads, out)
+    finally:
+        replay_log.setLevel(level)
+    return status
+
+
+def _decode_each(args: argparse.Namespace, decoder: Decoder, classifier: Classifier,
+                 device_reads: set[str], out: TextIO) -> int:
+    """`_decode`'s loop: one line per image; 1 when any image was unreadable."""
+    from appliance.replay import ReplaySource
+
     status = 0
     for path in _image_paths(args.images):
         record: dict[str, object] = {"file": str(path)}

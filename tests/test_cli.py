@@ -54,9 +54,11 @@ def test_cli_decode_reads_every_image_of_a_folder(
     (tmp_path / "frames" / "notes.txt").write_text("not an image", encoding="utf-8")
     (tmp_path / "empty").mkdir()
     assert main(["decode", "--json", str(tmp_path / "frames"), str(tmp_path / "empty")]) == 1
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
     assert [line["file"] for line in lines] == [*map(str, paths), str(tmp_path / "empty")]
     assert "folder has no .png" in lines[-1]["error"]
+    assert "replaying" not in captured.err  # no log line per image
 
 
 def test_cli_decode_reads_micro_qr_and_says_the_device_ignores_it(
