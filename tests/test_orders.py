@@ -126,6 +126,21 @@ def test_orders_same_request_twice_gives_same_reply_and_one_row(
     assert item.body["contact"] == {"uuid": CONTACT}
 
 
+def test_orders_a_whole_number_written_1200_0_is_the_same_order(
+    handler: OrderRequests, outbox_path: Path
+) -> None:
+    first = handler.handle("order.create", request(order=order_body()))
+    text = json.dumps({"order": order_body()}).replace('"price": 1200', '"price": 1200.0')
+    assert '"price": 1200.0' in text
+    second = handler.handle("order.create", text.encode())
+    assert second["data"]["duplicate"] is True, second
+    assert second["data"]["outbox_id"] == first["data"]["outbox_id"]
+    [item] = stored(outbox_path)
+    assert type(item.body["line_items"][0]["price"]) is int  # sent to Leat as 1200
+    half = json.dumps({"order": order_body("pos-2")}).replace('"price": 1200', '"price": 1200.5')
+    assert handler.handle("order.create", half.encode())["error"]["code"] == "invalid_request"
+
+
 def test_orders_different_body_under_same_id_is_a_conflict(
     handler: OrderRequests, outbox_path: Path
 ) -> None:

@@ -426,10 +426,15 @@ def _not_a_number(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _finite(text: str) -> float:
+def _finite(text: str) -> float | int:
+    """A JSON number with a fraction or exponent; a whole one (`1200.0`) as the int it is:
+    every amount in the contract is an integer, and the same order with `1200.0` for `1200`
+    must be the same order (not a conflict), sent to Leat as `1200`."""
     value = float(text)
     if not math.isfinite(value):  # 1e400
         raise ValueError(f"{text[:20]} is out of range")
+    if value.is_integer() and abs(value) <= 2**53:  # exactly representable
+        return int(value)
     return value
 
 
