@@ -120,7 +120,8 @@ def build(
         resolver, forwarder, requests = _leat_parts(config, bus, ledger_damaged)
     else:  # every POS request is answered `not_configured`
         requests = OrderRequests(
-            None, bus.publish_response, base_topic=config.base_topic, shop_uuid=None
+            None, bus.publish_response, base_topic=config.base_topic, shop_uuid=None,
+            refuse=bus.publish_refusal,
         )
     bus.serve("request/+", requests)
     handler = ScanHandler(
@@ -220,6 +221,7 @@ def _leat_parts(
         claim_url=forwarder.claim_url if token is not None else None,
         commands=commands,
         commands_refused=ledger_damaged,
+        refuse=bus.publish_refusal,
     )
     return resolver, forwarder, requests
 

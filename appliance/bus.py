@@ -382,11 +382,17 @@ class MqttBus:
         self, topic: str, payload: Mapping[str, Any], correlation_data: bytes | None = None
     ) -> None:
         """Publish a JSON reply to `topic` (an absolute topic; QoS 1, not retained)."""
-        properties = None
-        if correlation_data is not None:
-            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            properties.CorrelationData = correlation_data
-        self._publish(topic, encode(payload), properties=properties)
+        self._publish(topic, encode(payload), properties=_correlated(correlation_data))
+
+    def publish_refusal(
+        self, topic: str, payload: Mapping[str, Any], correlation_data: bytes | None = None
+    ) -> None:
+        """`publish_response` at QoS 0, for a request refused at the door (busy, too large,
+        retained, a bad response topic): a flood of refused requests must not fill paho's
+        bounded QoS 1 queue, which the replies to accepted requests and the events need (an
+        outside test lost order events and scans so). A refusal lost with the connection
+        costs nothing: nothing was done, and the POS sends the request again."""
+        self._publish(topic, encode(payload), properties=_correlated(correlation_data), qos=0)
 
     def _publish(
         self,
@@ -394,10 +400,11 @@ class MqttBus:
         data: bytes | str,
         retain: bool = False,
         properties: Properties | None = None,
+        qos: int = 1,
     ) -> mqtt.MQTTMessageInfo:
-        """Hand one QoS 1 message to paho; queued while disconnected, BusError if refused."""
+        """Hand one message to paho (QoS 1: queued while disconnected); BusError if refused."""
         try:
-            info = self._client.publish(topic, data, qos=1, retain=retain, properties=properties)
+            info = self._client.publish(topic, data, qos=qos, retain=retain, properties=properties)
         except (OSError, ValueError) as exc:
             raise BusError(f"cannot publish to {topic}: {exc}") from exc
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
@@ -526,6 +533,15 @@ class MqttBus:
                 handler(message)
             except Exception:
                 log.exception("MQTT: handler for %s failed", msg.topic)
+
+
+def _correlated(correlation_data: bytes | None) -> Properties | None:
+    """PUBLISH properties carrying `correlation_data` (MQTT v5), or None without it."""
+    if correlation_data is None:
+        return None
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.CorrelationData = correlation_data
+    return properties
 
 
 def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:

@@ -55,7 +55,8 @@ class Device:
             self.bus.publish_response(topic, payload, correlation)
 
         self.requests = OrderRequests(outbox, reply, base_topic=BASE, shop_uuid=None,
-                                      claim_url=claim, backlog=backlog)
+                                      claim_url=claim, backlog=backlog,
+                                      refuse=self.bus.publish_refusal)
         self.bus.serve("request/+", self.requests)
         self.bus.start()
         assert self.bus.wait_serving(10)
@@ -208,6 +209,8 @@ def test_hostile_slow_request_never_holds_paho_thread(
             ]
             assert busy.properties.CorrelationData == b"3"
             assert json.loads(busy.payload)["error"]["code"] == "busy"
+            # at QoS 0: refusals never take the QoS 1 queue's places replies and events need
+            assert busy.qos == 0
             for n in range(10):  # paho's thread is free: events and requests still flow
                 device.bus.publish_event("scan", {**SCAN, "n": n})
             pos.wait_for(lambda ms: sum(m.topic.endswith("/events/scan") for m in ms) == 10,

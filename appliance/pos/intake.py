@@ -93,11 +93,14 @@ class OrderRequests:
         backlog: int = BACKLOG,
         commands: Commands | None = None,
         commands_refused: str | None = None,
+        refuse: Reply | None = None,
     ) -> None:
         """`commands_refused`: why every command is refused `storage_damaged` (a damaged
-        command ledger; orders are still taken)."""
+        command ledger; orders are still taken). `refuse`: how a refusal at the door is
+        sent (`MqttBus.publish_refusal`, QoS 0), else as `reply`."""
         self._path = outbox_path
         self._reply = reply
+        self._refuse = refuse or reply
         self._base = base_topic.rstrip("/")
         parent = self._base.rpartition("/")[0] or self._base
         self._protected = (parent, DEVICES_ROOT)  # device topic spaces, ours included
@@ -200,7 +203,8 @@ class OrderRequests:
             )
         log.info("request %s refused: %s (%s)", _shown(verb), refusal.code, refusal)
         transaction, echo = _ids(verb, message.payload, ECHO_BYTES)
-        self._send(topic, {**_response(transaction, error=refusal), **echo}, message)
+        self._send(topic, {**_response(transaction, error=refusal), **echo}, message,
+                   self._refuse)
 
     def reply_topic(self, requested: str | None, verb: str) -> tuple[str, str | None]:
         """Where to answer, and why the requested response topic is refused (None if not).
@@ -231,9 +235,10 @@ class OrderRequests:
             )
         return (default, problem) if problem else (requested, None)
 
-    def _send(self, topic: str, response: Mapping[str, Any], message: Message) -> None:
+    def _send(self, topic: str, response: Mapping[str, Any], message: Message,
+              send: Reply | None = None) -> None:
         try:
-            self._reply(topic, response, message.correlation_data)
+            (send or self._reply)(topic, response, message.correlation_data)
         except Exception:  # the bus refused (queue full): log it, keep serving
             log.exception("requests: could not publish the reply to %s", _shown(topic))
 
