@@ -15,7 +15,7 @@ waits behind a lookup. When `backlog` requests already wait in its lane, it answ
 at once. paho acknowledges a QoS 1 request when it arrives, so every
 request is answered or refused, never dropped: `stop()` answers what is queued. (paho's
 manual acks would let the broker redeliver instead, and would redeliver forever a request
-that kills the process.) The worker has its own Outbox (SQLite connection).
+that kills the process.) Each worker has its own Outbox (SQLite connection).
 """
 
 from __future__ import annotations
