@@ -11,12 +11,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
+from appliance.config import CREDENTIAL_PREFIX, CREDENTIAL_STORES
 from appliance.enrol import MAX_SECRET_BYTES, EnrolError, _check_value
 
 log = logging.getLogger(__name__)
 
-CREDSTORE: Final = Path("/etc/credstore")  # provisioning/lib.sh CREDSTORE
-CRED_PREFIX: Final = "leat-scanner."  # provisioning/lib.sh CRED_PREFIX
+CREDSTORE: Final = CREDENTIAL_STORES[0]  # provisioning/lib.sh CREDSTORE
+CRED_PREFIX: Final = CREDENTIAL_PREFIX  # provisioning/lib.sh CRED_PREFIX
 # What `provision secrets` installs (credential names, as LoadCredential= in the unit).
 INSTALLABLE: Final = ("leat-token", "leat-account-secret", "leat-client-secret", "web-password",
                       "enrol-key")
