@@ -373,8 +373,8 @@ class Validation:
     problems: tuple[str, ...]
     warnings: tuple[str, ...]
     secrets: Mapping[str, bool]  # credential name -> present (never the value)
-    # `check` outside the service: secrets found in the credential store (True) or that this
-    # user may not look for there (None); the service gets them as credentials at start
+    # `check` outside the service: secrets found in the credential store (True: present) or
+    # that this user may not look for there (None: judged absent, shown as not visible)
     stored: Mapping[str, bool | None] = field(default_factory=dict)
 
 
@@ -402,8 +402,9 @@ def validate(
     cannot deliver, each with its key path; the one validation of `check` and `run`.
 
     `credential_store` (`check`): outside the service, where no $CREDENTIALS_DIRECTORY is
-    set, a secret in the systemd credential store counts as present (the service gets it),
-    and so does one this user may not look for (never a false problem)."""
+    set, a secret in the systemd credential store counts as present (the service gets it);
+    one this user may not look for (the store is root's) is named in `stored` as unknown and
+    judged absent, as before."""
     environ = os.environ if environ is None else environ
     problems: list[str] = []
     warnings: list[str] = []
@@ -422,7 +423,7 @@ def validate(
                 and not environ.get("CREDENTIALS_DIRECTORY")):
             found = stored_credential(name)
             if found is not False:
-                present[name], stored[name] = True, found
+                present[name], stored[name] = bool(found), found
     problems += _leat_problems(cfg.leat, present)
     problems += _file_problems(cfg)
     problems += _rule_problems(cfg)

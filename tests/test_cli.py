@@ -196,6 +196,23 @@ def test_cli_check_outside_the_service_sees_the_installed_credentials(
     assert "web.lan: the page on the LAN needs a password" in capsys.readouterr().err
 
 
+def test_cli_check_as_a_user_who_may_not_look_in_the_credential_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service user may not look in root's /etc/credstore: its `check` says so, and
+    judges those secrets absent as before (a token judged present would call for a
+    shop_uuid: a false problem on every freshly provisioned device)."""
+    from appliance import config
+
+    monkeypatch.setattr(config, "stored_credential", lambda name: None)
+    path = tmp_path / "config.toml"
+    path.write_text('[device]\nid = "counter-7"\n', encoding="utf-8")
+    assert main(["check", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "secret leat-token: not visible to this user" in out
+    assert "capabilities: scan, feedback" in out
+
+
 def test_cli_run_missing_default_config_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
