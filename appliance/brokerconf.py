@@ -225,7 +225,11 @@ def generate(spec: Spec, root: Path = Path("/"), *, dry_run: bool = False) -> li
         if not dry_run:
             stale.unlink()
     tls_dir = rooted(root, TLS_DIR)
-    if "+" in spec.devices:
+    if "+" in spec.devices and dry_run:
+        # a dry run writes no config.toml, so the device id given with it is not read yet
+        print(f"brokerconf: the broker's TLS certificate in {TLS_DIR} is made for the device "
+              "id in config.toml once that is written (not in a dry run)", file=sys.stderr)
+    elif "+" in spec.devices:
         # An image for many cards: a certificate (and CA key) made now would be shared by
         # all of them. The device makes its own when this runs there with its id.
         print(f"brokerconf: no device id yet: {TLS_DIR} is made on the device (rerun "

@@ -215,6 +215,7 @@ def test_provision_dry_run_prints_plan_and_changes_nothing(
     assert "change(s) planned, none made" in result.stdout
     assert "credential leat-token would be installed" in result.stdout  # not "installed"
     assert "credential leat-token installed" not in result.stdout
+    assert "no device id yet" not in result.stderr  # it was given: only not written yet
     assert files_under(root) == []
     assert files_under(scratch) == []
 
