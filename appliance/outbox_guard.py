@@ -272,12 +272,16 @@ def settle_owner(path: Path, files: Sequence[Path] | None = None) -> None:
         st = first.stat()
     except OSError as exc:
         raise OutboxError(f"cannot check the owner of {path}: {exc}") from exc
-    owner = (directory.st_uid, directory.st_gid) if dir_ok else (os.geteuid(), os.getegid())
+    targets = " ".join(str(p) for p in (denied or [path.parent]))
+    if st.st_uid == os.geteuid():  # ours already: its mode is what keeps us out
+        fix = f"chmod u+{'rw' if denied else 'rwx'} {targets}"
+    else:
+        owner = (directory.st_uid, directory.st_gid) if dir_ok else (os.geteuid(), os.getegid())
+        fix = (f"sudo chown {_name(owner[0], pwd.getpwuid)}:{_name(owner[1], grp.getgrgid)} "
+               f"{targets}")
     raise OutboxNotWritable(
         f"{first} belongs to {_user(st.st_uid)} (mode {st.st_mode & 0o777:04o}) and this "
-        f"process runs as {_user(os.geteuid())}, who cannot write it; fix: sudo chown "
-        f"{_name(owner[0], pwd.getpwuid)}:{_name(owner[1], grp.getgrgid)} "
-        + " ".join(str(p) for p in (denied or [path.parent]))
+        f"process runs as {_user(os.geteuid())}, who cannot write it; fix: {fix}"
     )
 
 

@@ -480,6 +480,20 @@ def as_service_user(action: Any) -> str:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create files as another uid")
+def test_a_read_only_state_directory_of_the_service_user_names_chmod(
+    shared_dir: Path,
+) -> None:
+    """Owned by the right user already: the mode is the problem, and chown would not fix it."""
+    state = shared_dir / "state"
+    state.mkdir()
+    os.chown(state, SERVICE_UID, SERVICE_UID)
+    state.chmod(0o555)
+    refused = as_service_user(lambda: Outbox.prepare(state / "outbox.sqlite3"))
+    assert refused.startswith(OutboxNotWritable.__name__)
+    assert f"fix: chmod u+rwx {state}" in refused
+    assert "chown" not in refused
+
+
 def test_root_created_outbox_is_refused_by_the_service_user_then_fixed_by_root(
     shared_dir: Path,
 ) -> None:
