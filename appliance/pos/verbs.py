@@ -299,7 +299,8 @@ _FILLED: Final[Mapping[str, tuple[str, ...]]] = {
 
 def _identified(resolution: Resolution) -> dict[str, Any]:
     if resolution.status == "offline":
-        raise LeatUnavailable("Leat did not answer in time", ambiguous=False)
+        raise LeatUnavailable("Leat was not reachable, or did not answer within the deadline "
+                              "(the device log names the cause)", ambiguous=False)
     return {
         "status": resolution.status, "reason": resolution.reason,
         "contact": resolution.contact, "voucher": resolution.voucher,
