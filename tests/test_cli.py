@@ -107,13 +107,25 @@ def test_cli_sandbox_port_clash_is_one_line(capsys: pytest.CaptureFixture[str]) 
     ]
 
 
+def with_config(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str],
+                *commands: str) -> list[tuple[int, str, str]]:
+    """Each command run on a config.toml holding `text`: (exit code, stdout, stderr)."""
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    results = []
+    for command in commands:
+        code = main([command, "--config", str(path)])
+        captured = capsys.readouterr()
+        results.append((code, captured.out, captured.err))
+    return results
+
+
 def test_cli_check_lists_every_config_problem_and_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text('[camera]\nfps = -3\n[mqtt]\nport = "x"\nextra = 1\n', encoding="utf-8")
-    assert main(["check", "--config", str(path)]) == 2
-    err = capsys.readouterr().err
+    [(code, _, err)] = with_config(
+        tmp_path, '[camera]\nfps = -3\n[mqtt]\nport = "x"\nextra = 1\n', capsys, "check")
+    assert code == 2
     assert "camera.fps" in err
     assert "mqtt.port" in err
     assert "mqtt.extra: unknown key" in err
@@ -122,10 +134,8 @@ def test_cli_check_lists_every_config_problem_and_exits_2(
 def test_cli_check_shows_effective_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text('[device]\nid = "till-7"\n', encoding="utf-8")
-    assert main(["check", "--config", str(path)]) == 0
-    out = capsys.readouterr().out
+    [(code, out, _)] = with_config(tmp_path, '[device]\nid = "till-7"\n', capsys, "check")
+    assert code == 0
     assert "base topic: leat-scanner/till-7" in out
     assert "secret mqtt-password: not configured" in out
 
@@ -137,22 +147,21 @@ def test_cli_check_and_run_refuse_the_same_problems(
     token = tmp_path / "leat-token"
     token.write_text("pat-hunter2", encoding="utf-8")
     token.chmod(0o604)
-    path = tmp_path / "config.toml"
-    path.write_text(
+    [(code, out, err)] = with_config(
+        tmp_path,
         f'[device]\nid = "till-7"\n[leat]\ntoken_file = "{token}"\nclient_id = "42"\n'
         f'portal_url = "https://shop.piggy.eu"\n',
-        encoding="utf-8",
+        capsys, command,
     )
-    assert main([command, "--config", str(path)]) == 2
-    captured = capsys.readouterr()
-    problems = [line.strip() for line in captured.err.splitlines()[1:]]
+    assert code == 2
+    problems = [line.strip() for line in err.splitlines()[1:]]
     assert [p.split(":", 1)[0] for p in problems] == [
         "leat.token_file", "leat.client_secret_file", "leat.shop_uuid",
         "leat.account_secret_file",
     ]
     assert "mode 604" in problems[0]
-    assert "hunter2" not in captured.err + captured.out
-    assert captured.out == ""  # run never started, check printed no config
+    assert "hunter2" not in err + out
+    assert out == ""  # run never started, check printed no config
 
 
 def test_cli_check_warns_about_a_hostname_id_and_names_capabilities(
@@ -162,12 +171,11 @@ def test_cli_check_warns_about_a_hostname_id_and_names_capabilities(
 
     monkeypatch.setattr(identity, "SERIAL_PATHS", (tmp_path / "absent",))
     monkeypatch.setattr(identity, "CPUINFO", tmp_path / "absent")
-    path = tmp_path / "config.toml"
-    path.write_text("[feedback]\nenabled = false\n", encoding="utf-8")
-    assert main(["check", "--config", str(path)]) == 0
-    captured = capsys.readouterr()
-    assert "device.id: no Raspberry Pi serial number found" in captured.err
-    assert "capabilities: scan\n" in captured.out
+    [(code, out, err)] = with_config(tmp_path, "[feedback]\nenabled = false\n", capsys,
+                                     "check")
+    assert code == 0
+    assert "device.id: no Raspberry Pi serial number found" in err
+    assert "capabilities: scan\n" in out
 
 
 def test_cli_check_outside_the_service_sees_the_installed_credentials(
@@ -182,18 +190,17 @@ def test_cli_check_outside_the_service_sees_the_installed_credentials(
     for name in ("leat-token", "web-password"):
         (store / f"leat-scanner.{name}").write_text("x", encoding="utf-8")
     monkeypatch.setattr(config, "CREDENTIAL_STORES", (tmp_path / "absent", store))
-    path = tmp_path / "config.toml"
-    path.write_text('[device]\nid = "till-7"\n[leat]\nshop_uuid = "s-1"\n'
-                    '[web]\nenabled = true\nlan = true\nhost = "0.0.0.0"\n', encoding="utf-8")
-    assert main(["check", "--config", str(path)]) == 0
-    out = capsys.readouterr().out
+    text = ('[device]\nid = "till-7"\n[leat]\nshop_uuid = "s-1"\n'
+            '[web]\nenabled = true\nlan = true\nhost = "0.0.0.0"\n')
+    (checked, out, _), (ran, _, err) = with_config(tmp_path, text, capsys, "check", "run")
+    assert checked == 0
     assert "secret leat-token: installed as a systemd credential" in out
     assert "secret web-password: installed as a systemd credential" in out
     assert "secret mqtt-password: not configured" in out
     assert "capabilities: scan, identify, orders, commands" in out
     # `run` reads secrets only as the service gets them: there, none arrived
-    assert main(["run", "--config", str(path)]) == 2
-    assert "web.lan: the page on the LAN needs a password" in capsys.readouterr().err
+    assert ran == 2
+    assert "web.lan: the page on the LAN needs a password" in err
 
 
 def test_cli_check_as_a_user_who_may_not_look_in_the_credential_store(
@@ -205,10 +212,8 @@ def test_cli_check_as_a_user_who_may_not_look_in_the_credential_store(
     from appliance import config
 
     monkeypatch.setattr(config, "stored_credential", lambda name: None)
-    path = tmp_path / "config.toml"
-    path.write_text('[device]\nid = "counter-7"\n', encoding="utf-8")
-    assert main(["check", "--config", str(path)]) == 0
-    out = capsys.readouterr().out
+    [(code, out, _)] = with_config(tmp_path, '[device]\nid = "counter-7"\n', capsys, "check")
+    assert code == 0
     assert "secret leat-token: not visible to this user" in out
     assert "capabilities: scan, feedback" in out
 
