@@ -167,7 +167,8 @@ def _demo(args: argparse.Namespace, cfg: config.Config) -> int:
 
 def _decode(args: argparse.Namespace, cfg: config.Config, out: TextIO | None = None) -> int:
     from appliance.codes import Classifier
-    from appliance.decode import Decoder, parse_formats
+    from appliance.decode import Decoder
+    from appliance.ladder import parse_formats
 
     out = out or sys.stdout
     device_reads = {*cfg.decode.formats, *(f.name for f in parse_formats(cfg.decode.formats))}

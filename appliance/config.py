@@ -528,7 +528,7 @@ def _file_problems(cfg: Config) -> list[str]:
 def _rule_problems(cfg: Config) -> list[str]:
     """Decode formats and code patterns, compiled as the daemon will compile them."""
     from appliance.codes import Classifier  # both import this module
-    from appliance.decode import parse_formats
+    from appliance.ladder import parse_formats
 
     problems = []
     try:

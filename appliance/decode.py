@@ -1,27 +1,16 @@
-"""Find codes in a grayscale frame with zxing-cpp (the only module that reads with it).
+"""Find codes in a grayscale frame with zxing-cpp, over frames: the scene, the weak
+conditions and the symbols followed.
 
 A frame of the same scene as the last one read repeats its result, and a partly changed
 scene without codes is read only where it changed (stillness.py). What is read goes
-through a fixed ladder of cheap passes and stops at the first that finds a symbol, so a
-frame with a code usually costs one sub-millisecond pass:
+through the ladder of cheap passes (ladder.py: the only module that calls zxing-cpp),
+then, when that read nothing:
 
-1. matrix codes on a 2x-subsampled view (zero-copy strides), global-histogram binarizer
-   (skipped for a view under 320x240 pixels, such as a small changed part);
-2. linear codes on every 8th row, then every 8th column (cards held sideways), each
-   plain and inverted (zxing-cpp's own inversion covers matrix codes only); only the
-   lines crossing enough bar-like edges are read, stacked (linear.py);
-3. matrix codes at full resolution, local-average then global-histogram binarizer (the
-   latter not inverted);
-4. only for symbols a pass located but could not decode (at most two): the region,
-   upscaled and sharpened, read again;
 5. a noisy or faint frame denoised and stretched (preprocess.py);
 6. a located-but-unread symbol (or the busiest region of a noisy, faint or glared frame; a
    glared one grown over its glare and followed while the glare moves) followed over
    frames; aligned combinations of its crops read within a time budget (multiframe.py).
    docs/decoding.md shows each stage on hard frames.
-
-"QRCode" in the config means the classic QR symbol (models 1 and 2); Micro QR and rMQR,
-which zxing-cpp files under the same family, must be named to be read.
 
 What was read is then judged (payload.py): binary payloads, over-long texts and control
 characters are refused (`Rejected`), and logged without the payload (it may be personal data).
@@ -31,18 +20,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import zxingcpp
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from appliance.config import DecodeConfig
-from appliance.errors import ConfigError
-from appliance.linear import ROW_STEP, bar_lines, line_corners
+from appliance.ladder import IDENTITY, Affine, Corners, Hit, Ladder, distinct, parse_formats
 from appliance.multiframe import (
     GLARE_PATIENCE,
     GLARE_STILL,
@@ -67,41 +54,13 @@ from appliance.stillness import TILE, Box, Thumb, changed_box, thumbnail
 
 log = logging.getLogger(__name__)
 
-Corners = tuple[tuple[int, int], ...]
 
-_F = zxingcpp.BarcodeFormat
-_KNOWN: dict[str, zxingcpp.BarcodeFormat] = {
-    name: fmt for name, fmt in _F.__members__.items() if name not in ("NONE", "All")
-}
-# "QRCode" means the classic symbol here: zxing-cpp's QRCode family also holds Micro QR and
-# rMQR, whose tiny symbols with weak error correction misread clutter (a measured false
-# positive in the bench corpus); name "MicroQRCode" / "RMQRCode" to read them as well.
-_ALIASES: dict[str, tuple[zxingcpp.BarcodeFormat, ...]] = {
-    "QRCode": (_F.QRCodeModel1, _F.QRCodeModel2),
-}
-_LINEAR = frozenset(zxingcpp.barcode_formats_list(zxingcpp.BarcodeFormats(_F.AllLinear)))
-_HALF_PASS_PIXELS = 320 * 240  # a smaller view (a changed part) is read at full size only
 _NEW_SCENE = 0.6  # a change over this share of the frame is read in full, as a new scene
 _NOISY = 6.0  # estimated noise (grey levels) above which a failed frame is denoised
 _GLARE_SHARE = 0.04  # saturated share of a followed region that calls for less exposure
 _GLARE_ADVICE_EV = -1.0
 _GLARE_PIXELS = 400  # saturated pixels (estimated) that make a frame worth a guessed region
 _GLARE_REST = 8  # stack depths without a new guess after one dropped for unmoving glare
-_ROI_LIMIT = 2  # at most this many located-but-undecoded symbols get a closer look
-# the full-resolution matrix passes: (binarizer, try inverted as configured)
-_FULL_PASSES = (
-    (zxingcpp.Binarizer.LocalAverage, True),
-    (zxingcpp.Binarizer.GlobalHistogram, False),
-)
-_SHARPEN = ImageFilter.UnsharpMask(radius=3, percent=250, threshold=0)
-# (upscale, sharpen, binarizer) tried in turn on a located symbol; chosen on the bench corpus
-_ROI_ATTEMPTS = (
-    (2, True, zxingcpp.Binarizer.LocalAverage),
-    (2, True, zxingcpp.Binarizer.GlobalHistogram),
-    (3, False, zxingcpp.Binarizer.GlobalHistogram),
-)
-
-
 @dataclass(frozen=True, slots=True)
 class Scan:
     """A code read from a frame and accepted."""
@@ -139,61 +98,13 @@ class DecodeResult:
     advice: float = 0.0
 
 
-class _Affine(NamedTuple):
-    """Maps view coordinates to frame coordinates: frame = (a*x + b*y + ox, c*x + d*y + oy)."""
-
-    a: float = 1.0
-    b: float = 0.0
-    c: float = 0.0
-    d: float = 1.0
-    ox: float = 0.0
-    oy: float = 0.0
-
-    def corners(self, barcode: Any) -> Corners:
-        """The barcode's corners in frame pixels, clockwise from top-left."""
-        pos = barcode.position
-        points = [pos.top_left, pos.top_right, pos.bottom_right, pos.bottom_left]
-        mapped = tuple(
-            (round(self.a * p.x + self.b * p.y + self.ox),
-             round(self.c * p.x + self.d * p.y + self.oy))
-            for p in points
-        )
-        if self.a * self.d - self.b * self.c < 0:  # a mirror (transposed view) reverses winding
-            mapped = (mapped[0], mapped[3], mapped[2], mapped[1])
-        return mapped
-
-
-_IDENTITY = _Affine()
-
-
-class _Hit(NamedTuple):
-    barcode: Any
-    corners: Corners
-
-
-def parse_formats(names: Sequence[str]) -> tuple[zxingcpp.BarcodeFormat, ...]:
-    """zxing-cpp formats for config names; `ConfigError` for unknown or no names."""
-    known = ", ".join(sorted(_KNOWN))
-    problems = [f"decode.formats: unknown format {name!r}; known: {known}"
-                for name in names if name not in _KNOWN]
-    if not names:
-        problems.append(f"decode.formats: empty; known: {known}")
-    if problems:
-        raise ConfigError(problems)
-    return tuple(dict.fromkeys(f for name in names for f in _ALIASES.get(name, (_KNOWN[name],))))
-
-
 class Decoder:
     """Reads codes from frames; `decode` is safe to call from one thread at a time."""
 
     def __init__(self, cfg: DecodeConfig) -> None:
-        formats = parse_formats(cfg.formats)
-        linear = [f for f in formats if f in _LINEAR]
-        matrix = [f for f in formats if f not in _LINEAR]
-        self._linear = zxingcpp.BarcodeFormats(linear) if linear else None
-        self._matrix = zxingcpp.BarcodeFormats(matrix) if matrix else None
+        self._ladder = Ladder(parse_formats(cfg.formats), cfg.try_invert)
+        self._matrix = self._ladder.matrix
         self._max_length = cfg.max_text_length
-        self._invert = cfg.try_invert
         self._still_threshold = cfg.still_threshold
         self._recheck = cfg.still_recheck_frames
         self._reference: Thumb | None = None  # thumbnail of the last frame read in full
@@ -264,7 +175,11 @@ class Decoder:
         self._last = self._judged(hits, frame.timestamp, advice)
         return self._last
 
-    def _judged(self, hits: list[_Hit], timestamp: float, advice: float) -> DecodeResult:
+    def _find(self, pixels: npt.NDArray[np.uint8], located: list[Corners]) -> list[Hit]:
+        """The ladder on `pixels` (this frame's region to read)."""
+        return self._ladder.find(pixels, located)
+
+    def _judged(self, hits: list[Hit], timestamp: float, advice: float) -> DecodeResult:
         """Judge what was read: accepted scans and refused codes."""
         scans: list[Scan] = []
         rejected: list[Rejected] = []
@@ -279,7 +194,7 @@ class Decoder:
         return DecodeResult(tuple(scans), tuple(rejected), advice)
 
     def _preprocessed(self, pixels: npt.NDArray[np.uint8], located: list[Corners],
-                      whole: bool) -> list[_Hit]:
+                      whole: bool) -> list[Hit]:
         """Matrix codes in a denoised (noisy frames) or stretched (faded, hazy) `pixels`.
 
         Noise and haze belong to the scene: measured when the whole frame is read and
@@ -304,9 +219,11 @@ class Decoder:
             self._weak = None
         if narrow:
             fixed.append(stretch(fixed[0]))
+        binarizers = (zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram)
         for image in fixed:
-            for binarizer in (zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram):
-                hits = self._read(image, self._matrix, _IDENTITY, located, binarizer=binarizer)
+            for binarizer in binarizers:
+                hits = self._ladder.read(image, self._matrix, IDENTITY, located,
+                                         binarizer=binarizer)
                 if hits:
                     return hits
         return []
@@ -327,7 +244,7 @@ class Decoder:
         return box if self._noisy or self._narrow else None
 
     def _multiframe(self, pixels: npt.NDArray[np.uint8], located: list[Corners],
-                    weak: Box | None, deadline: float) -> tuple[list[_Hit], float]:
+                    weak: Box | None, deadline: float) -> tuple[list[Hit], float]:
         """Follow a located-but-unread symbol (or, in a noisy or faint frame, the busiest
         region: `weak`; in a glared one, that region grown over the glare, followed while
         the glare moves and read by its running minimum every few frames); read
@@ -336,7 +253,7 @@ class Decoder:
         Returns what was read and the exposure advice for the region (multiframe.py).
         """
         stack = self._stack
-        boxes = [_box_around(c) for c in _distinct(located)]
+        boxes = [_box_around(c) for c in distinct(located)]
         self._weak_wait = max(0, self._weak_wait - 1)
         if stack.box is not None:
             x0, y0, x1, y1 = stack.box
@@ -410,7 +327,7 @@ class Decoder:
         return [], advice
 
     def _read_guess(self, pixels: npt.NDArray[np.uint8], box: Box,
-                    deadline: float) -> list[_Hit]:
+                    deadline: float) -> list[Hit]:
         """One look at a guessed region of a glared frame, fixed as a followed crop is."""
         x0, y0, x1, y1 = max(0, box[0]), max(0, box[1]), box[2], box[3]
         crop = pixels[y0:y1, x0:x1]
@@ -424,7 +341,7 @@ class Decoder:
 
     def _read_combined(self, image: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
                        x0: int, y0: int, deadline: float, *, closer: bool,
-                       seen: bool = False) -> list[_Hit]:
+                       seen: bool = False) -> list[Hit]:
         """One crop of the followed region: as it is and fixed (denoised, stretched,
         flattened) with both binarizers; `closer`: at half size and upscaled instead.
         `seen`: the crop is part of the frame just read, whose local-average pass saw it
@@ -434,7 +351,7 @@ class Decoder:
         binarizers) only: on 36 screen-glare cards (bench/decode.py) the reads left out
         read no card these miss, and without them the same cards are read sooner.
         """
-        affine = _Affine(ox=x0, oy=y0)
+        affine = Affine(ox=x0, oy=y0)
         local, histogram = zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram
         views = [image]
         if self._preprocess and self._stack.glared and not self._located and not closer:
@@ -454,125 +371,20 @@ class Decoder:
         for view, binarizer in attempts:
             if seen and view is image and binarizer == local:
                 continue
-            hits = self._read(view, formats, affine, binarizer=binarizer)
+            hits = self._ladder.read(view, formats, affine, binarizer=binarizer)
             if hits or time.perf_counter() > deadline:
                 return hits
         return []
 
     def _read_closer(self, image: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
-                     x0: int, y0: int, deadline: float) -> list[_Hit]:
+                     x0: int, y0: int, deadline: float) -> list[Hit]:
         """A crop at half size (blur spread over two pixels), then upscaled and sharpened."""
         half = np.asarray(Image.fromarray(image).reduce(2))
-        hits = self._read(half, formats, _Affine(a=2.0, d=2.0, ox=x0, oy=y0))
+        hits = self._ladder.read(half, formats, Affine(a=2.0, d=2.0, ox=x0, oy=y0))
         if hits or time.perf_counter() > deadline:
             return hits
         h, w = image.shape
-        return self._read_region(image, formats, ((0, 0), (w, 0), (w, h), (0, h)), x0, y0)
-
-    def _find(self, pixels: npt.NDArray[np.uint8], located: list[Corners]) -> list[_Hit]:
-        """Run the pass ladder; stop at the first pass that finds anything.
-
-        Symbols located but not decoded are added to `located` (in `pixels` coordinates).
-        """
-        formats = self._matrix
-        if formats is not None and pixels.size >= _HALF_PASS_PIXELS:
-            half = _Affine(a=2.0, d=2.0)
-            hits = self._read(pixels[::2, ::2], formats, half, located,
-                              binarizer=zxingcpp.Binarizer.GlobalHistogram)
-            if hits:
-                return hits
-        if self._linear is not None:
-            hits = self._read_linear(pixels, self._linear)
-            if hits:
-                return hits
-        if formats is None:
-            return []
-        return self._read_matrix_fallback(pixels, formats, located)
-
-    def _read_matrix_fallback(self, pixels: npt.NDArray[np.uint8],
-                              formats: zxingcpp.BarcodeFormats,
-                              located: list[Corners]) -> list[_Hit]:
-        """Full resolution with both binarizers, then a closer look at located symbols.
-
-        The global-histogram pass does not try inverted: the local-average pass before it
-        and the half-resolution pass already did (no bench frame needs a third look, and
-        it is a tenth of an empty frame's cost).
-        """
-        for binarizer, invert in _FULL_PASSES:
-            hits = self._read(pixels, formats, _IDENTITY, located, invert=invert,
-                              binarizer=binarizer)
-            if hits:
-                return hits
-        for corners in _distinct(located)[:_ROI_LIMIT]:
-            hits = self._read_region(pixels, formats, corners)
-            if hits:
-                return hits
-        return []
-
-    def _read_linear(self, pixels: npt.NDArray[np.uint8],
-                     formats: zxingcpp.BarcodeFormats) -> list[_Hit]:
-        """Linear codes along sparse rows, then sparse columns; each also inverted.
-
-        Only the lines that cross enough bar-like edges (`bar_lines`) are read, stacked:
-        a code's lines all qualify, and zxing-cpp's cost follows the lines it is given.
-        """
-        step = ROW_STEP
-        columns = np.ascontiguousarray(pixels[:, ::step]).T  # a strided view is slower
-        for view, transposed in ((pixels[::step, :], False), (columns, True)):
-            busy = bar_lines(view)
-            if busy.size == 0:
-                continue
-            lines = view[busy]
-            hits = self._read(lines, formats, _IDENTITY)
-            if not hits and self._invert:
-                hits = self._read(255 - lines, formats, _IDENTITY)
-            if hits:
-                return [_Hit(h.barcode, line_corners(h.corners, busy, step, transposed))
-                        for h in hits]
-        return []
-
-    def _read_region(self, pixels: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats,
-                     corners: Corners, ox: int = 0, oy: int = 0) -> list[_Hit]:
-        """A closer look at a symbol zxing-cpp located but could not decode."""
-        xs = [x for x, _ in corners]
-        ys = [y for _, y in corners]
-        margin = max(8, (max(xs) - min(xs) + max(ys) - min(ys)) // 6)
-        h, w = pixels.shape
-        x0, y0 = max(0, min(xs) - margin), max(0, min(ys) - margin)
-        x1, y1 = min(w, max(xs) + margin), min(h, max(ys) + margin)
-        if x1 - x0 < 8 or y1 - y0 < 8:
-            return []
-        crop = Image.fromarray(np.ascontiguousarray(pixels[y0:y1, x0:x1]))
-        for scale, sharpen, binarizer in _ROI_ATTEMPTS:
-            size = ((x1 - x0) * scale, (y1 - y0) * scale)
-            image = crop.resize(size, Image.Resampling.BICUBIC)
-            if sharpen:
-                image = image.filter(_SHARPEN)
-            affine = _Affine(a=1.0 / scale, d=1.0 / scale, ox=x0 + ox, oy=y0 + oy)
-            hits = self._read(np.asarray(image), formats, affine, binarizer=binarizer)
-            if hits:
-                return hits
-        return []
-
-    def _read(self, view: npt.NDArray[np.uint8], formats: zxingcpp.BarcodeFormats, affine: _Affine,
-              located: list[Corners] | None = None, *, invert: bool = True,
-              **options: Any) -> list[_Hit]:
-        """One zxing-cpp call on `view`; symbols located but not decoded go to `located`.
-
-        `invert` False: not inverted even when the config asks for it."""
-        barcodes = zxingcpp.read_barcodes(
-            view, formats=formats, try_rotate=False, try_downscale=False,
-            try_invert=self._invert and invert, text_mode=zxingcpp.TextMode.Plain,
-            return_errors=located is not None, **options,
-        )
-        hits = []
-        for barcode in barcodes:
-            if barcode.valid:
-                hits.append(_Hit(barcode, affine.corners(barcode)))
-            elif located is not None:
-                located.append(affine.corners(barcode))
-        return hits
-
+        return self._ladder.region(image, formats, ((0, 0), (w, 0), (w, h), (0, h)), x0, y0)
 
 def _checked(pixels: Any) -> npt.NDArray[np.uint8]:
     """The frame's pixels if they are a 2-D uint8 array zxing-cpp can read in place."""
@@ -585,11 +397,11 @@ def _checked(pixels: Any) -> npt.NDArray[np.uint8]:
     return pixels
 
 
-def _shifted(hits: list[_Hit], ox: int, oy: int) -> list[_Hit]:
+def _shifted(hits: list[Hit], ox: int, oy: int) -> list[Hit]:
     """`hits` with corners moved by (ox, oy)."""
     if not ox and not oy:
         return hits
-    return [_Hit(h.barcode, tuple((x + ox, y + oy) for x, y in h.corners)) for h in hits]
+    return [Hit(h.barcode, tuple((x + ox, y + oy) for x, y in h.corners)) for h in hits]
 
 
 def _box_around(corners: Corners) -> Box:
@@ -623,17 +435,5 @@ def _restamped(result: DecodeResult, timestamp: float) -> DecodeResult:
         tuple(replace(r, timestamp=timestamp) for r in result.rejected),
         result.advice,
     )
-
-
-def _distinct(located: list[Corners]) -> list[Corners]:
-    """Located symbols without repeats (the same symbol seen by two passes)."""
-    kept: list[Corners] = []
-    for corners in located:
-        cx = sum(x for x, _ in corners) / 4
-        cy = sum(y for _, y in corners) / 4
-        if not any(min(x for x, _ in k) <= cx <= max(x for x, _ in k)
-                   and min(y for _, y in k) <= cy <= max(y for _, y in k) for k in kept):
-            kept.append(corners)
-    return kept
 
 

@@ -220,7 +220,7 @@ def test_decoder_region_pass_reads_a_symbol_the_full_frame_passes_miss(
     # A corpus frame (bench/decode.py) that zxing-cpp locates but cannot decode as it is.
     sample = samples.make_sample(1, 56, (640, 480))
     assert texts(decoder.decode(frame_of(sample.pixels))) == [sample.expected]
-    monkeypatch.setattr("appliance.decode._ROI_LIMIT", 0)  # no closer look
+    monkeypatch.setattr("appliance.ladder._ROI_LIMIT", 0)  # no closer look
     assert Decoder(DecodeConfig()).decode(frame_of(sample.pixels)).scans == ()
 
 
