@@ -5,7 +5,20 @@ which opens the source the config names (picamera2 here, or replay.py's images).
 `picamera2/picamera2.py`, `picamera2/request.py`): a video configuration with YUV420
 streams, controls passed in the configuration, `capture_request()` / `MappedArray` /
 `release()`. The Y plane of YUV420 is the grayscale picture, so no colour conversion is
-done.
+done. It is asked for in full range (`colour_space=libcamera.ColorSpace.Sycc()`, 0..255):
+picamera2's video configuration otherwise picks Smpte170m below 1280x720 and Rec709 above
+(picamera2/picamera2.py `create_video_configuration`), both limited range in libcamera
+(src/libcamera/color_space.cpp), where white is about 235 and the lores stream follows the
+main one (raspberrypi/rpicam-apps issue 780): glare (>= 250, preprocess.py) would never
+show, and the exposure steering never start. The colour space picamera2 reports back after
+`configure` is checked, and a limited range is logged as a warning.
+
+picamera2 0.3.20 or newer is required (checked when the camera opens):
+`capture_request(wait=seconds)` times out and `cancel_all_and_flush()` exists only from
+then on (picamera2 commit ddd2ca3); before, a numeric `wait` blocked for ever on a dislodged
+cable. After such a failure, `stop()` itself may hang in libcamera (picamera2 issues 1065
+and 1264): the camera thread then stops beating and the service watchdog restarts the
+daemon, which reopens the camera.
 
 Both sources are also an `ExposureControl`: `set_ev` is how glare steering (appliance/exposure.py)
 darkens the picture. On the Pi it is `Picamera2.set_controls({"ExposureValue": ev})`,
@@ -90,9 +103,12 @@ class _Camera(Protocol):
         lores: dict[str, Any] | None,
         controls: dict[str, Any],
         buffer_count: int,
+        colour_space: Any,
     ) -> dict[str, Any]: ...
 
     def configure(self, camera_config: dict[str, Any]) -> None: ...
+
+    def camera_configuration(self) -> dict[str, Any]: ...
 
     def stream_configuration(self, name: str) -> dict[str, Any]: ...
 
@@ -124,6 +140,11 @@ class PicameraSource:
         self._timeout_s = CAPTURE_TIMEOUT_S + 2.0 / cfg.fps
         self._ev_controls: _EvControls | None = None  # set by _configure
         picamera2, libcamera = _import_picamera2(picamera2_module, libcamera_module)
+        if not hasattr(picamera2.Picamera2, "cancel_all_and_flush"):
+            raise CameraError(
+                "picamera2 is too old: 0.3.20 or newer is needed for capture timeouts "
+                "(apt install --only-upgrade python3-picamera2)"
+            )
         self._mapped_array: Callable[..., _Mapped] = picamera2.MappedArray
         try:
             if not picamera2.Picamera2.global_camera_info():
@@ -179,8 +200,14 @@ class PicameraSource:
             lores=lores,
             controls=controls,
             buffer_count=BUFFER_COUNT,
+            colour_space=libcamera.ColorSpace.Sycc(),
         )
         camera.configure(config)
+        colour = camera.camera_configuration().get("colour_space")
+        if getattr(colour, "range", None) != libcamera.ColorSpace.Range.Full:
+            log.warning("the camera delivers limited-range video (%s): its white is about 235, "
+                        "so glare (>= 250) is never seen and the exposure is never steered "
+                        "darker", colour)
         stream = "main" if lores is None else "lores"
         # picamera2 may round sizes (even widths and heights): read back what it chose.
         width, height = camera.stream_configuration(stream)["size"]

@@ -25,11 +25,15 @@ device and cannot chain "three blinks, then steady green".) `show()` is non-bloc
 stops the running pattern (its waits are on an Event, so this is immediate) and starts the
 new one. `show()` and `close()` are safe to call from any thread.
 
-Failures (issue 7): LEDs that fail must never stop the scanning. `open_feedback` turns any
-pin factory failure (gpiozero's `BadPinFactory`, lgpio failing at import because it cannot
-create its `.lgd-nfy*` pipe in the working directory: gpiozero issue 1106, lg issues 12
-and 22; a pin in use) into `NullFeedback` with an ERROR in the log, and a pin that fails
-later is reported too; both show in `state.feedback` through `FeedbackState`. Off a
+Failures (issue 7): LEDs that fail must never stop the scanning. gpiozero tries its pin
+factories in turn (lgpio, RPi.GPIO, pigpio, then its own "native" /dev/gpiomem pins;
+gpiozero/devices.py `_default_pin_factory`), so lgpio failing at import (it cannot create
+its `.lgd-nfy*` pipe in the working directory: gpiozero issue 1106, lg issues 12 and 22)
+still lights the LEDs on a Pi 4 through the native pins, with a warning naming the
+factory; on a Pi 5, which the native pins do not support, it ends in `BadPinFactory`.
+`open_feedback` turns any such failure (or a pin in use) into `NullFeedback` with an ERROR
+in the log, and a pin that fails later is reported too; both show in `state.feedback`
+through `FeedbackState`. Off a
 Raspberry Pi (a laptop), gpiozero's `MockFactory` stands in for the pins, and the log says
 so.
 """
@@ -394,6 +398,10 @@ def _opened(feedback: Feedback) -> tuple[Feedback, FeedbackState]:
     if pins == "mock":
         log.warning("LED and buzzer feedback is simulated (gpiozero MockFactory): "
                     "nothing lights up on this machine")
+    elif pins != "lgpio":
+        log.warning("LED and buzzer feedback on gpiozero's %s pins: lgpio, the pin factory "
+                    "for Raspberry Pi OS Bookworm, could not be used (is python3-lgpio "
+                    "installed, and the working directory writable?)", pins)
     else:
         log.info("LED and buzzer feedback on gpiozero's %s pins", pins)
     return feedback, feedback.state

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Step 10: install the Debian packages from packages.txt that are not installed yet.
+# Step 10: install the Debian packages from packages.txt that are not installed yet, and
+# upgrade those older than the minimum version packages.txt gives (a Raspberry Pi OS image
+# may carry an old python3-picamera2).
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -28,6 +30,35 @@ wanted_packages() {
   done <"$PROVISIONING_DIR/packages.txt"
 }
 
+# minimum_version NAME: the oldest version packages.txt accepts for NAME ('' for any).
+minimum_version() {
+  local name when minimum _
+  while read -r name when minimum _; do
+    [[ "$name" == "$1" ]] || continue
+    [[ "$minimum" != \#* ]] || minimum=""
+    printf '%s' "$minimum"
+    return 0
+  done <"$PROVISIONING_DIR/packages.txt"
+}
+
+# outdated_packages NAME...: sets OUTDATED to the installed names older than their minimum
+# (as "name version", for messages in OUTDATED_SHOWN).
+outdated_packages() {
+  local name minimum version
+  OUTDATED=()
+  OUTDATED_SHOWN=()
+  for name in "$@"; do
+    minimum=$(minimum_version "$name")
+    [[ -n "$minimum" ]] || continue
+    version=$(dpkg-query -W -f='${Version}' "$name" 2>/dev/null) || version=""
+    [[ -n "$version" ]] || continue  # not installed: missing_packages has it
+    if ! dpkg --compare-versions "$version" ge "$minimum"; then
+      OUTDATED+=("$name")
+      OUTDATED_SHOWN+=("$name $version (< $minimum)")
+    fi
+  done
+}
+
 # missing_packages NAME...: sets MISSING to the names dpkg does not have installed.
 missing_packages() {
   local name status
@@ -54,18 +85,30 @@ install_packages() {
   listed=$(wanted_packages "$no_camera")
   mapfile -t wanted <<<"$listed"
   missing_packages "${wanted[@]}"
-  if [[ ${#MISSING[@]} -eq 0 ]]; then
+  outdated_packages "${wanted[@]}"
+  if [[ ${#MISSING[@]} -eq 0 && ${#OUTDATED[@]} -eq 0 ]]; then
     note "all installed: ${wanted[*]}"
     return 0
   fi
-  changed "apt-get install ${MISSING[*]}"
   export DEBIAN_FRONTEND=noninteractive
   forbid_service_starts
-  RUN_HINT="missing: ${MISSING[*]}; check the network and /etc/apt/sources.list, then rerun" \
+  RUN_HINT="missing: ${MISSING[*]} ${OUTDATED[*]}; check the network and /etc/apt/sources.list, then rerun" \
     run apt-get update -qq
-  RUN_HINT="missing: ${MISSING[*]}; fix apt (see above), then rerun provisioning" \
-    run apt-get install -y -qq --no-install-recommends "${MISSING[@]}"
+  if [[ ${#MISSING[@]} -gt 0 ]]; then
+    changed "apt-get install ${MISSING[*]}"
+    RUN_HINT="missing: ${MISSING[*]}; fix apt (see above), then rerun provisioning" \
+      run apt-get install -y -qq --no-install-recommends "${MISSING[@]}"
+  fi
+  if [[ ${#OUTDATED[@]} -gt 0 ]]; then
+    changed "apt-get upgrade ${OUTDATED_SHOWN[*]}"
+    RUN_HINT="too old: ${OUTDATED_SHOWN[*]}; fix apt (see above), then rerun provisioning" \
+      run apt-get install -y -qq --no-install-recommends --only-upgrade "${OUTDATED[@]}"
+  fi
   [[ -z "$POLICY_RC_D" ]] || rm -f -- "$POLICY_RC_D"
+  [[ "$DRY_RUN" != 1 ]] || return 0
+  outdated_packages "${wanted[@]}"
+  [[ ${#OUTDATED[@]} -eq 0 ]] || die "still too old after the upgrade: ${OUTDATED_SHOWN[*]}" \
+    "(does /etc/apt/sources.list.d hold the Raspberry Pi archive, archive.raspberrypi.com?)"
 }
 
 # forbid_service_starts: at the first boot only, a policy-rc.d that answers 101 ("action

@@ -3,10 +3,13 @@
 It implements exactly what `appliance.camera.PicameraSource` calls, shaped like picamera2
 0.3.x (`picamera2/picamera2.py`, `picamera2/request.py`): `Picamera2.global_camera_info()`,
 `Picamera2(camera_num=0)`, `camera_controls` (name -> (min, max, default)),
-`create_video_configuration(main=, lores=, controls=, buffer_count=)`, `configure`,
-`stream_configuration`, `start`, `capture_request(wait=)`, `set_controls`,
-`cancel_all_and_flush`, `stop`, `close`, `CompletedRequest.release()` and
-`MappedArray(request, stream, reshape=, write=)`.
+`create_video_configuration(main=, lores=, controls=, buffer_count=, colour_space=)`,
+`configure`, `camera_configuration`, `stream_configuration`, `start`,
+`capture_request(wait=)`, `set_controls`, `cancel_all_and_flush`, `stop`, `close`,
+`CompletedRequest.release()` and `MappedArray(request, stream, reshape=, write=)`; and of
+libcamera, `controls.AfModeEnum` and `ColorSpace` (a video configuration without a colour
+space is limited range, as picamera2's; `World.full_range = False` makes the pipeline
+report Smpte170m for a full-range request, as a Pi 5's lores stream may).
 
 `set_controls(dict)` behaves as picamera2's (picamera2/controls.py `Controls.set_controls`):
 names are checked one by one against the advertised controls, an unknown one raises
@@ -72,10 +75,43 @@ class NoiseReductionModeEnum(enum.IntEnum):
     Fast = 1
 
 
+class Range(enum.Enum):
+    """libcamera.ColorSpace.Range (src/py/libcamera/py_color_space.cpp)."""
+
+    Full = 0
+    Limited = 1
+
+
+@dataclass(frozen=True)
+class ColorSpace:
+    """libcamera.ColorSpace: the standard colour spaces picamera2 uses (primaries, transfer
+    function, YCbCr encoding and range as in libcamera's src/libcamera/color_space.cpp)."""
+
+    primaries: str
+    transferFunction: str  # noqa: N815 (libcamera's attribute names)
+    ycbcrEncoding: str  # noqa: N815
+    range: Range
+
+    Range = Range
+
+    @staticmethod
+    def Sycc() -> ColorSpace:
+        return ColorSpace("Rec709", "Srgb", "Rec601", Range.Full)
+
+    @staticmethod
+    def Smpte170m() -> ColorSpace:
+        return ColorSpace("Smpte170m", "Rec709", "Rec601", Range.Limited)
+
+    @staticmethod
+    def Rec709() -> ColorSpace:
+        return ColorSpace("Rec709", "Rec709", "Rec709", Range.Limited)
+
+
 libcamera = ModuleType("libcamera")
 libcamera.controls = SimpleNamespace(  # type: ignore[attr-defined]
     AfModeEnum=AfModeEnum, draft=SimpleNamespace(NoiseReductionModeEnum=NoiseReductionModeEnum)
 )
+libcamera.ColorSpace = ColorSpace  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -95,6 +131,7 @@ class World:
     applied: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     lose_controls: int = 0  # set_controls calls to drop, as picamera2's recycling race can
     echo: bool = True  # ExposureValue echoed in metadata, as the Raspberry Pi IPA does
+    full_range: bool = True  # False: the pipeline turns a full-range request into Smpte170m
     # per-request metadata as a Camera Module 3 reports it (keys from libcamera's controls)
     metadata: dict[str, Any] = field(default_factory=lambda: {
         "SensorTimestamp": 762452861000, "ExposureTime": 9980, "AnalogueGain": 2.0,
@@ -215,10 +252,15 @@ class FakePicamera2:
     ) -> dict[str, Any]:
         """A video configuration: defaults, then the caller's streams and controls on top."""
         self.world.calls.append(("create_video_configuration", {
-            "main": main, "lores": lores, "controls": controls, "buffer_count": buffer_count}))
+            "main": main, "lores": lores, "controls": controls, "buffer_count": buffer_count,
+            "colour_space": colour_space}))
         main_cfg = _stream({"format": "XBGR8888", "size": (1280, 720)}, main or {})
         lores_cfg = None if lores is None else _stream(
             {"format": "YUV420", "size": main_cfg["size"]}, lores)
+        if colour_space is None:  # picamera2's default: by the main stream's size
+            width, height = main_cfg["size"]
+            small = width < 1280 or height < 720
+            colour_space = ColorSpace.Smpte170m() if small else ColorSpace.Rec709()
         defaults: dict[str, Any] = {}
         if "NoiseReductionMode" in self.camera_controls:
             defaults = {"NoiseReductionMode": NoiseReductionModeEnum.Fast,
@@ -248,7 +290,15 @@ class FakePicamera2:
         for control in camera_config["controls"]:
             if control not in self.camera_controls:
                 raise RuntimeError(f"Control {control} is not advertised by libcamera")
+        if not isinstance(camera_config["colour_space"], ColorSpace):
+            raise RuntimeError("Colour space has incorrect type")
+        if not self.world.full_range:  # libcamera adjusted it; picamera2 reports what it got
+            camera_config = camera_config | {"colour_space": ColorSpace.Smpte170m()}
         self.camera_config = camera_config
+
+    def camera_configuration(self) -> dict[str, Any]:
+        """The configuration in effect, as libcamera adjusted it."""
+        return self.camera_config
 
     def stream_configuration(self, name: str = "main") -> dict[str, Any]:
         """The named stream's configuration (with picamera2's rounding and stride)."""

@@ -16,6 +16,7 @@ from fake_picamera2 import (
     PAD,
     V2_CONTROLS,
     AfModeEnum,
+    ColorSpace,
     FakeRequest,
     World,
     libcamera,
@@ -71,6 +72,43 @@ def test_picamera_configures_yuv420_streams_and_controls() -> None:
     assert configured["controls"]["FrameDurationLimits"] == (66667, 66667)
     assert world.names() == ["Picamera2", "create_video_configuration", "configure", "start"]
     source.close()
+
+
+def test_picamera_asks_for_full_range_video(caplog: pytest.LogCaptureFixture) -> None:
+    world = World([qr_image()])
+    with caplog.at_level(logging.WARNING, logger="appliance.camera"):
+        source = open_camera(world)
+    # picamera2's default for video is limited range (Y 16..235): glare at >= 250 never shows
+    assert world.last("create_video_configuration")["colour_space"] == ColorSpace.Sycc()
+    assert world.cameras_opened[0].camera_configuration()["colour_space"].range is (
+        ColorSpace.Range.Full)
+    assert "limited-range" not in caplog.text
+    source.close()
+
+
+def test_picamera_warns_when_the_camera_gives_limited_range(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = World([qr_image()], full_range=False)
+    with caplog.at_level(logging.WARNING, logger="appliance.camera"):
+        source = open_camera(world)
+    assert "limited-range video" in caplog.text
+    assert "glare (>= 250) is never seen" in caplog.text
+    assert source.read() is not None  # it scans on
+    source.close()
+
+
+def test_picamera_older_than_0_3_20_is_refused_by_name() -> None:
+    world = World([qr_image()])
+    module = make_module(world)
+
+    class Picamera2Before0320:  # no cancel_all_and_flush: capture_request(wait=2.0) blocks
+        global_camera_info = module.Picamera2.global_camera_info  # for ever on a loose cable
+
+    module.Picamera2 = Picamera2Before0320
+    with pytest.raises(CameraError, match=r"picamera2 is too old: 0\.3\.20 or newer"):
+        PicameraSource(camera_config(), module, libcamera)
+    assert world.cameras_opened == []
 
 
 def test_picamera_exposure_not_fixed_when_frames_are_shorter_than_the_cap() -> None:

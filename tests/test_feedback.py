@@ -287,6 +287,22 @@ def test_open_feedback_names_the_injected_factory(factory: MockFactory) -> None:
     assert state.payload() == {"ok": True, "error": None, "pins": "mock"}
 
 
+class NativeFactory(MockFactory):
+    """Stands in for gpiozero's NativeFactory (/dev/gpiomem), where a Pi 4 falls back to
+    when lgpio cannot be loaded."""
+
+
+def test_open_feedback_on_a_fallback_factory_warns_that_lgpio_was_not_used(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="appliance.feedback"):
+        feedback, state = open_feedback(FeedbackConfig(), NativeFactory())
+    feedback.close()
+    assert state.payload() == {"ok": True, "error": None, "pins": "native"}
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "gpiozero's native pins" in warning and "lgpio" in warning
+
+
 class BrokenPin:
     """An output whose pin fails, as lgpio does when the chip goes away."""
 

@@ -845,6 +845,50 @@ def test_packages_camera_and_gpio_only_on_a_pi(
     assert ("python3-lgpio" in packages) is gpio_expected
 
 
+def installed(versions: dict[str, str]) -> str:
+    """Shell lines: a `dpkg-query -W -f='${Version}'` that knows only `versions`."""
+    cases = "".join(f'    {name}) echo "{version}" ;;\n' for name, version in versions.items())
+    return ('dpkg-query() {\n  case "${@: -1}" in\n' + cases
+            + '    *) return 1 ;;\n  esac\n}\n')
+
+
+@pytest.mark.parametrize(("version", "outdated"), [
+    ("0.3.12-1", True), ("0.3.19-1~bpo", True), ("0.3.20-1", False), ("0.3.34-1", False),
+])
+def test_packages_older_than_their_minimum_are_outdated(
+    root: Path, scratch: Path, version: str, outdated: bool
+) -> None:
+    script = installed({"python3-picamera2": version, "mosquitto": "2.0.11-1.2"}) + (
+        'minimum_version python3-picamera2; echo\nminimum_version mosquitto; echo "|"\n'
+        'outdated_packages python3-picamera2 mosquitto python3-lgpio\n'
+        'echo "outdated: ${OUTDATED[*]}"')
+    result = bash(scratch, root, script)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["0.3.20", "|"]  # mosquitto: any version; lgpio not installed
+    assert lines[2] == ("outdated: python3-picamera2" if outdated else "outdated: ")
+
+
+def test_packages_an_old_picamera2_is_upgraded(root: Path, scratch: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.write_bytes(b"Raspberry Pi 4 Model B Rev 1.5\0")
+    versions = {name: "1.0" for name in (
+        "python3-venv", "mosquitto", "mosquitto-clients", "openssl", "python3-lgpio")}
+    script = installed(versions | {"python3-picamera2": "0.3.12-1"}) + (
+        'dpkg-query() { case "$2" in -f=*Status*) echo "install ok installed" ;; '
+        '*) installed_version "${@: -1}" ;; esac; }\n')
+    script = script.replace("dpkg-query() {\n  case", "installed_version() {\n  case", 1)
+    result = bash(scratch, root, f'ROOT=""\nDRY_RUN=1\nDEVICE_TREE_MODEL="{model}"\n'
+                  + script + "install_packages 0")
+
+    assert result.returncode == 0, result.stderr
+    assert "would: apt-get upgrade python3-picamera2 0.3.12-1 (< 0.3.20)" in result.stdout
+    assert ("dry run: apt-get install -y -qq --no-install-recommends --only-upgrade "
+            "python3-picamera2") in result.stdout
+    assert "would: apt-get install " not in result.stdout  # nothing was missing
+
+
 # Raspberry Pi OS Bookworm ships Python 3.11, Trixie 3.13 (64-bit: aarch64).
 PI_OS_PYTHONS = {"bookworm": "3.11", "trixie": "3.13"}
 
