@@ -22,6 +22,8 @@ re-subscribes its handlers and republishes retained `info`, the latest `state` a
 since a broker restarted without persistence forgets retained messages, and a POS that
 reads the capabilities when "online" arrives must find this run's `info` already there.
 A refused connection (bad credentials, not authorised) is never reported as connected.
+MQTT strings are read by `mqtt_strings.read_string`, not paho's reader, which refuses U+FEFF
+and so dropped the connection on a request carrying one, at every reconnect.
 
 Queueing: QoS 1 events published while disconnected wait in paho's in-memory queue, bounded
 by `max_queued`; a full queue raises `BusError` (nothing is dropped silently). Events with a
@@ -49,10 +51,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from appliance import mqtt_strings
 from appliance.config import MqttConfig
 from appliance.errors import BusError
 
 log = logging.getLogger(__name__)
+mqtt_strings.install()  # U+FEFF in a request's properties must not take the device off MQTT
 
 ONLINE = "online"
 OFFLINE = "offline"

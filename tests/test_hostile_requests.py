@@ -150,6 +150,38 @@ def test_hostile_huge_and_deep_requests_are_answered_and_the_device_stays_connec
     assert "jane.doe@example.com" not in caplog.text
 
 
+def test_hostile_byte_order_marks_in_properties_are_answered_and_the_device_stays_connected(
+    broker: Mosquitto, device: Device, caplog: pytest.LogCaptureFixture
+) -> None:
+    # U+FEFF is a legal character in MQTT strings ([MQTT-1.5.4-3]) and Mosquitto forwards it;
+    # paho-mqtt 2.2's reader called the PUBLISH malformed and dropped the connection before
+    # the PUBACK, so the broker handed the request out again at every reconnect.
+    def body(ext: str) -> bytes:
+        return json.dumps({"customer": {"identifier": "LC-1"}, "order": order_body(ext)}).encode()
+
+    with Subscriber(broker, f"{BASE}/#", "pos/#") as pos:
+        pos.wait_subscribed()
+        noted = v5(POS_REPLY, b"user-property")
+        noted.UserProperty = [("note", "\ufeffhello")]
+        pos.publish(REQUEST, body("bom-1"), noted)
+        typed = v5(POS_REPLY, b"content-type")
+        typed.ContentType = "application/json\ufeff"
+        pos.publish(REQUEST, body("bom-2"), typed)
+        pos.publish(REQUEST, body("bom-3"), v5("pos/till9\ufeff", b"response-topic"))
+        pos.publish(REQUEST, body("bom-4"), v5(POS_REPLY, b"after"))
+        pos.wait_for(lambda ms: len([m for m in ms if m.topic == POS_REPLY]) >= 3, timeout=10)
+        pos.wait_for(lambda ms: any(m.topic.endswith("\ufeff") or m.topic == DEFAULT_REPLY
+                                    for m in ms), timeout=10)
+        answers = {m.properties.CorrelationData: json.loads(m.payload) for m in pos.messages
+                   if "/response/" in m.topic or m.topic.startswith("pos/")}
+        onlines = pos.on(f"{BASE}/availability")
+    assert set(answers) == {b"user-property", b"content-type", b"response-topic", b"after"}
+    assert all(a["status"] == "ok" for k, a in answers.items() if k != b"response-topic")
+    assert [m.payload for m in onlines] == [b"online"]  # never dropped and reconnected
+    assert device.bus.connected
+    assert not [r for r in caplog.records if "connection lost" in r.getMessage()]
+
+
 def test_hostile_retained_request_is_never_run_however_often_it_is_handed_out(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
