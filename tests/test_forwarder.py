@@ -7,6 +7,7 @@ leave open (a repeated external_identifier is 1003, see docs/sandbox.md).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -217,6 +218,33 @@ def test_forwarder_ambiguous_send_not_received_is_posted_again(
     assert state(outbox, item.id) is State.DELIVERED
     assert (calls(sandbox, FIND), calls(sandbox, CREATE)) == (1, 2)
     assert len(sandbox.orders()) == 1
+
+
+@pytest.mark.parametrize("answer", [
+    {"data": {}},
+    {"data": {"uuid": "00000000-0000-0000-0000-000000000000"}},  # a bare object, no order
+    {"data": {"result": {"type": "POINTS_TRANSACTION", "data": {"points": 1}}}},
+    {"data": {"order": {"uuid": "00000000-0000-0000-0000-000000000000",
+                        "external_identifier": "someone-else"}}},
+], ids=["empty", "bare-object", "result-only", "another-order"])
+def test_forwarder_a_success_without_our_order_is_looked_up_not_delivered(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, clock: Clock,
+    answer: dict[str, Any],
+) -> None:
+    # A 2xx that does not show our order (a proxy, a wrong base_url, an API change) says
+    # nothing of what Leat did: delivered on it, the order was lost
+    item = outbox.enqueue(Kind.ORDER, "A-3", order("A-3")).item
+    sandbox.faults.set(status=200, body=json.dumps(answer), only_paths=(CREATE,), times=1)
+    forwarder.drain_once()
+    pending = outbox.get(item.id)
+    assert pending is not None
+    assert (pending.state, pending.ambiguous) == (State.PENDING, True)
+    assert sandbox.orders() == []
+    clock.advance(400)
+    assert forwarder.drain_once() == 1
+    assert state(outbox, item.id) is State.DELIVERED
+    assert (calls(sandbox, FIND), calls(sandbox, CREATE)) == (1, 2)
+    assert [o["external_identifier"] for o in sandbox.orders()] == ["A-3"]
 
 
 # ------------------------------------------------------------------------- rejections

@@ -467,7 +467,7 @@ class LeatClient:
     def create_and_process_order(self, body: Mapping[str, Any]) -> OrderResult:
         """Create an order and award its points; keep `external_identifier` stable on retry."""
         data = self._post("/orders/create-and-process", dict(body))
-        return OrderResult.parse(Fields(data))
+        return OrderResult.parse_created(Fields(data), str(body.get("external_identifier")))
 
     def simulate_order(self, body: Mapping[str, Any]) -> int | None:
         """The points an order body would earn, nothing stored (`POST /orders/simulate`).

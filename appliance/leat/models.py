@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from appliance.errors import LeatUnavailable
 from appliance.leat.fields import Fields, no_attributes, upper
 
 log = logging.getLogger(__name__)
@@ -426,6 +427,19 @@ class OrderResult:
     points: int | None
     new_balance: int | None
     result_type: str | None = None
+
+    @classmethod
+    def parse_created(cls, f: Fields, external_identifier: str) -> OrderResult:
+        """From create-and-process's `{order, result}`. An answer without the order, or with
+        another order than `external_identifier`, says nothing of what Leat did with ours:
+        `LeatUnavailable(ambiguous=True)`, so the order is looked up before it is sent again.
+        """
+        order = Order.parse(f.req_obj("order"))
+        if order.external_identifier != external_identifier:
+            raise LeatUnavailable(
+                "malformed response from Leat: data.order.external_identifier is another "
+                "order's", ambiguous=True)
+        return cls.parse(f)
 
     @classmethod
     def parse(cls, f: Fields) -> OrderResult:
