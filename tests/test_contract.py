@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
+from test_orders import order_body
 
 from appliance import contract
 from appliance.bus import MAX_PACKET_BYTES, OFFLINE
@@ -126,6 +127,18 @@ def test_contract_validate_rejects_missing_required_field() -> None:
     del payload["event_id"]
     with pytest.raises(jsonschema.ValidationError, match="event_id"):
         contract.validate("scan", payload)
+
+
+@pytest.mark.parametrize("value", ["look-1\n", "look-1\r\n", "\nlook-1", "look\n-1"])
+def test_contract_ids_are_printable_ascii_to_the_last_character(value: str) -> None:
+    # JSON Schema patterns are ECMA-262: `$` ends the string. Python's `$` also matches
+    # before a final newline, so "look-1\n" passed as a printable-ASCII request_id.
+    with pytest.raises(jsonschema.ValidationError, match="does not match"):
+        contract.validate("command_contact_lookup", {"request_id": value, "identifier": "LC-1"})
+    request = {"customer": {"identifier": "LC-1"}, "order": order_body(value)}
+    with pytest.raises(jsonschema.ValidationError, match="does not match"):
+        contract.validate("order_request", request)
+    contract.validate("order_request", {**request, "order": order_body("pos-1")})
 
 
 def test_contract_schema_returns_a_copy_and_unknown_name_raises() -> None:

@@ -15,7 +15,7 @@ from importlib import resources
 from itertools import islice
 from typing import Any, cast
 
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError, best_match
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,28 @@ def schema(name: str) -> dict[str, Any]:
 
 
 @functools.cache
-def _validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(_load(name), format_checker=_format_checker())
+def _ecma_regex(pattern: str) -> re.Pattern[str]:
+    """`pattern` compiled so that a final `$` ends the string, as in ECMA-262 (JSON Schema's
+    regex dialect): Python's `$` also matches before a final newline."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _pattern(validator: Any, pattern: str, instance: object, schema: Any) -> Any:
+    """The `pattern` keyword with ECMA-262's `$`: "id-1\\n" no longer passes
+    `^[\\x21-\\x7e]+$` (the contract's printable-ASCII ids)."""
+    if isinstance(instance, str) and not _ecma_regex(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator, {"pattern": _pattern})
+
+
+@functools.cache
+def _validator(name: str) -> Any:
+    return _Validator(_load(name), format_checker=_format_checker())
 
 
 def validate(name: str, payload: object) -> None:
