@@ -11,6 +11,10 @@ exactly-once rules both follow):
   as the sandbox answers: 400, 1003 "The external identifier has already been taken.");
 - a give-back command: `commands_durable.execute`, which settles ambiguity itself.
 
+A refusal that is not Leat's error envelope (code 0: a proxy's 400 page, a 422 with only a
+message) is never final for any of them: kept, ambiguous (looked up before it is sent
+again), with the alert; only Leat's own code makes an item DEAD.
+
 Workers call `attempt` concurrently: it reads only settings and the item, and `LeatClient`
 is thread-safe. Bodies and Leat's messages may hold personal data: never logged.
 """
@@ -124,6 +128,10 @@ class Delivery:
         except (_Unexplained, commands_durable.Unexplained) as exc:
             return Verdict(State.PENDING, True, message=str(exc), ambiguous=True, unexplained=True)
         except LeatRejected as exc:
+            if exc.code == 0:  # not Leat's error envelope (a proxy's page): nothing final
+                message = f"Leat answered HTTP {exc.status_code} without an error code"
+                return Verdict(State.PENDING, True, message=message, ambiguous=True,
+                               unexplained=True)
             return Verdict(State.DEAD, True, code=exc.code, message=exc.leat_message)
         except LeatUnavailable as exc:
             return Verdict(

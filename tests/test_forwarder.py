@@ -283,6 +283,31 @@ def test_forwarder_malformed_line_is_dead_with_1003(
     assert not sandbox.orders()
 
 
+@pytest.mark.parametrize(("status", "body"), [
+    (400, "<html><body>400 Bad Request</body></html>"),  # a proxy's page
+    (422, json.dumps({"message": "The given data was invalid."})),  # no Leat code
+], ids=["proxy-page", "no-code"])
+def test_forwarder_a_refusal_without_leats_code_keeps_the_order_with_an_alert(
+    forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox, clock: Clock, events: Events,
+    status: int, body: str,
+) -> None:
+    # only Leat's own error code makes an order dead: anything else is not Leat deciding
+    item = outbox.enqueue(Kind.ORDER, "R-4", order("R-4")).item
+    sandbox.faults.set(status=status, body=body, only_paths=(CREATE,), times=1)
+    forwarder.drain_once()
+    held = outbox.get(item.id)
+    assert held is not None
+    assert (held.state, held.ambiguous) == (State.PENDING, True)
+    assert forwarder.alert is not None and "1 item(s) held" in forwarder.alert
+    assert not events.items
+    clock.advance(400)
+    assert forwarder.drain_once() == 1
+    assert state(outbox, item.id) is State.DELIVERED
+    assert (calls(sandbox, FIND), calls(sandbox, CREATE)) == (1, 2)
+    assert len(sandbox.orders()) == 1
+    assert forwarder.alert is None
+
+
 def test_forwarder_dead_letter_retried_after_a_transient_rejection(
     forwarder: Forwarder, outbox: Outbox, sandbox: LeatSandbox
 ) -> None:
