@@ -208,6 +208,9 @@ class ScanService:
 
     def run(self, stop: threading.Event) -> int:
         """Run until `stop` is set (or a replay ends); 0 on a clean exit, 1 if a thread crashed."""
+        first = self._safe_state(None)  # held by the bus: `state` goes out before `online`
+        if first is not None:
+            self._publish(first)
         self._bus.start()
         self._feedback.show(Signal.OFFLINE if self.stats.camera_error else Signal.READY)
         threads = [

@@ -90,6 +90,9 @@ def test_daemon_replay_publishes_each_demo_code_once(broker: Mosquitto, tmp_path
         validate("state", state)
     assert payloads(messages, "availability")[0] == "online"
     assert payloads(messages, "availability")[-1] == "offline"
+    # a POS that reads the retained info and state when "online" arrives finds this run's
+    topics = [m.topic.removeprefix(f"{BASE}/") for m in messages]
+    assert topics.index("info") < topics.index("state") < topics.index("availability")
     # feedback closed: every output off
     assert all(pins.pin(n).state == 0 for n in (17, 27))
 
