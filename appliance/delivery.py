@@ -157,18 +157,17 @@ class Delivery:
             if found is not None:
                 log.info("order %d was already in Leat; not posting it again", item.id)
                 return {"leat_uuid": found, "points": None, "new_balance": None, "found": "lookup"}
-        body = dict(item.body)
-        contact = body.get("contact")
-        has_contact = isinstance(contact, Mapping) and bool(contact.get("uuid"))
-        if not has_contact and item.customer_identifier:
-            body["contact"] = {"uuid": self._resolve(item.customer_identifier)}
-        elif not has_contact:
+        if item.anonymous:
             return {
                 "leat_uuid": None,
                 "points": None,
                 "new_balance": None,
                 "claim_url": self._claim_url(item),
             }
+        body = dict(item.body)
+        contact = body.get("contact")
+        if not (isinstance(contact, Mapping) and contact.get("uuid")):
+            body["contact"] = {"uuid": self._resolve(str(item.customer_identifier))}
         if self.shop_uuid and not body.get("business_profile"):
             body["business_profile"] = {"uuid": self.shop_uuid}
         body["external_identifier"] = ext

@@ -63,6 +63,14 @@ class Item:
     error_code: int | None
     error_message: str | None
 
+    @property
+    def anonymous(self) -> bool:
+        """An order without a customer: never sent to Leat (a Loyalty Token claim URL
+        instead, delivery.py), so Leat has nothing to return of it."""
+        contact = self.body.get("contact")
+        has_contact = isinstance(contact, Mapping) and bool(contact.get("uuid"))
+        return self.kind is Kind.ORDER and not has_contact and not self.customer_identifier
+
 
 @dataclass(frozen=True)
 class Enqueued:

@@ -77,8 +77,8 @@ class ScanHandler:
         code = self._classifier.classify(scan.text)
         event = self.scan_event(scan, code)
         log.info("scan %s %s (%s)", code.kind.value, mask(code.value), scan.format)
-        try:
-            self._publish("scan", event)
+        try:  # a scan a till gets later than an identification would be is stale as well
+            self._publish("scan", event, expiry_s=self._ttl_s)
         except BusError as exc:
             log.warning("scan event not accepted by the MQTT client: %s", exc)
             return Handled(Signal.OFFLINE, code, None)

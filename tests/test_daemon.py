@@ -526,9 +526,12 @@ def test_daemon_publishes_identifications_from_leat(
         }
         assert state["leat"] == {"reachable": False}
         assert Signal.OFFLINE in feedback.signals
-    # the identification expires (MQTT v5 message expiry)
-    expiring = [m for m in messages if m.topic.endswith("/events/identification")]
-    assert all(m.properties.MessageExpiryInterval <= 60 for m in expiring)
+    # the identification and the scan expire (MQTT v5 message expiry): a till back on its
+    # persistent session after a minute gets no customer long gone
+    expiring = [m for m in messages
+                if m.topic.endswith(("/events/identification", "/events/scan"))]
+    assert {m.topic.rsplit("/", 1)[1] for m in expiring} == {"identification", "scan"}
+    assert all(0 < m.properties.MessageExpiryInterval <= 60 for m in expiring)
 
 
 # --- `leat-scanner run` under a (simulated) systemd: a real notify socket -----------------

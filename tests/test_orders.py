@@ -196,7 +196,8 @@ def test_orders_bad_requests_name_the_problem_and_store_nothing(
 
 
 def test_orders_return_waits_for_its_order(handler: OrderRequests, outbox_path: Path) -> None:
-    assert handler.handle("order.create", request(order=order_body()))["status"] == "ok"
+    sale = request(order=order_body(), customer={"contact_uuid": CONTACT})
+    assert handler.handle("order.create", sale)["status"] == "ok"
     body = {
         "external_identifier": "ret-1", "status": "COMPLETED",
         "order": {"external_identifier": "pos-1001"},
@@ -228,7 +229,8 @@ def returned(ext: str, *lines: tuple[str, int], order: str = "pos-1001",
 def test_orders_a_return_that_cannot_be_delivered_is_refused_at_the_door(
     handler: OrderRequests, outbox_path: Path
 ) -> None:
-    assert handler.handle("order.create", request(order=order_body()))["status"] == "ok"
+    sale = request(order=order_body(), customer={"contact_uuid": CONTACT})
+    assert handler.handle("order.create", sale)["status"] == "ok"
 
     def refusal(payload: bytes) -> str:
         response = handler.handle("order.return", payload)
@@ -259,6 +261,15 @@ def test_orders_a_return_that_cannot_be_delivered_is_refused_at_the_door(
         assert order is not None and outbox.claim(order.id) is not None
         outbox.mark_dead(order.id, code=1003, message="refused")
     assert "is dead on this device" in refusal(returned("r-7", ("pos-1001-1", 1)))
+    # a sale without a customer never went to Leat (a claim URL instead): nothing to return
+    anonymous = handler.handle("order.create", request(order=order_body("anon-1")))
+    assert anonymous["status"] == "ok", anonymous
+    assert "had no customer, so it was never sent to Leat" in refusal(
+        returned("r-8", ("anon-1-1", 1), order="anon-1"))
+    known = request(order=order_body("known-1"), customer={"contact_uuid": CONTACT})
+    assert handler.handle("order.create", known)["status"] == "ok"
+    assert handler.handle("order.return", returned("r-9", ("known-1-1", 1), order="known-1"))[
+        "status"] == "ok"
 
 
 @pytest.mark.parametrize(

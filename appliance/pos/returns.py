@@ -3,7 +3,8 @@
 A return names the order's lines by their external_identifier and how many of each came
 back (Leat's Order Returns docs: "send only the returned lines"). One that names a line the
 order does not have, returns more of a line than is left after the earlier returns, returns
-nothing at all, or belongs to an order that is dead here could never be delivered: it is
+nothing at all, or belongs to an order that is dead here or had no customer (never sent to
+Leat: a claim URL instead) could never be delivered: it is
 refused now, named, instead of being acked and going dead later (the sandbox, like Leat as far
 as we can tell, answers 1003 for each). A return of an order this device does not hold (rung
 up on another till) is checked by Leat alone.
@@ -34,6 +35,10 @@ def check_return(body: Mapping[str, Any], order: Item | None, earlier: Iterable[
     if order.state is State.DEAD:
         raise RequestError("invalid_request", f"return/order: order {name!r} is dead on this "
                            "device (Leat refused it), so it has nothing to return")
+    if order.anonymous:
+        raise RequestError("invalid_request", f"return/order: order {name!r} had no customer, "
+                           "so it was never sent to Leat (a claim URL was made instead): Leat "
+                           "has nothing to return")
     ordered = _quantities(order.body.get("line_items") or ())
     returned: Counter[str] = Counter()
     for item in earlier:
