@@ -25,6 +25,16 @@ A refused connection (bad credentials, not authorised) is never reported as conn
 MQTT strings are read by `mqtt_strings.read_string`, not paho's reader, which refuses U+FEFF
 and so dropped the connection on a request carrying one, at every reconnect.
 
+Held messages: with a persistent session the broker keeps what was published for us while we
+were away (a restart, a lost connection) and hands it out right after CONNACK. MQTT does not
+say when a message was published, so on a resumed session the bus publishes a random marker
+to its own `<base>/marker` topic and flags every message received before the marker comes
+back `Message.resumed`: the broker sends one client's messages in the order it queued them
+(Mosquitto 2.0 `db__message_insert` queues behind what waits, `db__message_write_queued_out`
+sends in order), so everything it held arrives first. A request published in the moment of
+the reconnect may be flagged too (it is refused, never run late). A marker not back within
+`MARKER_WAIT_S` (a broker that drops it) ends the flagging, with a warning.
+
 Queueing: QoS 1 events published while disconnected wait in paho's in-memory queue, bounded
 by `max_queued`; a full queue raises `BusError` (nothing is dropped silently). Events with a
 message expiry are held by the bus instead and sent on reconnect with the remaining expiry
@@ -36,6 +46,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 import socket
 import threading
 import time
@@ -64,6 +75,7 @@ RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 BROKER_MAX_PACKET_BYTES: Final = 1024 * 1024  # the broker's max_packet_size (provisioned)
 MAX_PACKET_BYTES: Final = BROKER_MAX_PACKET_BYTES + 64 * 1024  # what we take: that, forwarded
+MARKER_WAIT_S: Final = 5.0  # a resumed session's marker not back by then: flagging ends
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,9 @@ class Message:
     received_at: float = field(default_factory=time.monotonic, compare=False)
     # a retained message handed out as we subscribed (not one published while we listen)
     retained: bool = False
+    # handed out from the session the broker kept while we were away (module docstring):
+    # it may have waited there up to `mqtt.session_expiry_s`
+    resumed: bool = False
 
     def json(self) -> Any:
         """The payload decoded as UTF-8 JSON (raises ValueError when it is not)."""
@@ -167,6 +182,9 @@ class MqttBus:
         self._expiring: deque[_Expiring] = deque()
         self._last_problem: str | None = None
         self._lost_at: float | None = None  # when the connection was lost (clock)
+        self._marker: bytes | None = None  # this resumed session's marker, until it is back
+        self._marker_sent_at = 0.0
+        self._caught_up = threading.Event()  # connected, and nothing held is still coming
         self._started = False
         self._stopping = False
         self._client = self._make_client(client_id, password)
@@ -231,6 +249,11 @@ class MqttBus:
         acknowledged by the broker (a request published before that, on a first connection,
         is not delivered: the broker has no subscription for it yet); True when serving."""
         return self._serving.wait(timeout)
+
+    def wait_caught_up(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds until connected and past what the broker held for
+        us (the marker is back, or the session was new); True then."""
+        return self._caught_up.wait(timeout)
 
     def start(self) -> None:
         """Connect in the background; returns at once, whether or not the broker is up."""
@@ -316,6 +339,7 @@ class MqttBus:
             reset()
         self._connected.clear()
         self._serving.clear()
+        self._caught_up.clear()
         log.info("MQTT: disconnected")
 
     def _publish_offline(self, timeout: float) -> bool:
@@ -462,10 +486,17 @@ class MqttBus:
                 # The broker handles our packets in order, so once "online" is seen, the
                 # subscriptions are in place and `info` and `state` are current: a POS that
                 # reads the capabilities on "online" never sees the previous run's.
-                if self._handlers:
-                    client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._handlers])
+                marker_topic = self.topic("marker")
+                topics = [*self._handlers, marker_topic] if self._handlers else []
+                if topics:
+                    client.subscribe([(t, SubscribeOptions(qos=1)) for t in topics])
                 else:
                     self._serving.set()
+                self._marker = None
+                if topics and flags.session_present:  # after the SUBSCRIBE: it is in place
+                    self._send_marker(marker_topic)
+                else:
+                    self._caught_up.set()
                 self._publish_status("info", self._info)
                 if self._state is not None:
                     self._publish_status("state", self._state)
@@ -499,6 +530,7 @@ class MqttBus:
         was_connected = self._connected.is_set()
         self._connected.clear()
         self._serving.clear()
+        self._caught_up.clear()
         socket_error, self._outage.socket_error = self._outage.socket_error, None
         if flags.is_disconnect_packet_from_server:
             detail = f"the broker said {reason_code.getName()}"
@@ -517,6 +549,12 @@ class MqttBus:
         self._serving.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self.topic("marker"):
+            with self._lock:
+                if self._marker is not None and bytes(msg.payload) == self._marker:
+                    self._marker = None
+                    self._caught_up.set()
+            return
         props = msg.properties
         message = Message(
             topic=msg.topic,
@@ -526,6 +564,7 @@ class MqttBus:
             user_properties=tuple(getattr(props, "UserProperty", ())),
             expiry_s=getattr(props, "MessageExpiryInterval", None),
             retained=bool(msg.retain),
+            resumed=self._held(),
         )
         with self._lock:
             items = list(self._handlers.items())
@@ -537,6 +576,31 @@ class MqttBus:
                 handler(message)
             except Exception:
                 log.exception("MQTT: handler for %s failed", msg.topic)
+
+
+    def _send_marker(self, topic: str) -> None:
+        """Publish a new marker for this resumed session (module docstring)."""
+        marker = secrets.token_hex(16).encode()
+        try:
+            self._publish(topic, marker)
+        except BusError as exc:
+            log.warning("MQTT: %s; requests the broker held cannot be told apart", exc)
+            self._caught_up.set()
+            return
+        self._marker, self._marker_sent_at = marker, self._clock()
+
+    def _held(self) -> bool:
+        """True while this connection's marker is not back (messages the broker held)."""
+        with self._lock:
+            if self._marker is None:
+                return False
+            if self._clock() - self._marker_sent_at <= MARKER_WAIT_S:
+                return True
+            self._marker = None
+            self._caught_up.set()
+        log.warning("MQTT: the broker did not return the session marker within %.0f s; "
+                    "requests it held can no longer be told apart", MARKER_WAIT_S)
+        return False
 
 
 def _correlated(correlation_data: bytes | None) -> Properties | None:

@@ -600,3 +600,33 @@ def test_a_request_sent_once_the_bus_serves_is_delivered_on_a_first_connection(
             assert service.got.get(timeout=10).topic.endswith("/request/ping"), round_
         bus.stop()
         assert not bus.wait_serving(0)
+
+
+def test_requests_the_broker_held_while_the_device_was_away_are_flagged_resumed(
+    broker: Mosquitto,
+) -> None:
+    # a persistent session: the broker keeps what is published for the device while it is
+    # away and hands it out on the next connection; MQTT does not say it waited
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port)
+    first = MqttBus(cfg, BASE, "held-1", None, INFO)
+    first.serve("request/+", _Collect())
+    first.start()
+    assert first.wait_serving(10) and first.wait_caught_up(10)  # a new session: nothing held
+    first.stop()
+    with Subscriber(broker, "pos/unused").wait_subscribed() as pos:
+        for n in range(25):  # more than Mosquitto sends at once (max_inflight_messages 20)
+            pos.publish(f"{BASE}/request/pay", json.dumps({"n": n}).encode(), None)
+        again = MqttBus(cfg, BASE, "held-1", None, INFO)
+        service = _Collect()
+        again.serve("request/+", service)
+        again.start()
+        try:
+            held = [service.got.get(timeout=10) for _ in range(25)]
+            assert [m.json()["n"] for m in held] == list(range(25))
+            assert all(m.resumed for m in held)
+            assert again.wait_caught_up(10)
+            pos.publish(f"{BASE}/request/pay", b'{"n":25}', None)
+            live = service.got.get(timeout=10)
+            assert live.json() == {"n": 25} and not live.resumed
+        finally:
+            again.stop()

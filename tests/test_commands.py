@@ -364,6 +364,26 @@ def test_value_taking_command_past_its_expiry_is_refused_unsent(device: Device) 
     assert device.send("reward.redeem", fresh, **redeem("r-ok"))["status"] == "ok"
 
 
+def test_a_held_value_taking_command_without_expiry_is_refused_unsent(device: Device) -> None:
+    # the broker held it while the device was away: it may be hours late, and nothing says
+    held = Message(topic=f"{BASE}/request/reward.redeem", payload=b"", resumed=True)
+    reply = device.send("reward.redeem", held, **redeem("r-held"))
+    assert reply["error"]["code"] == "expired" and "held" in reply["error"]["message"]
+    assert device.calls("POST", "/reward-receptions") == 0
+    # with an expiry it is timed by it; a read is never refused; live, it runs
+    timed = Message(topic="t", payload=b"", resumed=True, expiry_s=30)
+    assert device.send("reward.redeem", timed, **redeem("r-timed"))["status"] == "ok"
+    soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    body = {**redeem("r-soon"), "expires_at": soon}
+    assert device.send("reward.redeem", held, **body)["status"] == "ok"
+    read = device.send("contact.lookup", held, request_id="c-held", contact_uuid=JANE)
+    assert read["status"] == "ok", read
+    live = Message(topic="t", payload=b"")
+    assert device.send("reward.redeem", live, **redeem("r-live"))["status"] == "ok"
+    # refused unsent, so not recorded: the same request_id may be sent again
+    assert device.send("reward.redeem", live, **redeem("r-held"))["status"] == "ok"
+
+
 def test_reward_collect_once_then_leat_refuses_and_a_lost_answer_reconciles(
     device: Device,
 ) -> None:

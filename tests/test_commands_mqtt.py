@@ -84,6 +84,49 @@ def test_commands_over_mqtt_answer_on_the_response_topic_with_correlation_data(
     assert seen and all(m.expiry_s is not None and 0 < m.expiry_s <= 60 for m in seen)
 
 
+def test_a_value_taking_command_held_by_the_broker_without_expiry_is_never_run_late(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    # the device is away (restarting); the till sends a redeem without an expiry, gives up
+    # and takes cash; the broker keeps the redeem for the device's session. It must not
+    # spend the points when the device comes back.
+    outbox, ledger = prepared_stores(tmp_path / "state")
+    cfg = MqttConfig(host=broker.host, port=broker.port)
+    with LeatSandbox() as sandbox, LeatClient(
+        sandbox.url, token=sandbox.personal_access_token, shop_uuid=SHOP, timeout_s=5.0
+    ) as leat, Subscriber(broker, f"{REPLIES}/#").wait_subscribed() as pos:
+        def device() -> MqttBus:
+            bus = MqttBus(cfg, BASE, DEVICE, None, {"x": 1})
+            commands = Commands(leat, ledger, outbox, bus.publish_event, device_id=DEVICE)
+            bus.serve("request/+", OrderRequests(outbox, bus.publish_response, base_topic=BASE,
+                                                 shop_uuid=SHOP, commands=commands))
+            bus.start()
+            return bus
+
+        bus = device()
+        assert bus.wait_serving(10)
+        bus.stop()  # the session stays with the broker (mqtt.session_expiry_s)
+
+        def send(body: Mapping[str, Any], expiry_s: int | None = None) -> None:
+            props = request_properties(REPLIES, body["request_id"].encode(), expiry_s)
+            pos.publish(f"{BASE}/request/reward.redeem", json.dumps(body).encode(), props)
+
+        send(redeem("late"))
+        send(redeem("timed"), expiry_s=60)  # the till still waits for this one
+        bus = device()
+        try:
+            assert bus.wait_caught_up(10)
+            send(redeem("live"))
+            replies = pos.wait_for(lambda ms: len(ms) == 3)
+        finally:
+            bus.stop()
+    got = {m.properties.CorrelationData: json.loads(m.payload) for m in replies}
+    assert got[b"late"]["status"] == "error" and got[b"late"]["error"]["code"] == "expired"
+    assert got[b"timed"]["status"] == "ok" and got[b"live"]["status"] == "ok"
+    assert sum(1 for m, p in sandbox.requests() if m == "POST" and p.endswith(
+        "/reward-receptions")) == 2
+
+
 def test_a_call_the_device_stopped_during_is_reconciled_at_the_next_start(
     tmp_path: Path,
 ) -> None:

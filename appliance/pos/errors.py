@@ -22,7 +22,8 @@ ERRORS: Final = (
     "internal",
     "offline",  # a command: Leat not reachable or not within the deadline; nothing was taken
     "leat_rejected",  # a command: Leat refused (its code and message)
-    "expired",  # a value-taking command that arrived after its expiry: never run late
+    "expired",  # a value-taking command that arrived after its expiry, or one without an
+    # expiry that the broker held while the device was away: never run late
     "not_applied",  # Leat's answer was lost, and Leat shows the call did not happen
     "release_key_lost",  # voucher.lock happened but its answer (the release key) was lost
     "not_last_transaction",  # giftcard.reverse: Leat lists a newer transaction (55025)

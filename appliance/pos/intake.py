@@ -317,6 +317,7 @@ class OrderRequests:
         return self._commands.handle(
             verb, request, received_at=received,
             expiry_s=message.expiry_s if message is not None else None,
+            resumed=message is not None and message.resumed,
         )
 
     def _open(self) -> Outbox:

@@ -117,8 +117,11 @@ class Commands:
         *,
         received_at: float,
         expiry_s: float | None = None,
+        resumed: bool = False,
     ) -> dict[str, Any]:
-        """The response to one validated command request."""
+        """The response to one validated command request. `resumed`: the broker held it
+        while the device was away (`bus.Message.resumed`), so one without an expiry may be
+        late: a value-taking one is refused `expired`."""
         spec = VERBS[verb]
         request_id: str = request["request_id"]
         transaction = request.get("transaction")
@@ -126,6 +129,10 @@ class Commands:
         reply = _Reply(request_id, transaction)
         deadline = time.monotonic() + self._deadline_s  # a later expiry allows no later answer
         if spec.rule is Rule.TAKES:
+            if resumed and expiry_s is None and request.get("expires_at") is None:
+                return reply.error("expired", "the broker held this request while the device "
+                                   "was away and it has no expiry (MQTT v5 message expiry or "
+                                   "expires_at), so it may be late; it was not sent to Leat")
             expires = _expiry(received_at, expiry_s, request.get("expires_at"), self._deadline_s)
             if time.monotonic() >= expires:
                 return reply.error("expired", "the request expired before it could be run; "
