@@ -432,6 +432,23 @@ def test_voucher_redeem_of_a_voucher_locked_elsewhere_is_refused(device: Device)
     assert right["status"] == "ok"
 
 
+def test_voucher_redeem_for_another_contact_than_the_vouchers_own_is_refused(
+    device: Device,
+) -> None:
+    # Leat documents contact_uuid for unlinked vouchers only: Jane's voucher is not Sam's
+    wrong = device.send("voucher.redeem", request_id="vc-1", code="WELCOME-JANE",
+                        contact_uuid=SAM)
+    assert wrong["error"]["code"] == "wrong_contact", wrong
+    assert device.calls("POST", "/vouchers/redeem") == 0
+    assert device.client.find_voucher("WELCOME-JANE").status == "ACTIVE"
+    own = device.send("voucher.redeem", request_id="vc-2", code="WELCOME-JANE",
+                      contact_uuid=JANE)
+    assert own["status"] == "ok" and own["data"]["voucher"]["status"] == "REDEEMED"
+    flyer = device.send("voucher.redeem", request_id="vc-3", code="SPRING-2X7Q",
+                        contact_uuid=SAM)  # linked to no contact: anyone's
+    assert flyer["status"] == "ok", flyer
+
+
 @pytest.mark.parametrize(("code", "leat_code"), [("USED-2025", 80005), ("OLD-2024", 80006)])
 def test_voucher_redeem_names_leats_rejection(device: Device, code: str, leat_code: int
                                               ) -> None:

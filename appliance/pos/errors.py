@@ -30,6 +30,7 @@ ERRORS: Final = (
     "unknown",  # status unknown: the outcome follows on events/command
     "cannot_tell",  # status unknown, final: a lost money call matches several transactions
     "already_sold",  # giftcard.load of a card with a balance (require_unsold)
+    "wrong_contact",  # voucher.redeem naming another contact than the voucher's own
 )
 
 

@@ -205,7 +205,19 @@ def reconcile_voucher_lock(ctx: Context, args: Mapping[str, Any]) -> dict[str, A
 
 
 def voucher_redeem(ctx: Context, args: Mapping[str, Any]) -> dict[str, Any]:
-    """Redeem a voucher (with the lock's release key, given or remembered, when locked)."""
+    """Redeem a voucher (with the lock's release key, given or remembered, when locked).
+
+    With a `contact_uuid`, a voucher linked to another contact is refused `wrong_contact`
+    before Leat is asked to redeem it: Leat documents the contact only for an unlinked
+    voucher, and what it does with another one is unknown (docs/leat-assumptions.md V2).
+    """
+    contact = args.get("contact_uuid")
+    if contact is not None:
+        owner = ctx.client.find_voucher(args["code"]).contact
+        if owner is not None and owner.uuid != contact:
+            raise RequestError("wrong_contact", "the voucher belongs to another contact: "
+                               "leave contact_uuid out or give the voucher's own (as "
+                               "voucher.validate names it). Nothing was redeemed")
     key = args.get("release_key") or ctx.ledger.release_key(args["code"])
     redemption = ctx.client.redeem_voucher(
         code=args["code"], contact_uuid=args.get("contact_uuid"), release_key=key,
