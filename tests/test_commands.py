@@ -86,7 +86,7 @@ class Device:
         if not bad:
             contract.validate(VERBS[verb].schema, fields)
         reply = self.intake.handle(verb, json.dumps(fields).encode(), message)
-        contract.validate("response", reply)
+        contract.validate_reply(verb, reply)
         return reply
 
     def calls(self, method: str, path: str) -> int:

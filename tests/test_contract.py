@@ -347,3 +347,19 @@ def test_asyncapi_server_binding_is_the_device_session() -> None:
         "topic": f"{PREFIX}availability", "qos": 1, "message": OFFLINE, "retain": True,
     }
     assert mqtt["bindingVersion"] == "0.2.0"
+
+
+def test_every_command_reply_has_a_data_schema_and_a_wrong_one_is_refused() -> None:
+    from appliance.pos.commands import VERBS as COMMAND_VERBS
+    from appliance.pos.commands import Rule
+
+    defs = contract.schema("command_reply")["$defs"]
+    answered = {verb for verb, spec in COMMAND_VERBS.items() if spec.rule is not Rule.GIVES_BACK}
+    assert set(defs) == answered | {"accepted"}
+    reply = {"schema": "leat-scanner/response/1", "status": "ok", "transaction": None,
+             "error": None, "request_id": "p-1", "data": {"points": 12}}
+    contract.validate_reply("points.preview", reply)
+    with pytest.raises(jsonschema.ValidationError, match="'12' is not of type"):
+        contract.validate_reply("points.preview", {**reply, "data": {"points": "12"}})
+    with pytest.raises(jsonschema.ValidationError, match="outbox_id"):
+        contract.validate_reply("reward.reverse", {**reply, "status": "accepted"})

@@ -54,7 +54,7 @@ class Pos:
         )
         reply = self._replies([m for m in messages if m.topic == f"{BASE}/response/{verb}"],
                               request_id)[-1]
-        contract.validate("response", reply)
+        contract.validate_reply(verb, reply)
         return reply
 
     @staticmethod

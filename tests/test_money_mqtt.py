@@ -52,7 +52,7 @@ def test_money_over_mqtt_lost_answers_are_ok_once_or_cannot_tell(
             reply: dict[str, Any] = json.loads(next(
                 m.payload for m in messages if m.topic == REPLIES
                 and m.properties.CorrelationData == correlation))
-            contract.validate("response", reply)
+            contract.validate_reply(verb, reply)
             return reply
 
         try:

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError, best_match
+from referencing import Registry, Resource
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +99,24 @@ _Validator = validators.extend(  # type: ignore[no-untyped-call]
 
 
 @functools.cache
+def _registry() -> Registry[Any]:
+    """Every schema under its `$id`, for `$ref`s from one file into another."""
+    loaded = [_load(name) for name in names()]
+    return Registry().with_resources(
+        (s["$id"], Resource.from_contents(s)) for s in loaded)
+
+
+@functools.cache
 def _validator(name: str) -> Any:
-    return _Validator(_load(name), format_checker=_format_checker())
+    """The validator of schema `name`, or of a part of one: `name#/json/pointer`."""
+    file, hash_, pointer = name.partition("#")
+    target = {"$ref": f"{_load(file)['$id']}#{pointer}"} if hash_ else _load(name)
+    return _Validator(target, format_checker=_format_checker(), registry=_registry())
 
 
 def validate(name: str, payload: object) -> None:
-    """Check `payload` against schema `name`; raise `jsonschema.ValidationError` if it fails.
+    """Check `payload` against schema `name` (or a part of one: `name#/$defs/x`); raise
+    `jsonschema.ValidationError` if it fails.
 
     The best of the first `MAX_ERRORS` errors is raised: a hostile request with 50,000 bad
     array items would otherwise cost a second to collect them all.
@@ -111,6 +124,17 @@ def validate(name: str, payload: object) -> None:
     error = best_match(islice(_validator(name).iter_errors(payload), MAX_ERRORS))
     if error is not None:
         raise error
+
+
+def validate_reply(verb: str, reply: object) -> None:
+    """Check the `reply` to a request against `response` and, for a command answered `ok` or
+    `accepted`, its `data` against `command_reply` (`$defs/<verb>`, or `$defs/accepted`;
+    an order's data is in `response` itself)."""
+    validate("response", reply)
+    status = reply.get("status") if isinstance(reply, dict) else None
+    part = {"ok": verb, "accepted": "accepted"}.get(str(status))
+    if part is not None and part in _load("command_reply")["$defs"]:
+        validate(f"command_reply#/$defs/{part}", cast(dict[str, Any], reply)["data"])
 
 
 def explain(error: ValidationError) -> str:
