@@ -184,6 +184,7 @@ class MqttBus:
         self._lost_at: float | None = None  # when the connection was lost (clock)
         self._marker: bytes | None = None  # this resumed session's marker, until it is back
         self._marker_sent_at = 0.0
+        self._marker_mid: int | None = None  # the marker's SUBSCRIBE
         self._caught_up = threading.Event()  # connected, and nothing held is still coming
         self._started = False
         self._stopping = False
@@ -486,15 +487,15 @@ class MqttBus:
                 # The broker handles our packets in order, so once "online" is seen, the
                 # subscriptions are in place and `info` and `state` are current: a POS that
                 # reads the capabilities on "online" never sees the previous run's.
-                marker_topic = self.topic("marker")
-                topics = [*self._handlers, marker_topic] if self._handlers else []
-                if topics:
-                    client.subscribe([(t, SubscribeOptions(qos=1)) for t in topics])
+                self._marker = None
+                if self._handlers:
+                    client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._handlers])
+                    # on its own: a broker that refuses it still serves the requests
+                    _, self._marker_mid = client.subscribe(self.topic("marker"), qos=1)
                 else:
                     self._serving.set()
-                self._marker = None
-                if topics and flags.session_present:  # after the SUBSCRIBE: it is in place
-                    self._send_marker(marker_topic)
+                if self._handlers and flags.session_present:  # after the SUBSCRIBE
+                    self._send_marker(self.topic("marker"))
                 else:
                     self._caught_up.set()
                 self._publish_status("info", self._info)
@@ -543,6 +544,14 @@ class MqttBus:
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
                       reason_codes: list[ReasonCode], properties: Properties | None) -> None:
         refused = [code.getName() for code in reason_codes if code.is_failure]
+        if mid == self._marker_mid:
+            if refused:
+                with self._lock:
+                    self._marker = None
+                    self._caught_up.set()
+                log.warning("MQTT: broker refused the subscription to %s (%s); requests it "
+                            "held cannot be told apart", self.topic("marker"), refused[0])
+            return
         if refused:
             self._problem(f"broker refused the request subscriptions: {', '.join(refused)}")
             return

@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from appliance import bus as bus_module
 from appliance import contract, localbroker
 from appliance.bus import Message, MqttBus
 from appliance.config import MqttConfig, TlsConfig
@@ -630,3 +631,43 @@ def test_requests_the_broker_held_while_the_device_was_away_are_flagged_resumed(
             assert live.json() == {"n": 25} and not live.resumed
         finally:
             again.stop()
+
+
+def test_a_marker_the_broker_never_returns_ends_the_flagging_after_a_while(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # an ACL that lets the device read its requests only: the marker never comes back
+    server = Mosquitto(tmp_path / "broker")
+    acl = tmp_path / "broker" / "acl"
+    acl.write_text(f"topic read {BASE}/request/#\ntopic write #\n", encoding="utf-8")
+    with server.conf.open("a", encoding="utf-8") as conf:
+        conf.write(f"acl_file {acl}\n")
+    server.start()
+    now = [1000.0]
+    cfg = MqttConfig(host="127.0.0.1", port=server.port)
+    try:
+        first = MqttBus(cfg, BASE, "acl-1", None, INFO, clock=lambda: now[0])
+        first.serve("request/+", _Collect())
+        first.start()
+        assert first.wait_serving(10)
+        first.stop()
+        with Subscriber(server, "pos/unused").wait_subscribed() as pos:
+            pos.publish(f"{BASE}/request/pay", b'{"n":0}', None)
+            again = MqttBus(cfg, BASE, "acl-1", None, INFO, clock=lambda: now[0])
+            service = _Collect()
+            again.serve("request/+", service)
+            again.start()
+            try:
+                assert service.got.get(timeout=10).resumed
+                pos.publish(f"{BASE}/request/pay", b'{"n":1}', None)
+                assert service.got.get(timeout=10).resumed  # the marker is not back
+                assert not again.wait_caught_up(0)
+                now[0] += bus_module.MARKER_WAIT_S + 1
+                pos.publish(f"{BASE}/request/pay", b'{"n":2}', None)
+                assert not service.got.get(timeout=10).resumed
+                assert again.wait_caught_up(0)
+                assert "did not return the session marker" in caplog.text
+            finally:
+                again.stop()
+    finally:
+        server.stop()
