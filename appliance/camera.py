@@ -65,7 +65,9 @@ from appliance.source import Exposure, Frame, FrameSource
 
 log = logging.getLogger(__name__)
 
-BUFFER_COUNT = 3  # one filling, one queued by picamera2, one with us: frames stay recent
+# picamera2 keeps only the newest finished request (`_max_queue_len` 1 with `queue`) and hands
+# it over on `capture_request`: one buffer filling, one finished or with us, one spare
+BUFFER_COUNT = 3
 CAPTURE_TIMEOUT_S = 2.0  # no frame for this long (plus two intervals): the camera is gone
 ECHO_FRAMES = 8  # frames an EV request may take to show in the metadata before it is resent
 MAX_RESENDS = 2
