@@ -32,8 +32,11 @@ to its own `<base>/marker` topic and flags every message received before the mar
 back `Message.resumed`: the broker sends one client's messages in the order it queued them
 (Mosquitto 2.0 `db__message_insert` queues behind what waits, `db__message_write_queued_out`
 sends in order), so everything it held arrives first. A request published in the moment of
-the reconnect may be flagged too (it is refused, never run late). A marker not back within
-`MARKER_WAIT_S` (a broker that drops it) ends the flagging, with a warning.
+the reconnect may be flagged too (it is refused, never run late). The check fails closed: a
+marker paho cannot queue yet (its queue full of events) is sent again on every message and
+every `supervise()`, and flagging goes on until it is back; only when no message at all came
+for `MARKER_QUIET_S` after it was sent (a broker that drops it) does flagging end, with a
+warning.
 
 Queueing: QoS 1 events published while disconnected wait in paho's in-memory queue, bounded
 by `max_queued`; a full queue raises `BusError` (nothing is dropped silently). Events with a
@@ -75,7 +78,8 @@ RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 BROKER_MAX_PACKET_BYTES: Final = 1024 * 1024  # the broker's max_packet_size (provisioned)
 MAX_PACKET_BYTES: Final = BROKER_MAX_PACKET_BYTES + 64 * 1024  # what we take: that, forwarded
-MARKER_WAIT_S: Final = 5.0  # a resumed session's marker not back by then: flagging ends
+MARKER_QUIET_S: Final = 30.0  # no message for this long after the marker was sent, and it
+# is not back: the broker dropped it, and flagging ends
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,8 @@ class MqttBus:
         self._last_problem: str | None = None
         self._lost_at: float | None = None  # when the connection was lost (clock)
         self._marker: bytes | None = None  # this resumed session's marker, until it is back
-        self._marker_sent_at = 0.0
+        self._marker_sent = False  # paho took it (else it is sent again: fail closed)
+        self._last_held_at = 0.0  # when the marker was sent or a held message last came
         self._marker_mid: int | None = None  # the marker's SUBSCRIBE
         self._caught_up = threading.Event()  # connected, and nothing held is still coming
         self._started = False
@@ -289,6 +294,8 @@ class MqttBus:
         with self._lock:
             if not self._started or self._stopping:
                 return False
+            if self._connected.is_set():
+                self._send_marker()  # one paho could not queue at the reconnect
             # paho opens a new wake-up socket pair for the new thread and never closes the
             # old one (only Client.__del__ does, `_reset_sockets`)
             wake = [getattr(self._client, name, None) for name in ("_sockpairR", "_sockpairW")]
@@ -495,7 +502,9 @@ class MqttBus:
                 else:
                     self._serving.set()
                 if self._handlers and flags.session_present:  # after the SUBSCRIBE
-                    self._send_marker(self.topic("marker"))
+                    self._marker = secrets.token_hex(16).encode()
+                    self._marker_sent = False
+                    self._send_marker()
                 else:
                     self._caught_up.set()
                 self._publish_status("info", self._info)
@@ -545,12 +554,9 @@ class MqttBus:
                       reason_codes: list[ReasonCode], properties: Properties | None) -> None:
         refused = [code.getName() for code in reason_codes if code.is_failure]
         if mid == self._marker_mid:
-            if refused:
-                with self._lock:
-                    self._marker = None
-                    self._caught_up.set()
-                log.warning("MQTT: broker refused the subscription to %s (%s); requests it "
-                            "held cannot be told apart", self.topic("marker"), refused[0])
+            if refused:  # the marker will not come back: MARKER_QUIET_S ends the flagging
+                log.warning("MQTT: broker refused the subscription to %s (%s)",
+                            self.topic("marker"), refused[0])
             return
         if refused:
             self._problem(f"broker refused the request subscriptions: {', '.join(refused)}")
@@ -587,28 +593,35 @@ class MqttBus:
                 log.exception("MQTT: handler for %s failed", msg.topic)
 
 
-    def _send_marker(self, topic: str) -> None:
-        """Publish a new marker for this resumed session (module docstring)."""
-        marker = secrets.token_hex(16).encode()
-        try:
-            self._publish(topic, marker)
-        except BusError as exc:
-            log.warning("MQTT: %s; requests the broker held cannot be told apart", exc)
-            self._caught_up.set()
+    def _send_marker(self) -> None:
+        """Hand this session's marker to paho unless it took it already (under `_lock`).
+
+        Refused (paho's queue full), it is tried again with the next message and the next
+        `supervise()`; until then everything counts as held (module docstring)."""
+        if self._marker is None or self._marker_sent:
             return
-        self._marker, self._marker_sent_at = marker, self._clock()
+        try:
+            self._publish(self.topic("marker"), self._marker)
+        except BusError as exc:
+            log.warning("MQTT: %s; value-taking requests without an expiry are refused until "
+                        "it is sent", exc)
+            return
+        self._marker_sent, self._last_held_at = True, self._clock()
 
     def _held(self) -> bool:
         """True while this connection's marker is not back (messages the broker held)."""
         with self._lock:
             if self._marker is None:
                 return False
-            if self._clock() - self._marker_sent_at <= MARKER_WAIT_S:
+            self._send_marker()
+            now = self._clock()
+            if not self._marker_sent or now - self._last_held_at <= MARKER_QUIET_S:
+                self._last_held_at = max(self._last_held_at, now)
                 return True
             self._marker = None
             self._caught_up.set()
-        log.warning("MQTT: the broker did not return the session marker within %.0f s; "
-                    "requests it held can no longer be told apart", MARKER_WAIT_S)
+        log.warning("MQTT: the broker did not return the session marker, and nothing came "
+                    "for %.0f s; requests it held can no longer be told apart", MARKER_QUIET_S)
         return False
 
 

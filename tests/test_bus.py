@@ -9,6 +9,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -633,7 +634,7 @@ def test_requests_the_broker_held_while_the_device_was_away_are_flagged_resumed(
             again.stop()
 
 
-def test_a_marker_the_broker_never_returns_ends_the_flagging_after_a_while(
+def test_a_marker_the_broker_never_returns_ends_the_flagging_once_nothing_comes_a_while(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # an ACL that lets the device read its requests only: the marker never comes back
@@ -659,11 +660,13 @@ def test_a_marker_the_broker_never_returns_ends_the_flagging_after_a_while(
             again.start()
             try:
                 assert service.got.get(timeout=10).resumed
-                pos.publish(f"{BASE}/request/pay", b'{"n":1}', None)
-                assert service.got.get(timeout=10).resumed  # the marker is not back
+                for n in (1, 2):  # held messages still coming slowly (a slow link): held
+                    now[0] += bus_module.MARKER_QUIET_S * 0.7
+                    pos.publish(f"{BASE}/request/pay", json.dumps({"n": n}).encode(), None)
+                    assert service.got.get(timeout=10).resumed  # the marker is not back
                 assert not again.wait_caught_up(0)
-                now[0] += bus_module.MARKER_WAIT_S + 1
-                pos.publish(f"{BASE}/request/pay", b'{"n":2}', None)
+                now[0] += bus_module.MARKER_QUIET_S + 1
+                pos.publish(f"{BASE}/request/pay", b'{"n":3}', None)
                 assert not service.got.get(timeout=10).resumed
                 assert again.wait_caught_up(0)
                 assert "did not return the session marker" in caplog.text
@@ -671,3 +674,35 @@ def test_a_marker_the_broker_never_returns_ends_the_flagging_after_a_while(
                 again.stop()
     finally:
         server.stop()
+
+
+def test_a_marker_paho_cannot_queue_at_the_reconnect_keeps_flagging_until_it_is_sent(
+    broker: Mosquitto,
+) -> None:
+    # events published while away fill paho's queue: the marker is refused at the reconnect;
+    # what the broker held must still be flagged (fail closed), and the marker sent later
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port)
+    first = MqttBus(cfg, BASE, "full-1", None, INFO)
+    first.serve("request/+", _Collect())
+    first.start()
+    assert first.wait_serving(10)
+    first.stop()
+    with Subscriber(broker, "pos/unused").wait_subscribed() as pos:
+        pos.publish(f"{BASE}/request/pay", b'{"n":0}', None)
+        again = MqttBus(cfg, BASE, "full-1", None, INFO, max_queued=2)
+        for n in range(2):
+            again.publish_event("scan", {**SCAN, "value": f"LC-0000000{n}"})
+        service = _Collect()
+        again.serve("request/+", service)
+        again.start()
+        try:
+            assert service.got.get(timeout=10).resumed
+            assert not again.wait_caught_up(0)
+            deadline = time.monotonic() + 10
+            while not again.wait_caught_up(0.05) and time.monotonic() < deadline:
+                again.supervise()  # as the daemon does every second: once paho has room
+            assert again.wait_caught_up(0)
+            pos.publish(f"{BASE}/request/pay", b'{"n":1}', None)
+            assert not service.got.get(timeout=10).resumed
+        finally:
+            again.stop()

@@ -26,6 +26,7 @@ from appliance.forwarder import Forwarder
 from appliance.leat.client import LeatClient
 from appliance.outbox import Outbox
 from appliance.outbox_items import Kind, State
+from appliance.pos import runner as runner_module
 from appliance.pos.commands import VERBS, rules_table
 from appliance.pos.intake import OrderRequests
 from appliance.pos.ledger import Conflict, Ledger
@@ -306,6 +307,25 @@ def test_reward_redeem_when_leat_resets_every_connection_is_unknown_then_not_app
     assert device.balance(JANE) == 1250
 
 
+def test_value_taking_calls_are_refused_offline_while_too_many_are_being_reconciled(
+    device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Leat losing every answer: each call becomes a reconciliation of its own (a thread,
+    # minutes long); past the limit nothing more is sent, so they stay bounded
+    monkeypatch.setattr(runner_module, "MAX_UNSETTLED", 2)
+    device.sandbox.faults.set(outage=True)
+    for n in range(2):
+        assert device.send("reward.redeem", **redeem(f"r-lost-{n}"))["status"] == "unknown"
+    refused = device.send("reward.redeem", **redeem("r-lost-2"))
+    assert refused["error"]["code"] == "offline" and "reconciled" in refused["error"]["message"]
+    read = device.send("contact.lookup", request_id="c-still", contact_uuid=JANE)
+    assert read["error"]["code"] == "offline"  # reads are not held back (Leat is down here)
+    device.sandbox.faults.set()
+    assert len(device.events.wait(2)) == 2  # both settle (not applied); then it takes again
+    assert device.send("reward.redeem", **redeem("r-lost-2"))["status"] == "ok"
+    assert device.balance(JANE) == 1200
+
+
 def test_reward_redeem_slower_than_the_deadline_is_unknown_then_settled_on_events(
     sandbox: LeatSandbox, tmp_path: Path
 ) -> None:
@@ -441,6 +461,10 @@ def test_voucher_redeem_for_another_contact_than_the_vouchers_own_is_refused(
     assert wrong["error"]["code"] == "wrong_contact", wrong
     assert device.calls("POST", "/vouchers/redeem") == 0
     assert device.client.find_voucher("WELCOME-JANE").status == "ACTIVE"
+    upper = device.send("voucher.redeem", request_id="vc-1u", code="WELCOME-JANE",
+                        contact_uuid=JANE.upper())  # the same uuid: Leat is asked (and says)
+    assert upper["status"] == "ok" or upper["error"]["code"] != "wrong_contact", upper
+    assert device.calls("POST", "/vouchers/redeem") == 1
     own = device.send("voucher.redeem", request_id="vc-2", code="WELCOME-JANE",
                       contact_uuid=JANE)
     assert own["status"] == "ok" and own["data"]["voucher"]["status"] == "REDEEMED"

@@ -47,6 +47,7 @@ RESPONSE_SCHEMA: Final = "leat-scanner/response/1"
 EVENT_SCHEMA: Final = "leat-scanner/command/1"
 ENVELOPE: Final = frozenset({"request_id", "transaction", "expires_at"})
 RECONCILE_DELAYS_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)  # then give up
+MAX_UNSETTLED: Final = 32  # value-taking calls reconciled at once; more are refused `offline`
 NOT_APPLIED: Final = "not_applied"
 CANNOT_TELL: Final = "cannot_tell"
 MAX_CANDIDATES: Final = 10  # transaction uuids named in a cannot_tell outcome
@@ -84,6 +85,7 @@ class Commands:
         self._local = threading.local()
         self._stop = threading.Event()
         self._settling: list[threading.Thread] = []
+        self._settling_lock = threading.Lock()
 
     def resume(self) -> None:
         """Settle what a previous run left unsettled (it stopped during a value-taking call,
@@ -99,7 +101,9 @@ class Commands:
     def close(self) -> None:
         """Stop reconciling (what is unsettled is resumed on the next start)."""
         self._stop.set()
-        for thread in list(self._settling):
+        with self._settling_lock:
+            settling = list(self._settling)
+        for thread in settling:
             thread.join(2.0)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._ledger.flush()  # the reads' outcomes (a reconciler may still finish: kept open)
@@ -129,6 +133,12 @@ class Commands:
         reply = _Reply(request_id, transaction)
         deadline = time.monotonic() + self._deadline_s  # a later expiry allows no later answer
         if spec.rule is Rule.TAKES:
+            unsettled = self._unsettled()
+            if unsettled >= MAX_UNSETTLED:  # Leat is losing answers: do not add to it
+                return reply.error("offline", f"Leat's answers to {unsettled} value-taking "
+                                   "calls were lost and are still being reconciled; this one "
+                                   "was not sent to Leat: send it again once they settle "
+                                   "(events/command)")
             if resumed and expiry_s is None and request.get("expires_at") is None:
                 return reply.error("expired", "the broker held this request while the device "
                                    "was away and it has no expiry (MQTT v5 message expiry or "
@@ -213,12 +223,30 @@ class Commands:
 
     # ------------------------------------------------------------------ background
 
+    def _unsettled(self) -> int:
+        """Value-taking calls being reconciled now."""
+        with self._settling_lock:
+            self._settling = [t for t in self._settling if t.is_alive()]
+            return len(self._settling)
+
     def _settle_later(self, call: _Call, future: Future[dict[str, Any]] | None) -> None:
         thread = threading.Thread(
             target=self._settle, args=(call, future), name=f"reconcile-{call.verb}", daemon=True,
         )
-        self._settling = [t for t in self._settling if t.is_alive()] + [thread]
-        thread.start()
+        with self._settling_lock:
+            self._settling.append(thread)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: the ledger keeps it `running`
+            self._settled(thread)
+            log.error("command %s %s: cannot start its reconciliation now; it is resumed at "
+                      "the next start", call.verb, clip(call.reply.request_id, 64))
+
+    def _settled(self, thread: threading.Thread) -> None:
+        """`thread` no longer counts as reconciling."""
+        with self._settling_lock:
+            if thread in self._settling:
+                self._settling.remove(thread)
 
     def _settle(self, call: _Call, future: Future[dict[str, Any]] | None) -> None:
         """Find the outcome (the late answer, else reconciliation, bounded), record it and
@@ -248,6 +276,7 @@ class Commands:
                 response = reply.rejected(exc)
             except Exception as exc:
                 log.info("command %s: still unknown (%s)", verb, type(exc).__name__)
+        self._settled(threading.current_thread())  # before its event: a POS may send again
         if response is None:
             if not self._stop.is_set():
                 log.error("command %s %s: outcome still unknown; given up", verb,

@@ -214,7 +214,7 @@ def voucher_redeem(ctx: Context, args: Mapping[str, Any]) -> dict[str, Any]:
     contact = args.get("contact_uuid")
     if contact is not None:
         owner = ctx.client.find_voucher(args["code"]).contact
-        if owner is not None and owner.uuid != contact:
+        if owner is not None and owner.uuid.lower() != contact.lower():  # uuids: any case
             raise RequestError("wrong_contact", "the voucher belongs to another contact: "
                                "leave contact_uuid out or give the voucher's own (as "
                                "voucher.validate names it). Nothing was redeemed")
