@@ -84,6 +84,7 @@ SCHEMA: Final = "leat-scanner/events/order/1"
 IDLE_POLL_S: Final = 30.0  # longest sleep with nothing scheduled (also catches CLI retries)
 STOP_POLL_S: Final = 0.25  # how often a wait on `wake` looks at `stop`
 MIN_WAIT_S: Final = 0.05
+ANNOUNCE_RETRY_S: Final = 1.0  # how often held outcome events are tried again
 
 
 class Forwarder:
@@ -127,6 +128,9 @@ class Forwarder:
         self._probe_at = 0.0
         self._auth_logged = False
         self._held: dict[int, str] = {}  # item id -> why Leat's answer was not understood
+        # final outcomes the bus could not queue (its queue full: MQTT away a long time while
+        # Leat took orders); sent again before anything more is delivered, so none is lost
+        self._unannounced: deque[tuple[str, dict[str, Any]]] = deque()
         self._alert: str | None = None  # read by other threads: replaced, never mutated
 
     # ------------------------------------------------------------------------------ public
@@ -200,6 +204,8 @@ class Forwarder:
         def fill() -> None:
             nonlocal exhausted
             while stop is None or not stop.is_set():
+                if not self._announce_held():
+                    return  # no delivery whose outcome could not be told
                 probe = self.probing
                 if len(in_flight) >= (1 if probe else self.concurrency):
                     return
@@ -268,6 +274,8 @@ class Forwarder:
 
     def _idle_delay(self, outbox: Outbox) -> float:
         """Seconds until something could be sent: the next due item or probe, capped."""
+        if self._unannounced:
+            return ANNOUNCE_RETRY_S
         now = self._clock()
         if outbox.due(limit=1):  # held back by probe pacing (or taken by someone else)
             return max(self._probe_at - now if self.probing else 0.0, MIN_WAIT_S)
@@ -409,10 +417,7 @@ class Forwarder:
                 "order event for %s %d breaks the contract: %s", item.kind, item.id, exc.message
             )
             return
-        try:
-            self._publish("order", payload)
-        except BusError as exc:
-            log.warning("order event for %s %d not published: %s", item.kind, item.id, exc)
+        self._emit("order", payload)
 
     def _announce_command(
         self, item: Item, data: object, error: Mapping[str, Any] | None
@@ -436,10 +441,31 @@ class Forwarder:
         except ValidationError as exc:
             log.error("command event for %d breaks the contract: %s", item.id, exc.message)
             return
-        try:
-            self._publish("command", payload)
-        except BusError as exc:
-            log.warning("command event for %d not published: %s", item.id, exc)
+        self._emit("command", payload)
+
+    def _emit(self, name: str, payload: dict[str, Any]) -> None:
+        """Publish an outcome event, or hold it (the bus's queue is full) until it can be."""
+        if self._announce_held():
+            try:
+                self._publish(name, payload)
+                return
+            except BusError as exc:
+                log.warning("events/%s not queued (%s); delivering to Leat pauses until the "
+                            "held outcomes are published", name, exc)
+        self._unannounced.append((name, payload))
+
+    def _announce_held(self) -> bool:
+        """Publish the held outcome events in order; True when none is left."""
+        while self._unannounced:
+            name, payload = self._unannounced[0]
+            try:
+                self._publish(name, payload)
+            except BusError:
+                return False
+            self._unannounced.popleft()
+            if not self._unannounced:
+                log.info("forwarder: the held outcome events are published; delivering again")
+        return True
 
     # --------------------------------------------------------------------------- plumbing
 

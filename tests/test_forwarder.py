@@ -21,9 +21,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from broker import Mosquitto, Subscriber
 from fakes import SHOP, Clock
 
 from appliance import contract
+from appliance.bus import MqttBus
+from appliance.config import MqttConfig
 from appliance.delivery import TokenSettings
 from appliance.errors import BusError
 from appliance.forwarder import Forwarder
@@ -425,6 +428,40 @@ def test_forwarder_publish_failure_keeps_the_delivery(
     item = outbox.enqueue(Kind.ORDER, "B-1", order("B-1")).item
     Forwarder(path, client, broken, device_id="till-1", shop_uuid=SHOP, clock=clock).drain_once()
     assert state(outbox, item.id) is State.DELIVERED
+
+
+def test_forwarder_holds_outcome_events_the_bus_cannot_queue_and_pauses_until_sent(
+    path: Path, outbox: Outbox, client: LeatClient, clock: Clock, tmp_path: Path
+) -> None:
+    # MQTT away a long time while Leat takes orders: paho's queue fills with events/order;
+    # an outcome must never be dropped, so delivering waits until it can be published
+    server = Mosquitto(tmp_path / "broker")
+    bus = MqttBus(MqttConfig(host="127.0.0.1", port=server.port), "leat-scanner/till-1",
+                  "till-1", None, {}, max_queued=2)
+    ids = [outbox.enqueue(Kind.ORDER, f"Q-{n}", order(f"Q-{n}")).item.id for n in range(5)]
+    forwarder = Forwarder(path, client, bus.publish_event, device_id="till-1",
+                          shop_uuid=SHOP, clock=clock, concurrency=1)
+    forwarder.drain_once()  # the one in flight when the queue filled is delivered too
+    assert [state(outbox, i) for i in ids] == [State.DELIVERED] * 4 + [State.PENDING]
+    server.start()
+    try:
+        with Subscriber(server, "leat-scanner/till-1/events/order").wait_subscribed() as pos:
+            bus.start()  # paho sends what it queued, which makes room
+            assert bus.wait_connected(10)
+            stop = threading.Event()
+            loop = threading.Thread(target=forwarder.run, args=(stop,))
+            loop.start()  # tries the held events again every second, then delivers
+            try:
+                got = pos.wait_for(lambda ms: len(ms) >= 5)
+            finally:
+                stop.set()
+                loop.join(10)
+            assert [json.loads(m.payload)["external_identifier"] for m in got] == [
+                f"Q-{n}" for n in range(5)]
+        assert state(outbox, ids[4]) is State.DELIVERED
+    finally:
+        bus.stop()
+        server.stop()
 
 
 # -------------------------------------------------------------------------- customers
