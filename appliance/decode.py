@@ -392,6 +392,9 @@ def _checked(pixels: Any) -> npt.NDArray[np.uint8]:
         kind = f"{pixels.dtype} array of {pixels.ndim} dimensions" if isinstance(
             pixels, np.ndarray) else type(pixels).__name__
         raise ValueError(f"frame pixels must be a 2-D uint8 array (grayscale), got {kind}")
+    if pixels.size == 0:  # zxing-cpp's own error would not say which frame was wrong
+        raise ValueError(f"frame pixels must be a 2-D uint8 array (grayscale) with pixels, "
+                         f"got {pixels.shape[1]}x{pixels.shape[0]}")
     if min(pixels.strides) <= 0:  # flipped or broadcast views: zxing-cpp needs positive strides
         return np.ascontiguousarray(pixels)
     return pixels

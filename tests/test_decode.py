@@ -231,6 +231,8 @@ def test_decoder_region_pass_reads_a_symbol_the_full_frame_passes_miss(
         np.zeros((48, 64, 3), np.uint8),
         np.zeros(64, np.uint8),
         [[0, 1], [1, 0]],
+        np.zeros((0, 640), np.uint8),
+        np.zeros((480, 0), np.uint8),
     ],
 )
 def test_decoder_rejects_frames_that_are_not_grayscale(decoder: Decoder, pixels: object) -> None:
