@@ -5,8 +5,14 @@ so sensor noise shrinks 4x before frames are compared; computing it reads 1/16 o
 pixels (about 20 us for 640x480 here). A frame counts as changed when any tile moved by
 more than `threshold` grey levels, or by more than five standard deviations of its mean's
 sensor noise (measured by the caller on the scene: dim, high-ISO scenes need more), so a
-card entering the view changes many tiles by far more than either. `changed_box` also says
-where: the bounding box of the changed tiles, so a partial change is read only there.
+card entering the view changes many tiles by far more than either. A change of the light
+alone (a lamp's flicker, the camera's exposure) scales every tile alike: when a sample of
+tiles got brighter or darker by more than 1% in all, the reference is scaled by the median
+of their ratios first, and each tile may miss that by the light's change itself (pixels
+clipped at 0 or 255 do not scale), so only what changed against the rest of the scene
+counts.
+`changed_box` also says where: the bounding box of the changed tiles, so a partial change
+is read only there.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ import numpy.typing as npt
 TILE: Final = 16  # pixels per thumbnail tile side
 _STEP: Final = 4  # sample every 4th pixel and row inside a tile
 _NOISE_SIGMAS: Final = 5.0  # a tile must move by this many noise standard deviations
+_RELIGHT: Final = 0.01  # the sampled tiles' sum changed by more: the light may have
+_GAIN_SAMPLE: Final = 7  # every 7th tile estimates the light's change (a card covers few)
+_GAIN_MIN_SUM: Final = 16 * 16  # tiles darker than 16 grey levels say little of the gain
 
 Thumb = npt.NDArray[np.int16]
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels, x1/y1 exclusive
@@ -60,10 +69,12 @@ def changed_box(thumb: Thumb, reference: Thumb | None, threshold: float, noise: 
         return (0, 0, 0, 0)
     samples = (TILE // _STEP) ** 2
     limit = max(threshold, _NOISE_SIGMAS * noise * math.sqrt(2.0 / samples)) * samples
-    difference = thumb - reference
-    np.abs(difference, out=difference)
-    changed = np.flatnonzero(difference > limit)  # row-major, sorted; a third cheaper than
-    if not changed.size:  # np.nonzero's row and column arrays
+    changed = _changed(thumb, reference, limit)
+    if changed.size:  # the light, or the scene?
+        relit, gain = _relit(reference, thumb)
+        if relit is not reference:
+            changed = _changed(thumb, relit, limit + abs(gain - 1.0) * relit)
+    if not changed.size:
         return None
     width = thumb.shape[1]
     cols = changed % width
@@ -71,3 +82,31 @@ def changed_box(thumb: Thumb, reference: Thumb | None, threshold: float, noise: 
     r1 = min(thumb.shape[0], int(changed[-1]) // width + 1 + margin)
     c0, c1 = max(0, int(cols.min()) - margin), min(width, int(cols.max()) + 1 + margin)
     return (c0 * TILE, r0 * TILE, c1 * TILE, r1 * TILE)
+
+
+def _changed(thumb: Thumb, reference: Thumb, limit: float | npt.NDArray[np.float32]
+             ) -> npt.NDArray[np.intp]:
+    """The flat indices of the tiles that moved by more than `limit` (per tile, or one for
+    all), in order."""
+    difference = thumb - reference
+    np.abs(difference, out=difference)
+    return np.flatnonzero(difference > limit)  # a third cheaper than np.nonzero's two arrays
+
+
+def _relit(reference: Thumb, thumb: Thumb) -> tuple[Thumb, float]:
+    """`reference` under `thumb`'s light and that light's gain: scaled by the median ratio
+    of a sample of tiles when their sum changed by more than `_RELIGHT` (else `reference`
+    itself and 1.0: cheap)."""
+    before, after = reference.ravel()[::_GAIN_SAMPLE], thumb.ravel()[::_GAIN_SAMPLE]
+    total = int(before.sum())  # numpy sums int16 as int64
+    if total <= 0 or abs(int(after.sum()) / total - 1.0) <= _RELIGHT:
+        return reference, 1.0
+    lit = before >= _GAIN_MIN_SUM
+    ratios = after[lit] / before[lit].astype(np.float32)
+    if ratios.size < 8:
+        return reference, 1.0
+    middle = ratios.size // 2
+    gain = min(max(float(np.partition(ratios, middle)[middle]), 0.25), 4.0)
+    scaled = reference * np.float32(gain)
+    scaled += 0.5  # rounded: at most 4 x 16 x 255, well inside int16
+    return scaled.astype(np.int16), gain
