@@ -226,8 +226,8 @@ def _pointer(document: dict[str, Any], ref: str) -> object:
 
 def _published_names() -> tuple[set[str], set[str]]:
     """(event names, status subtopics) the package publishes: the string literals given to
-    `publish_event` / `_publish` (events: the publish callable the pipeline and forwarder
-    get is `MqttBus.publish_event`) and to `_publish_status`."""
+    `publish_event` / `_publish` / the forwarder's `_emit` (events: the publish callable the
+    pipeline and forwarder get is `MqttBus.publish_event`) and to `_publish_status`."""
     events: set[str] = set()
     status: set[str] = set()
     for path in (ROOT / "appliance").rglob("*.py"):
@@ -239,7 +239,7 @@ def _published_names() -> tuple[set[str], set[str]]:
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
             if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
                 continue
-            if name in ("publish_event", "_publish", "publish") and "/" not in first.value:
+            if name in ("publish_event", "_publish", "publish", "_emit") and "/" not in first.value:
                 events.add(first.value)
             elif name == "_publish_status":
                 status.add(first.value)
