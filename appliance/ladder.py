@@ -188,13 +188,17 @@ class Ladder:
         if x1 - x0 < 8 or y1 - y0 < 8:
             return []
         crop = Image.fromarray(np.ascontiguousarray(pixels[y0:y1, x0:x1]))
+        views: dict[tuple[int, bool], npt.NDArray[np.uint8]] = {}  # made once, read twice
         for scale, sharpen, binarizer in _ROI_ATTEMPTS:
-            size = ((x1 - x0) * scale, (y1 - y0) * scale)
-            image = crop.resize(size, Image.Resampling.BICUBIC)
-            if sharpen:
-                image = image.filter(_SHARPEN)
+            view = views.get((scale, sharpen))
+            if view is None:
+                size = ((x1 - x0) * scale, (y1 - y0) * scale)
+                image = crop.resize(size, Image.Resampling.BICUBIC)
+                if sharpen:
+                    image = image.filter(_SHARPEN)
+                view = views[scale, sharpen] = np.asarray(image)
             affine = Affine(a=1.0 / scale, d=1.0 / scale, ox=x0 + ox, oy=y0 + oy)
-            hits = self.read(np.asarray(image), formats, affine, binarizer=binarizer)
+            hits = self.read(view, formats, affine, binarizer=binarizer)
             if hits:
                 return hits
         return []
