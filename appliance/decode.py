@@ -217,8 +217,8 @@ class Decoder:
                             * glare_fraction(self._weak[::4, ::4], level) > _GLARE_PIXELS)
         if not (noisy or narrow or self._weak_glare):
             self._weak = None
-        if narrow:
-            fixed.append(stretch(fixed[0]))
+        if narrow:  # read stretched only: a band this narrow is below the binarizers' reach
+            fixed = [stretch(fixed[0])]
         binarizers = (zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram)
         for image in fixed:
             for binarizer in binarizers:
@@ -387,7 +387,10 @@ class Decoder:
         return self._ladder.region(image, formats, ((0, 0), (w, 0), (w, h), (0, h)), x0, y0)
 
 def _checked(pixels: Any) -> npt.NDArray[np.uint8]:
-    """The frame's pixels if they are a 2-D uint8 array zxing-cpp can read in place."""
+    """The frame's pixels if they are a 2-D uint8 array zxing-cpp can read in place (an
+    (H, W, 1) array is taken as its one channel)."""
+    if isinstance(pixels, np.ndarray) and pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
     if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2:
         kind = f"{pixels.dtype} array of {pixels.ndim} dimensions" if isinstance(
             pixels, np.ndarray) else type(pixels).__name__

@@ -240,6 +240,14 @@ def test_decoder_rejects_frames_that_are_not_grayscale(decoder: Decoder, pixels:
         decoder.decode(Frame(pixels, 0.0, 0))  # type: ignore[arg-type]
 
 
+def test_decoder_takes_a_one_channel_frame_as_grayscale(decoder: Decoder) -> None:
+    rng = np.random.default_rng(3)
+    code = samples.render_code("LC-ONECHAN1", module_px=4)
+    pixels = samples.place(code, samples.background((640, 480), rng), rng)
+    scans = decoder.decode(Frame(pixels[:, :, np.newaxis], 0.0, 0)).scans
+    assert [s.text for s in scans] == ["LC-ONECHAN1"]
+
+
 def test_scan_is_frozen() -> None:
     scan = Scan("x", "QRCode", ((0, 0), (1, 0), (1, 1), (0, 1)), 1.0)
     with pytest.raises(AttributeError):
