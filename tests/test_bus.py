@@ -604,17 +604,23 @@ def test_a_request_sent_once_the_bus_serves_is_delivered_on_a_first_connection(
         assert not bus.wait_serving(0)
 
 
+def _leave_a_session(cfg: MqttConfig, client_id: str) -> None:
+    """Connect a serving bus as `client_id` once and stop it: the broker keeps its session
+    (subscriptions included) and holds what is published for it."""
+    bus = MqttBus(cfg, BASE, client_id, None, INFO)
+    bus.serve("request/+", _Collect())
+    bus.start()
+    assert bus.wait_serving(10) and bus.wait_caught_up(10)  # a new session: nothing held
+    bus.stop()
+
+
 def test_requests_the_broker_held_while_the_device_was_away_are_flagged_resumed(
     broker: Mosquitto,
 ) -> None:
     # a persistent session: the broker keeps what is published for the device while it is
     # away and hands it out on the next connection; MQTT does not say it waited
     cfg = MqttConfig(host="127.0.0.1", port=broker.port)
-    first = MqttBus(cfg, BASE, "held-1", None, INFO)
-    first.serve("request/+", _Collect())
-    first.start()
-    assert first.wait_serving(10) and first.wait_caught_up(10)  # a new session: nothing held
-    first.stop()
+    _leave_a_session(cfg, "held-1")
     with Subscriber(broker, "pos/unused").wait_subscribed() as pos:
         for n in range(25):  # more than Mosquitto sends at once (max_inflight_messages 20)
             pos.publish(f"{BASE}/request/pay", json.dumps({"n": n}).encode(), None)
@@ -647,11 +653,7 @@ def test_a_marker_the_broker_never_returns_ends_the_flagging_once_nothing_comes_
     now = [1000.0]
     cfg = MqttConfig(host="127.0.0.1", port=server.port)
     try:
-        first = MqttBus(cfg, BASE, "acl-1", None, INFO, clock=lambda: now[0])
-        first.serve("request/+", _Collect())
-        first.start()
-        assert first.wait_serving(10)
-        first.stop()
+        _leave_a_session(cfg, "acl-1")
         with Subscriber(server, "pos/unused").wait_subscribed() as pos:
             pos.publish(f"{BASE}/request/pay", b'{"n":0}', None)
             again = MqttBus(cfg, BASE, "acl-1", None, INFO, clock=lambda: now[0])
@@ -682,11 +684,7 @@ def test_a_marker_paho_cannot_queue_at_the_reconnect_keeps_flagging_until_it_is_
     # events published while away fill paho's queue: the marker is refused at the reconnect;
     # what the broker held must still be flagged (fail closed), and the marker sent later
     cfg = MqttConfig(host="127.0.0.1", port=broker.port)
-    first = MqttBus(cfg, BASE, "full-1", None, INFO)
-    first.serve("request/+", _Collect())
-    first.start()
-    assert first.wait_serving(10)
-    first.stop()
+    _leave_a_session(cfg, "full-1")
     with Subscriber(broker, "pos/unused").wait_subscribed() as pos:
         pos.publish(f"{BASE}/request/pay", b'{"n":0}', None)
         again = MqttBus(cfg, BASE, "full-1", None, INFO, max_queued=2)
