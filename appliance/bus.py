@@ -188,6 +188,7 @@ class MqttBus:
         self._lost_at: float | None = None  # when the connection was lost (clock)
         self._marker: bytes | None = None  # this resumed session's marker, until it is back
         self._marker_sent = False  # paho took it (else it is sent again: fail closed)
+        self._marker_refused = False  # paho refused this connection's marker (logged once)
         self._last_held_at = 0.0  # when the marker was sent or a held message last came
         self._marker_mid: int | None = None  # the marker's SUBSCRIBE
         self._caught_up = threading.Event()  # connected, and nothing held is still coming
@@ -503,7 +504,7 @@ class MqttBus:
                     self._serving.set()
                 if self._handlers and flags.session_present:  # after the SUBSCRIBE
                     self._marker = secrets.token_hex(16).encode()
-                    self._marker_sent = False
+                    self._marker_sent = self._marker_refused = False
                     self._send_marker()
                 else:
                     self._caught_up.set()
@@ -592,7 +593,6 @@ class MqttBus:
             except Exception:
                 log.exception("MQTT: handler for %s failed", msg.topic)
 
-
     def _send_marker(self) -> None:
         """Hand this session's marker to paho unless it took it already (under `_lock`).
 
@@ -603,8 +603,10 @@ class MqttBus:
         try:
             self._publish(self.topic("marker"), self._marker)
         except BusError as exc:
-            log.warning("MQTT: %s; value-taking requests without an expiry are refused until "
-                        "it is sent", exc)
+            if not self._marker_refused:  # once a connection: it is tried every second
+                self._marker_refused = True
+                log.warning("MQTT: %s; value-taking requests without an expiry are refused "
+                            "until it is sent", exc)
             return
         self._marker_sent, self._last_held_at = True, self._clock()
 
