@@ -8,9 +8,9 @@ sensor noise (measured by the caller on the scene: dim, high-ISO scenes need mor
 card entering the view changes many tiles by far more than either. A change of the light
 alone (a lamp's flicker, the camera's exposure) scales every tile alike: when a sample of
 tiles got brighter or darker by more than 1% in all, the reference is scaled by the median
-of their ratios first, and each tile may miss that by the light's change itself (pixels
-clipped at 0 or 255 do not scale), so only what changed against the rest of the scene
-counts.
+of their ratios first, and each tile may miss that by the light's change itself, up to 10%
+(pixels clipped at 0 or 255 do not scale), so only what changed against the rest of the
+scene counts.
 `changed_box` also says where: the bounding box of the changed tiles, so a partial change
 is read only there.
 """
@@ -27,6 +27,8 @@ TILE: Final = 16  # pixels per thumbnail tile side
 _STEP: Final = 4  # sample every 4th pixel and row inside a tile
 _NOISE_SIGMAS: Final = 5.0  # a tile must move by this many noise standard deviations
 _RELIGHT: Final = 0.01  # the sampled tiles' sum changed by more: the light may have
+_SLACK_MAX: Final = 0.1  # a tile may miss the scaled reference by at most 10% of it: a
+# bigger change of the light (a lamp switched on) must not hide a card that came with it
 _GAIN_SAMPLE: Final = 7  # every 7th tile estimates the light's change (a card covers few)
 _GAIN_MIN_SUM: Final = 16 * 16  # tiles darker than 16 grey levels say little of the gain
 
@@ -73,7 +75,8 @@ def changed_box(thumb: Thumb, reference: Thumb | None, threshold: float, noise: 
     if changed.size:  # the light, or the scene?
         relit, gain = _relit(reference, thumb)
         if relit is not reference:
-            changed = _changed(thumb, relit, limit + abs(gain - 1.0) * relit)
+            slack = min(abs(gain - 1.0), _SLACK_MAX)  # clipped pixels did not scale
+            changed = _changed(thumb, relit, limit + slack * relit)
     if not changed.size:
         return None
     width = thumb.shape[1]
