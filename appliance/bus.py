@@ -35,8 +35,8 @@ sends in order), so everything it held arrives first. A request published in the
 the reconnect may be flagged too (it is refused, never run late). The check fails closed: a
 marker paho cannot queue yet (its queue full of events) is sent again on every message and
 every `supervise()`, and flagging goes on until it is back; only when no message at all came
-for `MARKER_QUIET_S` after it was sent (a broker that drops it) does flagging end, with a
-warning.
+for `MARKER_QUIET_S`, or `MARKER_MAX_S` after it was sent (a broker that drops it while tills
+keep asking), does flagging end, with a warning.
 
 Queueing: QoS 1 events published while disconnected wait in paho's in-memory queue, bounded
 by `max_queued`; a full queue raises `BusError` (nothing is dropped silently). Events with a
@@ -80,6 +80,7 @@ BROKER_MAX_PACKET_BYTES: Final = 1024 * 1024  # the broker's max_packet_size (pr
 MAX_PACKET_BYTES: Final = BROKER_MAX_PACKET_BYTES + 64 * 1024  # what we take: that, forwarded
 MARKER_QUIET_S: Final = 30.0  # no message for this long after the marker was sent, and it
 # is not back: the broker dropped it, and flagging ends
+MARKER_MAX_S: Final = 120.0  # nor this long after it was sent: what the broker held is out
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ class MqttBus:
         self._marker_sent = False  # paho took it (else it is sent again: fail closed)
         self._marker_refused = False  # paho refused this connection's marker (logged once)
         self._last_held_at = 0.0  # when the marker was sent or a held message last came
+        self._marker_sent_at = 0.0
         self._marker_mid: int | None = None  # the marker's SUBSCRIBE
         self._caught_up = threading.Event()  # connected, and nothing held is still coming
         self._started = False
@@ -608,7 +610,8 @@ class MqttBus:
                 log.warning("MQTT: %s; value-taking requests without an expiry are refused "
                             "until it is sent", exc)
             return
-        self._marker_sent, self._last_held_at = True, self._clock()
+        self._marker_sent = True
+        self._last_held_at = self._marker_sent_at = self._clock()
 
     def _held(self) -> bool:
         """True while this connection's marker is not back (messages the broker held)."""
@@ -617,13 +620,15 @@ class MqttBus:
                 return False
             self._send_marker()
             now = self._clock()
-            if not self._marker_sent or now - self._last_held_at <= MARKER_QUIET_S:
+            if not self._marker_sent or (now - self._last_held_at <= MARKER_QUIET_S
+                                         and now - self._marker_sent_at <= MARKER_MAX_S):
                 self._last_held_at = max(self._last_held_at, now)
                 return True
             self._marker = None
             self._caught_up.set()
-        log.warning("MQTT: the broker did not return the session marker, and nothing came "
-                    "for %.0f s; requests it held can no longer be told apart", MARKER_QUIET_S)
+        log.warning("MQTT: the broker did not return the session marker (after %.0f s, or "
+                    "%.0f s without a message); requests it held can no longer be told apart",
+                    MARKER_MAX_S, MARKER_QUIET_S)
         return False
 
 

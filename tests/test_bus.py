@@ -640,8 +640,9 @@ def test_requests_the_broker_held_while_the_device_was_away_are_flagged_resumed(
             again.stop()
 
 
-def test_a_marker_the_broker_never_returns_ends_the_flagging_once_nothing_comes_a_while(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("end", ["quiet", "max"])
+def test_a_marker_the_broker_never_returns_ends_the_flagging_after_a_while(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, end: str
 ) -> None:
     # an ACL that lets the device read its requests only: the marker never comes back
     server = Mosquitto(tmp_path / "broker")
@@ -667,7 +668,15 @@ def test_a_marker_the_broker_never_returns_ends_the_flagging_once_nothing_comes_
                     pos.publish(f"{BASE}/request/pay", json.dumps({"n": n}).encode(), None)
                     assert service.got.get(timeout=10).resumed  # the marker is not back
                 assert not again.wait_caught_up(0)
-                now[0] += bus_module.MARKER_QUIET_S + 1
+                if end == "quiet":  # nothing came for MARKER_QUIET_S
+                    now[0] += bus_module.MARKER_QUIET_S + 1
+                else:  # a till keeps asking: MARKER_MAX_S after the marker at the latest
+                    step = bus_module.MARKER_QUIET_S * 0.7
+                    while now[0] + step <= 1000 + bus_module.MARKER_MAX_S:
+                        now[0] += step
+                        pos.publish(f"{BASE}/request/pay", b'{"n":2}', None)
+                        assert service.got.get(timeout=10).resumed
+                    now[0] += step  # past the maximum, never quiet
                 pos.publish(f"{BASE}/request/pay", b'{"n":3}', None)
                 assert not service.got.get(timeout=10).resumed
                 assert again.wait_caught_up(0)

@@ -318,6 +318,8 @@ def test_value_taking_calls_are_refused_offline_while_too_many_are_being_reconci
         assert device.send("reward.redeem", **redeem(f"r-lost-{n}"))["status"] == "unknown"
     refused = device.send("reward.redeem", **redeem("r-lost-2"))
     assert refused["error"]["code"] == "offline" and "reconciled" in refused["error"]["message"]
+    again = device.send("reward.redeem", **redeem("r-lost-0"))  # one of them: its answer
+    assert again["status"] == "unknown" or again["error"]["code"] == "busy", again
     read = device.send("contact.lookup", request_id="c-still", contact_uuid=JANE)
     assert read["error"]["code"] == "offline"  # reads are not held back (Leat is down here)
     device.sandbox.faults.set()
@@ -401,7 +403,14 @@ def test_a_held_value_taking_command_without_expiry_is_refused_unsent(device: De
     live = Message(topic="t", payload=b"")
     assert device.send("reward.redeem", live, **redeem("r-live"))["status"] == "ok"
     # refused unsent, so not recorded: the same request_id may be sent again
-    assert device.send("reward.redeem", live, **redeem("r-held"))["status"] == "ok"
+    done = device.send("reward.redeem", live, **redeem("r-held"))
+    assert done["status"] == "ok"
+    # a repeat of a recorded one (its reply was lost, the device restarted) gets that reply,
+    # held or late: nothing is run again
+    assert device.send("reward.redeem", held, **redeem("r-held")) == done
+    late = Message(topic="t", payload=b"", expiry_s=1, received_at=time.monotonic() - 2)
+    assert device.send("reward.redeem", late, **redeem("r-held")) == done
+    assert device.calls("POST", "/reward-receptions") == 4
 
 
 def test_reward_collect_once_then_leat_refuses_and_a_lost_answer_reconciles(

@@ -297,6 +297,14 @@ class Ledger:
             )
         return entry
 
+    def recorded(self, request_id: str) -> bool:
+        """Whether `request_id` is recorded (running, or with its outcome)."""
+        with self._lock:
+            if request_id in self._held:
+                return True
+            return self._db.execute("SELECT 1 FROM commands WHERE request_id = ?",
+                                    (request_id,)).fetchone() is not None
+
     def _begin_durable(self, new: Entry) -> Entry | None:
         """The recorded entry of `new.request_id`, else `new` written as `running`."""
         now = new.started_at

@@ -133,21 +133,13 @@ class Commands:
         reply = _Reply(request_id, transaction)
         deadline = time.monotonic() + self._deadline_s  # a later expiry allows no later answer
         if spec.rule is Rule.TAKES:
-            unsettled = self._unsettled()
-            if unsettled >= MAX_UNSETTLED:  # Leat is losing answers: do not add to it
-                return reply.error("offline", f"Leat's answers to {unsettled} value-taking "
-                                   "calls were lost and are still being reconciled; this one "
-                                   "was not sent to Leat: send it again once they settle "
-                                   "(events/command)")
-            if resumed and expiry_s is None and request.get("expires_at") is None:
-                return reply.error("expired", "the broker held this request while the device "
-                                   "was away and it has no expiry (MQTT v5 message expiry or "
-                                   "expires_at), so it may be late; it was not sent to Leat")
             expires = _expiry(received_at, expiry_s, request.get("expires_at"), self._deadline_s)
-            if time.monotonic() >= expires:
-                return reply.error("expired", "the request expired before it could be run; "
-                                   "it was not sent to Leat")
             deadline = min(deadline, expires)
+            if not self._ledger.recorded(request_id):  # a repeat gets its recorded answer
+                refused = self._refusal(resumed and expiry_s is None
+                                        and request.get("expires_at") is None, expires)
+                if refused is not None:
+                    return reply.error(*refused)
         ctx = self._context(datetime.now(UTC))
         if spec.rule is Rule.GIVES_BACK:
             return self._give_back(verb, args, ctx, reply, deadline)
@@ -222,6 +214,23 @@ class Commands:
             return reply.unknown("Leat's answer was lost and Leat cannot tell yet"), False
 
     # ------------------------------------------------------------------ background
+
+    def _refusal(self, held_without_expiry: bool, expires: float) -> tuple[str, str] | None:
+        """Why a new value-taking request is not run (error code and message), if it is not:
+        Leat losing answers, held by the broker without an expiry (it may be late), or past
+        its expiry."""
+        unsettled = self._unsettled()
+        if unsettled >= MAX_UNSETTLED:  # Leat is losing answers: do not add to it
+            return "offline", (f"Leat's answers to {unsettled} value-taking calls were lost "
+                               "and are still being reconciled; this one was not sent to "
+                               "Leat: send it again once they settle (events/command)")
+        if held_without_expiry:
+            return "expired", ("the broker held this request while the device was away and "
+                               "it has no expiry (MQTT v5 message expiry or expires_at), so it "
+                               "may be late; it was not sent to Leat")
+        if time.monotonic() >= expires:
+            return "expired", "the request expired before it could be run; it was not sent to Leat"
+        return None
 
     def _unsettled(self) -> int:
         """Value-taking calls being reconciled now."""
