@@ -604,11 +604,18 @@ def test_a_request_sent_once_the_bus_serves_is_delivered_on_a_first_connection(
         assert not bus.wait_serving(0)
 
 
+def _serving(cfg: MqttConfig, client_id: str, **options: Any) -> tuple[MqttBus, _Collect]:
+    """A bus (not started) serving `request/+` to a `_Collect` as `client_id`."""
+    bus = MqttBus(cfg, BASE, client_id, None, INFO, **options)
+    service = _Collect()
+    bus.serve("request/+", service)
+    return bus, service
+
+
 def _leave_a_session(cfg: MqttConfig, client_id: str) -> None:
     """Connect a serving bus as `client_id` once and stop it: the broker keeps its session
     (subscriptions included) and holds what is published for it."""
-    bus = MqttBus(cfg, BASE, client_id, None, INFO)
-    bus.serve("request/+", _Collect())
+    bus, _ = _serving(cfg, client_id)
     bus.start()
     assert bus.wait_serving(10) and bus.wait_caught_up(10)  # a new session: nothing held
     bus.stop()
@@ -624,9 +631,7 @@ def test_requests_the_broker_held_while_the_device_was_away_are_flagged_resumed(
     with Subscriber(broker, "pos/unused").wait_subscribed() as pos:
         for n in range(25):  # more than Mosquitto sends at once (max_inflight_messages 20)
             pos.publish(f"{BASE}/request/pay", json.dumps({"n": n}).encode(), None)
-        again = MqttBus(cfg, BASE, "held-1", None, INFO)
-        service = _Collect()
-        again.serve("request/+", service)
+        again, service = _serving(cfg, "held-1")
         again.start()
         try:
             held = [service.got.get(timeout=10) for _ in range(25)]
@@ -657,9 +662,7 @@ def test_a_marker_the_broker_never_returns_ends_the_flagging_after_a_while(
         _leave_a_session(cfg, "acl-1")
         with Subscriber(server, "pos/unused").wait_subscribed() as pos:
             pos.publish(f"{BASE}/request/pay", b'{"n":0}', None)
-            again = MqttBus(cfg, BASE, "acl-1", None, INFO, clock=lambda: now[0])
-            service = _Collect()
-            again.serve("request/+", service)
+            again, service = _serving(cfg, "acl-1", clock=lambda: now[0])
             again.start()
             try:
                 assert service.got.get(timeout=10).resumed
@@ -696,11 +699,9 @@ def test_a_marker_paho_cannot_queue_at_the_reconnect_keeps_flagging_until_it_is_
     _leave_a_session(cfg, "full-1")
     with Subscriber(broker, "pos/unused").wait_subscribed() as pos:
         pos.publish(f"{BASE}/request/pay", b'{"n":0}', None)
-        again = MqttBus(cfg, BASE, "full-1", None, INFO, max_queued=2)
+        again, service = _serving(cfg, "full-1", max_queued=2)
         for n in range(2):
             again.publish_event("scan", {**SCAN, "value": f"LC-0000000{n}"})
-        service = _Collect()
-        again.serve("request/+", service)
         again.start()
         try:
             assert service.got.get(timeout=10).resumed
