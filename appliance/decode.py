@@ -108,6 +108,8 @@ class Decoder:
         self._still_threshold = cfg.still_threshold
         self._recheck = cfg.still_recheck_frames
         self._reference: Thumb | None = None  # thumbnail of the last frame read in full
+        self._unread: Box | None = None  # changed parts read alone (nothing found) since the
+        # last read of them whole: see `decode`
         self._last = DecodeResult((), ())
         self._repeats = 0
         self._preprocess = cfg.preprocess
@@ -127,7 +129,10 @@ class Decoder:
 
         A frame of the same scene as the last one read (stillness.py) repeats that result
         with this frame's timestamp; when only part of a scene without codes changed, only
-        that part is read. Every `still_recheck_frames`-th frame is read in full anyway.
+        that part is read. Such parts are remembered until the change there ends (a still
+        frame, or a change elsewhere): that frame is read in full, as a code revealed piece
+        by piece (a finger sliding off a still card) was never whole in any part read.
+        Every `still_recheck_frames`-th frame is read in full anyway.
         """
         pixels = _checked(frame.pixels)
         h, w = pixels.shape
@@ -142,16 +147,23 @@ class Decoder:
             box = None if box is None and self._repeats + 1 < self._recheck else (0, 0, w, h)
         if box is None and self._stack.box is not None and self._follow_still:
             box = (0, 0, w, h)  # a symbol is being followed: every frame counts
-        if box is None:
+        unread, self._unread = self._unread, None
+        if box is None and unread is None:
             self._repeats += 1
             return _restamped(self._last, frame.timestamp)
-        x0, y0, x1, y1 = _whole_tiles(box, w, h)
+        x0, y0, x1, y1 = (0, 0, w, h) if box is None else _whole_tiles(box, w, h)
+        if unread is not None and box is not None and _overlap((x0, y0, x1, y1), unread):
+            unread = _union((x0, y0, x1, y1), unread)  # still changing there
+        elif unread is not None:  # the change there ended (or moved away): the whole frame
+            x0, y0, x1, y1 = 0, 0, w, h  # is read again, as a code may reach beyond it
         if _area((x0, y0, x1, y1)) >= _NEW_SCENE * w * h:
             x0, y0, x1, y1 = 0, 0, w, h
             self._repeats = 0
             self._noise = noise_level(pixels)  # the scene's, for telling change from noise
+            unread = None
         else:
             self._repeats += 1  # the rest of the frame was not read again
+            unread = unread or (x0, y0, x1, y1)
         self._reference = thumb
         start = time.perf_counter()
         located: list[Corners] = []
@@ -164,7 +176,9 @@ class Decoder:
         advice = 0.0
         if hits:
             self._stack.clear()
-        elif self._stack.depth > 1:
+        else:  # read alone, what changed may be part of a code: read again when it settles
+            self._unread = unread
+        if not hits and self._stack.depth > 1:
             weak = None
             if (self._weak is not None and not located and self._stack.box is None
                     and self._weak_wait <= 1):  # _multiframe counts it down first
@@ -422,6 +436,16 @@ def _area(box: Box) -> int:
     """Pixels in `box`."""
     x0, y0, x1, y1 = box
     return (x1 - x0) * (y1 - y0)
+
+
+def _overlap(a: Box, b: Box) -> bool:
+    """Whether boxes `a` and `b` share a pixel or an edge."""
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
+def _union(a: Box, b: Box) -> Box:
+    """The smallest box holding `a` and `b`."""
+    return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
 
 
 def _whole_tiles(box: Box, w: int, h: int) -> Box:

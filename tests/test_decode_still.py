@@ -191,3 +191,49 @@ def test_other_formats_appearing_in_a_still_scene_are_read_in_that_frame(
     result = decoder.decode(Frame(noisy(shown, 7), 0.1, 3))
     assert [(s.text, s.format) for s in result.scans] == [(text, fmt)]
     assert decoder.areas[-1] < SIZE[0] * SIZE[1]  # read in the changed part only
+
+
+
+def revealed(decoder: Decoder, speed: int, after: str) -> tuple[int, int, int | None]:
+    """A still code, its right 60% under a flat occluder that slides off it at `speed`
+    pixels a frame, then "stops" just past the code, "leaves" the view, or stops while
+    something starts moving far off ("moves away"; starting in the same frame, the two
+    changes would make one box, which waits for `still_recheck_frames`). The frame the code is whole, the first frame
+    with no change near it, and the frame the code was first read (None: not by then)."""
+    base = scene()
+    code = samples.render_code(TEXT, module_px=4)
+    side = code.shape[0]
+    x, y = 120, 150
+    pixels = with_code(base, x, y)
+    stop = SIZE[0] if after == "leaves" else x + side + 10
+    whole = ended = -1
+    read = None
+    left = x + int(side * 0.4)
+    for i in range(200):
+        frame = pixels.copy()
+        if after == "moves away" and ended >= 0:
+            frame[380:440, 20 + 9 * i:80 + 9 * i] = 30  # a blob far below, moving
+        frame[y - 20:y + side + 20, left:left + 120] = 90
+        if whole < 0 and left >= x + side:
+            whole = i
+        result = decoder.decode(Frame(noisy(frame, i), i / 30, i))
+        if read is None and [s.text for s in result.scans] == [TEXT]:
+            read = i
+        if ended < 0 and left == stop:
+            ended = i
+        if ended >= 0 and i >= ended + 3:
+            break
+        left = min(left + speed, stop)
+    return whole, ended, read
+
+
+@pytest.mark.parametrize("after", ["stops", "leaves", "moves away"])
+@pytest.mark.parametrize("speed", [3, 7, 20])
+def test_a_code_revealed_piece_by_piece_is_read_when_the_change_there_ends(
+    speed: int, after: str
+) -> None:
+    # each frame reads only the tiles that changed: no read held the whole code until
+    # the frame is read whole again once the change there has ended
+    whole, ended, read = revealed(CountingDecoder(DecodeConfig()), speed, after)
+    assert 0 < whole <= ended
+    assert read is not None and whole <= read <= ended + 2, (whole, ended, read)
