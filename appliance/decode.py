@@ -151,11 +151,7 @@ class Decoder:
         if box is None and unread is None:
             self._repeats += 1
             return _restamped(self._last, frame.timestamp)
-        x0, y0, x1, y1 = (0, 0, w, h) if box is None else _whole_tiles(box, w, h)
-        if unread is not None and box is not None and _overlap((x0, y0, x1, y1), unread):
-            unread = _union((x0, y0, x1, y1), unread)  # still changing there
-        elif unread is not None:  # the change there ended (or moved away): the whole frame
-            x0, y0, x1, y1 = 0, 0, w, h  # is read again, as a code may reach beyond it
+        (x0, y0, x1, y1), unread = _to_read(box, unread, w, h)
         if _area((x0, y0, x1, y1)) >= _NEW_SCENE * w * h:
             x0, y0, x1, y1 = 0, 0, w, h
             self._repeats = 0
@@ -163,7 +159,6 @@ class Decoder:
             unread = None
         else:
             self._repeats += 1  # the rest of the frame was not read again
-            unread = unread or (x0, y0, x1, y1)
         self._reference = thumb
         start = time.perf_counter()
         located: list[Corners] = []
@@ -436,6 +431,23 @@ def _area(box: Box) -> int:
     """Pixels in `box`."""
     x0, y0, x1, y1 = box
     return (x1 - x0) * (y1 - y0)
+
+
+def _to_read(box: Box | None, unread: Box | None, w: int, h: int) -> tuple[Box, Box | None]:
+    """The part of a w x h frame to read, given the changed `box` (None: still) and the
+    parts read alone before (`unread`, None: none); and the parts read alone by then.
+
+    Where the change goes on, its parts add up; where it ended (a still frame, or a change
+    elsewhere only), the whole frame is read: a code may reach beyond the parts.
+    """
+    if box is None:
+        return (0, 0, w, h), None
+    part = _whole_tiles(box, w, h)
+    if unread is None:
+        return part, part
+    if _overlap(part, unread):
+        return part, _union(part, unread)
+    return (0, 0, w, h), None
 
 
 def _overlap(a: Box, b: Box) -> bool:

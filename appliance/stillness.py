@@ -2,15 +2,15 @@
 
 The thumbnail is the mean of 8 samples (every 4th pixel of two rows, 8 apart) per 16x16
 tile, so sensor noise shrinks about 3x before frames are compared; computing it touches 1/8
-of the rows (about 25 us for 640x480 here, against 45 us for four rows a tile). A frame counts as changed when any tile moved by
-more than `threshold` grey levels, or by more than five standard deviations of its mean's
-sensor noise (measured by the caller on the scene: dim, high-ISO scenes need more), so a
-card entering the view changes many tiles by far more than either. A change of the light
-alone (a lamp's flicker, the camera's exposure) scales every tile alike: when a sample of
-tiles got brighter or darker by more than 1% in all, the reference is scaled by the median
-of their ratios first, and each tile may miss that by the light's change itself, up to 10%
-(pixels clipped at 0 or 255 do not scale), so only what changed against the rest of the
-scene counts.
+of the rows (about 25 us for 640x480 here, against 45 us for four rows a tile). A frame
+counts as changed when any tile moved by more than `threshold` grey levels, or by more
+than five standard deviations of its mean's sensor noise (measured by the caller on the
+scene: dim, high-ISO scenes need more), so a card entering the view changes many tiles by
+far more than either. A change of the light alone (a lamp's flicker, the camera's
+exposure) scales every tile alike: when a sample of tiles got brighter or darker by more
+than 1% in all, the reference is scaled by the median of their ratios first, and each tile
+may miss that by the light's change itself, up to 10% (pixels clipped at 0 or 255 do not
+scale), so only what changed against the rest of the scene counts.
 `changed_box` also says where: the bounding box of the changed tiles, so a partial change
 is read only there.
 """

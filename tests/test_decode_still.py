@@ -198,8 +198,9 @@ def revealed(decoder: Decoder, speed: int, after: str) -> tuple[int, int, int | 
     """A still code, its right 60% under a flat occluder that slides off it at `speed`
     pixels a frame, then "stops" just past the code, "leaves" the view, or stops while
     something starts moving far off ("moves away"; starting in the same frame, the two
-    changes would make one box, which waits for `still_recheck_frames`). The frame the code is whole, the first frame
-    with no change near it, and the frame the code was first read (None: not by then)."""
+    changes would make one box, which waits for `still_recheck_frames`). The frame the
+    code is whole, the first frame with no change near it, and the frame the code was
+    first read (None: not by then)."""
     base = scene()
     code = samples.render_code(TEXT, module_px=4)
     side = code.shape[0]
