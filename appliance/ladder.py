@@ -9,8 +9,7 @@ symbol, so a frame with a code usually costs one sub-millisecond pass:
    plain and inverted (zxing-cpp's own inversion covers matrix codes only); only the
    lines crossing enough bar-like edges are read, stacked (linear.py);
 3. matrix codes at full resolution, local-average then global-histogram binarizer (the
-   latter not inverted); in a view of 320x240 or more, only the box around the blocks of
-   tiles with contrast (texture.py), skipped when there are none;
+   latter not inverted);
 4. only for symbols a pass located but could not decode (at most two): the region,
    upscaled and sharpened, read again.
 
@@ -30,7 +29,6 @@ from PIL import Image, ImageFilter
 
 from appliance.errors import ConfigError
 from appliance.linear import ROW_STEP, bar_lines, line_corners
-from appliance.texture import textured_box
 
 Corners = tuple[tuple[int, int], ...]
 
@@ -143,21 +141,13 @@ class Ladder:
 
         The global-histogram pass does not try inverted: the local-average pass before it
         and the half-resolution pass already did (no bench frame needs a third look, and
-        it is a tenth of an empty frame's cost). On a view large enough for the
-        half-resolution pass (a whole frame), they read only where a matrix code can be
-        (texture.py); a smaller view (a changed part) would pay more for the look than
-        it saves.
+        it is a tenth of an empty frame's cost).
         """
-        h, w = pixels.shape
-        box = textured_box(pixels) if pixels.size >= _HALF_PASS_PIXELS else (0, 0, w, h)
-        if box is not None:
-            x0, y0, x1, y1 = box
-            view, affine = pixels[y0:y1, x0:x1], Affine(ox=x0, oy=y0)
-            for binarizer, invert in _FULL_PASSES:
-                hits = self.read(view, formats, affine, located, invert=invert,
-                                 binarizer=binarizer)
-                if hits:
-                    return hits
+        for binarizer, invert in _FULL_PASSES:
+            hits = self.read(pixels, formats, IDENTITY, located, invert=invert,
+                             binarizer=binarizer)
+            if hits:
+                return hits
         for corners in distinct(located)[:_ROI_LIMIT]:
             hits = self.region(pixels, formats, corners)
             if hits:

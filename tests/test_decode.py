@@ -218,7 +218,7 @@ def test_decoder_region_pass_reads_a_symbol_the_full_frame_passes_miss(
     decoder: Decoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A corpus frame (bench/decode.py) that zxing-cpp locates but cannot decode as it is.
-    sample = samples.make_sample(1, 98, (640, 480))
+    sample = samples.make_sample(1, 56, (640, 480))
     assert texts(decoder.decode(frame_of(sample.pixels))) == [sample.expected]
     monkeypatch.setattr("appliance.ladder._ROI_LIMIT", 0)  # no closer look
     assert Decoder(DecodeConfig()).decode(frame_of(sample.pixels)).scans == ()
