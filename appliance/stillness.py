@@ -1,16 +1,16 @@
 """Is this frame the same scene as the last one read? A cheap thumbnail difference.
 
-The thumbnail is the mean of 8 samples (every 4th pixel of two rows, 8 apart) per 16x16
-tile, so sensor noise shrinks about 3x before frames are compared; computing it touches 1/8
-of the rows (about 25 us for 640x480 here, against 45 us for four rows a tile). A frame
-counts as changed when any tile moved by more than `threshold` grey levels, or by more
-than five standard deviations of its mean's sensor noise (measured by the caller on the
-scene: dim, high-ISO scenes need more), so a card entering the view changes many tiles by
-far more than either. A change of the light alone (a lamp's flicker, the camera's
-exposure) scales every tile alike: when a sample of tiles got brighter or darker by more
-than 1% in all, the reference is scaled by the median of their ratios first, and each tile
-may miss that by the light's change itself, up to 10% (pixels clipped at 0 or 255 do not
-scale), so only what changed against the rest of the scene counts.
+The thumbnail is the mean of 16 samples (every 4th pixel of every 4th row) per 16x16 tile,
+so sensor noise shrinks 4x before frames are compared; computing it reads 1/16 of the
+pixels (about 20 us for 640x480 here). A frame counts as changed when any tile moved by
+more than `threshold` grey levels, or by more than five standard deviations of its mean's
+sensor noise (measured by the caller on the scene: dim, high-ISO scenes need more), so a
+card entering the view changes many tiles by far more than either. A change of the light
+alone (a lamp's flicker, the camera's exposure) scales every tile alike: when a sample of
+tiles got brighter or darker by more than 1% in all, the reference is scaled by the median
+of their ratios first, and each tile may miss that by the light's change itself, up to 10%
+(pixels clipped at 0 or 255 do not scale), so only what changed against the rest of the
+scene counts.
 `changed_box` also says where: the bounding box of the changed tiles, so a partial change
 is read only there.
 """
@@ -24,23 +24,20 @@ import numpy as np
 import numpy.typing as npt
 
 TILE: Final = 16  # pixels per thumbnail tile side
-_ROWS: Final = (0, 8)  # the rows sampled in a tile: a card spans many tiles; memory
-# traffic, not arithmetic, is the cost of a thumbnail, and it follows the rows touched
-_STEP: Final = 4  # sample every 4th pixel of those rows
-SAMPLES: Final = len(_ROWS) * (TILE // _STEP)  # per tile
+_STEP: Final = 4  # sample every 4th pixel and row inside a tile
 _NOISE_SIGMAS: Final = 5.0  # a tile must move by this many noise standard deviations
 _RELIGHT: Final = 0.01  # the sampled tiles' sum changed by more: the light may have
 _SLACK_MAX: Final = 0.1  # a tile may miss the scaled reference by at most 10% of it: a
 # bigger change of the light (a lamp switched on) must not hide a card that came with it
 _GAIN_SAMPLE: Final = 7  # every 7th tile estimates the light's change (a card covers few)
-_GAIN_MIN_SUM: Final = SAMPLES * 16  # tiles darker than 16 grey levels say little of the gain
+_GAIN_MIN_SUM: Final = 16 * 16  # tiles darker than 16 grey levels say little of the gain
 
 Thumb = npt.NDArray[np.int16]
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels, x1/y1 exclusive
 
 
 def thumbnail(pixels: npt.NDArray[np.uint8]) -> Thumb:
-    """Per-tile sums of `SAMPLES` samples (not divided: comparisons scale the threshold).
+    """Per-tile sums of 16 samples (not divided: comparisons scale the threshold instead).
 
     Frames smaller than a tile give an empty thumbnail, which never compares as still.
     """
@@ -49,8 +46,8 @@ def thumbnail(pixels: npt.NDArray[np.uint8]) -> Thumb:
     if rows == 0 or cols == 0:
         return np.zeros((0, 0), np.int16)
     height, width = rows * TILE, cols * TILE
-    lines = pixels[_ROWS[0]:height:TILE, :width].astype(np.int16)  # <= 8 * 255: fits
-    for dy in _ROWS[1:]:  # strided adds: far cheaper than a 4-D sum
+    lines = pixels[0:height:TILE, :width].astype(np.int16)  # <= 16 * 255: fits int16
+    for dy in range(_STEP, TILE, _STEP):  # strided adds: far cheaper than a 4-D sum
         lines += pixels[dy:height:TILE, :width]
     out: Thumb = lines[:, 0:width:TILE].copy()
     for dx in range(_STEP, TILE, _STEP):
@@ -64,15 +61,16 @@ def changed_box(thumb: Thumb, reference: Thumb | None, threshold: float, noise: 
     the changed tiles' bounding box grown by `margin` tiles (None: the same scene).
 
     `noise` is the scene's sensor noise (standard deviation of one pixel, grey levels),
-    measured by the caller on a frame of the scene: a tile mean of `SAMPLES` samples carries
-    1/sqrt(SAMPLES) of it, a difference of two tile means sqrt(2) times that, and a tile must move
+    measured by the caller on a frame of the scene: a tile mean of 16 samples carries a
+    quarter of it, a difference of two tile means sqrt(2) times that, and a tile must move
     by five of those. (Not estimated from the difference itself: a whole new scene would
     pass for noise.) The whole frame when there is no comparable reference; the box of an
     empty thumbnail is (0, 0, 0, 0), which callers read as "the whole frame" too.
     """
     if reference is None or thumb.shape != reference.shape or thumb.size == 0:
         return (0, 0, 0, 0)
-    limit = max(threshold, _NOISE_SIGMAS * noise * math.sqrt(2.0 / SAMPLES)) * SAMPLES
+    samples = (TILE // _STEP) ** 2
+    limit = max(threshold, _NOISE_SIGMAS * noise * math.sqrt(2.0 / samples)) * samples
     changed = _changed(thumb, reference, limit)
     if changed.size:  # the light, or the scene?
         relit, gain = _relit(reference, thumb)
@@ -113,5 +111,5 @@ def _relit(reference: Thumb, thumb: Thumb) -> tuple[Thumb, float]:
     middle = ratios.size // 2
     gain = min(max(float(np.partition(ratios, middle)[middle]), 0.25), 4.0)
     scaled = reference * np.float32(gain)
-    scaled += 0.5  # rounded: at most 4 x 8 x 255, well inside int16
+    scaled += 0.5  # rounded: at most 4 x 16 x 255, well inside int16
     return scaled.astype(np.int16), gain
