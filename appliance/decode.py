@@ -50,12 +50,13 @@ from appliance.preprocess import (
     with_glare,
 )
 from appliance.source import Frame
-from appliance.stillness import TILE, Box, Thumb, changed_box, thumbnail
+from appliance.stillness import TILE, Box, Thumb, change, thumbnail
 
 log = logging.getLogger(__name__)
 
 
 _NEW_SCENE = 0.6  # a change over this share of the frame is read in full, as a new scene
+_REVEAL_TILES = 4  # changed tiles that may have uncovered part of a code (see _to_read)
 _NOISY = 6.0  # estimated noise (grey levels) above which a failed frame is denoised
 _GLARE_SHARE = 0.04  # saturated share of a followed region that calls for less exposure
 _GLARE_ADVICE_EV = -1.0
@@ -137,10 +138,12 @@ class Decoder:
         pixels = _checked(frame.pixels)
         h, w = pixels.shape
         box: Box | None = (0, 0, w, h)
-        thumb = None
+        thumb, small = None, False
         if self._still_threshold > 0:
             thumb = thumbnail(pixels)
-            box = changed_box(thumb, self._reference, self._still_threshold, self._noise)
+            found = change(thumb, self._reference, self._still_threshold, self._noise)
+            box = None if found is None else found.box
+            small = found is not None and found.tiles < _REVEAL_TILES
             if box is not None and _area(_whole_tiles(box, w, h)) >= _NEW_SCENE * w * h:
                 self._stack.clear()  # another scene: what was followed is gone
         if self._repeats + 1 >= self._recheck or self._last.scans or self._last.rejected:
@@ -151,7 +154,7 @@ class Decoder:
         if box is None and unread is None:
             self._repeats += 1
             return _restamped(self._last, frame.timestamp)
-        (x0, y0, x1, y1), unread = _to_read(box, unread, w, h)
+        (x0, y0, x1, y1), unread = _to_read(box, unread, w, h, small)
         if _area((x0, y0, x1, y1)) >= _NEW_SCENE * w * h:
             x0, y0, x1, y1 = 0, 0, w, h
             self._repeats = 0
@@ -171,9 +174,7 @@ class Decoder:
         advice = 0.0
         if hits:
             self._stack.clear()
-        else:  # read alone, what changed may be part of a code: read again when it settles
-            self._unread = unread
-        if not hits and self._stack.depth > 1:
+        elif self._stack.depth > 1:
             weak = None
             if (self._weak is not None and not located and self._stack.box is None
                     and self._weak_wait <= 1):  # _multiframe counts it down first
@@ -181,6 +182,8 @@ class Decoder:
             if weak is not None:
                 weak = (weak[0] + x0, weak[1] + y0, weak[2] + x0, weak[3] + y0)
             hits, advice = self._multiframe(pixels, located, weak, start + self._budget_s)
+        # read alone, what changed may be part of a code: read again when it settles
+        self._unread = None if hits else unread
         self._last = self._judged(hits, frame.timestamp, advice)
         return self._last
 
@@ -433,18 +436,23 @@ def _area(box: Box) -> int:
     return (x1 - x0) * (y1 - y0)
 
 
-def _to_read(box: Box | None, unread: Box | None, w: int, h: int) -> tuple[Box, Box | None]:
-    """The part of a w x h frame to read, given the changed `box` (None: still) and the
-    parts read alone before (`unread`, None: none); and the parts read alone by then.
+def _to_read(box: Box | None, unread: Box | None, w: int, h: int,
+             small: bool) -> tuple[Box, Box | None]:
+    """The part of a w x h frame to read, given the changed `box` (None: still; `small`:
+    under `_REVEAL_TILES` tiles changed) and the parts read alone before (`unread`, None:
+    none); and the parts read alone by then.
 
     Where the change goes on, its parts add up; where it ended (a still frame, or a change
-    elsewhere only), the whole frame is read: a code may reach beyond the parts.
+    elsewhere only), the whole frame is read: a code may reach beyond the parts. A small
+    change alone is not kept: sensor noise, a hot pixel or a blinking light would make
+    every next frame a whole one (a code uncovered that little at a time waits for the
+    full read every `still_recheck_frames`).
     """
     if box is None:
         return (0, 0, w, h), None
     part = _whole_tiles(box, w, h)
     if unread is None:
-        return part, part
+        return part, None if small else part
     if _overlap(part, unread):
         return part, _union(part, unread)
     return (0, 0, w, h), None

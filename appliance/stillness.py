@@ -18,7 +18,7 @@ is read only there.
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -55,10 +55,25 @@ def thumbnail(pixels: npt.NDArray[np.uint8]) -> Thumb:
     return out
 
 
+class Change(NamedTuple):
+    """What changed since the reference: the changed tiles' box (frame pixels) and count."""
+
+    box: Box  # (0, 0, 0, 0): the whole frame (no comparable reference)
+    tiles: int  # 0 with no comparable reference
+
+
 def changed_box(thumb: Thumb, reference: Thumb | None, threshold: float, noise: float = 0.0,
                 margin: int = 1) -> Box | None:
+    """`change(...)`'s box (None: the same scene)."""
+    found = change(thumb, reference, threshold, noise, margin)
+    return None if found is None else found.box
+
+
+def change(thumb: Thumb, reference: Thumb | None, threshold: float, noise: float = 0.0,
+           margin: int = 1) -> Change | None:
     """Where `thumb` differs from `reference` beyond `threshold` grey levels and the noise:
-    the changed tiles' bounding box grown by `margin` tiles (None: the same scene).
+    the changed tiles' bounding box grown by `margin` tiles, and how many tiles changed
+    (None: the same scene).
 
     `noise` is the scene's sensor noise (standard deviation of one pixel, grey levels),
     measured by the caller on a frame of the scene: a tile mean of 16 samples carries a
@@ -68,7 +83,7 @@ def changed_box(thumb: Thumb, reference: Thumb | None, threshold: float, noise: 
     empty thumbnail is (0, 0, 0, 0), which callers read as "the whole frame" too.
     """
     if reference is None or thumb.shape != reference.shape or thumb.size == 0:
-        return (0, 0, 0, 0)
+        return Change((0, 0, 0, 0), 0)
     samples = (TILE // _STEP) ** 2
     limit = max(threshold, _NOISE_SIGMAS * noise * math.sqrt(2.0 / samples)) * samples
     changed = _changed(thumb, reference, limit)
@@ -84,7 +99,7 @@ def changed_box(thumb: Thumb, reference: Thumb | None, threshold: float, noise: 
     r0 = max(0, int(changed[0]) // width - margin)
     r1 = min(thumb.shape[0], int(changed[-1]) // width + 1 + margin)
     c0, c1 = max(0, int(cols.min()) - margin), min(width, int(cols.max()) + 1 + margin)
-    return (c0 * TILE, r0 * TILE, c1 * TILE, r1 * TILE)
+    return Change((c0 * TILE, r0 * TILE, c1 * TILE, r1 * TILE), int(changed.size))
 
 
 def _changed(thumb: Thumb, reference: Thumb, limit: float | npt.NDArray[np.float32]

@@ -12,7 +12,7 @@ from appliance.config import DecodeConfig
 from appliance.decode import Decoder
 from appliance.preprocess import noise_level
 from appliance.source import Frame
-from appliance.stillness import TILE, changed_box, thumbnail
+from appliance.stillness import TILE, Change, change, changed_box, thumbnail
 
 TEXT = "LC-7F3K9Q2M"
 SIZE = (640, 480)
@@ -118,6 +118,19 @@ def test_flickering_light_on_a_still_scene_is_not_read_again() -> None:
         decoder.decode(Frame(noisy(lit(base, gain), i), i / 30, i))
     assert len(decoder.areas) == 1  # the first frame only
 
+
+
+def test_a_change_counts_the_tiles_that_moved() -> None:
+    base = scene()
+    reference = thumbnail(base)
+    lit_pixel = base.copy()
+    lit_pixel[64, 64] = 255 if base[64, 64] < 128 else 0  # one sampled pixel: one tile
+    found = change(thumbnail(lit_pixel), reference, 6.0)
+    assert found == Change((48, 48, 96, 96), 1)
+    card = change(thumbnail(with_code(base, 300, 200)), reference, 6.0)
+    assert card is not None and card.tiles >= 25
+    assert change(reference, reference, 6.0) is None
+    assert change(reference, None, 6.0) == Change((0, 0, 0, 0), 0)
 
 def test_without_a_comparable_reference_everything_changed() -> None:
     thumb = thumbnail(scene())
