@@ -24,25 +24,30 @@ log = logging.getLogger(__name__)
 MAX_ERRORS = 100
 
 _SUFFIX = ".schema.json"
+# ASCII digits only (`\d` matches any Unicode digit); a fraction of any length, of which
+# `fromisoformat` reads six
 _RFC3339 = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d{1,6})?\d*([Zz]|[+-]\d{2}:\d{2})"
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 
 
 def is_date_time(instance: object) -> bool:
     """True unless `instance` is a string that is not an RFC 3339 date-time (with offset)."""
-    if not isinstance(instance, str):
-        return True
-    match = _RFC3339.fullmatch(instance)
+    return not isinstance(instance, str) or date_time(instance) is not None
+
+
+def date_time(text: str) -> datetime | None:
+    """`text` as an RFC 3339 date-time with an offset (None: it is not one)."""
+    match = _RFC3339.fullmatch(text)
     if match is None:
-        return False
+        return None
     date, clock, fraction, offset = match.groups()
     offset = "+00:00" if offset in "Zz" else offset
     try:
-        datetime.fromisoformat(f"{date}T{clock}{fraction or ''}{offset}")
+        return datetime.fromisoformat(f"{date}T{clock}{(fraction or '')[:7]}{offset}")
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def _format_checker() -> FormatChecker:
