@@ -36,7 +36,8 @@ Probe mode. While Leat is reachable, due items go out `concurrency` at a time, a
 item waits its own backoff (`backoff_delay`: full jitter, Retry-After as a floor). Once an
 attempt fails because Leat is unreachable (`LeatUnavailable`, `LeatAuthError`) and no later
 one succeeded, the forwarder is in probe mode: ONE item at a time, the next one no sooner
-than `min(base * 2**(n-1), probe_max_s)` (jittered, Retry-After a floor) after the n-th
+than `min(base * 2**(n-1), probe_max_s)` (jittered; Retry-After a floor, up to
+`backoff_cap_s`: a proxy's answer for a day must not hold orders that long) after the n-th
 failed probe. A failed probe pushes its item back by at most `probe_max_s`: an outage is
 Leat's fault, not the item's, and the global probe pacing already bounds the load. So
 however long the outage lasted, the queue is due again within `probe_max_s` of Leat's
@@ -269,7 +270,7 @@ class Forwarder:
             pause *= 0.5 + self._rng.random() / 2
             after = verdict.retry_after
             if after is not None and math.isfinite(after):
-                pause = max(pause, after)
+                pause = max(pause, min(after, self.backoff_cap_s))
             self._probe_at = self._clock() + pause
 
     def _idle_delay(self, outbox: Outbox) -> float:
@@ -374,7 +375,7 @@ class Forwarder:
         if probe:
             delay = min(delay, self.probe_max_s)
             if after is not None and math.isfinite(after):
-                delay = max(delay, after)
+                delay = max(delay, min(after, self.backoff_cap_s))
         outbox.mark_retry(
             item.id, delay_s=delay, error=verdict.message, ambiguous=verdict.ambiguous
         )

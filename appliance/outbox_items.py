@@ -98,12 +98,13 @@ def backoff_delay(
     rng: random.Random | None = None,
     retry_after: float | None = None,
 ) -> float:
-    """Seconds to wait before attempt `attempt + 1`: full jitter, Retry-After as a floor."""
+    """Seconds to wait before attempt `attempt + 1`: full jitter, Retry-After as a floor
+    (up to `cap_s`: a proxy's "Retry-After: 86400" must not hold orders for a day)."""
     exponent = min(max(attempt, 1) - 1, 62)  # 2**62 s is past any cap; avoids float overflow
     ceiling = min(cap_s, base_s * 2.0**exponent)
     delay = (rng if rng is not None else _RNG).uniform(0.0, max(ceiling, 0.0))
     if retry_after is not None and math.isfinite(retry_after):
-        delay = max(delay, retry_after)
+        delay = max(delay, min(retry_after, cap_s))
     return delay
 
 

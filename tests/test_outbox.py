@@ -497,7 +497,8 @@ def test_backoff_full_jitter_bounds() -> None:
 def test_backoff_retry_after_is_a_floor() -> None:
     rng = random.Random(3)
     assert all(backoff_delay(1, rng=rng, retry_after=30) >= 30 for _ in range(100))
-    assert backoff_delay(1, rng=rng, retry_after=600) == 600  # beyond the cap: Leat decides
+    assert backoff_delay(1, rng=rng, retry_after=600) == 300  # beyond the cap: the cap (a
+    # proxy's Retry-After of a day must not hold orders that long)
     assert all(
         backoff_delay(a, base_s=0.5, cap_s=10, rng=rng) <= 10 for a in range(1, 30)
     )
