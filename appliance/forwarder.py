@@ -86,6 +86,7 @@ IDLE_POLL_S: Final = 30.0  # longest sleep with nothing scheduled (also catches 
 STOP_POLL_S: Final = 0.25  # how often a wait on `wake` looks at `stop`
 MIN_WAIT_S: Final = 0.05
 ANNOUNCE_RETRY_S: Final = 1.0  # how often held outcome events are tried again
+WAIT_BEAT_S: Final = 1.0  # the loop beats this often while it waits for Leat's answers
 
 
 class Forwarder:
@@ -230,8 +231,12 @@ class Forwarder:
         try:
             fill()
             while in_flight:
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                # beat while a call is out too: each is bounded (leat/http.py), and the
+                # watchdog must not take a slow answer for a stalled loop
+                done, _ = wait(in_flight, timeout=WAIT_BEAT_S, return_when=FIRST_COMPLETED)
                 self.heartbeat()
+                if not done:
+                    continue
                 finished = []
                 for future in done:
                     item, probe = in_flight.pop(future)

@@ -18,6 +18,12 @@ Errors (docs/leat-assumptions.md, E1-E4; Leat's `code` in the body decides, not 
     other 4xx                               LeatRejected(0, ..., status)
     connect error / connect timeout         LeatUnavailable(ambiguous=False): nothing was sent
     read timeout, reset, protocol error     LeatUnavailable(ambiguous=True): it may have happened
+    a body slower than ANSWER_TIME_FACTOR x timeout_s in all, or over MAX_ANSWER_BYTES
+                                            LeatUnavailable(ambiguous=True): the same
+
+httpx's timeouts bound each socket operation, not a call: an answer dripped a byte at a
+time inside `timeout_s` each (a proxy, a middlebox) would hold a worker for as long as it
+lasts, so the body is read in chunks against a deadline and a size bound.
 
 Thread-safe: httpx.Client is, and the OAuth token cache is guarded by a lock. This is the
 only module that imports httpx at run time. Tokens, secrets and e-mail addresses are never
@@ -46,6 +52,8 @@ log = logging.getLogger(__name__)
 API_PREFIX: Final = "/api/v3/oauth/clients"
 TOKEN_PATH: Final = "/oauth/token"  # noqa: S105 - a path; no /api prefix (Leat's OAuth docs)
 TOKEN_MARGIN_S: Final = 60.0  # refetch this long before `expires_in` runs out
+MAX_ANSWER_BYTES: Final = 8 * 1024 * 1024  # far above any answer Leat documents
+ANSWER_TIME_FACTOR: Final = 2.0  # a whole answer within this many `timeout_s` of sending
 MAX_ERROR_FIELDS: Final = 32  # `errors` fields kept from one error body
 MAX_ERROR_TEXTS: Final = 8  # texts kept per field
 MAX_ERROR_TEXT: Final = 500  # characters kept per text
@@ -80,6 +88,7 @@ class LeatHttp:
         self._lock = threading.Lock()
         self._oauth_token: str | None = None
         self._oauth_expires_at: float | None = None
+        self._answer_s = ANSWER_TIME_FACTOR * timeout_s
         self._http = httpx.Client(
             base_url=base_url,
             timeout=httpx.Timeout(
@@ -127,9 +136,12 @@ class LeatHttp:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         started = time.monotonic()
         try:
-            response = self._http.request(
+            with self._http.stream(
                 method, url, params=query or None, json=payload, headers=headers
-            )
+            ) as streamed:
+                body = self._body(streamed, started, method, url)
+            response = httpx.Response(streamed.status_code, headers=streamed.headers,
+                                      content=body, request=streamed.request)
         except _NOTHING_SENT as exc:
             log.info("Leat %s %s: not reachable (%s)", method, url, type(exc).__name__)
             raise LeatUnavailable(
@@ -148,6 +160,21 @@ class LeatHttp:
             (time.monotonic() - started) * 1000,
         )
         return response
+
+    def _body(self, response: httpx.Response, started: float, method: str, url: str) -> bytes:
+        """The whole body of `response`, read against the call's deadline and size bound."""
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise LeatUnavailable(f"Leat's answer to {method} {url} is over "
+                                      f"{MAX_ANSWER_BYTES} bytes", ambiguous=True)
+            if time.monotonic() - started > self._answer_s:
+                raise LeatUnavailable(f"Leat's answer to {method} {url} took over "
+                                      f"{self._answer_s:.0f} s", ambiguous=True)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _bearer(self) -> str:
         """The access token to send: the static one, or a cached/fresh OAuth token."""
