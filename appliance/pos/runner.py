@@ -176,6 +176,9 @@ class Commands:
         try:
             return reply.ok(future.result(timeout=max(deadline - time.monotonic(), 0))), True
         except FutureTimeout:
+            if future.cancel():  # still queued behind other calls: never sent, and never will
+                return reply.error("offline", "the device's calls to Leat were all busy until "
+                                   "the deadline; this one was not sent to Leat"), None
             if rule is Rule.READ:
                 return reply.error("offline", "Leat did not answer within the deadline"), None
             return reply.unknown("Leat did not answer within the deadline"), False
