@@ -144,6 +144,8 @@ class Commands:
         if spec.rule is Rule.GIVES_BACK:
             return self._give_back(verb, args, ctx, reply, deadline)
         try:
+            if ctx.outbox().find(Kind.COMMAND, request_id) is not None:  # a give-back's
+                return reply.error("conflict", _REUSED)
             # a read moves no value: nothing is written before its call (ledger.py)
             recorded = self._ledger.begin(request_id, verb, args, transaction,
                                           durable=spec.rule is not Rule.READ)
@@ -318,6 +320,8 @@ class Commands:
         self, verb: str, args: dict[str, Any], ctx: verbs.Context, reply: _Reply,
         deadline: float,
     ) -> dict[str, Any]:
+        if self._ledger.recorded(reply.request_id):
+            return reply.error("conflict", _REUSED)
         try:
             stored = verbs.give_back_args(ctx, verb, args)
             if ctx.outbox().find(Kind.COMMAND, reply.request_id) is None:  # not a repeat
@@ -416,6 +420,10 @@ class _Call:
     args: dict[str, Any]
     reply: _Reply
     ctx: verbs.Context
+
+
+_REUSED = ("this request_id was already used for another command (a give-back and a "
+           "value-taking or read command share one request_id space)")
 
 
 def _cannot_tell(response: Mapping[str, Any]) -> bool:
