@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -47,10 +48,12 @@ from typing import Any, Final
 from appliance.errors import ApplianceError, OutboxError
 from appliance.markfile import Mark, MarkFile, write_atomically
 from appliance.outbox_guard import OutboxNotWritable, mark_path, settle_owner
+from appliance.outbox_items import OutboxFull
 from appliance.sqlite_file import wal_at_risk
 
 KEEP_S: Final = 48 * 3600  # at least the 24 h the contract promises
 KEEP_TAKEN_S: Final = 31 * 24 * 3600  # a give-back (a return) may come weeks later
+MIN_FREE_BYTES: Final = 50 * 2**20  # as the outbox: a value-taking call needs its outcome kept
 TAKING_VERBS: Final = frozenset({"reward.redeem", "reward.collect", "voucher.lock",
                                  "voucher.redeem", "giftcard.pay", "giftcard.load",
                                  "prepaid.pay", "prepaid.topup"})
@@ -136,8 +139,11 @@ def body_hash(verb: str, args: Mapping[str, Any]) -> str:
 class Ledger:
     """request_id -> outcome, and the release keys of our voucher locks."""
 
-    def __init__(self, path: Path, *, clock: Any = time.time) -> None:
+    def __init__(self, path: Path, *, clock: Any = time.time,
+                 min_free_bytes: int = MIN_FREE_BYTES) -> None:
         self._clock = clock
+        self._path = path
+        self._min_free_bytes = min_free_bytes
         self._lock = threading.Lock()
         _refuse_wal_at_risk(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -267,6 +273,18 @@ class Ledger:
             raise
         self._db.execute("COMMIT")
         self._mark.write(Mark(self._identity, writes, 0), sync=False)
+
+    def check_space(self) -> None:
+        """OutboxFull when the ledger's filesystem has less than its minimum free: a
+        value-taking call is refused at the door rather than run with nowhere to keep its
+        outcome."""
+        try:
+            free = shutil.disk_usage(self._path.parent).free
+        except OSError as exc:
+            raise OutboxError(f"cannot check free space for {self._path}: {exc}") from exc
+        if free < self._min_free_bytes:
+            raise OutboxFull(f"disk nearly full: {free // 2**20} MiB free on "
+                             f"{self._path.parent}, need {self._min_free_bytes // 2**20} MiB")
 
     def begin(
         self, request_id: str, verb: str, args: Mapping[str, Any], transaction: str | None,

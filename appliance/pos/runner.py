@@ -10,6 +10,7 @@ calls run on a small pool so the worker can answer at the deadline while a slow 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -140,6 +141,11 @@ class Commands:
                                         and request.get("expires_at") is None, expires)
                 if refused is not None:
                     return reply.error(*refused)
+        if spec.rule is Rule.TAKES and not self._ledger.recorded(request_id):
+            try:
+                self._ledger.check_space()
+            except OutboxError as exc:  # OutboxFull, or the check itself failed
+                return reply.error("outbox_full", f"not sent to Leat: {exc}")
         ctx = self._context(datetime.now(UTC))
         if spec.rule is Rule.GIVES_BACK:
             return self._give_back(verb, args, ctx, reply, deadline)
@@ -162,13 +168,27 @@ class Commands:
         response, settled = self._outcome(call, future, deadline)
         if settled is None:  # nothing happened at Leat: the same request may come again
             self._ledger.forget(request_id)
-        else:
-            self._ledger.finish(request_id, response, final=settled)
-            if not settled:
-                self._settle_later(call, future)
-            elif _cannot_tell(response):  # `unknown` is always followed by an event
-                self._publish("command", self._event(verb, response))
-        return response
+            return response
+        kept = self._finish(verb, request_id, response, final=settled)
+        if not settled:
+            self._settle_later(call, future)
+        elif not kept or _cannot_tell(response):  # followed by an event: `unknown`
+            self._publish("command", self._event(verb, response))  # always, and one a
+        return response  # repeat cannot get from the ledger
+
+    def _finish(self, verb: str, request_id: str, response: Mapping[str, Any], *,
+                final: bool = True) -> bool:
+        """Record an outcome Leat gave; False when the ledger could not (its disk full or
+        read-only). Leat acted: the POS still gets the outcome, never `internal`, and the
+        ledger keeps the call `running`, so a repeat is `busy` and the next start
+        reconciles it with Leat."""
+        try:
+            self._ledger.finish(request_id, response, final=final)
+        except (sqlite3.Error, OSError, OutboxError) as exc:
+            log.error("command %s %s: its outcome could not be recorded (%s); it is "
+                      "reconciled at the next start", verb, clip(request_id, 64), exc)
+            return False
+        return True
 
     def _outcome(
         self, call: _Call, future: Future[dict[str, Any]], deadline: float
@@ -296,7 +316,7 @@ class Commands:
                 log.error("command %s %s: outcome still unknown; given up", verb,
                           clip(request_id, 64))
             return
-        self._ledger.finish(request_id, response)
+        self._finish(verb, request_id, response)
         self._publish("command", self._event(verb, response))
 
     def _event(self, verb: str, response: Mapping[str, Any]) -> dict[str, Any]:
