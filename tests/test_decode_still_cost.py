@@ -4,28 +4,16 @@ a hot pixel or a blinking light would make the next frame a whole one again and 
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
+from test_decode_still import CountingDecoder
 
 from appliance import samples
 from appliance.config import DecodeConfig
-from appliance.decode import Decoder
 from appliance.source import Frame
 
 W, H = 640, 480
 FRAMES = 180  # 6 s at 30 fps: 3 scheduled full reads (still_recheck_frames = 60)
-
-
-class Counting(Decoder):
-    def __init__(self, cfg: DecodeConfig) -> None:
-        super().__init__(cfg)
-        self.areas: list[int] = []
-
-    def _find(self, pixels: Any, located: Any) -> Any:
-        self.areas.append(pixels.shape[0] * pixels.shape[1])
-        return super()._find(pixels, located)
 
 
 SCENE = samples.background((W, H), np.random.default_rng(4)).astype(np.float32)
@@ -54,7 +42,7 @@ def frame(kind: str, i: int, rng: np.random.Generator) -> np.ndarray:
 @pytest.mark.parametrize(
     "kind", ["smoothed noise", "row noise", "flicker bands", "hot pixels", "blinking led"])
 def test_a_still_scene_is_not_read_whole_again_and_again(kind: str) -> None:
-    decoder = Counting(DecodeConfig())
+    decoder = CountingDecoder(DecodeConfig())
     rng = np.random.default_rng(1)
     for i in range(FRAMES):
         decoder.decode(Frame(frame(kind, i, rng), i / 30, i))
